@@ -1,0 +1,25 @@
+//! Dragonfly's domain model: machines, templates, workflows, and the rules that govern them.
+//!
+//! This crate is the vocabulary every daemon shares. It holds data types and *pure* decisions
+//! — the machine lifecycle, the boot-fate choice, memorable names — so that each rule lives in
+//! one place and can be tested exhaustively without a database, a socket or a clock.
+//!
+//! It must never do I/O: no files, no network, no reading the system time. Callers pass the
+//! current time in where a value needs one.
+
+pub mod boot;
+pub mod hardware;
+pub mod labels;
+pub mod lifecycle;
+pub mod mac;
+pub mod machine;
+pub mod names;
+pub mod resource;
+pub mod template;
+pub mod workflow;
+
+pub use boot::{BootFate, DiscoveryReason};
+pub use hardware::{Bmc, BmcKind, Cpu, Disk, HardwareReport, Nic, ReportError};
+pub use lifecycle::{IllegalTransition, LifecycleEvent, MachineState};
+pub use mac::{MacAddr, MacParseError};
+pub use machine::{Machine, MachineId};
