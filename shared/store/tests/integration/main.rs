@@ -1,0 +1,3 @@
+//! Store tests that need more than one process.
+
+mod two_processes;
