@@ -1,0 +1,542 @@
+//! The NATS connection and the typed operations on it.
+//!
+//! Everything that touches async-nats lives here, so the rest of Dragonfly never sees a raw
+//! subject string or payload. Nothing here may block a caller indefinitely: publishes and
+//! requests are bounded by timeouts even while NATS is unreachable.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, HeaderMap, Message, RequestErrorKind};
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::cloudevent::{CloudEvent, DecodeError, JSON_CONTENT_TYPE, SpecVersion};
+use crate::{BusError, Event, Request};
+
+/// Longest wait between two reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// How long a publish may wait for room in the client's send buffer (full only after NATS has
+/// been unreachable for a while). Events are notifications: dropping one with an error beats
+/// stalling the caller, since subscribers reconcile from the store on reconnect.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long [`Bus::flush`] waits for its round trip.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests one [`Bus::serve`] task handles at once.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// How long a stopping [`Bus::serve`] task waits for the server to confirm its unsubscribe.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Header on a reply carrying why a service rejected a request (with an empty body).
+const ERROR_HEADER: &str = "Dragonfly-Error";
+
+/// The client's view of its NATS connection, as published by [`Bus::connection_events`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    /// Not connected yet since [`Bus::connect`].
+    Connecting,
+    /// Connected (first time or again). Subscriptions are in place; reconcile from the store.
+    Connected,
+    /// Lost the connection; reconnecting in the background.
+    Disconnected,
+    /// The client was closed; it will not reconnect.
+    Closed,
+}
+
+/// A cloneable handle on one NATS connection. Clones share the connection.
+#[derive(Clone)]
+pub struct Bus {
+    client: Client,
+    source: Arc<str>,
+    state: watch::Receiver<ConnectionState>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("source", &self.source)
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Connects to NATS at `url` (`nats://host:4222`; `tls://` for TLS) as
+    /// `client_name` (shown by the server's monitoring), publishing events with CloudEvents
+    /// `source` (`/dragonfly/<daemon>/<hostname>`).
+    ///
+    /// Returns at once, connected or not: the connection is made in the background and
+    /// retried forever (backoff capped at 2 s), and messages wait in a buffer meanwhile.
+    ///
+    /// # Errors
+    /// [`BusError::Connect`] when `url` does not parse.
+    pub async fn connect(url: &str, client_name: &str, source: &str) -> Result<Bus, BusError> {
+        let (state_tx, state) = watch::channel(ConnectionState::Connecting);
+        let state_tx = Arc::new(state_tx);
+        let client = ConnectOptions::new()
+            .name(client_name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                let state_tx = Arc::clone(&state_tx);
+                async move { on_event(&state_tx, event) }
+            })
+            .connect(url)
+            .await
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(Bus {
+            client,
+            source: source.into(),
+            state,
+        })
+    }
+
+    /// The CloudEvents `source` of events this bus publishes.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The connection state, updated on every change. Reconcile from the store whenever it
+    /// *becomes* [`ConnectionState::Connected`]: the watch keeps only the latest state, so a
+    /// quick disconnect and reconnect shows as one change to `Connected`, never as nothing.
+    ///
+    /// ```no_run
+    /// # async fn example(bus: dragonfly_bus::Bus) {
+    /// let mut state = bus.connection_events();
+    /// while state.changed().await.is_ok() {
+    ///     if *state.borrow_and_update() == dragonfly_bus::ConnectionState::Connected {
+    ///         // reconcile from the store
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn connection_events(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+
+    /// Publishes `data` as a [`CloudEvent`] on `E::SUBJECT`: new UUID v7 id, current time,
+    /// this bus's source, `E::TYPE`, `data.subject()`. Returns once the message is queued
+    /// ([`flush`](Self::flush) waits for the server).
+    ///
+    /// # Errors
+    /// [`BusError::Encode`], [`BusError::Publish`], or [`BusError::Timeout`] when the send
+    /// buffer stayed full for 5 s (NATS unreachable for long).
+    pub async fn publish<E: Event>(&self, data: &E) -> Result<(), BusError> {
+        let event = CloudEvent {
+            specversion: SpecVersion::V1_0,
+            id: Uuid::now_v7().to_string(),
+            source: self.source.to_string(),
+            ty: E::TYPE.to_owned(),
+            time: Timestamp::now(),
+            subject: data.subject(),
+            datacontenttype: JSON_CONTENT_TYPE.to_owned(),
+            data,
+        };
+        let payload = encode(E::SUBJECT, &event)?;
+        match tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            self.client.publish(E::SUBJECT, payload.into()),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(BusError::Publish {
+                subject: E::SUBJECT.to_owned(),
+                source,
+            }),
+            Err(_elapsed) => Err(BusError::Timeout {
+                subject: E::SUBJECT.to_owned(),
+                timeout: PUBLISH_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Subscribes to every `E` published from now on (by anyone, this bus included). The
+    /// subscription survives reconnects; events published while disconnected are lost.
+    ///
+    /// # Errors
+    /// [`BusError::Subscribe`] when the client is closed.
+    pub async fn subscribe<E: Event>(&self) -> Result<Subscription<E>, BusError> {
+        let inner =
+            self.client
+                .subscribe(E::SUBJECT)
+                .await
+                .map_err(|source| BusError::Subscribe {
+                    subject: E::SUBJECT.to_owned(),
+                    source,
+                })?;
+        Ok(Subscription {
+            inner,
+            _event: PhantomData,
+        })
+    }
+
+    /// Sends `req` on `R::SUBJECT` and waits up to `timeout` for one reply.
+    ///
+    /// # Errors
+    /// [`BusError::NoResponders`] when nobody serves the subject, [`BusError::Timeout`] when no
+    /// reply came in time (also while NATS is unreachable), [`BusError::Rejected`] when the
+    /// service could not decode the request, [`BusError::Decode`] when the reply does not
+    /// decode, [`BusError::Encode`] or [`BusError::Request`] otherwise.
+    pub async fn request<R: Request>(
+        &self,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Reply, BusError> {
+        let subject = R::SUBJECT;
+        let payload = encode(subject, req)?;
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(timeout));
+        let reply =
+            self.client
+                .send_request(subject, request)
+                .await
+                .map_err(|source| match source.kind() {
+                    RequestErrorKind::TimedOut => BusError::Timeout {
+                        subject: subject.to_owned(),
+                        timeout,
+                    },
+                    RequestErrorKind::NoResponders => BusError::NoResponders {
+                        subject: subject.to_owned(),
+                    },
+                    _ => BusError::Request {
+                        subject: subject.to_owned(),
+                        source,
+                    },
+                })?;
+        if let Some(reason) = reply.headers.as_ref().and_then(|h| h.get(ERROR_HEADER)) {
+            return Err(BusError::Rejected {
+                subject: subject.to_owned(),
+                reason: reason.to_string(),
+            });
+        }
+        serde_json::from_slice(&reply.payload).map_err(|source| BusError::Decode {
+            subject: subject.to_owned(),
+            source: DecodeError::Json(source),
+        })
+    }
+
+    /// Answers every `R` with `handler`, in the queue group `R::SUBJECT` (each request goes to
+    /// one of the instances serving it), up to 64 requests at once. A request that does not
+    /// decode is answered with a rejection, so the caller gets [`BusError::Rejected`] rather
+    /// than a timeout.
+    ///
+    /// The returned task runs until `shutdown` is cancelled (or the client closes); it then
+    /// unsubscribes, answers the requests already received, and ends.
+    ///
+    /// # Errors
+    /// [`BusError::Subscribe`] when the client is closed.
+    pub async fn serve<R, F, Fut>(
+        &self,
+        shutdown: CancellationToken,
+        handler: F,
+    ) -> Result<JoinHandle<()>, BusError>
+    where
+        R: Request,
+        F: Fn(R) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R::Reply> + Send + 'static,
+    {
+        let mut requests = self
+            .client
+            .queue_subscribe(R::SUBJECT, R::SUBJECT.to_owned())
+            .await
+            .map_err(|source| BusError::Subscribe {
+                subject: R::SUBJECT.to_owned(),
+                source,
+            })?;
+        let client = self.client.clone();
+        let handler = Arc::new(handler);
+        Ok(tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            let answer = |tasks: &mut JoinSet<()>, msg: Message| {
+                tasks.spawn(answer::<R, F, Fut>(
+                    client.clone(),
+                    Arc::clone(&handler),
+                    msg,
+                ));
+            };
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(R::SUBJECT, joined),
+                    msg = requests.next(), if tasks.len() < MAX_IN_FLIGHT => match msg {
+                        Some(msg) => answer(&mut tasks, msg),
+                        None => break,
+                    },
+                }
+            }
+            debug!(subject = R::SUBJECT, "draining request subscription");
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                if requests.drain().await.is_ok() {
+                    while let Some(msg) = requests.next().await {
+                        answer(&mut tasks, msg);
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                warn!(
+                    subject = R::SUBJECT,
+                    "request subscription not drained in time"
+                );
+            }
+            while let Some(joined) = tasks.join_next().await {
+                log_join(R::SUBJECT, joined);
+            }
+        }))
+    }
+
+    /// Waits until the server has processed everything this bus sent before — subscriptions
+    /// included — by a round trip to it (what NATS clients call a flush). Subscribe, `flush`,
+    /// *then* read the store: no event published after the read can be missed.
+    ///
+    /// # Errors
+    /// [`BusError::Timeout`] when the round trip took over 10 s (e.g. NATS is unreachable),
+    /// [`BusError::Request`] when the client is closed.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        // A request to a fresh inbox nobody listens on: the server answers "no responders"
+        // only after it has processed this connection's earlier operations, in order.
+        // (async-nats' own `flush` only empties the socket's write buffer.)
+        let subject = self.client.new_inbox();
+        let request = async_nats::Request::new().timeout(Some(FLUSH_TIMEOUT));
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(_) => Ok(()),
+            Err(err) => match err.kind() {
+                RequestErrorKind::NoResponders => Ok(()),
+                RequestErrorKind::TimedOut => Err(BusError::Timeout {
+                    subject,
+                    timeout: FLUSH_TIMEOUT,
+                }),
+                _ => Err(BusError::Request {
+                    subject,
+                    source: err,
+                }),
+            },
+        }
+    }
+}
+
+/// A stream of `E` events from [`Bus::subscribe`]. A message that does not decode yields an
+/// `Err` item (and is logged); the stream goes on. It ends only when the client closes.
+/// Dropping it unsubscribes.
+pub struct Subscription<E> {
+    inner: async_nats::Subscriber,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E> fmt::Debug for Subscription<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("event", &std::any::type_name::<E>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Event> Stream for Subscription<E> {
+    type Item = Result<CloudEvent<E>, BusError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner
+            .poll_next_unpin(cx)
+            .map(|msg| msg.map(|msg| decode_event::<E>(&msg)))
+    }
+}
+
+fn decode_event<E: Event>(msg: &Message) -> Result<CloudEvent<E>, BusError> {
+    CloudEvent::<E>::from_json(&msg.payload)
+        .and_then(|event| {
+            if event.ty == E::TYPE {
+                Ok(event)
+            } else {
+                Err(DecodeError::WrongType {
+                    expected: E::TYPE,
+                    found: event.ty,
+                })
+            }
+        })
+        .map_err(|source| {
+            warn!(
+                subject = %msg.subject,
+                error = %chain(&source),
+                "received a malformed event"
+            );
+            BusError::Decode {
+                subject: msg.subject.to_string(),
+                source,
+            }
+        })
+}
+
+async fn answer<R, F, Fut>(client: Client, handler: Arc<F>, msg: Message)
+where
+    R: Request,
+    F: Fn(R) -> Fut,
+    Fut: Future<Output = R::Reply>,
+{
+    let Some(reply_to) = msg.reply else {
+        warn!(
+            subject = R::SUBJECT,
+            "request without a reply subject; ignored"
+        );
+        return;
+    };
+    let request: R = match serde_json::from_slice(&msg.payload) {
+        Ok(request) => request,
+        Err(err) => {
+            warn!(subject = R::SUBJECT, error = %err, "rejecting a malformed request");
+            return reject(
+                &client,
+                reply_to,
+                R::SUBJECT,
+                &format!("malformed request: {err}"),
+            )
+            .await;
+        }
+    };
+    let reply = handler(request).await;
+    match serde_json::to_vec(&reply) {
+        Ok(body) => {
+            if let Err(err) = client.publish(reply_to, body.into()).await {
+                warn!(subject = R::SUBJECT, error = %chain(&err), "sending a reply");
+            }
+        }
+        Err(err) => {
+            error!(subject = R::SUBJECT, error = %err, "encoding a reply");
+            reject(
+                &client,
+                reply_to,
+                R::SUBJECT,
+                "the service could not encode its reply",
+            )
+            .await;
+        }
+    }
+}
+
+async fn reject(client: &Client, reply_to: async_nats::Subject, subject: &str, reason: &str) {
+    // Header values end at a line break: keep the reason on one line.
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut headers = HeaderMap::new();
+    headers.insert(ERROR_HEADER, reason.as_str());
+    if let Err(err) = client
+        .publish_with_headers(reply_to, headers, Vec::new().into())
+        .await
+    {
+        warn!(subject, error = %chain(&err), "sending a rejection");
+    }
+}
+
+fn log_join(subject: &str, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        error!(subject, error = %err, "a request handler panicked");
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(subject: &str, value: &T) -> Result<Vec<u8>, BusError> {
+    serde_json::to_vec(value).map_err(|source| BusError::Encode {
+        subject: subject.to_owned(),
+        source,
+    })
+}
+
+/// No wait before the first two attempts, then 100 ms doubling up to 2 s.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exponent = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(5);
+    (Duration::from_millis(100) * 2u32.pow(exponent)).min(MAX_RECONNECT_DELAY)
+}
+
+fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
+    use async_nats::Event as E;
+    match event {
+        E::Connected => {
+            info!("connected to NATS");
+            state.send_replace(ConnectionState::Connected);
+        }
+        E::Disconnected => {
+            warn!("disconnected from NATS; reconnecting");
+            state.send_replace(ConnectionState::Disconnected);
+        }
+        E::Closed => {
+            info!("NATS client closed");
+            state.send_replace(ConnectionState::Closed);
+        }
+        E::SlowConsumer(sid) => warn!(
+            sid,
+            "slow consumer: NATS dropped messages for a subscription"
+        ),
+        E::LameDuckMode => warn!("NATS server entered lame duck mode"),
+        E::Draining => debug!("NATS client draining"),
+        E::ServerError(err) => warn!(error = %err, "NATS server error"),
+        E::ClientError(err) => warn!(error = %err, "NATS client error"),
+    }
+}
+
+/// An error and its causes, `: `-separated, for a log line.
+fn chain(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_is_capped_at_two_seconds() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(6), Duration::from_millis(1600));
+        assert_eq!(reconnect_delay(7), MAX_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
+    }
+
+    #[test]
+    fn chain_prints_every_cause_once() {
+        let err = BusError::Decode {
+            subject: "dragonfly.machine.registered".to_owned(),
+            source: DecodeError::SpecVersion {
+                found: Some("0.3".to_owned()),
+            },
+        };
+        assert_eq!(
+            chain(&err),
+            "decoding a message on dragonfly.machine.registered: \
+             unsupported CloudEvents specversion 0.3 (expected \"1.0\")"
+        );
+    }
+}
