@@ -8,6 +8,7 @@
 //! current time in where a value needs one.
 
 pub mod boot;
+pub mod boot_token;
 pub mod hardware;
 pub mod labels;
 pub mod lifecycle;
