@@ -1,0 +1,83 @@
+//! `dragonfly-apid create-admin`: the only way the first operator account comes to exist.
+//!
+//! There is no default password and no first-visitor-becomes-admin page: an operator with
+//! shell access to the server creates the account, with the password on stdin or in a file
+//! (never on the command line, where `ps` and shell history would keep it).
+
+use std::io::Read;
+use std::path::Path;
+
+use dragonfly_store::auth::{self, User};
+use dragonfly_store::{StoreError, check_schema, open_connection};
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// Why the account was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("username must be 1 to 64 characters of a-z, A-Z, 0-9, '.', '_' or '-'")]
+    Username,
+    #[error("password must be at least {MIN_PASSWORD_LEN} characters")]
+    ShortPassword,
+    #[error("reading the password")]
+    Read(#[source] std::io::Error),
+    #[error("hashing the password")]
+    Hash(#[source] crate::error::ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Privileges(#[from] dragonfly_runtime::PrivilegeError),
+}
+
+/// The whole `create-admin` command: drop privileges, read the password, create the account.
+pub fn command(
+    db: &Path,
+    username: &str,
+    password_file: Option<&Path>,
+) -> Result<User, AdminError> {
+    dragonfly_runtime::privileges::lock_down(&[])?;
+    let password = read_password(password_file)?;
+    let user = create_admin(db, username, &password)?;
+    tracing::info!(username = %user.username, "administrator created");
+    Ok(user)
+}
+
+/// Reads a password: the first line of `file`, or of stdin when no file is given.
+pub fn read_password(file: Option<&Path>) -> Result<String, AdminError> {
+    let mut text = String::new();
+    match file {
+        Some(f) => text = std::fs::read_to_string(f).map_err(AdminError::Read)?,
+        None => {
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut text)
+                .map_err(AdminError::Read)?;
+        }
+    }
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+/// Creates an administrator in the (already migrated) database at `db`.
+pub fn create_admin(db: &Path, username: &str, password: &str) -> Result<User, AdminError> {
+    let ok = (1..=64).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(AdminError::Username);
+    }
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(AdminError::ShortPassword);
+    }
+    let hash = crate::auth::hash_password(password).map_err(AdminError::Hash)?;
+    let mut conn = open_connection(db, false)?;
+    check_schema(&conn)?;
+    Ok(auth::create_user(
+        &mut conn,
+        username,
+        &hash,
+        true,
+        jiff::Timestamp::now(),
+    )?)
+}

@@ -1,0 +1,26 @@
+//! Command-line arguments of `dragonfly-apid`.
+
+use std::path::PathBuf;
+
+/// `dragonfly-apid [--config PATH] [--check-config] [create-admin …]`.
+#[derive(Debug, clap::Parser)]
+#[command(version, about = "Dragonfly HTTP API and web UI")]
+pub struct Args {
+    #[command(flatten)]
+    pub common: dragonfly_runtime::CommonArgs,
+    /// Without a command, serve the API.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operator commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create an administrator; the password is read from stdin or --password-file.
+    CreateAdmin {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+}

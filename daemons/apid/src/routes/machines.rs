@@ -1,0 +1,306 @@
+//! `/api/machines`: the inventory, and the agent's registration.
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
+use dragonfly_core::hardware::validate_hostname;
+use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
+use dragonfly_store::machines::{self as repo, Filter, Patch, Registered};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::{self, Principal};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+
+/// Registers a machine from its agent's hardware report.
+///
+/// Idempotent: a report matching a known machine (by any MAC, or by its SMBIOS UUID) updates
+/// that machine instead of creating another. The agent authenticates with the per-boot token
+/// from its kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the
+/// report's MACs; an operator's credentials are accepted too.
+#[utoipa::path(post, path = "/api/machines/register", tag = "machines",
+    request_body = HardwareReport,
+    security(("bootToken" = []), ("bearer" = []), ("session" = [])),
+    responses(
+        (status = 201, description = "A new machine was created", body = Machine),
+        (status = 200, description = "An existing machine was updated", body = Machine),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    who: Registrant,
+    ApiJson(report): ApiJson<HardwareReport>,
+) -> Result<(StatusCode, ApiJson<Machine>), ApiError> {
+    let now = jiff::Timestamp::now();
+    if let Registrant::Agent(mac) = who
+        && !report.macs.contains(&mac)
+    {
+        tracing::info!(token_mac = %mac, "boot token names a MAC not in the report");
+        return Err(ApiError::Forbidden(
+            "the boot token belongs to another machine",
+        ));
+    }
+    report
+        .validate()
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let outcome = state
+        .db
+        .run(move |c| repo::register(c, &report, now))
+        .await?;
+    let created = matches!(outcome, Registered::Created(_));
+    let m = outcome.machine().clone();
+    tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");
+    state
+        .publish(&MachineRegistered {
+            machine_id: m.id.0,
+            name: m.name.clone(),
+            macs: m.macs().iter().map(ToString::to_string).collect(),
+            created,
+        })
+        .await;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, ApiJson(m)))
+}
+
+/// Who may register: an agent holding a valid boot token (for this MAC), or an operator.
+///
+/// An extractor from the request head, so credentials are checked before the body is even
+/// parsed: an anonymous caller learns nothing about what a valid report looks like.
+#[derive(Debug, Clone)]
+pub enum Registrant {
+    Agent(dragonfly_core::MacAddr),
+    Operator(Box<Principal>),
+}
+
+impl axum::extract::FromRequestParts<AppState> for Registrant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        if let Some(token) = auth::boot_token(&parts.headers) {
+            let now = jiff::Timestamp::now();
+            return boot_token::verify(state.boot_token_key.expose(), token, now)
+                .map(|claims| Registrant::Agent(claims.mac))
+                .map_err(|e| {
+                    tracing::info!(error = %e, "agent registration refused");
+                    ApiError::Unauthorized
+                });
+        }
+        match auth::authenticate(state, &parts.headers).await? {
+            Some(p) => Ok(Registrant::Operator(Box::new(p))),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Query of `GET /api/machines`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only machines in this state.
+    pub state: Option<MachineState>,
+    /// Comma-separated `key=value` pairs that must all match, e.g. `rack=r1,role=gpu`.
+    pub label_selector: Option<String>,
+    /// Page size, 1–500 (default 100).
+    pub limit: Option<usize>,
+    /// `next` from the previous page.
+    pub after: Option<String>,
+}
+
+/// One page of machines.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineList {
+    pub items: Vec<Machine>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Parses `k=v,k2=v2` into a label map.
+pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            ApiError::BadRequest(format!("labelSelector: {part:?} is not key=value"))
+        })?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    labels::validate(&out).map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?;
+    Ok(out)
+}
+
+/// Checks a page size.
+pub fn page_size(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(100) {
+        n @ 1..=500 => Ok(n),
+        n => Err(ApiError::BadRequest(format!(
+            "limit: {n} is not between 1 and 500"
+        ))),
+    }
+}
+
+/// Lists machines, filtered by state and labels, in pages ordered by name.
+#[utoipa::path(get, path = "/api/machines", tag = "machines", params(ListQuery),
+    responses((status = 200, body = MachineList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<ApiJson<MachineList>, ApiError> {
+    let filter = Filter {
+        state: q.state,
+        labels: q
+            .label_selector
+            .as_deref()
+            .map(parse_selector)
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    let limit = page_size(q.limit)?;
+    let page = state
+        .db
+        .run(move |c| repo::list(c, &filter, q.after.as_deref(), limit))
+        .await?;
+    Ok(ApiJson(MachineList {
+        items: page.items,
+        next: page.next_after,
+    }))
+}
+
+async fn find(state: &AppState, key: String) -> Result<Machine, ApiError> {
+    if key.len() > 256 {
+        return Err(ApiError::NotFound("machine"));
+    }
+    state
+        .db
+        .run(move |c| repo::get_by_id_or_name(c, &key))
+        .await?
+        .ok_or(ApiError::NotFound("machine"))
+}
+
+/// Gets one machine by id or memorable name.
+#[utoipa::path(get, path = "/api/machines/{id}", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
+    responses((status = 200, body = Machine), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Machine>, ApiError> {
+    find(&state, id).await.map(ApiJson)
+}
+
+/// Body of `PATCH /api/machines/{id}`. Absent fields are left alone.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MachinePatch {
+    /// Replaces the whole label set.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// A new host name, or `null` to clear it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub hostname: Option<Option<String>>,
+    /// Refuse the change (409) unless the machine is still at this version.
+    pub resource_version: Option<i64>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Changes a machine's labels and host name.
+#[utoipa::path(patch, path = "/api/machines/{id}", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
+    request_body = MachinePatch,
+    responses((status = 200, body = Machine), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<MachinePatch>,
+) -> Result<ApiJson<Machine>, ApiError> {
+    if let Some(l) = &body.labels {
+        labels::validate(l).map_err(|e| ApiError::Unprocessable(format!("labels: {e}")))?;
+    }
+    if let Some(Some(h)) = &body.hostname {
+        validate_hostname(h).map_err(|e| ApiError::Unprocessable(format!("hostname: {e}")))?;
+    }
+    let m = find(&state, id).await?;
+    let mut changed = Vec::new();
+    if body.labels.is_some() {
+        changed.push("labels".to_owned());
+    }
+    if body.hostname.is_some() {
+        changed.push("hostname".to_owned());
+    }
+    let p = Patch {
+        labels: body.labels,
+        hostname: body.hostname,
+    };
+    let version = body.resource_version;
+    let now = jiff::Timestamp::now();
+    let updated = state
+        .db
+        .run(move |c| repo::patch(c, m.id, version, &p, now))
+        .await?;
+    tracing::info!(machine = %updated.name, by = %who.user.username, ?changed, "machine updated");
+    state
+        .publish(&MachineUpdated {
+            machine_id: updated.id.0,
+            name: updated.name.clone(),
+            resource_version: updated.resource_version,
+            changed,
+        })
+        .await;
+    Ok(ApiJson(updated))
+}
+
+/// Query of `DELETE /api/machines/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Refuse (409) unless the machine is still at this version.
+    pub resource_version: Option<i64>,
+}
+
+/// Deletes a machine. If it boots again it is rediscovered, with the same name.
+#[utoipa::path(delete, path = "/api/machines/{id}", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name"), DeleteQuery),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    let m = find(&state, id).await?;
+    let gone = state
+        .db
+        .run(move |c| repo::delete(c, m.id, q.resource_version))
+        .await?;
+    tracing::info!(machine = %gone.name, by = %who.user.username, "machine deleted");
+    state
+        .publish(&MachineDeleted {
+            machine_id: gone.id.0,
+            name: gone.name,
+        })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}

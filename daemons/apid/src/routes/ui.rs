@@ -1,0 +1,43 @@
+//! The web UI: one static page and its script, compiled into the binary.
+//!
+//! Both are public (they contain no data; everything they show comes from the authenticated
+//! API) and are served with a strict Content-Security-Policy: no inline script, no third-party
+//! origin, no framing.
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+const INDEX: &str = include_str!("../../ui/index.html");
+const APP_JS: &str = include_str!("../../ui/app.js");
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+                   connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+                   base-uri 'none'";
+
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// `GET /`: the UI's page.
+pub async fn index() -> Response {
+    page(INDEX, "text/html; charset=utf-8")
+}
+
+/// `GET /ui/app.js`: the UI's script.
+pub async fn app_js() -> Response {
+    page(APP_JS, "text/javascript; charset=utf-8")
+}

@@ -1,0 +1,610 @@
+//! The HTTP API end to end over a real socket: registration, inventory, resources, operators.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Server, config, mac, mint, report, token_for};
+
+async fn register(s: &Server, macs: &[u8]) -> (StatusCode, Value) {
+    let r = s
+        .http
+        .post(s.url("/api/machines/register"))
+        .bearer_auth(token_for(mac(macs[0])))
+        .json(&report(macs))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn registration_is_authenticated_by_boot_token_and_idempotent() {
+    let s = Server::start().await;
+    let url = s.url("/api/machines/register");
+
+    let none = s.http.post(&url).json(&report(&[1])).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let forged = s
+        .http
+        .post(&url)
+        .bearer_auth(mint(&[0x11; 32], mac(1)))
+        .json(&report(&[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let other_machine = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(mac(9)))
+        .json(&report(&[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_machine.status(), 403);
+    assert_eq!(s.machine_count().await, 0);
+
+    let (status, first) = register(&s, &[1, 2]).await;
+    assert_eq!(status, 201);
+    assert_eq!(first["state"], "Registered");
+    assert_eq!(first["resourceVersion"], 1);
+    assert_eq!(first["name"], dragonfly_core::names::memorable_name(mac(1)));
+    // The agent boots again and reports, MACs listed in another order: same machine.
+    let (status, again) = register(&s, &[2, 1]).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["resourceVersion"], 2);
+    assert_eq!(s.machine_count().await, 1);
+
+    // An operator may register a machine by hand with their own credentials.
+    let cookie = s.admin_cookie().await;
+    let r = s
+        .http
+        .post(&url)
+        .header("cookie", &cookie)
+        .json(&report(&[3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.machine_count().await, 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
+    let s = Server::start_with(config(|c| c.max_body_bytes = Some(4096))).await;
+    let url = s.url("/api/machines/register");
+    let token = token_for(mac(1));
+    let mut unknown_field = report(&[1]);
+    unknown_field["colour"] = json!("blue");
+    let mut bad_mac = report(&[1]);
+    bad_mac["macs"] = json!(["52:54:00:aa:00:01", "not-a-mac"]);
+    let mut broadcast = report(&[1]);
+    broadcast["macs"] = json!(["52:54:00:aa:00:01", "ff:ff:ff:ff:ff:ff"]);
+    let mut no_macs = report(&[1]);
+    no_macs["macs"] = json!([]);
+    let mut huge = report(&[1]);
+    huge["cpu"]["model"] = json!("x".repeat(8192));
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "malformed JSON",
+            s.http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body("{\"macs\": [")
+                .bearer_auth(&token),
+            400,
+        ),
+        (
+            "not JSON",
+            s.http
+                .post(&url)
+                .header("content-type", "text/plain")
+                .body("hello")
+                .bearer_auth(&token),
+            415,
+        ),
+        (
+            "unknown field",
+            s.http.post(&url).json(&unknown_field).bearer_auth(&token),
+            422,
+        ),
+        (
+            "invalid MAC",
+            s.http.post(&url).json(&bad_mac).bearer_auth(&token),
+            422,
+        ),
+        (
+            "broadcast MAC",
+            s.http.post(&url).json(&broadcast).bearer_auth(&token),
+            422,
+        ),
+        (
+            "no MACs",
+            s.http
+                .post(&url)
+                .json(&no_macs)
+                .bearer_auth(token_for(mac(1))),
+            403,
+        ),
+        (
+            "huge body",
+            s.http.post(&url).json(&huge).bearer_auth(&token),
+            413,
+        ),
+        (
+            "wrong type",
+            s.http
+                .post(&url)
+                .json(&json!({"macs": "52:54:00:aa:00:01"}))
+                .bearer_auth(&token),
+            422,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{what}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{what}: error body is JSON"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(s.machine_count().await, 0, "nothing was written");
+
+    // Operator endpoints refuse bad input the same way.
+    let cookie = s.admin_cookie().await;
+    let (_, m) = register(&s, &[1]).await;
+    let id = m["id"].as_str().unwrap();
+    let patch = |body: Value| {
+        s.http
+            .patch(s.url(&format!("/api/machines/{id}")))
+            .header("cookie", &cookie)
+            .json(&body)
+    };
+    for (body, want) in [
+        (json!({"labels": {"bad key!": "x"}}), 422),
+        (json!({"hostname": "-nope"}), 422),
+        (json!({"owner": "me"}), 422),
+    ] {
+        assert_eq!(
+            patch(body.clone()).send().await.unwrap().status().as_u16(),
+            want,
+            "{body}"
+        );
+    }
+    let r = s
+        .http
+        .get(s.url("/api/machines?limit=0"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .http
+        .get(s.url("/api/machines?state=Sleeping"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let unchanged: Value = s
+        .http
+        .get(s.url(&format!("/api/machines/{id}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unchanged["resourceVersion"], 1);
+}
+
+#[tokio::test]
+async fn inventory_lists_filters_pages_and_finds_by_name() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let mut names = Vec::new();
+    for i in 1..=7u8 {
+        let (_, m) = register(&s, &[i]).await;
+        let rack = if i <= 3 { "r1" } else { "r2" };
+        let r = s
+            .http
+            .patch(s.url(&format!("/api/machines/{}", m["name"].as_str().unwrap())))
+            .header("cookie", &cookie)
+            .json(&json!({"labels": {"rack": rack, "dragonfly.computer/role": "worker"}, "hostname": format!("node-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        names.push(m["name"].as_str().unwrap().to_owned());
+    }
+    names.sort();
+    let get = |path: String| {
+        let s = &s;
+        let cookie = &cookie;
+        async move {
+            let r = s
+                .http
+                .get(s.url(&path))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    // Pages of 3, in name order, covering everything once.
+    let mut seen = Vec::new();
+    let mut path = "/api/machines?limit=3".to_owned();
+    loop {
+        let page = get(path.clone()).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|m| m["name"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/machines?limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, names);
+    let r1 =
+        get("/api/machines?labelSelector=rack%3Dr1,dragonfly.computer/role%3Dworker".into()).await;
+    assert_eq!(r1["items"].as_array().unwrap().len(), 3);
+    let registered = get("/api/machines?state=Registered".into()).await;
+    assert_eq!(registered["items"].as_array().unwrap().len(), 7);
+    let ready = get("/api/machines?state=Ready".into()).await;
+    assert!(ready["items"].as_array().unwrap().is_empty());
+
+    let by_name = get(format!("/api/machines/{}", names[0])).await;
+    let by_id = get(format!("/api/machines/{}", by_name["id"].as_str().unwrap())).await;
+    assert_eq!(by_name, by_id);
+    assert!(by_name["hostname"].as_str().unwrap().starts_with("node-"));
+    let missing = s
+        .http
+        .get(s.url("/api/machines/NoSuchMachineHere"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn updates_and_deletes_respect_resource_version() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let (_, m) = register(&s, &[1]).await;
+    let url = s.url(&format!("/api/machines/{}", m["id"].as_str().unwrap()));
+    let v1 = m["resourceVersion"].as_i64().unwrap();
+
+    let ok = s
+        .http
+        .patch(&url)
+        .header("cookie", &cookie)
+        .json(&json!({"hostname": "web-1", "resourceVersion": v1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let m2: Value = ok.json().await.unwrap();
+    assert_eq!(m2["hostname"], "web-1");
+    assert_eq!(m2["resourceVersion"], v1 + 1);
+
+    let stale = s
+        .http
+        .patch(&url)
+        .header("cookie", &cookie)
+        .json(&json!({"hostname": "web-2", "resourceVersion": v1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409);
+    let clear = s
+        .http
+        .patch(&url)
+        .header("cookie", &cookie)
+        .json(&json!({"hostname": null}))
+        .send()
+        .await
+        .unwrap();
+    let m3: Value = clear.json().await.unwrap();
+    assert!(m3.get("hostname").is_none(), "{m3}");
+
+    let stale_delete = s
+        .http
+        .delete(format!("{url}?resourceVersion={v1}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale_delete.status(), 409);
+    let delete = s
+        .http
+        .delete(format!("{url}?resourceVersion={}", m3["resourceVersion"]))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 204);
+    let gone = s
+        .http
+        .get(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    // Rediscovered after deletion: same memorable name, new identity.
+    let (status, back) = register(&s, &[1]).await;
+    assert_eq!(status, 201);
+    assert_eq!(back["name"], m["name"]);
+    assert_ne!(back["id"], m["id"]);
+}
+
+#[tokio::test]
+async fn hardware_resources_in_json_and_yaml() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let (_, m) = register(&s, &[1]).await;
+    register(&s, &[2]).await;
+    let name = m["name"].as_str().unwrap();
+
+    let r = s
+        .http
+        .get(s.url("/apis/dragonfly.computer/v1/hardware"))
+        .header("cookie", &cookie)
+        .header("accept", "application/yaml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/yaml");
+    let list: Value = serde_yaml_ng::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(list["apiVersion"], "dragonfly.computer/v1");
+    assert_eq!(list["kind"], "HardwareList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+    let r = s
+        .http
+        .get(s.url(&format!("/apis/dragonfly.computer/v1/hardware/{name}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let doc: dragonfly_core::resource::Hardware = r.json().await.unwrap();
+    doc.check_type("Hardware").unwrap();
+    assert_eq!(doc.metadata.name, name);
+    assert_eq!(
+        doc.metadata.uid.unwrap().to_string(),
+        m["id"].as_str().unwrap()
+    );
+    assert_eq!(doc.spec.hardware.macs, vec![mac(1)]);
+    assert_eq!(
+        doc.status.unwrap().state,
+        dragonfly_core::MachineState::Registered
+    );
+
+    let page: Value = s
+        .http
+        .get(s.url("/apis/dragonfly.computer/v1/hardware?limit=1"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cont = page["metadata"]["continue"].as_str().unwrap();
+    let rest: Value = s
+        .http
+        .get(s.url(&format!(
+            "/apis/dragonfly.computer/v1/hardware?limit=1&continue={cont}"
+        )))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["metadata"].get("continue").is_none());
+}
+
+#[tokio::test]
+async fn sessions_and_api_tokens() {
+    let s = Server::start_with(config(|c| c.secure_cookies = Some(true))).await;
+    let (user, password) = s.add_admin("ops").await;
+
+    let wrong = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"username": user, "password": "guess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let nobody = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"username": "nobody", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nobody.status(), 401);
+
+    let r = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let me: Value = s
+        .http
+        .get(s.url("/api/auth/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "ops");
+
+    let created: Value = s
+        .http
+        .post(s.url("/api/tokens"))
+        .header("cookie", &cookie)
+        .json(&json!({"name": "ci", "expiresInDays": 30}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("dft_"));
+    let with_token = s
+        .http
+        .get(s.url("/api/machines"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let listed: Value = s
+        .http
+        .get(s.url("/api/tokens"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&token),
+        "a token's secret is shown only once"
+    );
+    assert!(listed[0]["lastUsed"].is_string());
+
+    // The token's secret is not stored.
+    let t = token.clone();
+    let raw_hit =
+        s.db.run(move |c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM api_tokens WHERE CAST(secret_hash AS TEXT) = ?1",
+                [t],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(raw_hit, 0);
+
+    let revoke = s
+        .http
+        .delete(s.url(&format!("/api/tokens/{}", created["id"].as_str().unwrap())))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 204);
+    let revoked = s
+        .http
+        .get(s.url("/api/machines"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 401);
+
+    let out = s
+        .http
+        .post(s.url("/api/auth/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = s
+        .http
+        .get(s.url("/api/auth/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_per_address() {
+    let s = Server::start_with(config(|c| c.login_attempts_per_minute = Some(3))).await;
+    let (user, password) = s.add_admin("ops").await;
+    let attempt = |pw: &str| {
+        s.http
+            .post(s.url("/api/auth/login"))
+            .json(&json!({"username": user, "password": pw}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong").await.unwrap().status(), 401);
+    }
+    let limited = attempt(&password).await.unwrap();
+    assert_eq!(limited.status(), 429, "even the right password waits");
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
+async fn health_needs_no_credentials_and_the_ui_is_served() {
+    let s = Server::start().await;
+    let h: Value = s
+        .http
+        .get(s.url("/api/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["schemaVersion"], dragonfly_store::SCHEMA_VERSION);
+    assert_eq!(h["bus"], "disabled");
+    let page = s.http.get(s.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    assert!(page.text().await.unwrap().contains("/ui/app.js"));
+    let js = s.http.get(s.url("/ui/app.js")).send().await.unwrap();
+    assert_eq!(js.status(), 200);
+}

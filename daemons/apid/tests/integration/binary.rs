@@ -1,0 +1,279 @@
+//! The real `dragonfly-apid` binary, socket-activated by `systemd-socket-activate`, against a
+//! real `nats-server`: registrations arrive as CloudEvents, and a NATS restart is survived.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use dragonfly_testkit::{
+    NatsServer, chown_for_unprivileged, free_port, require_binary, require_nats_servers,
+    unprivileged,
+};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::common::{KEY, TestDb, mac, report, token_for};
+
+const APID: &str = env!("CARGO_BIN_EXE_dragonfly-apid");
+
+/// A config file, key file and database for the binary, owned by the user it will run as.
+fn prepare(db: &TestDb, nats_url: &str) -> PathBuf {
+    let dir = db.dir.path();
+    let key = dir.join("boot-token-key");
+    std::fs::write(&key, KEY).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let cfg = dir.join("dragonfly.toml");
+    // The fallback address is port 1, which an unprivileged process cannot bind: if apid
+    // served at all, it used the socket systemd-socket-activate passed it.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = {db:?}\n[nats]\nurl = {nats_url:?}\n[log]\nlevel = \"info\"\n\
+             [apid]\nlisten = \"127.0.0.1:1\"\nboot_token_key_file = {key:?}\nsecure_cookies = false\n",
+            db = db.path.display().to_string(),
+            key = key.display().to_string(),
+        ),
+    )
+    .unwrap();
+    chown_for_unprivileged(dir).unwrap();
+    cfg
+}
+
+async fn register(http: &reqwest::Client, base: &str, n: u8) -> Value {
+    let r = http
+        .post(format!("{base}/api/machines/register"))
+        .bearer_auth(token_for(mac(n)))
+        .json(&report(&[n]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+async fn next_event(sub: &mut async_nats::Subscriber) -> Value {
+    let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a CloudEvent within 10 s")
+        .unwrap();
+    serde_json::from_slice(&msg.payload).unwrap()
+}
+
+async fn bus_state(http: &reqwest::Client, base: &str) -> String {
+    match http.get(format!("{base}/api/health")).send().await {
+        Ok(r) => r.json::<Value>().await.unwrap()["bus"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        Err(_) => "unreachable".into(),
+    }
+}
+
+async fn wait_bus(http: &reqwest::Client, base: &str, want: &str) {
+    for _ in 0..150 {
+        if bus_state(http, base).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("bus never became {want}");
+}
+
+#[tokio::test]
+async fn socket_activated_apid_publishes_cloudevents_and_survives_a_nats_restart() {
+    let Some(activate) = require_binary("systemd-socket-activate", "apt-get install systemd")
+    else {
+        return;
+    };
+    for binary in require_nats_servers() {
+        let t0 = std::time::Instant::now();
+        run_scenario(&activate, &binary.path).await;
+        eprintln!(
+            "nats-server {}: scenario passed in {:?}",
+            binary.version,
+            t0.elapsed()
+        );
+    }
+}
+
+async fn run_scenario(activate: &Path, nats_binary: &Path) {
+    let mut nats = NatsServer::start_with(nats_binary).await.unwrap();
+    let db = TestDb::new();
+    let cfg = prepare(&db, &nats.url());
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = tokio::process::Command::from(unprivileged(activate))
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "--fdname=http",
+            APID,
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = watcher.subscribe("dragonfly.machine.>").await.unwrap();
+    watcher.flush().await.unwrap();
+
+    // systemd-socket-activate is listening once a connection succeeds; that first connection
+    // makes it start apid, which then serves everything queued on the socket.
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "systemd-socket-activate never listened on {port}");
+    let http = reqwest::Client::new();
+    let first = register(&http, &base, 1).await;
+    let ev = next_event(&mut sub).await;
+    assert_eq!(ev["specversion"], "1.0");
+    assert_eq!(ev["type"], "computer.dragonfly.machine.registered");
+    assert_eq!(ev["source"], "/dragonfly/apid");
+    assert_eq!(ev["datacontenttype"], "application/json");
+    assert_eq!(ev["subject"], first["id"]);
+    assert!(ev["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(
+        ev["time"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
+    assert_eq!(ev["data"]["name"], first["name"]);
+    assert_eq!(ev["data"]["created"], true);
+
+    // NATS goes away: apid keeps serving, because the store is the truth.
+    nats.kill();
+    wait_bus(&http, &base, "disconnected").await;
+    let during = register(&http, &base, 2).await;
+    assert_eq!(during["state"], "Registered");
+
+    // NATS comes back on the same port: apid reconnects and publishes again.
+    nats.restart().await.unwrap();
+    wait_bus(&http, &base, "connected").await;
+    watcher.flush().await.unwrap();
+    let after = register(&http, &base, 3).await;
+    let mut names = Vec::new();
+    loop {
+        let ev = next_event(&mut sub).await;
+        names.push(ev["data"]["name"].clone());
+        if ev["data"]["name"] == after["name"] {
+            break;
+        }
+    }
+    assert!(
+        names.len() <= 2,
+        "only the outage's event may precede: {names:?}"
+    );
+
+    // SIGTERM: a graceful stop, exit status 0.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("apid stops within its grace period")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    assert!(log.contains("serving"), "{log}");
+}
+
+#[test]
+fn check_config_exits_0_or_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[apid]\nlisten = \"127.0.0.1:3000\"\n").unwrap();
+    let out = std::process::Command::new(APID)
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[apid]\nlisten = \"localhost\"\n").unwrap();
+    let out = std::process::Command::new(APID)
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("apid.listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn create_admin_reads_the_password_from_stdin_and_refuses_weak_ones() {
+    use std::io::Write;
+    let db = TestDb::new();
+    let cfg = prepare(&db, "nats://127.0.0.1:1");
+    let run = |password: &str| {
+        let mut child = unprivileged(APID)
+            .args(["--config"])
+            .arg(&cfg)
+            .args(["create-admin", "--username", "root-of-trust"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let weak = run("short");
+    assert_eq!(weak.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 12"));
+    let ok = run("a long enough passphrase");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let conn = dragonfly_store::open_connection(&db.path, false).unwrap();
+    let (user, hash) = dragonfly_store::auth::user_with_password(&conn, "root-of-trust")
+        .unwrap()
+        .unwrap();
+    assert!(user.is_admin);
+    assert!(hash.starts_with("$argon2id$"));
+    assert!(dragonfly_apid::auth::verify_password(
+        "a long enough passphrase",
+        &hash
+    ));
+    let dup = run("a long enough passphrase");
+    assert!(!dup.status.success());
+}
+
+#[test]
+fn refuses_to_run_as_root() {
+    if !dragonfly_testkit::is_root() {
+        eprintln!("SKIP: refuses_to_run_as_root: not running as root");
+        return;
+    }
+    let db = TestDb::new();
+    let cfg = prepare(&db, "nats://127.0.0.1:1");
+    let out = std::process::Command::new(APID)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
+}

@@ -1,0 +1,158 @@
+//! Shared set-up: a migrated SQLite file, apid's router served on a loopback port, users.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use dragonfly_apid::{ApidConfig, AppState, app, auth};
+use dragonfly_core::boot_token::{self, BootClaims};
+use dragonfly_core::{HardwareReport, MacAddr};
+use dragonfly_runtime::Secret;
+use dragonfly_runtime::config::DaemonConfig;
+use dragonfly_store::Db;
+use serde_json::{Value, json};
+
+/// The boot-token key every test server uses.
+pub(crate) const KEY: [u8; 32] = [0x5a; 32];
+
+/// A migrated database in a temporary directory.
+pub(crate) struct TestDb {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) path: PathBuf,
+}
+
+impl TestDb {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dragonfly.db");
+        let mut conn = dragonfly_store::open_connection(&path, true).unwrap();
+        dragonfly_store::migrate(&mut conn).unwrap();
+        Self { dir, path }
+    }
+}
+
+/// apid's router on `127.0.0.1:<ephemeral>`, without a bus.
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) db: Db,
+    pub(crate) _tdb: TestDb,
+    pub(crate) http: reqwest::Client,
+}
+
+pub(crate) fn config(tweak: impl FnOnce(&mut dragonfly_apid::config::RawApid)) -> ApidConfig {
+    let mut raw = dragonfly_apid::config::RawApid::default();
+    tweak(&mut raw);
+    ApidConfig::validate(raw).unwrap()
+}
+
+impl Server {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(config(|_| {})).await
+    }
+
+    pub(crate) async fn start_with(cfg: ApidConfig) -> Self {
+        let tdb = TestDb::new();
+        let db = Db::open(&tdb.path).await.unwrap();
+        let state = AppState::new(db.clone(), None, cfg, Secret::new(KEY.to_vec()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        Self {
+            base: format!("http://{addr}"),
+            db,
+            _tdb: tdb,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates an administrator directly in the store; returns (username, password).
+    pub(crate) async fn add_admin(&self, name: &str) -> (String, String) {
+        let password = format!("{name}-correct-horse");
+        let hash = auth::hash_password(&password).unwrap();
+        let n = name.to_owned();
+        self.db
+            .run(move |c| {
+                dragonfly_store::auth::create_user(c, &n, &hash, true, jiff::Timestamp::now())
+            })
+            .await
+            .unwrap();
+        (name.to_owned(), password)
+    }
+
+    /// Logs in and returns the `Cookie` header value.
+    pub(crate) async fn login(&self, user: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login failed");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    /// An administrator's session cookie.
+    pub(crate) async fn admin_cookie(&self) -> String {
+        let (u, p) = self.add_admin("admin").await;
+        self.login(&u, &p).await
+    }
+
+    pub(crate) async fn machine_count(&self) -> u64 {
+        self.db
+            .run(|c| dragonfly_store::machines::count(c))
+            .await
+            .unwrap()
+    }
+}
+
+pub(crate) fn mac(n: u8) -> MacAddr {
+    MacAddr::new([0x52, 0x54, 0x00, 0xaa, 0x00, n])
+}
+
+/// A plausible agent report for a machine with MACs `macs`.
+pub(crate) fn report(macs: &[u8]) -> Value {
+    json!({
+        "macs": macs.iter().map(|n| mac(*n).to_string()).collect::<Vec<_>>(),
+        "smbiosUuid": format!("{:08x}-0000-4000-8000-000000000000", u32::from(macs[0])),
+        "cpu": {"model": "QEMU Virtual CPU", "cores": 2, "threads": 2},
+        "memoryBytes": 2_147_483_648u64,
+        "disks": [{"name": "vda", "serial": "disk-1", "sizeBytes": 10_737_418_240u64}],
+        "nics": [{"name": "eth0", "mac": mac(macs[0]).to_string(), "driver": "virtio_net"}]
+    })
+}
+
+/// A boot token for `mac`, valid for an hour.
+pub(crate) fn token_for(mac: MacAddr) -> String {
+    mint(&KEY, mac)
+}
+
+pub(crate) fn mint(key: &[u8], mac: MacAddr) -> String {
+    boot_token::mint(
+        key,
+        &BootClaims {
+            mac,
+            nonce: [7; 16],
+            expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+        },
+    )
+    .unwrap()
+}
+
+/// The report's parse check: every hardware report the tests send is valid.
+#[test]
+fn test_report_is_valid() {
+    let r: HardwareReport = serde_json::from_value(report(&[1, 2])).unwrap();
+    r.validate().unwrap();
+}

@@ -1,0 +1,10 @@
+//! apid's integration tests: one binary, one module per area.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic on set-up failure by design"
+)]
+
+mod api;
+mod auth_walk;
+mod binary;
+mod common;
