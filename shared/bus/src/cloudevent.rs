@@ -239,7 +239,7 @@ mod tests {
             "type": "computer.dragonfly.machine.registered",
             "time": "2025-01-02T03:04:05.123+01:00",
             "data": {
-                "machine_id": "0193a5c0-0000-7000-8000-000000000001",
+                "machineId": "0193a5c0-0000-7000-8000-000000000001",
                 "name": "n1",
                 "macs": [],
                 "created": false

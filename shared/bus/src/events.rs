@@ -23,6 +23,7 @@ pub const ALL_SUBJECTS: &[&str] = &[
 
 /// A machine was registered, or an already-known machine registered again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MachineRegistered {
     /// The machine.
     pub machine_id: Uuid,
@@ -44,6 +45,7 @@ impl Event for MachineRegistered {
 
 /// A machine's stored record changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MachineUpdated {
     /// The machine.
     pub machine_id: Uuid,
@@ -65,6 +67,7 @@ impl Event for MachineUpdated {
 
 /// A machine was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MachineDeleted {
     /// The machine.
     pub machine_id: Uuid,
