@@ -119,3 +119,15 @@ mod tests {
         assert_eq!(unique.len(), ALL_SUBJECTS.len());
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    /// docs/events.md is the operator-facing list of subjects; it must not fall behind.
+    #[test]
+    fn every_subject_is_documented() {
+        let doc = include_str!("../../../docs/events.md");
+        for subject in super::ALL_SUBJECTS {
+            assert!(doc.contains(&format!("`{subject}`")), "docs/events.md lacks {subject}");
+        }
+    }
+}

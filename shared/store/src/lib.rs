@@ -7,7 +7,7 @@
 //! begun `IMMEDIATE` so two writers queue on the lock instead of failing mid-transaction with
 //! `SQLITE_BUSY` on upgrade.
 //!
-//! The schema is versioned ([`migrate`]) and changed in exactly one place, the
+//! The schema is versioned ([`mod@migrate`]) and changed in exactly one place, the
 //! `dragonfly-migrate` oneshot; daemons only check that the file's version is the one they
 //! were built for and refuse anything else.
 //!
