@@ -494,6 +494,11 @@ fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
         E::LameDuckMode => warn!("NATS server entered lame duck mode"),
         E::Draining => debug!("NATS client draining"),
         E::ServerError(err) => warn!(error = %err, "NATS server error"),
+        // While disconnected every failed reconnect attempt reports an I/O error; the
+        // disconnect was already logged once, so repeating it would only flood the journal.
+        E::ClientError(err) if *state.borrow() != ConnectionState::Connected => {
+            debug!(error = %err, "NATS reconnect attempt failed");
+        }
         E::ClientError(err) => warn!(error = %err, "NATS client error"),
     }
 }

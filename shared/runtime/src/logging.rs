@@ -89,9 +89,14 @@ fn build_filter(rust_log: Option<&str>, configured: &str) -> (EnvFilter, Option<
     }
 }
 
+/// Dependencies whose `info` is our `debug`: async-nats logs every reconnect attempt, which
+/// `dragonfly-bus` already reports once per state change. An explicit directive for the same
+/// target in the configured filter or `RUST_LOG` overrides these.
+const QUIET_DEPENDENCIES: &str = "async_nats=warn";
+
 fn configured_filter(configured: &str) -> EnvFilter {
     // `LogConfig` validated it; `parse_lossy` only matters for a hand-built `LogConfig`.
-    EnvFilter::builder().parse_lossy(configured)
+    EnvFilter::builder().parse_lossy(format!("{QUIET_DEPENDENCIES},{configured}"))
 }
 
 /// `(st_dev, st_ino)` of our stderr, if it is open.
@@ -153,7 +158,16 @@ mod tests {
     #[test]
     fn invalid_rust_log_falls_back_and_is_reported() {
         let (filter, bad) = build_filter(Some("dragonfly=loud"), "info");
-        assert_eq!(filter.to_string(), "info");
+        let text = filter.to_string();
+        assert!(text.contains("info") && !text.contains("loud"), "{text}");
         assert_eq!(bad.as_deref(), Some("dragonfly=loud"));
+    }
+
+    #[test]
+    fn noisy_dependencies_are_quieted_unless_asked_for() {
+        let (filter, _) = build_filter(None, "info");
+        assert!(filter.to_string().contains("async_nats=warn"), "{filter}");
+        let (filter, _) = build_filter(None, "info,async_nats=debug");
+        assert!(filter.to_string().contains("async_nats=debug"), "{filter}");
     }
 }
