@@ -191,16 +191,23 @@ pub fn lock_down(keep: &[Capability]) -> Result<(), PrivilegeError> {
             read(set)?
         };
         let wanted: CapsHashSet = current.intersection(&keep).copied().collect();
-        caps::set(None, set, &wanted).map_err(|source| PrivilegeError::Drop {
-            set: set_name(set),
+        // Only call capset(2) when something changes: a unit with an empty
+        // CapabilityBoundingSet= usually also filters @privileged syscalls, which makes
+        // capset fail with EPERM even when it would drop nothing.
+        if wanted != read(set)? {
+            caps::set(None, set, &wanted).map_err(|source| PrivilegeError::Drop {
+                set: set_name(set),
+                source,
+            })?;
+        }
+    }
+    let wanted: CapsHashSet = permitted.intersection(&keep).copied().collect();
+    if wanted != permitted {
+        caps::set(None, CapSet::Permitted, &wanted).map_err(|source| PrivilegeError::Drop {
+            set: "permitted",
             source,
         })?;
     }
-    let wanted: CapsHashSet = permitted.intersection(&keep).copied().collect();
-    caps::set(None, CapSet::Permitted, &wanted).map_err(|source| PrivilegeError::Drop {
-        set: "permitted",
-        source,
-    })?;
 
     let after = current_capabilities()?;
     for (set, held) in [

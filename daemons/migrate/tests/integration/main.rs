@@ -41,6 +41,12 @@ fn creates_then_is_idempotent_then_refuses_a_newer_schema() {
     );
     let conn = dragonfly_store::open_connection(&db, false).unwrap();
     dragonfly_store::check_schema(&conn).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o660,
+        "the database is group-writable for every daemon's user"
+    );
 
     let again = migrate(&cfg);
     assert!(again.status.success());
