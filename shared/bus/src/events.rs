@@ -127,7 +127,10 @@ mod docs_tests {
     fn every_subject_is_documented() {
         let doc = include_str!("../../../docs/events.md");
         for subject in super::ALL_SUBJECTS {
-            assert!(doc.contains(&format!("`{subject}`")), "docs/events.md lacks {subject}");
+            assert!(
+                doc.contains(&format!("`{subject}`")),
+                "docs/events.md lacks {subject}"
+            );
         }
     }
 }

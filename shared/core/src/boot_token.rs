@@ -81,8 +81,12 @@ pub fn verify(key: &[u8], token: &str, now: Timestamp) -> Result<BootClaims, Tok
     if p.len() > 64 || t.len() > 64 {
         return Err(TokenError::Malformed);
     }
-    let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Malformed)?;
-    let given = URL_SAFE_NO_PAD.decode(t).map_err(|_| TokenError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| TokenError::Malformed)?;
+    let given = URL_SAFE_NO_PAD
+        .decode(t)
+        .map_err(|_| TokenError::Malformed)?;
     if payload.len() != PAYLOAD_LEN || given.len() != 32 {
         return Err(TokenError::Malformed);
     }
@@ -137,11 +141,11 @@ mod tests {
     #[test]
     fn refuses_other_keys_expiry_and_tampering() {
         let t = mint(&KEY, &claims()).unwrap();
-        assert_eq!(verify(&[0x43; 32], &t, now()), Err(TokenError::BadSignature));
         assert_eq!(
-            verify(&KEY, &t, claims().expires),
-            Err(TokenError::Expired)
+            verify(&[0x43; 32], &t, now()),
+            Err(TokenError::BadSignature)
         );
+        assert_eq!(verify(&KEY, &t, claims().expires), Err(TokenError::Expired));
         // Move the token to another MAC: flip a payload bit.
         let mut other = claims();
         other.mac = MacAddr::new([0x52, 0x54, 0, 1, 2, 4]);
@@ -151,7 +155,14 @@ mod tests {
         let (_, orig_tag) = t.rsplit_once('.').unwrap();
         let spliced = format!("dfb1.{fp}.{orig_tag}");
         assert_eq!(verify(&KEY, &spliced, now()), Err(TokenError::BadSignature));
-        for bad in ["", "dfb1.", "dfb1.a.b", "dfb2.x.y", &t[..t.len() - 1], &format!("{t}=")] {
+        for bad in [
+            "",
+            "dfb1.",
+            "dfb1.a.b",
+            "dfb2.x.y",
+            &t[..t.len() - 1],
+            &format!("{t}="),
+        ] {
             assert!(verify(&KEY, bad, now()).is_err(), "{bad:?}");
         }
         assert_eq!(mint(&[1; 16], &claims()), Err(TokenError::WeakKey));

@@ -277,3 +277,13 @@ fn refuses_to_run_as_root() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/dragonfly.toml.example");
+    let out = std::process::Command::new(APID)
+        .args(["--check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,71 @@
+#!/bin/bash
+# Install Dragonfly's binaries, systemd units, sysusers.d and tmpfiles.d files into a root.
+#
+#   packaging/install.sh DESTDIR            # DESTDIR=/ installs onto this host
+#
+# Binaries come from $DRAGONFLY_BIN_DIR (default: target/release of this repository), as left
+# by `cargo build --release`; this script builds nothing. It never overwrites
+# /etc/dragonfly/dragonfly.toml or an existing boot-token key.
+#
+# This installs onto a machine (or a container root, or the temporary root units/check.sh
+# verifies); it is not a package build: a package must generate the key in its post-install
+# step, or every host would share one key.
+set -euo pipefail
+
+usage() { echo "usage: $0 DESTDIR   (binaries from \$DRAGONFLY_BIN_DIR, default target/release)" >&2; exit 2; }
+[ $# -eq 1 ] || usage
+dest=${1%/}
+[ -d "${dest:-/}" ] || { echo "$0: DESTDIR ${dest:-/} is not a directory" >&2; exit 2; }
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin_dir=${DRAGONFLY_BIN_DIR:-$repo/target/release}
+
+# One per daemon, plus the migration tool. A daemon added to units/ goes here too
+# (units/check.sh fails on a unit whose ExecStart= binary was not installed).
+binaries=(dragonfly-apid dragonfly-migrate)
+
+for b in "${binaries[@]}"; do
+    [ -x "$bin_dir/$b" ] || { echo "$0: $bin_dir/$b missing: run \`cargo build --release\` first" >&2; exit 1; }
+done
+
+for b in "${binaries[@]}"; do
+    install -D -m 0755 "$bin_dir/$b" "$dest/usr/bin/$b"
+done
+
+install -d -m 0755 "$dest/usr/lib/systemd/system"
+for unit in "$repo"/units/*.service "$repo"/units/*.socket "$repo"/units/*.target \
+            "$repo"/units/*.timer "$repo"/units/*.path; do
+    [ -e "$unit" ] || continue
+    install -m 0644 "$unit" "$dest/usr/lib/systemd/system/"
+done
+install -D -m 0644 "$repo/units/sysusers.d/dragonfly.conf" "$dest/usr/lib/sysusers.d/dragonfly.conf"
+install -D -m 0644 "$repo/units/tmpfiles.d/dragonfly.conf" "$dest/usr/lib/tmpfiles.d/dragonfly.conf"
+
+doc=$dest/usr/share/doc/dragonfly
+install -D -m 0644 "$repo/packaging/dragonfly.toml.example" "$doc/dragonfly.toml.example"
+[ ! -e "$repo/docs/security.md" ] || install -m 0644 "$repo/docs/security.md" "$doc/security.md"
+
+# /etc/dragonfly itself is 0750 root:dragonfly (tmpfiles.d fixes the group once the group
+# exists), so the file inside can be world-readable and owned by root.
+install -d -m 0750 "$dest/etc/dragonfly"
+[ -e "$dest/etc/dragonfly/dragonfly.toml" ] ||
+    install -m 0644 "$repo/packaging/dragonfly.toml.example" "$dest/etc/dragonfly/dragonfly.toml"
+
+# The HMAC key for per-boot agent tokens: 32 random bytes, read only by systemd
+# (LoadCredential= in dragonfly-apid.service). Generated once; replacing it invalidates every
+# outstanding agent token.
+install -d -m 0700 "$dest/etc/dragonfly/credentials"
+key=$dest/etc/dragonfly/credentials/boot-token-key
+if [ ! -e "$key" ]; then
+    (
+        umask 077
+        head -c 32 /dev/urandom > "$key.tmp"
+        [ "$(id -u)" -ne 0 ] || chown 0:0 "$key.tmp"
+        mv "$key.tmp" "$key"
+    )
+fi
+
+if [ "${dest:-/}" = / ]; then
+    echo "installed; now: systemd-sysusers && systemd-tmpfiles --create dragonfly.conf &&" \
+        "systemctl daemon-reload && systemctl enable --now dragonfly.target"
+fi
