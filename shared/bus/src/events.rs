@@ -19,6 +19,11 @@ pub const ALL_SUBJECTS: &[&str] = &[
     MachineRegistered::SUBJECT,
     MachineUpdated::SUBJECT,
     MachineDeleted::SUBJECT,
+    LeaseGranted::SUBJECT,
+    LeaseEnded::SUBJECT,
+    PxeAnswered::SUBJECT,
+    TftpTransferred::SUBJECT,
+    BootDecided::SUBJECT,
 ];
 
 /// A machine was registered, or an already-known machine registered again.
@@ -83,6 +88,124 @@ impl Event for MachineDeleted {
     }
 }
 
+/// dhcpd handed out (or renewed) an address. Reservation mode only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseGranted {
+    /// Client MAC, lower-case and colon-separated.
+    pub mac: String,
+    /// The leased IPv4 address.
+    pub ip: String,
+    /// Lease length in seconds.
+    pub lease_seconds: u32,
+    /// `true` for a fixed address of a known machine, `false` for one from the pool.
+    pub reserved: bool,
+    /// The machine, when the MAC belongs to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<Uuid>,
+    /// The relay agent (giaddr) the request came through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+}
+
+impl Event for LeaseGranted {
+    const SUBJECT: &'static str = "dragonfly.lease.granted";
+    const TYPE: &'static str = "computer.dragonfly.lease.granted";
+    fn subject(&self) -> Option<String> {
+        Some(self.mac.clone())
+    }
+}
+
+/// A lease ended before or at its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseEnded {
+    pub mac: String,
+    pub ip: String,
+    /// `released` (DHCPRELEASE), `declined` (DHCPDECLINE: the address is in use) or `expired`.
+    pub reason: String,
+}
+
+impl Event for LeaseEnded {
+    const SUBJECT: &'static str = "dragonfly.lease.ended";
+    const TYPE: &'static str = "computer.dragonfly.lease.ended";
+    fn subject(&self) -> Option<String> {
+        Some(self.mac.clone())
+    }
+}
+
+/// dhcpd told a network-booting client what to boot (in any mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PxeAnswered {
+    pub mac: String,
+    /// `bios`, `uefi-x64`, `uefi-arm64`, … from option 93.
+    pub arch: String,
+    /// `firmware` (PXE ROM), `ipxe`, or `http` (UEFI HTTP boot).
+    pub client: String,
+    /// The boot file name or URL given.
+    pub boot: String,
+    /// `reservation`, `proxy` or `autoproxy`.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<Uuid>,
+}
+
+impl Event for PxeAnswered {
+    const SUBJECT: &'static str = "dragonfly.pxe.answered";
+    const TYPE: &'static str = "computer.dragonfly.pxe.answered";
+    fn subject(&self) -> Option<String> {
+        Some(self.mac.clone())
+    }
+}
+
+/// tftpd finished (or abandoned) a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TftpTransferred {
+    /// The file as requested.
+    pub file: String,
+    /// Client address, `ip:port`.
+    pub client: String,
+    /// Bytes sent.
+    pub bytes: u64,
+    pub duration_ms: u64,
+    /// `true` when the client acknowledged the last block.
+    pub complete: bool,
+    /// Why it stopped early, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Event for TftpTransferred {
+    const SUBJECT: &'static str = "dragonfly.tftp.transferred";
+    const TYPE: &'static str = "computer.dragonfly.tftp.transferred";
+}
+
+/// ipxed decided a booting machine's fate and served it a script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootDecided {
+    pub mac: String,
+    /// `discovery`, `imaging` or `localDisk`.
+    pub fate: String,
+    /// Why discovery, when it is (`unknownMachine`, `awaitingAssignment`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<Uuid>,
+}
+
+impl Event for BootDecided {
+    const SUBJECT: &'static str = "dragonfly.boot.decided";
+    const TYPE: &'static str = "computer.dragonfly.boot.decided";
+    fn subject(&self) -> Option<String> {
+        Some(self.mac.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +235,12 @@ mod tests {
         check::<MachineRegistered>();
         check::<MachineUpdated>();
         check::<MachineDeleted>();
-        assert_eq!(ALL_SUBJECTS.len(), 3, "check every event above");
+        check::<LeaseGranted>();
+        check::<LeaseEnded>();
+        check::<PxeAnswered>();
+        check::<TftpTransferred>();
+        check::<BootDecided>();
+        assert_eq!(ALL_SUBJECTS.len(), 8, "check every event above");
         let mut unique = ALL_SUBJECTS.to_vec();
         unique.sort_unstable();
         unique.dedup();

@@ -1,0 +1,1 @@
+//! dragonfly-dhcpd (being built).

@@ -1,0 +1,2 @@
+//! dragonfly-dhcpd (being built).
+fn main() {}

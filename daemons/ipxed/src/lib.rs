@@ -1,0 +1,1 @@
+//! dragonfly-ipxed (being built).

@@ -1,0 +1,2 @@
+//! dragonfly-ipxed (being built).
+fn main() {}

@@ -1,0 +1,1 @@
+//! dragonfly-tftpd (being built).

@@ -1,0 +1,2 @@
+//! dragonfly-tftpd (being built).
+fn main() {}
