@@ -113,7 +113,10 @@ fn spawn_self_check(db: Db, shutdown: CancellationToken) {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match db.run(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)).await {
+            match db
+                .run(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .await
+            {
                 Ok(_) => heartbeat.beat(),
                 Err(e) => tracing::error!(error = %e, "store self-check failed"),
             }
