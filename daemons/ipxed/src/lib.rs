@@ -1,1 +1,414 @@
-//! dragonfly-ipxed (being built).
+//! ipxed: the iPXE boot server. Tells each network-booting machine what to boot.
+//!
+//! iPXE (chained from dhcpd) asks `GET /boot/{mac}?platform=…&arch=…`; ipxed reads the
+//! machine from the store, lets [`dragonfly_core::boot::decide`] choose its fate, and answers
+//! with a script rendered by [`script`] (pure) that boots the agent (discovery or imaging,
+//! with a fresh per-boot token on the kernel line) or the local disk. It also serves the
+//! agent's kernel and initrd ([`files`]) and publishes `BootDecided` for every answer.
+//!
+//! ipxed only reads the store; it never writes it. Tokens are secrets: they go into the script
+//! and nowhere else (never a log line or an event). [`run`] takes its listening socket and
+//! shutdown token from the caller; it never binds anything itself.
+
+pub mod config;
+pub mod files;
+pub mod script;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use dragonfly_bus::Bus;
+use dragonfly_bus::events::BootDecided;
+use dragonfly_core::boot::{self, BootView};
+use dragonfly_core::boot_token::{self, BootClaims};
+use dragonfly_core::{BootFate, MacAddr};
+use dragonfly_runtime::Secret;
+use dragonfly_store::Db;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IpxedConfig;
+use script::{Client, MachineView, Platform, Renderer, Settings};
+
+/// Everything [`run`] needs.
+#[derive(Debug)]
+pub struct Config {
+    pub ipxed: IpxedConfig,
+    /// The SQLite database (already migrated).
+    pub store_path: std::path::PathBuf,
+    pub nats_url: String,
+    /// HMAC key for agents' boot tokens (the same key apid verifies with).
+    pub boot_token_key: Secret,
+}
+
+/// Why ipxed stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum IpxedError {
+    #[error("opening the store")]
+    Store(#[from] dragonfly_store::StoreError),
+    #[error("connecting to NATS")]
+    Bus(#[from] dragonfly_bus::BusError),
+    #[error(
+        "the boot-token key is shorter than {} bytes",
+        dragonfly_core::boot_token::MIN_KEY_LEN
+    )]
+    WeakBootTokenKey,
+    #[error("compiling the script templates")]
+    Templates(#[from] script::TemplateError),
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    db: Db,
+    config: Arc<IpxedConfig>,
+    settings: Arc<Settings>,
+    renderer: Arc<Renderer>,
+    boot_token_key: Arc<Secret>,
+    events: Option<EventSink>,
+}
+
+impl AppState {
+    /// Builds the state and, when `bus` is given, starts the task that publishes events
+    /// (so call it inside a tokio runtime).
+    pub fn new(
+        db: Db,
+        bus: Option<Bus>,
+        config: IpxedConfig,
+        boot_token_key: Secret,
+    ) -> Result<Self, IpxedError> {
+        if boot_token_key.expose().len() < boot_token::MIN_KEY_LEN {
+            return Err(IpxedError::WeakBootTokenKey);
+        }
+        let settings = Settings {
+            public_url: config.public_url.clone(),
+            apid_url: config.apid_url.clone(),
+            agent_kernel: config.agent_kernel.clone(),
+            agent_initrd: config.agent_initrd.clone(),
+            kernel_cmdline_extra: config.kernel_cmdline_extra.clone(),
+        };
+        Ok(Self {
+            db,
+            config: Arc::new(config),
+            settings: Arc::new(settings),
+            renderer: Arc::new(Renderer::new()?),
+            boot_token_key: Arc::new(boot_token_key),
+            events: bus.map(EventSink::spawn),
+        })
+    }
+}
+
+/// Queues events for one publishing task, so a slow or absent NATS never delays a boot
+/// answer: when the queue is full, events are dropped and counted (subscribers reconcile
+/// from the store; `BootDecided` is a notification, not state).
+#[derive(Clone, Debug)]
+struct EventSink {
+    tx: mpsc::Sender<BootDecided>,
+    dropped: Arc<AtomicU64>,
+}
+
+const EVENT_QUEUE: usize = 4096;
+
+impl EventSink {
+    fn spawn(bus: Bus) -> Self {
+        let (tx, mut rx) = mpsc::channel::<BootDecided>(EVENT_QUEUE);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let Err(e) = bus.publish(&event).await {
+                    tracing::warn!(error = %e, "BootDecided not published");
+                }
+            }
+        });
+        Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn send(&self, event: BootDecided) {
+        if self.tx.try_send(event).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "event queue full; BootDecided events dropped");
+            }
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/boot/{mac}", get(boot_script))
+        .route("/agent/{file}", get(files::agent_file))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `?platform=${platform}&arch=${buildarch}` as dhcpd's chain URL sends them.
+#[derive(Debug, Deserialize)]
+struct BootQuery {
+    platform: Option<String>,
+    arch: Option<String>,
+}
+
+/// A script answer. Scripts are never cached: each carries a fresh token.
+fn script_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An error script with `status`. iPXE does not execute the body of a 4xx/5xx answer (its
+/// `chain` fails with the HTTP error instead), so dhcpd's script must handle that failure; the
+/// body is for anyone who fetches the URL by hand, and for firmware that does run it.
+fn error_response(state: &AppState, status: StatusCode, message: &'static str) -> Response {
+    match state.renderer.render_error(message) {
+        Ok(body) => script_response(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the error script");
+            status.into_response()
+        }
+    }
+}
+
+/// Validates what the client said about itself. `Err` carries a fixed message: client input
+/// never reaches a script unless it passed these checks.
+fn client_from(mac: &str, query: Option<BootQuery>) -> Result<Client, &'static str> {
+    let mac: MacAddr = mac
+        .parse()
+        .map_err(|_| "malformed MAC address in the request")?;
+    let query = query.ok_or("malformed query string")?;
+    let (platform, platform_assumed) = match query.platform.as_deref() {
+        // An unset iPXE setting expands to nothing: treat `platform=` like no platform.
+        None | Some("") => (Platform::Pcbios, true),
+        Some(p) => (
+            Platform::parse(p).ok_or("unsupported platform (expected pcbios or efi)")?,
+            false,
+        ),
+    };
+    let arch = match query.arch {
+        None => None,
+        Some(a) if a.is_empty() => None,
+        Some(a) if script::is_word(&a) => Some(a),
+        Some(_) => return Err("malformed arch"),
+    };
+    Ok(Client {
+        mac,
+        platform,
+        platform_assumed,
+        arch,
+    })
+}
+
+/// `GET /boot/{mac}`.
+async fn boot_script(
+    State(state): State<AppState>,
+    Path(mac): Path<String>,
+    query: Result<Query<BootQuery>, QueryRejection>,
+) -> Response {
+    let client = match client_from(&mac, query.ok().map(|q| q.0)) {
+        Ok(c) => c,
+        Err(message) => {
+            tracing::info!(reason = message, "refused a boot request");
+            return error_response(&state, StatusCode::BAD_REQUEST, message);
+        }
+    };
+    let mac = client.mac;
+    let machine = match state
+        .db
+        .run(move |c| dragonfly_store::machines::boot_info_by_mac(c, mac))
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(%mac, error = %e, "store lookup failed");
+            return error_response(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the boot server cannot read its database",
+            );
+        }
+    };
+    let fate = boot::decide(machine.as_ref().map(|m| BootView {
+        state: m.state,
+        workflow_id: m.workflow_id,
+    }));
+    let view = MachineView {
+        id: machine.as_ref().map(|m| m.id.0),
+        name: machine.map(|m| m.name),
+    };
+    let token = match fate {
+        BootFate::LocalDisk => String::new(),
+        BootFate::Discovery { .. } | BootFate::Imaging { .. } => match mint(&state, mac) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(%mac, error = %e, "cannot mint a boot token");
+                return error_response(
+                    &state,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the boot server cannot issue a token",
+                );
+            }
+        },
+    };
+    let body = match state
+        .renderer
+        .render(&fate, &client, &view, &state.settings, &token)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(%mac, error = %e, "cannot render the boot script");
+            return error_response(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the boot server cannot render a script",
+            );
+        }
+    };
+    let (reason, workflow_id) = match fate {
+        BootFate::Discovery { reason } => (Some(script::reason_str(reason)), None),
+        BootFate::Imaging { workflow_id } => (None, Some(workflow_id)),
+        BootFate::LocalDisk => (None, None),
+    };
+    tracing::info!(
+        %mac,
+        platform = %client.platform,
+        fate = script::fate_str(&fate),
+        reason,
+        machine = ?view.id,
+        workflow = ?workflow_id,
+        "boot decided"
+    );
+    if let Some(events) = &state.events {
+        events.send(BootDecided {
+            mac: mac.to_string(),
+            fate: script::fate_str(&fate).to_owned(),
+            reason: reason.map(str::to_owned),
+            machine_id: view.id,
+            workflow_id,
+        });
+    }
+    script_response(StatusCode::OK, body)
+}
+
+fn mint(state: &AppState, mac: MacAddr) -> Result<String, boot_token::TokenError> {
+    let mut nonce = [0u8; 16];
+    rand::fill(&mut nonce);
+    let ttl = jiff::SignedDuration::try_from(state.config.token_ttl)
+        .map_err(|_| boot_token::TokenError::Malformed)?;
+    let expires = jiff::Timestamp::now()
+        .checked_add(ttl)
+        .map_err(|_| boot_token::TokenError::Malformed)?;
+    boot_token::mint(
+        state.boot_token_key.expose(),
+        &BootClaims {
+            mac,
+            nonce,
+            expires,
+        },
+    )
+}
+
+/// How often ipxed proves to itself that its store answers.
+const SELF_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Feeds systemd's watchdog only while the store answers through the same blocking pool the
+/// boot handler uses (as apid does): a wedged disk stops the pings and systemd restarts us.
+fn spawn_self_check(db: Db, shutdown: CancellationToken) {
+    let heartbeat = dragonfly_runtime::notify::Heartbeat::new();
+    // The drain grace (10 s) is shorter than the unit's WatchdogSec=.
+    let _ = dragonfly_runtime::notify::spawn_watchdog(shutdown.clone(), heartbeat.progressed());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SELF_CHECK_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match db
+                .run(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+                .await
+            {
+                Ok(_) => heartbeat.beat(),
+                Err(e) => tracing::error!(error = %e, "store self-check failed"),
+            }
+        }
+    });
+}
+
+/// Serves boot scripts and agent files on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IpxedError> {
+    for name in &config.ipxed.agent_files {
+        let path = config.ipxed.agent_dir.join(name);
+        if !path.is_file() {
+            tracing::warn!(path = %path.display(), "agent file not found; machines cannot boot the agent until it exists");
+        }
+    }
+    let db = Db::open(&config.store_path).await?;
+    dragonfly_runtime::notify::status("connecting to NATS");
+    let bus = Bus::connect(&config.nats_url, "dragonfly-ipxed", "/dragonfly/ipxed").await?;
+    let state = AppState::new(db.clone(), Some(bus), config.ipxed, config.boot_token_key)?;
+    spawn_self_check(db, shutdown.clone());
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(IpxedError::Serve)?;
+    let addr = listener.local_addr().map_err(IpxedError::Serve)?;
+    tracing::info!(%addr, "serving");
+    dragonfly_runtime::notify::ready();
+    dragonfly_runtime::notify::status(&format!("serving on {addr}"));
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(IpxedError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(platform: Option<&str>, arch: Option<&str>) -> Option<BootQuery> {
+        Some(BootQuery {
+            platform: platform.map(Into::into),
+            arch: arch.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn client_parsing() {
+        let c = client_from("52-54-00-AA-bb-01", q(None, None)).unwrap();
+        assert_eq!(c.mac.to_string(), "52:54:00:aa:bb:01");
+        assert!(c.platform_assumed);
+        assert_eq!(c.platform, Platform::Pcbios);
+        let c = client_from("525400aabb01", q(Some("efi"), Some("x86_64"))).unwrap();
+        assert_eq!((c.platform, c.platform_assumed), (Platform::Efi, false));
+        assert_eq!(c.arch.as_deref(), Some("x86_64"));
+        assert!(client_from("52:54:00:aa:bb", q(None, None)).is_err());
+        assert!(client_from("52:54:00:aa:bb:01", q(Some("linux"), None)).is_err());
+        assert!(client_from("52:54:00:aa:bb:01", q(None, Some("x 86\nboot"))).is_err());
+        assert!(client_from("52:54:00:aa:bb:01", None).is_err());
+    }
+}

@@ -11,8 +11,15 @@ use uuid::Uuid;
 use crate::StoreError;
 use crate::db::write;
 
-const COLUMNS: &str = "id, name, hostname, state, labels, hardware, os_template, workflow_id, \
-                       created_at_ms, updated_at_ms, resource_version";
+/// The columns `raw` reads, as a macro so statements can be built with `concat!` at compile
+/// time and cached by SQLite's statement cache instead of re-prepared on every call.
+macro_rules! columns {
+    () => {
+        "id, name, hostname, state, labels, hardware, os_template, workflow_id, \
+         created_at_ms, updated_at_ms, resource_version"
+    };
+}
+const COLUMNS: &str = columns!();
 
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
@@ -83,11 +90,12 @@ impl RawRow {
 
 /// Looks a machine up by id.
 pub fn get(conn: &Connection, id: MachineId) -> Result<Option<Machine>, StoreError> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM machines WHERE id = ?1"),
-        [id.0.to_string()],
-        raw,
-    )
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM machines WHERE id = ?1"
+    ))?
+    .query_row([id.0.to_string()], raw)
     .optional()?
     .map(RawRow::decode)
     .transpose()
@@ -98,11 +106,12 @@ pub fn get_by_id_or_name(conn: &Connection, key: &str) -> Result<Option<Machine>
     if let Ok(id) = key.parse::<Uuid>() {
         return get(conn, MachineId(id));
     }
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM machines WHERE name = ?1"),
-        [key],
-        raw,
-    )
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM machines WHERE name = ?1"
+    ))?
+    .query_row([key], raw)
     .optional()?
     .map(RawRow::decode)
     .transpose()
@@ -110,16 +119,53 @@ pub fn get_by_id_or_name(conn: &Connection, key: &str) -> Result<Option<Machine>
 
 /// Looks a machine up by any of its MAC addresses.
 pub fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Machine>, StoreError> {
-    conn.query_row(
-        &format!(
-            "SELECT {COLUMNS} FROM machines WHERE id = \
-             (SELECT machine_id FROM machine_macs WHERE mac = ?1)"
-        ),
-        [mac.to_string()],
-        raw,
-    )
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM machines WHERE id = (SELECT machine_id FROM machine_macs WHERE mac = ?1)"
+    ))?
+    .query_row([mac.to_string()], raw)
     .optional()?
     .map(RawRow::decode)
+    .transpose()
+}
+
+/// The little the boot path needs to decide a machine's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootInfo {
+    pub id: MachineId,
+    pub name: String,
+    pub state: MachineState,
+    pub workflow_id: Option<Uuid>,
+}
+
+/// The boot-relevant facts of the machine owning `mac`: one indexed lookup with a cached
+/// statement and no JSON decoding — this runs for every network boot request.
+pub fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT m.id, m.name, m.state, m.workflow_id FROM machine_macs mm \
+             JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?1",
+        )?
+        .query_row([mac.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(id, name, state, wf)| {
+        Ok(BootInfo {
+            id: MachineId(uuid_col(&id)?),
+            name,
+            state: state
+                .parse()
+                .map_err(|e| StoreError::corrupt("machine state", e))?,
+            workflow_id: wf.as_deref().map(uuid_col).transpose()?,
+        })
+    })
     .transpose()
 }
 
@@ -498,6 +544,23 @@ mod tests {
         .unwrap();
         let m = register(&mut c, &report(&[1], None), now()).unwrap();
         assert_eq!(m.machine().name, names::name_with_words(mac(1), 5));
+    }
+
+    #[test]
+    fn boot_info_matches_the_full_record() {
+        let (_d, mut c) = db();
+        let m = register(&mut c, &report(&[1, 2], None), now())
+            .unwrap()
+            .machine()
+            .clone();
+        for n in [1, 2] {
+            let b = boot_info_by_mac(&c, mac(n)).unwrap().unwrap();
+            assert_eq!(
+                (b.id, b.name.as_str(), b.state, b.workflow_id),
+                (m.id, m.name.as_str(), m.state, None)
+            );
+        }
+        assert!(boot_info_by_mac(&c, mac(3)).unwrap().is_none());
     }
 
     #[test]

@@ -280,10 +280,17 @@ fn refuses_to_run_as_root() {
 
 #[test]
 fn the_shipped_example_config_is_valid() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/dragonfly.toml.example");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../packaging/dragonfly.toml.example"
+    );
     let out = std::process::Command::new(APID)
         .args(["--check-config", "--config", example])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,291 @@
+//! ipxed's section of the configuration file, `[ipxed]`.
+//!
+//! Everything here ends up inside iPXE scripts or kernel command lines, so validation is
+//! strict about characters: a value with a space, a quote or a newline could add words or
+//! whole commands to the script a machine executes. Pure: no file is opened, no name resolved.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use serde::Deserialize;
+
+/// `[ipxed]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpxed {
+    /// Address to bind when systemd did not pass a socket named `http`.
+    pub listen: Option<String>,
+    /// How booting machines reach ipxed, e.g. `http://10.99.0.1:8080`. Required.
+    pub public_url: Option<String>,
+    /// How the agent reaches apid, e.g. `http://10.99.0.1:3000`. Required.
+    pub apid_url: Option<String>,
+    /// Directory holding the agent's kernel and initrd. Required.
+    pub agent_dir: Option<PathBuf>,
+    /// File names in `agent_dir` that may be downloaded; default `["vmlinuz", "initrd.img"]`.
+    pub agent_files: Option<Vec<String>>,
+    /// Name of the agent kernel among `agent_files`; default `vmlinuz`.
+    pub agent_kernel: Option<String>,
+    /// Name of the agent initrd among `agent_files`; default `initrd.img`.
+    pub agent_initrd: Option<String>,
+    /// Appended to the agent's kernel command line.
+    pub kernel_cmdline_extra: Option<String>,
+    /// How long a minted boot token stays valid, e.g. `24h`.
+    pub token_ttl: Option<String>,
+    /// Where to read the boot-token HMAC key when systemd's `LoadCredential=` is not used.
+    pub boot_token_key_file: Option<PathBuf>,
+}
+
+/// `[ipxed]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpxedConfig {
+    pub listen: ListenConfig,
+    /// Without a trailing slash.
+    pub public_url: String,
+    /// Without a trailing slash.
+    pub apid_url: String,
+    pub agent_dir: PathBuf,
+    pub agent_files: Vec<String>,
+    pub agent_kernel: String,
+    pub agent_initrd: String,
+    pub kernel_cmdline_extra: String,
+    pub token_ttl: Duration,
+    pub boot_token_key_file: Option<PathBuf>,
+}
+
+/// The default port. Not 80: a second web server on a provisioning host often holds 80, and
+/// 8080 is what the lab and dhcpd's default script URL use. Under systemd the port is the
+/// socket unit's anyway.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The default extra command line. The *last* `console=` becomes `/dev/console`, so the
+/// serial port goes last: labs (QEMU `-serial`) and BMC serial-over-LAN then see the agent.
+pub const DEFAULT_CMDLINE_EXTRA: &str = "console=tty0 console=ttyS0,115200";
+/// How long a boot token lives unless configured.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+const URL_EXPECTED: &str = "http://HOST[:PORT][/PATH] or https://…, without spaces or quotes";
+const NAME_ALLOWED: &str =
+    "a plain file name: letters, digits, '.', '_', '-', not starting with '.'";
+const CMDLINE_ALLOWED: &str =
+    "printable ASCII without quotes, backslashes or newlines, at most 1024 bytes";
+
+impl DaemonConfig for IpxedConfig {
+    const SECTION: &'static str = "ipxed";
+    type Raw = RawIpxed;
+
+    fn validate(raw: RawIpxed) -> Result<Self, Invalid> {
+        let listen =
+            ListenConfig::parse("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        let public_url = http_url("public_url", raw.public_url)?;
+        let apid_url = http_url("apid_url", raw.apid_url)?;
+        let agent_dir = raw
+            .agent_dir
+            .ok_or_else(|| Invalid::new("agent_dir", Reason::Empty))?;
+        if !agent_dir.is_absolute() {
+            return Err(Invalid::new("agent_dir", Reason::RelativePath(agent_dir)));
+        }
+        let agent_kernel = raw.agent_kernel.unwrap_or_else(|| "vmlinuz".to_owned());
+        let agent_initrd = raw.agent_initrd.unwrap_or_else(|| "initrd.img".to_owned());
+        let agent_files = raw
+            .agent_files
+            .unwrap_or_else(|| vec![agent_kernel.clone(), agent_initrd.clone()]);
+        for name in &agent_files {
+            file_name("agent_files", name)?;
+        }
+        for (key, name) in [
+            ("agent_kernel", &agent_kernel),
+            ("agent_initrd", &agent_initrd),
+        ] {
+            file_name(key, name)?;
+            if !agent_files.contains(name) {
+                return Err(Invalid::new(
+                    key,
+                    Reason::Characters {
+                        value: name.clone(),
+                        allowed: "one of agent_files",
+                    },
+                ));
+            }
+        }
+        let kernel_cmdline_extra = raw
+            .kernel_cmdline_extra
+            .unwrap_or_else(|| DEFAULT_CMDLINE_EXTRA.to_owned());
+        if kernel_cmdline_extra.len() > 1024
+            || !kernel_cmdline_extra
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\'' | b'\\'))
+        {
+            return Err(Invalid::new(
+                "kernel_cmdline_extra",
+                Reason::Characters {
+                    value: kernel_cmdline_extra,
+                    allowed: CMDLINE_ALLOWED,
+                },
+            ));
+        }
+        let token_ttl = match raw.token_ttl.as_deref() {
+            Some(s) => parse_duration("token_ttl", s)?,
+            None => DEFAULT_TOKEN_TTL,
+        };
+        if token_ttl < Duration::from_secs(60) || token_ttl > Duration::from_secs(30 * 86400) {
+            return Err(Invalid::new(
+                "token_ttl",
+                Reason::OutOfRange {
+                    value: raw.token_ttl.unwrap_or_default(),
+                    min: "1m".to_owned(),
+                    max: "720h".to_owned(),
+                },
+            ));
+        }
+        Ok(Self {
+            listen,
+            public_url,
+            apid_url,
+            agent_dir,
+            agent_files,
+            agent_kernel,
+            agent_initrd,
+            kernel_cmdline_extra: kernel_cmdline_extra.trim().to_owned(),
+            token_ttl,
+            boot_token_key_file: raw.boot_token_key_file,
+        })
+    }
+}
+
+/// An `http://` or `https://` URL without credentials, safe to put in a script word.
+fn http_url(key: &str, value: Option<String>) -> Result<String, Invalid> {
+    let Some(value) = value else {
+        return Err(Invalid::new(key, Reason::Empty));
+    };
+    let bad = |value: String| {
+        Invalid::new(
+            key,
+            Reason::Url {
+                value,
+                expected: URL_EXPECTED,
+            },
+        )
+    };
+    let Some(rest) = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+    else {
+        return Err(bad(value));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        // Do not echo the value: it holds a password.
+        return Err(Invalid::new(key, Reason::CredentialsInUrl));
+    }
+    let safe =
+        |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\' | b'$' | b'{' | b'}');
+    if authority.is_empty() || authority.starts_with(':') || !value.bytes().all(safe) {
+        return Err(bad(value));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+fn file_name(key: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            key,
+            Reason::Characters {
+                value: name.to_owned(),
+                allowed: NAME_ALLOWED,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawIpxed {
+        RawIpxed {
+            public_url: Some("http://10.99.0.1:8080/".into()),
+            apid_url: Some("http://10.99.0.1:3000".into()),
+            agent_dir: Some("/var/lib/dragonfly-agent".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = IpxedConfig::validate(raw()).unwrap();
+        assert_eq!(c.listen.addr.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.public_url, "http://10.99.0.1:8080");
+        assert_eq!(c.agent_files, ["vmlinuz", "initrd.img"]);
+        assert_eq!(c.token_ttl, DEFAULT_TOKEN_TTL);
+        assert_eq!(c.kernel_cmdline_extra, DEFAULT_CMDLINE_EXTRA);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Tweak = fn(&mut RawIpxed);
+        let cases: Vec<(Tweak, &str)> = vec![
+            (|r| r.public_url = None, "public_url"),
+            (|r| r.public_url = Some("ftp://x".into()), "public_url"),
+            (|r| r.public_url = Some("http://a b".into()), "public_url"),
+            (
+                |r| r.apid_url = Some("http://u:p@h:3000".into()),
+                "apid_url",
+            ),
+            (|r| r.apid_url = Some("http://".into()), "apid_url"),
+            (|r| r.apid_url = Some("http://h/${x}".into()), "apid_url"),
+            (|r| r.agent_dir = None, "agent_dir"),
+            (|r| r.agent_dir = Some("rel".into()), "agent_dir"),
+            (
+                |r| r.agent_files = Some(vec!["../etc/passwd".into()]),
+                "agent_files",
+            ),
+            (
+                |r| r.agent_files = Some(vec![".hidden".into()]),
+                "agent_files",
+            ),
+            (|r| r.agent_files = Some(vec!["a/b".into()]), "agent_files"),
+            (
+                |r| {
+                    r.agent_files = Some(vec!["vmlinuz".into(), "initrd.img".into()]);
+                    r.agent_kernel = Some("bzImage".into());
+                },
+                "agent_kernel",
+            ),
+            (
+                |r| r.kernel_cmdline_extra = Some("quiet\nchain http://evil".into()),
+                "kernel_cmdline_extra",
+            ),
+            (
+                |r| r.kernel_cmdline_extra = Some("a=\"b\"".into()),
+                "kernel_cmdline_extra",
+            ),
+            (|r| r.token_ttl = Some("10s".into()), "token_ttl"),
+            (|r| r.token_ttl = Some("1000h".into()), "token_ttl"),
+            (|r| r.listen = Some("nope".into()), "listen"),
+        ];
+        for (tweak, key) in cases {
+            let mut r = raw();
+            tweak(&mut r);
+            let got = IpxedConfig::validate(r)
+                .map(|_| ())
+                .map_err(|e| e.key().to_owned());
+            assert_eq!(got, Err(key.to_owned()));
+        }
+    }
+
+    #[test]
+    fn credentials_in_urls_are_not_echoed() {
+        let mut r = raw();
+        r.apid_url = Some("https://admin:hunter2@h".into());
+        let e = IpxedConfig::validate(r).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

@@ -1,0 +1,204 @@
+//! Shared set-up: a migrated database, an agent directory, ipxed's router on a loopback port,
+//! machines in given states, and a syntax check for rendered scripts.
+
+use std::path::PathBuf;
+
+use dragonfly_core::{HardwareReport, MacAddr, MachineState};
+use dragonfly_ipxed::config::RawIpxed;
+use dragonfly_ipxed::{AppState, IpxedConfig, app};
+use dragonfly_runtime::Secret;
+use dragonfly_runtime::config::DaemonConfig;
+use dragonfly_store::Db;
+use uuid::Uuid;
+
+/// The boot-token key every test server uses.
+pub(crate) const KEY: [u8; 32] = [0x5a; 32];
+
+/// A migrated database and an agent directory in one temporary directory.
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) db_path: PathBuf,
+    pub(crate) agent_dir: PathBuf,
+    /// The agent kernel's bytes (`vmlinuz`).
+    pub(crate) kernel: Vec<u8>,
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub(crate) fn bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("dragonfly.db");
+        let mut conn = dragonfly_store::open_connection(&db_path, true).unwrap();
+        dragonfly_store::migrate(&mut conn).unwrap();
+        let agent_dir = dir.path().join("agent");
+        std::fs::create_dir(&agent_dir).unwrap();
+        let kernel = bytes(300_000, 1);
+        std::fs::write(agent_dir.join("vmlinuz"), &kernel).unwrap();
+        std::fs::write(agent_dir.join("initrd.img"), bytes(3 << 20, 2)).unwrap();
+        Self {
+            dir,
+            db_path,
+            agent_dir,
+            kernel,
+        }
+    }
+
+    pub(crate) fn raw_config(&self) -> RawIpxed {
+        RawIpxed {
+            public_url: Some("http://10.99.0.1:8080".into()),
+            apid_url: Some("http://10.99.0.1:3000".into()),
+            agent_dir: Some(self.agent_dir.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// ipxed's router on `127.0.0.1:<ephemeral>`, without a bus unless given one.
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) db: Db,
+    pub(crate) fx: Fixture,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Server {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(Fixture::new(), |_| {}, None).await
+    }
+
+    pub(crate) async fn start_with(
+        fx: Fixture,
+        tweak: impl FnOnce(&mut RawIpxed),
+        bus: Option<dragonfly_bus::Bus>,
+    ) -> Self {
+        let mut raw = fx.raw_config();
+        tweak(&mut raw);
+        let cfg = IpxedConfig::validate(raw).unwrap();
+        let db = Db::open(&fx.db_path).await.unwrap();
+        let state = AppState::new(db.clone(), bus, cfg, Secret::new(KEY.to_vec())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+        Self {
+            base: format!("http://{addr}"),
+            db,
+            fx,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// GET `path`; returns (status, body).
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+pub(crate) fn mac(n: u8) -> MacAddr {
+    MacAddr::new([0x52, 0x54, 0x00, 0x12, 0x34, n])
+}
+
+/// Registers a machine with `mac` through the store's typed function; returns its id.
+pub(crate) async fn register(db: &Db, mac: MacAddr) -> Uuid {
+    let report: HardwareReport =
+        serde_json::from_value(serde_json::json!({ "macs": [mac.to_string()] })).unwrap();
+    db.run(move |c| dragonfly_store::machines::register(c, &report, jiff::Timestamp::now()))
+        .await
+        .unwrap()
+        .machine()
+        .id
+        .0
+}
+
+/// Sets a machine's state and workflow with plain SQL: the store has no typed function for
+/// OS assignment yet (workflowd's issue adds one).
+pub(crate) async fn set_state(db: &Db, id: Uuid, state: MachineState, workflow: Option<Uuid>) {
+    let n = db
+        .run(move |c| {
+            Ok(c.execute(
+                "UPDATE machines SET state = ?2, workflow_id = ?3, \
+                 resource_version = resource_version + 1 WHERE id = ?1",
+                rusqlite_params(id, state, workflow),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+fn rusqlite_params(id: Uuid, state: MachineState, workflow: Option<Uuid>) -> [Option<String>; 3] {
+    [
+        Some(id.to_string()),
+        Some(state.as_str().to_owned()),
+        workflow.map(|w| w.to_string()),
+    ]
+}
+
+/// The value of `key=` on the script's `kernel` line.
+pub(crate) fn kernel_arg<'a>(script: &'a str, key: &str) -> Option<&'a str> {
+    let line = script.lines().find(|l| l.starts_with("kernel "))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// iPXE commands our scripts may use. A typo'd or unsupported command would stop a real boot.
+const KNOWN: [&str; 9] = [
+    "echo", "kernel", "initrd", "boot", "sleep", "goto", "exit", "sanboot", "imgfree",
+];
+
+/// A basic syntax check: `#!ipxe` first, then only comments, labels and known commands;
+/// every `goto` names a label that exists; nothing handlebars left behind.
+pub(crate) fn check_syntax(script: &str) {
+    let mut lines = script.lines();
+    assert_eq!(lines.next(), Some("#!ipxe"), "{script}");
+    assert!(script.ends_with('\n'), "no final newline: {script}");
+    assert!(!script.contains("{{") && !script.contains("}}"), "{script}");
+    let labels: Vec<&str> = script.lines().filter_map(|l| l.strip_prefix(':')).collect();
+    for line in lines {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(label) = line.strip_prefix(':') {
+            assert!(
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "bad label {line:?}"
+            );
+            continue;
+        }
+        assert!(!line.starts_with(' '), "indented line {line:?}");
+        for command in line.split("||") {
+            let command = command.trim();
+            let word = command.split_whitespace().next().unwrap_or_default();
+            assert!(
+                KNOWN.contains(&word),
+                "unknown command {word:?} in {line:?}"
+            );
+            if word == "goto" {
+                let target = command.split_whitespace().nth(1).unwrap_or_default();
+                assert!(
+                    labels.contains(&target),
+                    "goto to a missing label in {line:?}"
+                );
+            }
+        }
+    }
+}
