@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod db;
 mod error;
+pub mod leases;
 pub mod machines;
 pub mod migrate;
 

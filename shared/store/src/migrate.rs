@@ -9,8 +9,10 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// The embedded migrations, in order.
-const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_initial", include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("migrations/0001_initial.sql")),
+    ("0002_dhcp", include_str!("migrations/0002_dhcp.sql")),
+];
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

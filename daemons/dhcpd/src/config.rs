@@ -1,0 +1,501 @@
+//! dhcpd's section of the configuration file, `[dhcpd]`.
+//!
+//! Reservations (MAC → fixed address) live here, in the file, for now: the operator who plans
+//! a subnet writes them next to it, and `--check-config` catches an address outside its subnet
+//! or a MAC reserved twice. TODO(feature): a `dhcp_reservations` table written by apid, merged
+//! with these at start, once the API has an endpoint for it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use dragonfly_core::MacAddr;
+use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use serde::Deserialize;
+
+/// `[dhcpd]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDhcpd {
+    /// `reservation` (default), `proxy` or `autoproxy`.
+    pub mode: Option<String>,
+    /// Fallback address for the DHCP socket when systemd passed none named `dhcp`.
+    pub listen: Option<String>,
+    /// Fallback address for the PXE boot-server socket (`pxe`); `""` disables it.
+    pub pxe_listen: Option<String>,
+    /// Server identifier (option 54) and default TFTP server. Default: the address the
+    /// request arrived on.
+    pub server_ip: Option<String>,
+    /// next-server/siaddr for PXE firmware. Default: the server identifier.
+    pub tftp_server: Option<String>,
+    pub bios_file: Option<String>,
+    pub uefi_x64_file: Option<String>,
+    pub uefi_arm64_file: Option<String>,
+    /// Full URL of the EFI binary for UEFI HTTP boot (x86-64 / arm64).
+    pub http_boot_x64_url: Option<String>,
+    pub http_boot_arm64_url: Option<String>,
+    /// `host:port` of ipxed, substituted for `{ipxed}` in `ipxe_script_url`.
+    pub ipxed: Option<String>,
+    /// The filename given to iPXE; `${…}` is left for iPXE to expand.
+    pub ipxe_script_url: Option<String>,
+    pub lease_time: Option<String>,
+    pub offer_hold: Option<String>,
+    pub decline_hold: Option<String>,
+    #[serde(default)]
+    pub subnets: Vec<RawSubnet>,
+    #[serde(default)]
+    pub reservations: Vec<RawReservation>,
+}
+
+/// `[[dhcpd.subnets]]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubnet {
+    /// `10.99.0.0/24`.
+    pub network: String,
+    pub pool_start: Option<String>,
+    pub pool_end: Option<String>,
+    pub router: Option<String>,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    pub domain_name: Option<String>,
+    pub lease_time: Option<String>,
+}
+
+/// `[[dhcpd.reservations]]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReservation {
+    pub mac: String,
+    pub ip: String,
+}
+
+/// How dhcpd behaves on a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Full DHCP server for the configured subnets.
+    Reservation,
+    /// Beside another DHCP server: boot answers for known machines only, never addresses.
+    Proxy,
+    /// As proxy, and unknown PXE clients too (so they can be discovered).
+    AutoProxy,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reservation => "reservation",
+            Self::Proxy => "proxy",
+            Self::AutoProxy => "autoproxy",
+        }
+    }
+}
+
+/// One served subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain_name: Option<String>,
+    pub lease_time: Duration,
+}
+
+impl Subnet {
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask_bits(self.prefix) == u32::from(self.network)
+    }
+
+    /// In the pool range.
+    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        self.pool
+            .is_some_and(|(a, b)| (u32::from(a)..=u32::from(b)).contains(&u32::from(ip)))
+    }
+}
+
+fn mask_bits(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// `[dhcpd]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpdConfig {
+    pub mode: Mode,
+    pub listen: ListenConfig,
+    pub pxe_listen: Option<ListenConfig>,
+    pub server_ip: Option<Ipv4Addr>,
+    pub tftp_server: Option<Ipv4Addr>,
+    pub bios_file: String,
+    pub uefi_x64_file: String,
+    pub uefi_arm64_file: String,
+    pub http_boot_x64_url: Option<String>,
+    pub http_boot_arm64_url: Option<String>,
+    pub ipxed: Option<String>,
+    pub ipxe_script_url: String,
+    pub lease_time: Duration,
+    pub offer_hold: Duration,
+    pub decline_hold: Duration,
+    pub subnets: Vec<Subnet>,
+    pub reservations: Vec<(MacAddr, Ipv4Addr)>,
+}
+
+/// The iPXE script URL unless configured: `{ipxed}` is replaced by the `ipxed` key (default:
+/// the server identifier and port 8080); `${mac}`/`${platform}` are for iPXE to expand.
+pub const DEFAULT_IPXE_SCRIPT_URL: &str = "http://{ipxed}/boot/${mac}?platform=${platform}";
+
+/// Why a value in `[dhcpd]` was refused, beyond the shared [`Reason`]s.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpdConfigError {
+    #[error("unknown mode {0:?}: expected reservation, proxy or autoproxy")]
+    Mode(String),
+    #[error("invalid IPv4 address {0:?}")]
+    Ip(String),
+    #[error(
+        "invalid network {0:?}: expected ADDRESS/PREFIX with host bits zero, e.g. 10.99.0.0/24"
+    )]
+    Network(String),
+    #[error("{0} is not inside any [[dhcpd.subnets]] network")]
+    Outside(Ipv4Addr),
+    #[error("pool_start and pool_end must both be set, inside the network, start <= end")]
+    Pool,
+    #[error("reservation mode needs at least one [[dhcpd.subnets]]")]
+    NoSubnet,
+    #[error("{0} is reserved twice")]
+    Duplicate(String),
+    #[error("must be an http:// or https:// URL")]
+    Url,
+}
+
+fn ip(key: &str, s: &str) -> Result<Ipv4Addr, Invalid> {
+    s.trim()
+        .parse()
+        .map_err(|_| Invalid::custom(key, DhcpdConfigError::Ip(s.to_owned())))
+}
+
+fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, Invalid> {
+    let d = v.map_or(Ok(default), |s| parse_duration(key, s))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(365 * 86400) {
+        return Err(Invalid::new(
+            key,
+            Reason::OutOfRange {
+                value: v.unwrap_or_default().to_owned(),
+                min: "1s".into(),
+                max: "8760h".into(),
+            },
+        ));
+    }
+    Ok(d)
+}
+
+fn url(key: &str, v: Option<String>) -> Result<Option<String>, Invalid> {
+    match v {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            Err(Invalid::custom(key, DhcpdConfigError::Url))
+        }
+        other => Ok(other),
+    }
+}
+
+fn file(key: &str, v: Option<String>, default: &str) -> Result<String, Invalid> {
+    let f = v.unwrap_or_else(|| default.to_owned());
+    // The DHCP `file` field is 128 bytes including the terminating NUL.
+    if f.is_empty() || f.len() > 127 {
+        return Err(Invalid::new(
+            key,
+            Reason::OutOfRange {
+                value: f,
+                min: "1 byte".into(),
+                max: "127 bytes".into(),
+            },
+        ));
+    }
+    Ok(f)
+}
+
+fn subnet(raw: RawSubnet, default_lease: Duration) -> Result<Subnet, Invalid> {
+    let bad = || Invalid::custom("network", DhcpdConfigError::Network(raw.network.clone()));
+    let (addr, prefix) = raw.network.split_once('/').ok_or_else(bad)?;
+    let network: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(bad)?;
+    if u32::from(network) & !mask_bits(prefix) != 0 {
+        return Err(bad());
+    }
+    let mut s = Subnet {
+        network,
+        prefix,
+        pool: None,
+        router: raw.router.as_deref().map(|r| ip("router", r)).transpose()?,
+        dns: raw
+            .dns
+            .iter()
+            .map(|d| ip("dns", d))
+            .collect::<Result<_, _>>()?,
+        domain_name: raw.domain_name.filter(|d| !d.is_empty()),
+        lease_time: duration("lease_time", raw.lease_time.as_deref(), default_lease)?,
+    };
+    s.pool = match (raw.pool_start, raw.pool_end) {
+        (None, None) => None,
+        (Some(a), Some(b)) => {
+            let (a, b) = (ip("pool_start", &a)?, ip("pool_end", &b)?);
+            if a > b || !s.contains(a) || !s.contains(b) {
+                return Err(Invalid::custom("pool_start", DhcpdConfigError::Pool));
+            }
+            Some((a, b))
+        }
+        _ => return Err(Invalid::custom("pool_start", DhcpdConfigError::Pool)),
+    };
+    Ok(s)
+}
+
+impl DaemonConfig for DhcpdConfig {
+    const SECTION: &'static str = "dhcpd";
+    type Raw = RawDhcpd;
+
+    fn validate(raw: RawDhcpd) -> Result<Self, Invalid> {
+        let mode = match raw.mode.as_deref().unwrap_or("reservation") {
+            "reservation" => Mode::Reservation,
+            "proxy" => Mode::Proxy,
+            "autoproxy" => Mode::AutoProxy,
+            other => {
+                return Err(Invalid::custom(
+                    "mode",
+                    DhcpdConfigError::Mode(other.into()),
+                ));
+            }
+        };
+        let listen = ListenConfig::parse("listen", raw.listen.as_deref().unwrap_or("0.0.0.0:67"))?;
+        let pxe_listen = match raw.pxe_listen.as_deref() {
+            Some("") => None,
+            other => Some(ListenConfig::parse(
+                "pxe_listen",
+                other.unwrap_or("0.0.0.0:4011"),
+            )?),
+        };
+        let lease_time = duration(
+            "lease_time",
+            raw.lease_time.as_deref(),
+            Duration::from_secs(3600),
+        )?;
+        let subnets = raw
+            .subnets
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| subnet(s, lease_time).map_err(|e| e.within(&format!("subnets[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if mode == Mode::Reservation && subnets.is_empty() {
+            return Err(Invalid::custom("subnets", DhcpdConfigError::NoSubnet));
+        }
+        let mut reservations: Vec<(MacAddr, Ipv4Addr)> = Vec::new();
+        for (i, r) in raw.reservations.iter().enumerate() {
+            let key = |k: &str| format!("reservations[{i}].{k}");
+            let mac: MacAddr = r.mac.parse().map_err(|e| Invalid::custom(key("mac"), e))?;
+            let addr = ip(&key("ip"), &r.ip)?;
+            if !subnets.iter().any(|s| s.contains(addr)) {
+                return Err(Invalid::custom(key("ip"), DhcpdConfigError::Outside(addr)));
+            }
+            if reservations.iter().any(|(m, a)| *m == mac || *a == addr) {
+                return Err(Invalid::custom(
+                    key("mac"),
+                    DhcpdConfigError::Duplicate(r.mac.clone()),
+                ));
+            }
+            reservations.push((mac, addr));
+        }
+        if let Some(v) = &raw.ipxed
+            && v.trim().is_empty()
+        {
+            return Err(Invalid::new("ipxed", Reason::Empty));
+        }
+        let ipxe_script_url = url(
+            "ipxe_script_url",
+            Some(
+                raw.ipxe_script_url
+                    .unwrap_or_else(|| DEFAULT_IPXE_SCRIPT_URL.to_owned()),
+            ),
+        )?
+        .unwrap_or_default();
+        Ok(Self {
+            mode,
+            listen,
+            pxe_listen,
+            server_ip: raw
+                .server_ip
+                .as_deref()
+                .map(|s| ip("server_ip", s))
+                .transpose()?,
+            tftp_server: raw
+                .tftp_server
+                .as_deref()
+                .map(|s| ip("tftp_server", s))
+                .transpose()?,
+            bios_file: file("bios_file", raw.bios_file, "undionly.kpxe")?,
+            uefi_x64_file: file("uefi_x64_file", raw.uefi_x64_file, "ipxe.efi")?,
+            uefi_arm64_file: file("uefi_arm64_file", raw.uefi_arm64_file, "ipxe-arm64.efi")?,
+            http_boot_x64_url: url("http_boot_x64_url", raw.http_boot_x64_url)?,
+            http_boot_arm64_url: url("http_boot_arm64_url", raw.http_boot_arm64_url)?,
+            ipxed: raw.ipxed,
+            ipxe_script_url,
+            lease_time,
+            offer_hold: duration(
+                "offer_hold",
+                raw.offer_hold.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            decline_hold: duration(
+                "decline_hold",
+                raw.decline_hold.as_deref(),
+                Duration::from_secs(600),
+            )?,
+            subnets,
+            reservations,
+        })
+    }
+}
+
+impl DhcpdConfig {
+    /// The subnet containing `ip`.
+    pub fn subnet_of(&self, ip: Ipv4Addr) -> Option<(usize, &Subnet)> {
+        self.subnets
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.contains(ip))
+    }
+
+    /// The fixed address reserved for `mac`.
+    pub fn reservation(&self, mac: MacAddr) -> Option<Ipv4Addr> {
+        self.reservations
+            .iter()
+            .find(|(m, _)| *m == mac)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.reservations.iter().any(|(_, a)| *a == ip)
+    }
+
+    /// Address to bind for `name` when systemd passed no such socket.
+    pub fn fallback(&self, name: &str) -> Option<SocketAddr> {
+        match name {
+            "dhcp" => Some(self.listen.addr),
+            "pxe" => self.pxe_listen.map(|l| l.addr),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> RawDhcpd {
+        RawDhcpd {
+            subnets: vec![RawSubnet {
+                network: "10.99.0.0/24".into(),
+                pool_start: Some("10.99.0.100".into()),
+                pool_end: Some("10.99.0.200".into()),
+                router: Some("10.99.0.1".into()),
+                dns: vec!["10.99.0.1".into()],
+                ..Default::default()
+            }],
+            reservations: vec![RawReservation {
+                mac: "52:54:00:12:34:56".into(),
+                ip: "10.99.0.10".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = DhcpdConfig::validate(lab()).unwrap();
+        assert_eq!(c.mode, Mode::Reservation);
+        assert_eq!(c.listen.addr.to_string(), "0.0.0.0:67");
+        assert_eq!(c.pxe_listen.unwrap().addr.to_string(), "0.0.0.0:4011");
+        assert_eq!(c.bios_file, "undionly.kpxe");
+        assert_eq!(c.ipxe_script_url, DEFAULT_IPXE_SCRIPT_URL);
+        let s = &c.subnets[0];
+        assert_eq!(s.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(
+            s.contains(Ipv4Addr::new(10, 99, 0, 255)) && !s.contains(Ipv4Addr::new(10, 98, 0, 1))
+        );
+        assert!(
+            s.in_pool(Ipv4Addr::new(10, 99, 0, 150)) && !s.in_pool(Ipv4Addr::new(10, 99, 0, 10))
+        );
+        assert_eq!(s.lease_time, Duration::from_secs(3600));
+        assert!(c.is_reserved(Ipv4Addr::new(10, 99, 0, 10)));
+    }
+
+    #[test]
+    fn proxy_needs_no_subnet() {
+        let raw = RawDhcpd {
+            mode: Some("proxy".into()),
+            pxe_listen: Some(String::new()),
+            ..Default::default()
+        };
+        let c = DhcpdConfig::validate(raw).unwrap();
+        assert_eq!((c.mode, c.pxe_listen), (Mode::Proxy, None));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Tweak = Box<dyn Fn(&mut RawDhcpd)>;
+        let cases: Vec<(Tweak, &str)> = vec![
+            (Box::new(|r| r.mode = Some("dhcp".into())), "mode"),
+            (Box::new(|r| r.subnets.clear()), "subnets"),
+            (
+                Box::new(|r| r.subnets[0].network = "10.99.0.1/24".into()),
+                "subnets[0].network",
+            ),
+            (
+                Box::new(|r| r.subnets[0].network = "10.99.0.0/33".into()),
+                "subnets[0].network",
+            ),
+            (
+                Box::new(|r| r.subnets[0].pool_end = Some("10.98.0.1".into())),
+                "subnets[0].pool_start",
+            ),
+            (
+                Box::new(|r| r.subnets[0].pool_end = None),
+                "subnets[0].pool_start",
+            ),
+            (
+                Box::new(|r| r.subnets[0].router = Some("x".into())),
+                "subnets[0].router",
+            ),
+            (
+                Box::new(|r| r.reservations[0].ip = "10.1.1.1".into()),
+                "reservations[0].ip",
+            ),
+            (
+                Box::new(|r| r.reservations[0].mac = "zz".into()),
+                "reservations[0].mac",
+            ),
+            (
+                Box::new(|r| r.reservations.push(r.reservations[0].clone())),
+                "reservations[1].mac",
+            ),
+            (Box::new(|r| r.lease_time = Some("0s".into())), "lease_time"),
+            (
+                Box::new(|r| r.ipxe_script_url = Some("tftp://x".into())),
+                "ipxe_script_url",
+            ),
+            (Box::new(|r| r.bios_file = Some(String::new())), "bios_file"),
+            (Box::new(|r| r.listen = Some("nope".into())), "listen"),
+        ];
+        for (tweak, key) in cases {
+            let mut raw = lab();
+            tweak(&mut raw);
+            assert_eq!(DhcpdConfig::validate(raw).unwrap_err().key(), key);
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! Policy: what to answer a decoded request, and which lease change that answer commits.
+//!
+//! [`decide`] is a pure function of the configuration, the request, where it arrived, what
+//! the store knows about the client's MAC, the lease table and the time. It never touches a
+//! socket, the store or the clock, so every DHCP rule is unit-tested here; the I/O layer only
+//! carries its [`Outcome`] out (store write first, then the reply, then events).
+//!
+//! Rules worth knowing (RFC 2131 unless noted): no ping before an offer (it costs seconds per
+//! boot, see the lab's pitfalls); an INIT-REBOOT for an address we do not know about gets
+//! silence, a wrong one a NAK; in proxy modes no address is ever handed out (yiaddr 0).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
+use dragonfly_bus::events::{LeaseEnded, LeaseGranted, PxeAnswered};
+use dragonfly_core::MacAddr;
+use dragonfly_store::leases::LeaseWrite;
+use uuid::Uuid;
+
+use crate::config::{DhcpdConfig, Mode, Subnet};
+use crate::leases::{Binding, Leases};
+use crate::wire::{BootClient, OPT_IPXE, Request};
+
+/// Which of our sockets a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// 67: DHCP (and ProxyDHCP).
+    Dhcp,
+    /// 4011: the PXE boot server.
+    Pxe,
+}
+
+/// Where and how a request arrived (from `IP_PKTINFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub port: Port,
+    /// The sender.
+    pub source: SocketAddrV4,
+    /// Our address on the arrival interface (`ipi_spec_dst`).
+    pub local: Ipv4Addr,
+    pub ifindex: u32,
+}
+
+/// What the store knows about the client's MAC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    pub machine_id: Option<Uuid>,
+}
+
+/// A reply and where it goes.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub msg: Message,
+    pub dest: SocketAddrV4,
+    /// Send out of this interface (broadcasts to clients without an address).
+    pub ifindex: Option<u32>,
+    /// Source address (our address on the arrival interface).
+    pub source: Ipv4Addr,
+}
+
+/// A lease change to publish after its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Granted(LeaseGranted),
+    Ended(LeaseEnded),
+}
+
+/// Everything [`decide`] concluded.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub reply: Option<Reply>,
+    /// Commit this before sending `reply`.
+    pub write: Option<LeaseWrite>,
+    pub lease_event: Option<LeaseEvent>,
+    pub pxe: Option<PxeAnswered>,
+    /// Why nothing is sent, for a debug log line.
+    pub silent: Option<&'static str>,
+}
+
+fn silent(why: &'static str) -> Outcome {
+    Outcome {
+        silent: Some(why),
+        ..Outcome::default()
+    }
+}
+
+/// Decides the answer to `req`. `now_ms` is Unix milliseconds.
+pub fn decide(
+    cfg: &DhcpdConfig,
+    req: &Request,
+    arrival: &Arrival,
+    known: Known,
+    leases: &mut Leases,
+    now_ms: i64,
+) -> Outcome {
+    if arrival.port == Port::Pxe || cfg.mode != Mode::Reservation {
+        return boot_only(cfg, req, arrival, known);
+    }
+    reservation(cfg, req, arrival, known, leases, now_ms)
+}
+
+fn server_id(cfg: &DhcpdConfig, arrival: &Arrival) -> Ipv4Addr {
+    cfg.server_ip.unwrap_or(arrival.local)
+}
+
+/// Proxy modes on 67, and the PXE boot server on 4011 in every mode: boot information only.
+fn boot_only(cfg: &DhcpdConfig, req: &Request, arrival: &Arrival, known: Known) -> Outcome {
+    if req.boot_client.is_none() {
+        return silent("not a network-boot client");
+    }
+    if cfg.mode == Mode::Proxy && known.machine_id.is_none() {
+        return silent("unknown machine (proxy mode answers known machines only)");
+    }
+    let sid = server_id(cfg, arrival);
+    let kind = match (arrival.port, req.kind) {
+        (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
+        (Port::Dhcp, MessageType::Request) if req.server_id == Some(sid) => MessageType::Ack,
+        (Port::Pxe, MessageType::Request | MessageType::Discover) => MessageType::Ack,
+        _ => return silent("not a message a boot server answers"),
+    };
+    let mut msg = base_reply(req, kind, sid);
+    if arrival.port == Port::Pxe {
+        msg.set_ciaddr(req.msg.ciaddr());
+    }
+    let Some(pxe) = add_boot(cfg, req, &mut msg, sid, known) else {
+        return silent("no boot file for this client architecture");
+    };
+    Outcome {
+        reply: Some(address(req, arrival, msg, kind)),
+        pxe: Some(pxe),
+        ..Outcome::default()
+    }
+}
+
+fn reservation(
+    cfg: &DhcpdConfig,
+    req: &Request,
+    arrival: &Arrival,
+    known: Known,
+    leases: &mut Leases,
+    now: i64,
+) -> Outcome {
+    let sid = server_id(cfg, arrival);
+    let (giaddr, ciaddr) = (req.msg.giaddr(), req.msg.ciaddr());
+    let key = if giaddr.is_unspecified() {
+        arrival.local
+    } else {
+        giaddr
+    };
+    let Some((index, subnet)) = cfg
+        .subnet_of(key)
+        .or_else(|| cfg.subnet_of(ciaddr).filter(|_| giaddr.is_unspecified()))
+    else {
+        return silent("no configured subnet for this interface or relay");
+    };
+    let mac = req.mac;
+    let reserved_ip = cfg.reservation(mac).filter(|ip| subnet.contains(*ip));
+    // The address this client holds here now, if any: its reservation, else its unexpired (or
+    // expired but still free) bound lease.
+    let current = reserved_ip.or_else(|| {
+        leases
+            .binding(mac)
+            .filter(|b| b.bound && subnet.contains(b.ip) && leases.free_for(b.ip, mac, now))
+            .map(|b| b.ip)
+    });
+    match req.kind {
+        MessageType::Discover => {
+            let chosen = current
+                .or_else(|| {
+                    leases
+                        .binding(mac)
+                        .filter(|b| subnet.contains(b.ip) && leases.free_for(b.ip, mac, now))
+                        .map(|b| b.ip)
+                })
+                .or_else(|| {
+                    req.requested_ip.filter(|ip| {
+                        subnet.in_pool(*ip)
+                            && !cfg.is_reserved(*ip)
+                            && leases.free_for(*ip, mac, now)
+                    })
+                })
+                .or_else(|| leases.allocate(index, subnet, mac, now, |ip| cfg.is_reserved(ip)));
+            let Some(ip) = chosen else {
+                return silent("pool exhausted");
+            };
+            let keep_bound = leases
+                .binding(mac)
+                .filter(|b| b.bound && b.ip == ip && b.expires_ms > now);
+            if keep_bound.is_none() {
+                leases.set(
+                    mac,
+                    Binding {
+                        ip,
+                        expires_ms: now + millis(cfg.offer_hold),
+                        bound: false,
+                        reserved: reserved_ip.is_some(),
+                    },
+                );
+            }
+            offer_or_ack(
+                cfg,
+                req,
+                arrival,
+                known,
+                subnet,
+                sid,
+                ip,
+                MessageType::Offer,
+            )
+        }
+        MessageType::Request => {
+            let want = if let Some(s) = req.server_id {
+                // SELECTING: the client answers one server's offer.
+                if s != sid {
+                    if leases.binding(mac).is_some_and(|b| !b.bound) {
+                        leases.remove(mac);
+                    }
+                    return silent("the client chose another server");
+                }
+                let want = req
+                    .requested_ip
+                    .or(Some(ciaddr).filter(|c| !c.is_unspecified()));
+                match want {
+                    Some(w) if acceptable(cfg, subnet, leases, mac, reserved_ip, w, now) => w,
+                    _ => {
+                        return nak(
+                            req,
+                            arrival,
+                            sid,
+                            "requested address not offered to this client",
+                        );
+                    }
+                }
+            } else if ciaddr.is_unspecified() {
+                // INIT-REBOOT: the client asks to keep the address it remembers.
+                let Some(want) = req.requested_ip else {
+                    return silent("REQUEST without server id, address or ciaddr");
+                };
+                if !subnet.contains(want) {
+                    return nak(req, arrival, sid, "address on the wrong network");
+                }
+                match current {
+                    Some(ip) if ip == want => ip,
+                    Some(_) => return nak(req, arrival, sid, "not this client's address"),
+                    None => return silent("INIT-REBOOT from a client without a lease here"),
+                }
+            } else {
+                // RENEWING (unicast) or REBINDING (broadcast).
+                match current {
+                    Some(ip) if ip == ciaddr => ip,
+                    Some(_) => {
+                        return nak(req, arrival, sid, "renewing an address it does not hold");
+                    }
+                    None => return silent("renewal from a client without a lease here"),
+                }
+            };
+            let expires_ms = now + millis(subnet.lease_time);
+            let reserved = reserved_ip == Some(want);
+            leases.set(
+                mac,
+                Binding {
+                    ip: want,
+                    expires_ms,
+                    bound: true,
+                    reserved,
+                },
+            );
+            let mut out = offer_or_ack(
+                cfg,
+                req,
+                arrival,
+                known,
+                subnet,
+                sid,
+                want,
+                MessageType::Ack,
+            );
+            out.write = Some(LeaseWrite::Bind {
+                ip: want,
+                mac,
+                reserved,
+                expires_at: timestamp(expires_ms),
+            });
+            out.lease_event = Some(LeaseEvent::Granted(LeaseGranted {
+                mac: mac.to_string(),
+                ip: want.to_string(),
+                lease_seconds: u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX),
+                reserved,
+                machine_id: known.machine_id,
+                relay: (!giaddr.is_unspecified()).then(|| giaddr.to_string()),
+            }));
+            out
+        }
+        MessageType::Decline => {
+            if req.server_id.is_some_and(|s| s != sid) {
+                return silent("DECLINE for another server");
+            }
+            let Some(ip) = req.requested_ip.filter(|ip| {
+                leases.binding(mac).is_some_and(|b| b.ip == *ip) || reserved_ip == Some(*ip)
+            }) else {
+                return silent("DECLINE of an address the client does not hold");
+            };
+            let until = now + millis(cfg.decline_hold);
+            leases.decline(ip, until);
+            ended(
+                mac,
+                ip,
+                "declined",
+                LeaseWrite::Decline {
+                    ip,
+                    until: timestamp(until),
+                },
+            )
+        }
+        MessageType::Release => match leases.binding(mac) {
+            Some(b) if b.ip == ciaddr && b.bound => {
+                leases.remove(mac);
+                ended(
+                    mac,
+                    ciaddr,
+                    "released",
+                    LeaseWrite::Free { ip: ciaddr, mac },
+                )
+            }
+            _ => silent("RELEASE of an address the client does not hold"),
+        },
+        MessageType::Inform => {
+            if ciaddr.is_unspecified() {
+                return silent("INFORM without ciaddr");
+            }
+            let mut msg = base_reply(req, MessageType::Ack, sid);
+            msg.set_ciaddr(ciaddr);
+            network_options(&mut msg, subnet, None);
+            let pxe = add_boot(cfg, req, &mut msg, sid, known);
+            Outcome {
+                reply: Some(address(req, arrival, msg, MessageType::Ack)),
+                pxe,
+                ..Outcome::default()
+            }
+        }
+        _ => silent("message type not handled"),
+    }
+}
+
+fn ended(mac: MacAddr, ip: Ipv4Addr, reason: &str, write: LeaseWrite) -> Outcome {
+    Outcome {
+        write: Some(write),
+        lease_event: Some(LeaseEvent::Ended(LeaseEnded {
+            mac: mac.to_string(),
+            ip: ip.to_string(),
+            reason: reason.to_owned(),
+        })),
+        ..Outcome::default()
+    }
+}
+
+/// May `mac` take `want` on `subnet` now?
+fn acceptable(
+    cfg: &DhcpdConfig,
+    subnet: &Subnet,
+    leases: &Leases,
+    mac: MacAddr,
+    reserved_ip: Option<Ipv4Addr>,
+    want: Ipv4Addr,
+    now: i64,
+) -> bool {
+    if let Some(r) = reserved_ip {
+        return r == want;
+    }
+    subnet.contains(want)
+        && leases.free_for(want, mac, now)
+        && (leases.binding(mac).is_some_and(|b| b.ip == want)
+            || (subnet.in_pool(want) && !cfg.is_reserved(want)))
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per message type; a struct would only rename them"
+)]
+fn offer_or_ack(
+    cfg: &DhcpdConfig,
+    req: &Request,
+    arrival: &Arrival,
+    known: Known,
+    subnet: &Subnet,
+    sid: Ipv4Addr,
+    ip: Ipv4Addr,
+    kind: MessageType,
+) -> Outcome {
+    let mut msg = base_reply(req, kind, sid);
+    msg.set_yiaddr(ip);
+    if kind == MessageType::Ack {
+        msg.set_ciaddr(req.msg.ciaddr());
+    }
+    network_options(&mut msg, subnet, Some(subnet.lease_time));
+    let pxe = if req.boot_client.is_some() {
+        add_boot(cfg, req, &mut msg, sid, known)
+    } else {
+        None
+    };
+    Outcome {
+        reply: Some(address(req, arrival, msg, kind)),
+        pxe,
+        ..Outcome::default()
+    }
+}
+
+fn nak(req: &Request, arrival: &Arrival, sid: Ipv4Addr, why: &'static str) -> Outcome {
+    let mut msg = base_reply(req, MessageType::Nak, sid);
+    msg.opts_mut().insert(DhcpOption::Message(why.to_owned()));
+    Outcome {
+        reply: Some(address(req, arrival, msg, MessageType::Nak)),
+        ..Outcome::default()
+    }
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn timestamp(ms: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// A BOOTREPLY to `req`: same xid, flags, chaddr and giaddr; message type and server id;
+/// the relay agent's option 82 and the client's machine id (97) echoed.
+fn base_reply(req: &Request, kind: MessageType, sid: Ipv4Addr) -> Message {
+    let r = &req.msg;
+    let mut m = Message::new_with_id(
+        r.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        r.giaddr(),
+        &req.mac.octets(),
+    );
+    m.set_opcode(Opcode::BootReply).set_flags(r.flags());
+    let opts = m.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(sid));
+    for code in [
+        OptionCode::RelayAgentInformation,
+        OptionCode::ClientMachineIdentifier,
+    ] {
+        if let Some(o) = r.opts().get(code) {
+            opts.insert(o.clone());
+        }
+    }
+    m
+}
+
+fn network_options(msg: &mut Message, subnet: &Subnet, lease: Option<std::time::Duration>) {
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::SubnetMask(subnet.mask()));
+    if let Some(r) = subnet.router {
+        opts.insert(DhcpOption::Router(vec![r]));
+    }
+    if !subnet.dns.is_empty() {
+        opts.insert(DhcpOption::DomainNameServer(subnet.dns.clone()));
+    }
+    if let Some(d) = &subnet.domain_name {
+        opts.insert(DhcpOption::DomainName(d.clone()));
+    }
+    if let Some(l) = lease {
+        let secs = u32::try_from(l.as_secs()).unwrap_or(u32::MAX);
+        opts.insert(DhcpOption::AddressLeaseTime(secs));
+        opts.insert(DhcpOption::Renewal(secs / 2));
+        opts.insert(DhcpOption::Rebinding(secs / 8 * 7));
+    }
+}
+
+/// Where a reply goes (RFC 2131 §4.1): the PXE boot server answers the sender; relayed
+/// requests go back to the relay on 67; a client with an address (not NAKed) gets unicast;
+/// everything else is broadcast on the arrival interface. (Unicast to yiaddr before the client
+/// has it would need an ARP entry we cannot set without CAP_NET_ADMIN, so we broadcast, as the
+/// broadcast flag would ask anyway.)
+fn address(req: &Request, arrival: &Arrival, msg: Message, kind: MessageType) -> Reply {
+    let (giaddr, ciaddr) = (req.msg.giaddr(), req.msg.ciaddr());
+    let (dest, ifindex) = if arrival.port == Port::Pxe {
+        (arrival.source, None)
+    } else if !giaddr.is_unspecified() {
+        (SocketAddrV4::new(giaddr, 67), None)
+    } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
+        (SocketAddrV4::new(ciaddr, 68), None)
+    } else {
+        (
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            Some(arrival.ifindex),
+        )
+    };
+    Reply {
+        msg,
+        dest,
+        ifindex,
+        source: arrival.local,
+    }
+}
+
+/// The architecture name for events, from option 93 (RFC 4578 and the IANA registry).
+pub fn arch_name(arch: Option<u16>) -> &'static str {
+    match arch {
+        Some(0) => "bios",
+        Some(6) => "uefi-ia32",
+        Some(7 | 9) => "uefi-x64",
+        Some(10) => "uefi-arm32",
+        Some(11) => "uefi-arm64",
+        Some(15) => "uefi-ia32-http",
+        Some(16) => "uefi-x64-http",
+        Some(19) => "uefi-arm64-http",
+        None => "unknown",
+        Some(_) => "other",
+    }
+}
+
+/// Adds the boot answer for `req`'s kind of client; `None` (and nothing added) when there is
+/// no file for its architecture.
+fn add_boot(
+    cfg: &DhcpdConfig,
+    req: &Request,
+    msg: &mut Message,
+    sid: Ipv4Addr,
+    known: Known,
+) -> Option<PxeAnswered> {
+    let client = req.boot_client?;
+    let boot = match client {
+        BootClient::Ipxe => {
+            let ipxed = cfg.ipxed.clone().unwrap_or_else(|| format!("{sid}:8080"));
+            cfg.ipxe_script_url.replace("{ipxed}", &ipxed)
+        }
+        BootClient::Firmware => match req.arch {
+            Some(0) => cfg.bios_file.clone(),
+            Some(7 | 9) => cfg.uefi_x64_file.clone(),
+            Some(11) => cfg.uefi_arm64_file.clone(),
+            _ => return None,
+        },
+        BootClient::Http => match req.arch {
+            Some(7 | 9 | 16) => cfg.http_boot_x64_url.clone()?,
+            Some(11 | 19) => cfg.http_boot_arm64_url.clone()?,
+            _ => return None,
+        },
+    };
+    if boot.len() < 128 {
+        msg.set_fname_str(&boot);
+    }
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::BootfileName(boot.clone().into_bytes()));
+    match client {
+        BootClient::Firmware => {
+            msg.set_siaddr(cfg.tftp_server.unwrap_or(sid));
+            let opts = msg.opts_mut();
+            opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+            // PXE discovery control (sub-option 6) = 8: take the boot file from this reply,
+            // skip boot-server discovery.
+            opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+        }
+        BootClient::Http => {
+            opts.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+        }
+        BootClient::Ipxe => {
+            // 175.176 = 1, "no-pxedhcp": iPXE need not wait ~3 s for ProxyDHCP offers.
+            opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(OPT_IPXE),
+                vec![176, 1, 1],
+            )));
+        }
+    }
+    Some(PxeAnswered {
+        mac: req.mac.to_string(),
+        arch: arch_name(req.arch).to_owned(),
+        client: client.as_str().to_owned(),
+        boot,
+        mode: cfg.mode.as_str().to_owned(),
+        machine_id: known.machine_id,
+    })
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

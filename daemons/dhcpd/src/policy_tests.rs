@@ -1,0 +1,624 @@
+//! Policy, without sockets: every message type in every mode.
+
+use dhcproto::v4::{Architecture, Flags, relay};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dragonfly_runtime::config::DaemonConfig;
+
+use super::*;
+use crate::config::{RawDhcpd, RawReservation, RawSubnet};
+use crate::wire;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const RESERVED_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+
+fn cfg(mode: &str) -> DhcpdConfig {
+    DhcpdConfig::validate(RawDhcpd {
+        mode: Some(mode.into()),
+        subnets: vec![
+            RawSubnet {
+                network: "10.99.0.0/24".into(),
+                pool_start: Some("10.99.0.100".into()),
+                pool_end: Some("10.99.0.102".into()),
+                router: Some("10.99.0.1".into()),
+                dns: vec!["10.99.0.53".into()],
+                domain_name: Some("lab.example".into()),
+                lease_time: Some("10m".into()),
+            },
+            RawSubnet {
+                network: "10.98.0.0/24".into(),
+                pool_start: Some("10.98.0.10".into()),
+                pool_end: Some("10.98.0.20".into()),
+                ..Default::default()
+            },
+        ],
+        reservations: vec![RawReservation {
+            mac: "52:54:00:12:34:56".into(),
+            ip: "10.99.0.10".into(),
+        }],
+        http_boot_x64_url: Some("http://10.99.0.1:8080/ipxe.efi".into()),
+        ipxed: Some("10.99.0.1:8081".into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn arrival() -> Arrival {
+    Arrival {
+        port: Port::Dhcp,
+        source: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+        local: SERVER,
+        ifindex: 7,
+    }
+}
+
+fn msg(kind: MessageType, mac: [u8; 6]) -> Message {
+    let z = Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new_with_id(42, z, z, z, z, &mac);
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m
+}
+
+/// Through the wire layer, as the daemon sees it.
+fn req(m: &Message) -> wire::Request {
+    let mut b = Vec::new();
+    m.encode(&mut Encoder::new(&mut b)).unwrap();
+    wire::decode(&b).unwrap()
+}
+
+fn mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0, n]
+}
+
+struct Lab {
+    cfg: DhcpdConfig,
+    leases: Leases,
+    now: i64,
+}
+
+impl Lab {
+    fn new(mode: &str) -> Self {
+        Self {
+            cfg: cfg(mode),
+            leases: Leases::default(),
+            now: 1_000_000,
+        }
+    }
+    fn ask(&mut self, m: &Message) -> Outcome {
+        self.ask_at(m, arrival(), Known::default())
+    }
+    fn ask_at(&mut self, m: &Message, a: Arrival, k: Known) -> Outcome {
+        decide(&self.cfg, &req(m), &a, k, &mut self.leases, self.now)
+    }
+    /// DISCOVER + REQUEST; returns the address.
+    fn dora(&mut self, mac: [u8; 6]) -> Ipv4Addr {
+        let offer = self
+            .ask(&msg(MessageType::Discover, mac))
+            .reply
+            .unwrap()
+            .msg;
+        let mut r = msg(MessageType::Request, mac);
+        r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        r.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        let out = self.ask(&r);
+        let ack = out.reply.unwrap().msg;
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert!(matches!(out.write, Some(LeaseWrite::Bind { .. })));
+        ack.yiaddr()
+    }
+}
+
+fn kind(o: &Outcome) -> Option<MessageType> {
+    o.reply.as_ref().and_then(|r| r.msg.opts().msg_type())
+}
+
+fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
+    m.opts().get(code)
+}
+
+#[test]
+fn discover_gets_a_pool_offer_with_network_options_broadcast_on_the_arrival_interface() {
+    let mut lab = Lab::new("reservation");
+    let out = lab.ask(&msg(MessageType::Discover, mac(1)));
+    assert!(out.write.is_none(), "offers are not stored");
+    let r = out.reply.unwrap();
+    assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(r.msg.opcode(), Opcode::BootReply);
+    assert_eq!(r.msg.xid(), 42);
+    assert_eq!(r.msg.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+    assert_eq!(r.dest, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    assert_eq!((r.ifindex, r.source), (Some(7), SERVER));
+    let m = &r.msg;
+    assert_eq!(
+        opt(m, OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask([255, 255, 255, 0].into()))
+    );
+    assert_eq!(
+        opt(m, OptionCode::Router),
+        Some(&DhcpOption::Router(vec![SERVER]))
+    );
+    assert_eq!(
+        opt(m, OptionCode::DomainNameServer),
+        Some(&DhcpOption::DomainNameServer(vec![[10, 99, 0, 53].into()]))
+    );
+    assert_eq!(
+        opt(m, OptionCode::DomainName),
+        Some(&DhcpOption::DomainName("lab.example".into()))
+    );
+    assert_eq!(
+        opt(m, OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(600))
+    );
+    assert_eq!(opt(m, OptionCode::Renewal), Some(&DhcpOption::Renewal(300)));
+    assert_eq!(
+        opt(m, OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(525))
+    );
+    assert_eq!(
+        opt(m, OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
+    assert!(m.fname().is_none() && opt(m, OptionCode::BootfileName).is_none());
+    // The same client asking again is offered the same address.
+    let again = lab.ask(&msg(MessageType::Discover, mac(1))).reply.unwrap();
+    assert_eq!(again.msg.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
+}
+
+#[test]
+fn dora_binds_and_emits_a_granted_event() {
+    let mut lab = Lab::new("reservation");
+    let offer = lab
+        .ask(&msg(MessageType::Discover, mac(1)))
+        .reply
+        .unwrap()
+        .msg;
+    let mut r = msg(MessageType::Request, mac(1));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    r.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    let out = lab.ask(&r);
+    assert_eq!(kind(&out), Some(MessageType::Ack));
+    assert_eq!(
+        out.write,
+        Some(LeaseWrite::Bind {
+            ip: offer.yiaddr(),
+            mac: MacAddr::new(mac(1)),
+            reserved: false,
+            expires_at: timestamp(lab.now + 600_000),
+        })
+    );
+    let Some(LeaseEvent::Granted(g)) = out.lease_event else {
+        panic!("no event")
+    };
+    assert_eq!(
+        (g.ip.as_str(), g.lease_seconds, g.reserved, g.relay),
+        ("10.99.0.100", 600, false, None)
+    );
+    assert!(lab.leases.binding(MacAddr::new(mac(1))).unwrap().bound);
+}
+
+#[test]
+fn reserved_client_gets_its_fixed_address_and_others_never_do() {
+    let mut lab = Lab::new("reservation");
+    assert_eq!(lab.dora(RESERVED_MAC), Ipv4Addr::new(10, 99, 0, 10));
+    // Asking for the reserved address as another client: not offered, NAKed on REQUEST.
+    let mut d = msg(MessageType::Discover, mac(2));
+    d.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress([10, 99, 0, 10].into()));
+    assert_eq!(
+        lab.ask(&d).reply.unwrap().msg.yiaddr(),
+        Ipv4Addr::new(10, 99, 0, 100)
+    );
+    let mut r = msg(MessageType::Request, mac(2));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    r.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress([10, 99, 0, 10].into()));
+    assert_eq!(kind(&lab.ask(&r)), Some(MessageType::Nak));
+}
+
+#[test]
+fn pool_exhaustion_is_silence_and_expiry_frees_addresses() {
+    let mut lab = Lab::new("reservation");
+    for n in 1..=3 {
+        lab.dora(mac(n));
+    }
+    let out = lab.ask(&msg(MessageType::Discover, mac(4)));
+    assert_eq!(out.silent, Some("pool exhausted"));
+    lab.now += 600_001;
+    assert_eq!(lab.dora(mac(4)), Ipv4Addr::new(10, 99, 0, 100));
+}
+
+#[test]
+fn offers_expire_and_are_dropped_when_the_client_picks_another_server() {
+    let mut lab = Lab::new("reservation");
+    let ip = lab
+        .ask(&msg(MessageType::Discover, mac(1)))
+        .reply
+        .unwrap()
+        .msg
+        .yiaddr();
+    // Held for the offer: another client gets a different address.
+    let other = lab
+        .ask(&msg(MessageType::Discover, mac(2)))
+        .reply
+        .unwrap()
+        .msg
+        .yiaddr();
+    assert_ne!(ip, other);
+    let mut r = msg(MessageType::Request, mac(1));
+    r.opts_mut()
+        .insert(DhcpOption::ServerIdentifier([10, 99, 0, 254].into()));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let out = lab.ask(&r);
+    assert!(out.reply.is_none() && out.write.is_none());
+    assert!(lab.leases.binding(MacAddr::new(mac(1))).is_none());
+    // mac 2's offer lapses after offer_hold (30 s).
+    lab.now += 30_001;
+    let mut r = msg(MessageType::Request, mac(3));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(other));
+    assert_eq!(
+        kind(&lab.ask(&r)),
+        Some(MessageType::Ack),
+        "a lapsed offer's address is free"
+    );
+}
+
+#[test]
+fn init_reboot_ack_nak_or_silence() {
+    let mut lab = Lab::new("reservation");
+    let ip = lab.dora(mac(1));
+    let reboot = |m: [u8; 6], want: [u8; 4]| {
+        let mut r = msg(MessageType::Request, m);
+        r.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(want.into()));
+        r
+    };
+    assert_eq!(
+        kind(&lab.ask(&reboot(mac(1), ip.octets()))),
+        Some(MessageType::Ack)
+    );
+    let nak = lab.ask(&reboot(mac(1), [10, 99, 0, 101]));
+    assert_eq!(kind(&nak), Some(MessageType::Nak));
+    let r = nak.reply.unwrap();
+    assert_eq!(r.dest, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(opt(&r.msg, OptionCode::AddressLeaseTime).is_none());
+    assert_eq!(
+        kind(&lab.ask(&reboot(mac(1), [192, 168, 1, 5]))),
+        Some(MessageType::Nak),
+        "wrong network"
+    );
+    let unknown = lab.ask(&reboot(mac(9), [10, 99, 0, 101]));
+    assert!(unknown.reply.is_none(), "unknown client: silence");
+    // A reserved client rebooting with its address is ACKed without a prior lease.
+    assert_eq!(
+        kind(&lab.ask(&reboot(RESERVED_MAC, [10, 99, 0, 10]))),
+        Some(MessageType::Ack)
+    );
+}
+
+#[test]
+fn renew_is_unicast_and_extends_rebind_of_wrong_address_is_naked() {
+    let mut lab = Lab::new("reservation");
+    let ip = lab.dora(mac(1));
+    lab.now += 300_000;
+    let mut r = msg(MessageType::Request, mac(1));
+    r.set_ciaddr(ip);
+    let out = lab.ask(&r);
+    assert_eq!(kind(&out), Some(MessageType::Ack));
+    let reply = out.reply.unwrap();
+    assert_eq!(reply.dest, SocketAddrV4::new(ip, 68));
+    assert_eq!((reply.msg.ciaddr(), reply.msg.yiaddr()), (ip, ip));
+    assert_eq!(
+        lab.leases.binding(MacAddr::new(mac(1))).unwrap().expires_ms,
+        lab.now + 600_000
+    );
+    let mut wrong = msg(MessageType::Request, mac(1));
+    wrong.set_ciaddr(Ipv4Addr::new(10, 99, 0, 102));
+    assert_eq!(kind(&lab.ask(&wrong)), Some(MessageType::Nak));
+    let mut stranger = msg(MessageType::Request, mac(5));
+    stranger.set_ciaddr(Ipv4Addr::new(10, 99, 0, 102));
+    assert!(lab.ask(&stranger).reply.is_none());
+}
+
+#[test]
+fn release_and_decline() {
+    let mut lab = Lab::new("reservation");
+    let ip = lab.dora(mac(1));
+    let mut rel = msg(MessageType::Release, mac(1));
+    rel.set_ciaddr(ip);
+    rel.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    let out = lab.ask(&rel);
+    assert!(out.reply.is_none());
+    assert_eq!(
+        out.write,
+        Some(LeaseWrite::Free {
+            ip,
+            mac: MacAddr::new(mac(1))
+        })
+    );
+    assert!(matches!(out.lease_event, Some(LeaseEvent::Ended(ref e)) if e.reason == "released"));
+    assert!(lab.leases.binding(MacAddr::new(mac(1))).is_none());
+    assert!(
+        lab.ask(&rel).write.is_none(),
+        "a second release does nothing"
+    );
+
+    let ip = lab.dora(mac(2));
+    let mut dec = msg(MessageType::Decline, mac(2));
+    dec.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let out = lab.ask(&dec);
+    assert!(matches!(out.write, Some(LeaseWrite::Decline { ip: d, .. }) if d == ip));
+    assert!(matches!(out.lease_event, Some(LeaseEvent::Ended(ref e)) if e.reason == "declined"));
+    // The declined address is skipped by the next client until decline_hold passes.
+    assert_ne!(lab.dora(mac(2)), ip);
+    let mut bogus = msg(MessageType::Decline, mac(7));
+    bogus
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress([10, 99, 0, 102].into()));
+    assert!(
+        lab.ask(&bogus).write.is_none(),
+        "cannot decline someone else's address"
+    );
+}
+
+#[test]
+fn relayed_requests_pick_the_subnet_by_giaddr_and_go_back_to_the_relay_with_option_82() {
+    let mut lab = Lab::new("reservation");
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
+    let mut info = relay::RelayAgentInformation::default();
+    info.insert(relay::RelayInfo::AgentCircuitId(b"port7".to_vec()));
+    d.opts_mut()
+        .insert(DhcpOption::RelayAgentInformation(info.clone()));
+    let out = lab.ask(&d);
+    let r = out.reply.unwrap();
+    assert_eq!(r.msg.yiaddr(), Ipv4Addr::new(10, 98, 0, 10));
+    assert_eq!(r.msg.giaddr(), Ipv4Addr::new(10, 98, 0, 1));
+    assert_eq!(
+        (r.dest, r.ifindex),
+        (SocketAddrV4::new([10, 98, 0, 1].into(), 67), None)
+    );
+    assert_eq!(
+        opt(&r.msg, OptionCode::RelayAgentInformation),
+        Some(&DhcpOption::RelayAgentInformation(info))
+    );
+    assert!(opt(&r.msg, OptionCode::Router).is_none());
+    let mut unknown = msg(MessageType::Discover, mac(1));
+    unknown.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
+    assert!(
+        lab.ask(&unknown).reply.is_none(),
+        "no subnet for that relay"
+    );
+}
+
+#[test]
+fn broadcast_flag_and_chaddr_are_kept() {
+    let mut lab = Lab::new("reservation");
+    let mut d = msg(MessageType::Discover, mac(3));
+    d.set_flags(Flags::default().set_broadcast());
+    let r = lab.ask(&d).reply.unwrap();
+    assert!(r.msg.flags().broadcast());
+    assert_eq!(r.msg.chaddr(), &mac(3));
+}
+
+fn pxe(kind: MessageType, m: [u8; 6], class: &str, arch: u16) -> Message {
+    let mut d = msg(kind, m);
+    d.opts_mut()
+        .insert(DhcpOption::ClassIdentifier(class.as_bytes().to_vec()));
+    d.opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture(arch)));
+    d.opts_mut()
+        .insert(DhcpOption::ClientMachineIdentifier(vec![
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        ]));
+    d
+}
+
+#[test]
+fn firmware_gets_tftp_file_by_architecture() {
+    let mut lab = Lab::new("reservation");
+    for (arch, file) in [
+        (0, "undionly.kpxe"),
+        (7, "ipxe.efi"),
+        (9, "ipxe.efi"),
+        (11, "ipxe-arm64.efi"),
+    ] {
+        let out = lab.ask(&pxe(
+            MessageType::Discover,
+            mac(1),
+            "PXEClient:Arch:00000:UNDI:002001",
+            arch,
+        ));
+        let m = &out.reply.as_ref().unwrap().msg;
+        assert_eq!(m.fname_str().unwrap().unwrap(), file);
+        assert_eq!(m.siaddr(), SERVER);
+        assert_eq!(
+            opt(m, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert_eq!(
+            opt(m, OptionCode::VendorExtensions),
+            Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+        );
+        assert!(
+            matches!(opt(m, OptionCode::ClientMachineIdentifier), Some(DhcpOption::ClientMachineIdentifier(v)) if v.len() == 17)
+        );
+        assert_ne!(
+            m.yiaddr(),
+            Ipv4Addr::UNSPECIFIED,
+            "reservation mode also leases"
+        );
+        let p = out.pxe.unwrap();
+        assert_eq!(
+            (p.client.as_str(), p.boot.as_str(), p.mode.as_str()),
+            ("firmware", file, "reservation")
+        );
+    }
+    // Unknown architecture: an address but no boot answer.
+    let out = lab.ask(&pxe(MessageType::Discover, mac(1), "PXEClient", 2));
+    assert!(out.pxe.is_none());
+    assert!(out.reply.unwrap().msg.fname().is_none());
+}
+
+#[test]
+fn ipxe_gets_the_script_url_with_no_pxedhcp_and_http_clients_an_url() {
+    let mut lab = Lab::new("reservation");
+    let mut d = pxe(MessageType::Discover, mac(1), "PXEClient:Arch:00000", 0);
+    d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let out = lab.ask(&d);
+    let m = &out.reply.unwrap().msg;
+    let url = "http://10.99.0.1:8081/boot/${mac}?platform=${platform}";
+    assert_eq!(m.fname_str().unwrap().unwrap(), url);
+    assert_eq!(
+        opt(m, OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(url.as_bytes().to_vec()))
+    );
+    assert_eq!(
+        opt(m, OptionCode::Unknown(175)),
+        Some(&DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![176, 1, 1]
+        )))
+    );
+    assert_eq!(out.pxe.unwrap().client, "ipxe");
+
+    let out = lab.ask(&pxe(
+        MessageType::Discover,
+        mac(2),
+        "HTTPClient:Arch:00016",
+        16,
+    ));
+    let m = &out.reply.unwrap().msg;
+    assert_eq!(
+        m.fname_str().unwrap().unwrap(),
+        "http://10.99.0.1:8080/ipxe.efi"
+    );
+    assert_eq!(
+        opt(m, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    // No arm64 HTTP URL configured: no boot answer.
+    assert!(
+        lab.ask(&pxe(MessageType::Discover, mac(3), "HTTPClient", 19))
+            .pxe
+            .is_none()
+    );
+}
+
+#[test]
+fn default_ipxed_is_the_server_id_on_8080() {
+    let mut lab = Lab::new("reservation");
+    lab.cfg.ipxed = None;
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let m = lab.ask(&d).reply.unwrap().msg;
+    assert_eq!(
+        m.fname_str().unwrap().unwrap(),
+        "http://10.99.0.1:8080/boot/${mac}?platform=${platform}"
+    );
+}
+
+#[test]
+fn proxy_answers_known_pxe_clients_only_and_never_leases() {
+    let mut lab = Lab::new("proxy");
+    let known = Known {
+        machine_id: Some(Uuid::nil()),
+    };
+    let d = pxe(MessageType::Discover, mac(1), "PXEClient:Arch:00000", 0);
+    assert!(lab.ask(&d).reply.is_none(), "unknown machine");
+    let plain = msg(MessageType::Discover, mac(1));
+    assert!(
+        lab.ask_at(&plain, arrival(), known).reply.is_none(),
+        "not a PXE client"
+    );
+    let out = lab.ask_at(&d, arrival(), known);
+    assert!(out.write.is_none());
+    let r = out.reply.unwrap();
+    assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(opt(&r.msg, OptionCode::AddressLeaseTime).is_none());
+    assert!(opt(&r.msg, OptionCode::SubnetMask).is_none());
+    assert_eq!(r.msg.fname_str().unwrap().unwrap(), "undionly.kpxe");
+    assert_eq!(out.pxe.unwrap().machine_id, Some(Uuid::nil()));
+    // Boot server on 4011: REQUEST → ACK, unicast back to the sender.
+    let mut r4011 = pxe(MessageType::Request, mac(1), "PXEClient:Arch:00007", 7);
+    r4011.set_ciaddr(Ipv4Addr::new(10, 99, 0, 150));
+    let a = Arrival {
+        port: Port::Pxe,
+        source: SocketAddrV4::new([10, 99, 0, 150].into(), 4011),
+        ..arrival()
+    };
+    let out = lab.ask_at(&r4011, a, known);
+    let r = out.reply.unwrap();
+    assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(r.dest, a.source);
+    assert_eq!(r.msg.ciaddr(), Ipv4Addr::new(10, 99, 0, 150));
+    assert_eq!(r.msg.fname_str().unwrap().unwrap(), "ipxe.efi");
+    // A REQUEST on 67 to the other DHCP server is not ours.
+    let mut other = pxe(MessageType::Request, mac(1), "PXEClient", 0);
+    other
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier([10, 99, 0, 254].into()));
+    assert!(lab.ask_at(&other, arrival(), known).reply.is_none());
+    other
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER));
+    assert_eq!(
+        kind(&lab.ask_at(&other, arrival(), known)),
+        Some(MessageType::Ack)
+    );
+    assert!(lab.leases.is_empty());
+}
+
+#[test]
+fn autoproxy_answers_unknown_pxe_clients_too() {
+    let mut lab = Lab::new("autoproxy");
+    let out = lab.ask(&pxe(MessageType::Discover, mac(1), "PXEClient", 0));
+    assert_eq!(out.pxe.unwrap().mode, "autoproxy");
+    assert_eq!(out.reply.unwrap().msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(lab.ask(&msg(MessageType::Discover, mac(1))).reply.is_none());
+}
+
+#[test]
+fn replies_encode_padded_and_round_trip() {
+    let mut lab = Lab::new("reservation");
+    let r = lab
+        .ask(&pxe(MessageType::Discover, mac(1), "PXEClient", 0))
+        .reply
+        .unwrap();
+    let bytes = wire::encode(&r.msg).unwrap();
+    assert!(bytes.len() >= wire::BOOTP_MIN_LEN);
+    let back = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+    // dhcproto keeps the NUL terminator when decoding the file field.
+    assert_eq!(
+        back.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+        "undionly.kpxe"
+    );
+}
+
+#[test]
+fn no_subnet_for_the_interface_is_silence() {
+    let mut lab = Lab::new("reservation");
+    let a = Arrival {
+        local: Ipv4Addr::new(192, 168, 5, 1),
+        ..arrival()
+    };
+    assert!(
+        lab.ask_at(&msg(MessageType::Discover, mac(1)), a, Known::default())
+            .reply
+            .is_none()
+    );
+}
+
+#[test]
+fn arch_names() {
+    assert_eq!(arch_name(Some(0)), "bios");
+    assert_eq!(arch_name(Some(9)), "uefi-x64");
+    assert_eq!(arch_name(Some(11)), "uefi-arm64");
+    assert_eq!(arch_name(Some(16)), "uefi-x64-http");
+    assert_eq!(arch_name(Some(200)), "other");
+    assert_eq!(arch_name(None), "unknown");
+}
