@@ -1,0 +1,213 @@
+//! tftpd's section of the configuration file, `[tftpd]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use serde::Deserialize;
+
+use crate::packet::{DEFAULT_BLKSIZE, MAX_BLKSIZE};
+
+/// `[tftpd]` as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftpd {
+    /// Address to bind when systemd did not pass a socket named `tftp`.
+    pub listen: Option<String>,
+    /// Directories served, searched in order: the first that holds the name answers.
+    pub roots: Option<Vec<PathBuf>>,
+    /// Transfers in progress at once; beyond it requests get ERROR 0 "busy".
+    pub max_transfers: Option<usize>,
+    /// Largest `blksize` granted. The default fits a 1500-byte Ethernet MTU.
+    pub max_blksize: Option<u16>,
+    /// Largest `windowsize` granted.
+    pub max_windowsize: Option<u16>,
+    /// Retransmission ceiling for clients that do not negotiate `timeout`, e.g. `"1s"`.
+    pub timeout: Option<String>,
+    /// A transfer with no acknowledged progress for this long is abandoned, e.g. `"10s"`.
+    pub idle_timeout: Option<String>,
+}
+
+/// `[tftpd]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TftpdConfig {
+    pub listen: ListenConfig,
+    pub roots: Vec<PathBuf>,
+    pub max_transfers: usize,
+    pub max_blksize: u16,
+    pub max_windowsize: u16,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The TFTP port on every address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:69";
+/// Debian's iPXE binaries first, then Dragonfly's own files.
+pub const DEFAULT_ROOTS: [&str; 2] = ["/usr/lib/ipxe", "/var/lib/dragonfly/tftp"];
+/// 1500 (Ethernet MTU) - 20 (IPv4) - 8 (UDP) - 4 (TFTP header): no IP fragmentation.
+pub const DEFAULT_MAX_BLKSIZE: u16 = 1468;
+
+impl DaemonConfig for TftpdConfig {
+    const SECTION: &'static str = "tftpd";
+    type Raw = RawTftpd;
+
+    fn validate(raw: RawTftpd) -> Result<Self, Invalid> {
+        let listen =
+            ListenConfig::parse("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        let roots = raw
+            .roots
+            .unwrap_or_else(|| DEFAULT_ROOTS.iter().map(PathBuf::from).collect());
+        if roots.is_empty() {
+            return Err(Invalid::new("roots", Reason::Empty));
+        }
+        for root in &roots {
+            if !root.is_absolute() {
+                return Err(Invalid::new("roots", Reason::RelativePath(root.clone())));
+            }
+        }
+        let max_transfers = raw.max_transfers.unwrap_or(256);
+        if !(1..=65_536).contains(&max_transfers) {
+            return Err(Invalid::new(
+                "max_transfers",
+                range(max_transfers, 1, 65_536),
+            ));
+        }
+        let max_blksize = raw.max_blksize.unwrap_or(DEFAULT_MAX_BLKSIZE);
+        if !(DEFAULT_BLKSIZE..=MAX_BLKSIZE).contains(&max_blksize) {
+            return Err(Invalid::new(
+                "max_blksize",
+                range(max_blksize, DEFAULT_BLKSIZE, MAX_BLKSIZE),
+            ));
+        }
+        let max_windowsize = raw.max_windowsize.unwrap_or(64);
+        if max_windowsize == 0 {
+            return Err(Invalid::new("max_windowsize", range(0, 1, u16::MAX)));
+        }
+        let timeout = duration("timeout", raw.timeout.as_deref(), 1, (1, 255))?;
+        let idle_timeout = duration("idle_timeout", raw.idle_timeout.as_deref(), 10, (1, 3600))?;
+        Ok(Self {
+            listen,
+            roots,
+            max_transfers,
+            max_blksize,
+            max_windowsize,
+            timeout,
+            idle_timeout,
+        })
+    }
+}
+
+/// A duration in whole seconds within `min..=max` seconds.
+fn duration(
+    key: &str,
+    text: Option<&str>,
+    default_secs: u64,
+    (min, max): (u64, u64),
+) -> Result<Duration, Invalid> {
+    let Some(text) = text else {
+        return Ok(Duration::from_secs(default_secs));
+    };
+    let value = parse_duration(key, text)?;
+    if value < Duration::from_secs(min) || value > Duration::from_secs(max) {
+        return Err(Invalid::new(
+            key,
+            range(text, format!("{min}s"), format!("{max}s")),
+        ));
+    }
+    Ok(value)
+}
+
+fn range(value: impl ToString, min: impl ToString, max: impl ToString) -> Reason {
+    Reason::OutOfRange {
+        value: value.to_string(),
+        min: min.to_string(),
+        max: max.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = TftpdConfig::validate(RawTftpd::default()).unwrap();
+        assert_eq!(c.listen.addr.to_string(), DEFAULT_LISTEN);
+        assert_eq!(
+            c.roots,
+            [
+                PathBuf::from("/usr/lib/ipxe"),
+                PathBuf::from("/var/lib/dragonfly/tftp")
+            ]
+        );
+        assert_eq!(c.max_transfers, 256);
+        assert_eq!(c.max_blksize, 1468);
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.idle_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                RawTftpd {
+                    listen: Some("69".into()),
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (
+                RawTftpd {
+                    roots: Some(vec![]),
+                    ..Default::default()
+                },
+                "roots",
+            ),
+            (
+                RawTftpd {
+                    roots: Some(vec!["relative/dir".into()]),
+                    ..Default::default()
+                },
+                "roots",
+            ),
+            (
+                RawTftpd {
+                    max_transfers: Some(0),
+                    ..Default::default()
+                },
+                "max_transfers",
+            ),
+            (
+                RawTftpd {
+                    max_blksize: Some(100),
+                    ..Default::default()
+                },
+                "max_blksize",
+            ),
+            (
+                RawTftpd {
+                    max_windowsize: Some(0),
+                    ..Default::default()
+                },
+                "max_windowsize",
+            ),
+            (
+                RawTftpd {
+                    timeout: Some("256s".into()),
+                    ..Default::default()
+                },
+                "timeout",
+            ),
+            (
+                RawTftpd {
+                    idle_timeout: Some("500ms".into()),
+                    ..Default::default()
+                },
+                "idle_timeout",
+            ),
+        ];
+        for (raw, key) in cases {
+            assert_eq!(TftpdConfig::validate(raw).unwrap_err().key(), key);
+        }
+    }
+}

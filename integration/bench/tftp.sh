@@ -1,0 +1,168 @@
+#!/bin/bash
+# TFTP benchmark: dragonfly-tftpd (release) against tftpd-hpa and dnsmasq, side by side, over a
+# veth between two network namespaces. Prints a table; asserts nothing about speed (figures
+# drift between runs and machines: compare ratios from one run). Needs root.
+#
+#   integration/bench/tftp.sh            # everything (about 5 minutes: the peers are slow on loss)
+#   LOSSY_PEERS=0 integration/bench/tftp.sh   # skip the peers' lossy runs (their figures are
+#                                             # in shared/TARGETS.md), about 1 minute
+#
+# Binary: $TFTPD_BIN, else target/release/dragonfly-tftpd (built here if missing).
+# Tests: 32 MiB one client (curl blksize 1468; atftp blksize 1468 windowsize 16), 50 curl
+# clients x 1 MiB at once (aggregate MiB/s, every copy compared), 1 MiB over 10 % loss on each
+# side (curl --connect-timeout 3, so it asks timeout 1): seconds. Every download is compared
+# with cmp; a damaged file prints FAIL instead of a figure.
+set -euo pipefail
+
+[ "$(id -u)" -eq 0 ] || { echo "$0: must run as root (network namespaces)" >&2; exit 2; }
+for tool in ip nft curl atftp in.tftpd dnsmasq setpriv cmp; do
+    command -v "$tool" >/dev/null || { echo "$0: $tool missing (apt-get install iproute2 nftables curl atftp tftpd-hpa dnsmasq-base util-linux diffutils)" >&2; exit 2; }
+done
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+bin=${TFTPD_BIN:-$repo/target/release/dragonfly-tftpd}
+if [ ! -x "$bin" ]; then
+    (cd "$repo" && cargo build --release -p dragonfly-tftpd >&2)
+fi
+lossy_peers=${LOSSY_PEERS:-1}
+limit=240   # seconds any single client may take
+
+tag=$$
+S=dfb${tag}s C=dfb${tag}c VS=dfb${tag}vs VC=dfb${tag}vc
+tmp=$(mktemp -d /tmp/dragonfly-tftp-bench.XXXXXX)
+chmod 755 "$tmp"
+server_pid=
+
+cleanup() {
+    [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
+    for ns in "$S" "$C"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+ip netns add "$S"; ip netns add "$C"
+ip link add "$VS" netns "$S" type veth peer name "$VC" netns "$C"
+ip -n "$S" addr add 10.201.0.1/24 dev "$VS"; ip -n "$C" addr add 10.201.0.2/24 dev "$VC"
+for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
+ip -n "$S" link set "$VS" up; ip -n "$C" link set "$VC" up
+# Our daemon runs as nobody; let it bind port 69 inside its own namespace.
+ip netns exec "$S" sysctl -qw net.ipv4.ip_unprivileged_port_start=0
+
+root=$tmp/root
+mkdir -p "$root" "$tmp/out"
+head -c $((32 << 20)) /dev/urandom > "$root/big.bin"
+head -c $((1 << 20)) /dev/urandom > "$root/small.bin"
+chmod -R a+rX "$root"; chmod 777 "$tmp/out"
+cat > "$tmp/dragonfly.toml" <<TOML
+[nats]
+url = "nats://127.0.0.1:1"
+[log]
+level = "warn"
+[tftpd]
+listen = "10.201.0.1:69"
+roots = ["$root"]
+TOML
+chmod 644 "$tmp/dragonfly.toml"
+
+start() {
+    case $1 in
+    ours) ip netns exec "$S" setpriv --reuid=nobody --regid=nogroup --clear-groups \
+              --inh-caps=-all --bounding-set=-all --no-new-privs \
+              "$bin" --config "$tmp/dragonfly.toml" 2>"$tmp/ours.log" & ;;
+    hpa) ip netns exec "$S" in.tftpd -L -s "$root" -a 10.201.0.1:69 & ;;
+    dnsmasq) ip netns exec "$S" dnsmasq -k --conf-file=/dev/null --port=0 --enable-tftp \
+                 --tftp-root="$root" --tftp-max=200 --listen-address=10.201.0.1 \
+                 --bind-interfaces --pid-file="$tmp/dnsmasq.pid" --user=root & ;;
+    esac
+    server_pid=$!
+    sleep 0.5
+}
+stop() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; server_pid=; }
+
+now() { date +%s.%N; }
+# in_client CMD…: runs in the client namespace, bounded.
+in_client() { ip netns exec "$C" timeout "$limit" "$@"; }
+curl_get() { in_client curl -sS --tftp-blksize 1468 "$@"; }
+
+# Each measurement prints one number or FAIL.
+one_curl() {
+    rm -f "$tmp/out/big"
+    local t0; t0=$(now)
+    curl_get -o "$tmp/out/big" tftp://10.201.0.1/big.bin || { echo FAIL; return; }
+    local t1; t1=$(now)
+    cmp -s "$tmp/out/big" "$root/big.bin" || { echo FAIL; return; }
+    echo "$t0 $t1" | awk '{ printf "%.1f", 32 / ($2 - $1) }'
+}
+one_atftp() {
+    rm -f "$tmp/out/big"
+    local t0; t0=$(now)
+    in_client atftp --option "blksize 1468" --option "windowsize 16" -g -r big.bin \
+        -l "$tmp/out/big" 10.201.0.1 69 >/dev/null 2>&1 || { echo FAIL; return; }
+    local t1; t1=$(now)
+    cmp -s "$tmp/out/big" "$root/big.bin" || { echo FAIL; return; }
+    echo "$t0 $t1" | awk '{ printf "%.1f", 32 / ($2 - $1) }'
+}
+fifty() {
+    rm -f "$tmp"/out/c*
+    local t0; t0=$(now)
+    local pids=() ok=1
+    for i in $(seq 1 50); do
+        curl_get -o "$tmp/out/c$i" tftp://10.201.0.1/small.bin & pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || ok=0; done
+    local t1; t1=$(now)
+    for i in $(seq 1 50); do cmp -s "$tmp/out/c$i" "$root/small.bin" || ok=0; done
+    [ "$ok" = 1 ] || { echo FAIL; return; }
+    echo "$t0 $t1" | awk '{ printf "%.1f", 50 / ($2 - $1) }'
+}
+lossy() {
+    rm -f "$tmp/out/lossy"
+    local t0; t0=$(now)
+    curl_get --connect-timeout 3 -o "$tmp/out/lossy" tftp://10.201.0.1/small.bin || { echo FAIL; return; }
+    local t1; t1=$(now)
+    cmp -s "$tmp/out/lossy" "$root/small.bin" || { echo FAIL; return; }
+    echo "$t0 $t1" | awk '{ printf "%.1f", $2 - $1 }'
+}
+
+declare -A r
+for s in ours hpa dnsmasq; do
+    echo "clean link: $s" >&2
+    start "$s"
+    r[$s,curl]=$(one_curl)
+    r[$s,atftp]=$(one_atftp)
+    r[$s,fifty]=$(fifty)
+    stop
+done
+
+for pair in "$S $VS" "$C $VC"; do
+    set -- $pair
+    printf 'table netdev loss {\n chain in {\n  type filter hook ingress device "%s" priority 0;\n  numgen random mod 100 < 10 counter drop\n }\n}\n' "$2" |
+        ip netns exec "$1" nft -f -
+done
+for s in ours hpa dnsmasq; do
+    r[$s,lossy]=skipped
+    [ "$s" = ours ] || [ "$lossy_peers" = 1 ] || continue
+    echo "10 % loss: $s" >&2
+    start "$s"
+    r[$s,lossy]=$(lossy)
+    stop
+done
+
+ratio() { # ours peer higher_is_better
+    awk -v a="$1" -v b="$2" -v hib="$3" 'BEGIN {
+        if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || a == 0 || b == 0) { print "-"; exit }
+        printf "%.1fx", (hib ? a / b : b / a) }'
+}
+printf '\n%-50s %10s %10s %10s %9s %9s\n' test ours tftpd-hpa dnsmasq vs-hpa vs-dnsmasq
+row() { # name key higher_is_better
+    printf '%-50s %10s %10s %10s %9s %9s\n' "$1" "${r[ours,$2]}" "${r[hpa,$2]}" "${r[dnsmasq,$2]}" \
+        "$(ratio "${r[ours,$2]}" "${r[hpa,$2]}" "$3")" "$(ratio "${r[ours,$2]}" "${r[dnsmasq,$2]}" "$3")"
+}
+row "32 MiB, curl blksize 1468 (MiB/s)" curl 1
+row "32 MiB, atftp blksize 1468 windowsize 16 (MiB/s)" atftp 1
+row "50 curl clients x 1 MiB (aggregate MiB/s)" fifty 1
+row "1 MiB, 10 % loss, curl timeout 1 (seconds)" lossy 0
+echo "(ratios: how many times better ours is; peers ignore windowsize, atftp then runs lock-step)"
