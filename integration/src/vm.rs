@@ -1,0 +1,475 @@
+//! [`Vm`]: one QEMU machine network-booting inside a [`Lab`], its serial console timestamped
+//! line by line so the boot can be cut into milestones.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::Lab;
+
+/// What the test initramfs prints on the serial console once booted (see
+/// `integration/e2e/build-test-image.sh`): `DRAGONFLY-E2E-MARKER mac=… nic=… mode=…`.
+pub const MARKER: &str = "DRAGONFLY-E2E-MARKER";
+
+/// Serial console lines after which the firmware has given up on the network boot: waiting
+/// any longer is pointless.
+const GAVE_UP: &[&str] = &["No bootable device", "No bootable option or device"];
+
+/// Firmware of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, console mirrored to serial by "sercon" (lab pitfall 7).
+    Bios,
+    /// OVMF (q35, `OVMF_CODE_4M.fd` + a per-VM copy of `OVMF_VARS_4M.fd`); it mirrors its
+    /// console to serial itself.
+    Uefi,
+}
+
+/// NIC model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nic {
+    VirtioNet,
+    E1000,
+}
+
+impl Nic {
+    fn model(self) -> &'static str {
+        match self {
+            Nic::VirtioNet => "virtio-net-pci",
+            Nic::E1000 => "e1000",
+        }
+    }
+}
+
+/// The NIC's option ROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicRom {
+    /// QEMU's default ROM, which is iPXE (lab pitfall 4): it DHCPs as iPXE and goes straight
+    /// to HTTP.
+    Ipxe,
+    /// `romfile=` (none): under OVMF, OVMF's own PXE client boots (DHCP → TFTP). Under
+    /// SeaBIOS there is then no network boot at all.
+    None,
+}
+
+/// One VM's settings.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub firmware: Firmware,
+    pub nic: Nic,
+    pub rom: NicRom,
+    /// e.g. `52:54:00:99:00:10`.
+    pub mac: String,
+    /// Hard limit on QEMU's life (`timeout`), also the default wait for the marker.
+    pub timeout: Duration,
+}
+
+impl VmConfig {
+    /// A VM with a 150 s limit (the slowest lab variant takes ~35 s).
+    pub fn new(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) -> VmConfig {
+        VmConfig {
+            firmware,
+            nic,
+            rom,
+            mac: mac.to_owned(),
+            timeout: Duration::from_secs(150),
+        }
+    }
+}
+
+/// Serial console lines: when the line's first byte came, when it ended, its text.
+type Lines = Arc<Mutex<Vec<SerialLine>>>;
+
+#[derive(Debug, Clone)]
+struct SerialLine {
+    first: Duration,
+    end: Duration,
+    text: String,
+}
+
+/// A running QEMU (TCG, 1 vCPU, 512 MiB, `-no-reboot`, network boot from `tap0`), killed on
+/// drop. Holds the crate-wide VM lock (`target/e2e-cache/vm.lock`) while it lives.
+#[derive(Debug)]
+pub struct Vm {
+    config: VmConfig,
+    child: Child,
+    started: Instant,
+    lines: Lines,
+    reader: Option<JoinHandle<()>>,
+    _lock: Flock<File>,
+}
+
+impl Vm {
+    /// Waits for the VM lock, then starts QEMU inside `lab`'s namespace. The serial console
+    /// goes to `serial.log` in the lab directory, each line prefixed with seconds since QEMU
+    /// started.
+    ///
+    /// # Panics
+    /// When QEMU cannot be started.
+    pub fn boot(lab: &mut Lab, config: VmConfig) -> Vm {
+        let lock = crate::image::open_lock(&crate::cache_dir().join("vm.lock"));
+        let lock = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("locking target/e2e-cache/vm.lock");
+        let dir = lab.dir().to_owned();
+        let mut qemu: Vec<String> = vec![
+            "timeout".into(),
+            "--kill-after=5".into(),
+            config.timeout.as_secs().to_string(),
+            "qemu-system-x86_64".into(),
+            // TCG only: this host's nested KVM fails inside SeaBIOS/iPXE/OVMF.
+            "-accel".into(),
+            "tcg".into(),
+            "-m".into(),
+            "512".into(),
+            "-smp".into(),
+            "1".into(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-no-reboot".into(),
+            "-boot".into(),
+            "n".into(),
+        ];
+        match config.firmware {
+            Firmware::Bios => {
+                let sercon = dir.join("sercon-port.bin");
+                std::fs::write(&sercon, [0xf8, 0x03]).expect("writing sercon-port.bin");
+                qemu.extend([
+                    "-vga".into(),
+                    "none".into(),
+                    "-fw_cfg".into(),
+                    format!("name=etc/sercon-port,file={}", sercon.display()),
+                ]);
+            }
+            Firmware::Uefi => {
+                let vars = dir.join("OVMF_VARS.fd");
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .expect("copying OVMF_VARS_4M.fd (package ovmf)");
+                qemu.extend([
+                    "-machine".into(),
+                    "q35".into(),
+                    "-drive".into(),
+                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,file={}", vars.display()),
+                ]);
+            }
+        }
+        let rom = match config.rom {
+            NicRom::Ipxe => "",
+            NicRom::None => ",romfile=",
+        };
+        qemu.extend([
+            "-netdev".into(),
+            "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
+            "-device".into(),
+            // bootindex=1: OVMF ignores -boot n (lab pitfall 6).
+            format!(
+                "{},netdev=n0,mac={},bootindex=1{rom}",
+                config.nic.model(),
+                config.mac
+            ),
+        ]);
+        let mut cmd = lab.command(&qemu[0]);
+        cmd.args(&qemu[1..]);
+        let stderr = File::create(lab.log_path("qemu")).expect("creating qemu.log");
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting qemu-system-x86_64");
+        let stdout = child.stdout.take().expect("qemu's stdout");
+        let lines: Lines = Arc::default();
+        let serial = File::create(lab.log_path("serial")).expect("creating serial.log");
+        let reader = {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || read_serial(stdout, serial, started, &lines))
+        };
+        Vm {
+            config,
+            child,
+            started,
+            lines,
+            reader: Some(reader),
+            _lock: lock,
+        }
+    }
+
+    /// Waits until the serial console shows [`MARKER`] (or QEMU exits, or the VM's timeout
+    /// passes) and returns the boot's timeline.
+    ///
+    /// # Errors
+    /// No marker: the message holds the end of the serial console.
+    pub fn wait_for_marker(&mut self) -> Result<BootReport, String> {
+        let deadline = self.started + self.config.timeout + Duration::from_secs(10);
+        loop {
+            if let Some(report) = self.report() {
+                return Ok(report);
+            }
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            let gave_up = self
+                .lines
+                .lock()
+                .expect("serial lines")
+                .iter()
+                .any(|l| GAVE_UP.iter().any(|g| l.text.contains(g)));
+            if exited || gave_up || Instant::now() > deadline {
+                // Stop QEMU (through `timeout`) first: the reader ends only when it exits.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let status = self.child.wait().ok();
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                if let Some(report) = self.report() {
+                    return Ok(report);
+                }
+                return Err(format!(
+                    "VM {} ({:?}/{:?}/{:?}) showed no {MARKER} after {:.1} s (qemu exit: {status:?})\n\
+                     --- serial (last 60 lines) ---\n{}",
+                    self.config.mac,
+                    self.config.firmware,
+                    self.config.nic,
+                    self.config.rom,
+                    self.started.elapsed().as_secs_f64(),
+                    self.serial_tail(60)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn serial_tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().expect("serial lines");
+        let skip = lines.len().saturating_sub(n);
+        lines[skip..]
+            .iter()
+            .map(|l| format!("{:8.2}  {}\n", l.end.as_secs_f64(), l.text))
+            .collect()
+    }
+
+    fn report(&self) -> Option<BootReport> {
+        let lines = self.lines.lock().expect("serial lines");
+        let marker = lines.iter().find(|l| l.text.contains(MARKER))?;
+        let field = |key: &str| {
+            marker
+                .text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or("")
+                .to_owned()
+        };
+        Some(BootReport {
+            case: format!(
+                "{:?}/{}/{:?}",
+                self.config.firmware,
+                self.config.nic.model(),
+                self.config.rom
+            ),
+            mac: field("mac="),
+            nic: field("nic="),
+            mode: field("mode="),
+            timeline: milestones(&lines),
+        })
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // `timeout` forks QEMU: kill QEMU itself through the namespace sweep of Lab's drop,
+        // and here at least the timeout process so that QEMU gets SIGTERM from it.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// What a boot reached and when.
+#[derive(Debug, Clone)]
+pub struct BootReport {
+    /// `Bios/virtio-net-pci/Ipxe` and so on.
+    pub case: String,
+    /// `dragonfly.mac=` from the kernel command line, as the initramfs saw it.
+    pub mac: String,
+    /// eth0's MAC in the booted kernel.
+    pub nic: String,
+    /// `dragonfly.mode=` from the kernel command line.
+    pub mode: String,
+    /// Milestones in order, seconds since QEMU started (missing ones are left out).
+    pub timeline: Vec<(&'static str, Duration)>,
+}
+
+impl fmt::Display for BootReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timeline {} (QEMU start →):", self.case)?;
+        for (label, t) in &self.timeline {
+            write!(f, " {label} {:.1}s;", t.as_secs_f64())?;
+        }
+        write!(f, " mac={} nic={} mode={}", self.mac, self.nic, self.mode)
+    }
+}
+
+/// Cuts the serial console into milestones, each searched after the previous one found.
+///
+/// A download shows as one iPXE line `URL... ok`; its time here is when the line *began*
+/// (the request), because the line often ends only when the next program prints (the kernel
+/// swallows iPXE's final "ok"). DHCP and TFTP milestones are lines' ends (the answer came).
+fn milestones(lines: &[SerialLine]) -> Vec<(&'static str, Duration)> {
+    type Test = fn(&str) -> bool;
+    let configured: Test = |l| l.contains("Configuring (net") && l.contains("ok");
+    let steps: &[(&str, bool, Test)] = &[
+        // iPXE: "Configuring (net0 52:54:…)...... ok"; OVMF's PXE: "Station IP address is …"
+        ("DHCP", false, |l| {
+            (l.contains("Configuring (net") && l.contains("ok")) || l.contains("Station IP address")
+        }),
+        // OVMF: "NBP file downloaded successfully."; iPXE: "tftp://…/undionly.kpxe... ok"
+        ("TFTP NBP done", false, |l| {
+            l.contains("NBP file downloaded") || (l.contains("tftp://") && l.contains("ok"))
+        }),
+        ("iPXE DHCP", false, configured),
+        ("GET /boot/{mac}", true, |l| l.contains("/boot/")),
+        ("GET vmlinuz", true, |l| l.contains("/vmlinuz")),
+        ("GET initrd.img", true, |l| l.contains("/initrd.img")),
+        ("marker", false, |l| l.contains(MARKER)),
+    ];
+    let mut out = Vec::new();
+    let mut from = 0;
+    for (label, at_start, test) in steps {
+        if let Some(i) = lines[from..].iter().position(|l| test(&l.text)) {
+            let line = &lines[from + i];
+            // The marker may share a line with iPXE's last download: take its own time.
+            let t = if *at_start { line.first } else { line.end };
+            out.push((*label, t));
+            from += i + usize::from(*label != "GET initrd.img");
+        }
+    }
+    out
+}
+
+/// Splits QEMU's serial output into lines (`\r`, `\n`), strips ANSI escapes and control
+/// characters, and records each non-empty line with its time since `started`.
+fn read_serial(mut from: impl Read, mut to: File, started: Instant, lines: &Lines) {
+    let mut buf = [0u8; 4096];
+    let mut line: Vec<u8> = Vec::new();
+    let mut first: Option<Duration> = None;
+    let mut emit = |line: &mut Vec<u8>, first: &mut Option<Duration>| {
+        let text = clean(line);
+        line.clear();
+        let first = first.take();
+        if text.is_empty() {
+            return;
+        }
+        let end = started.elapsed();
+        let _ = writeln!(to, "{:8.2}  {text}", end.as_secs_f64());
+        lines.lock().expect("serial lines").push(SerialLine {
+            first: first.unwrap_or(end),
+            end,
+            text,
+        });
+    };
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = started.elapsed();
+        for &b in &buf[..n] {
+            if b == b'\n' || b == b'\r' {
+                emit(&mut line, &mut first);
+            } else {
+                first.get_or_insert(now);
+                line.push(b);
+            }
+        }
+    }
+    emit(&mut line, &mut first);
+}
+
+fn clean(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters, then one final letter.
+                Some('[') => {
+                    for p in chars.by_ref() {
+                        if p.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                Some('(' | ')') => {
+                    chars.next();
+                }
+                _ => {}
+            },
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_strips_escapes_and_controls() {
+        assert_eq!(clean(b"\x1b[2J\x1b[01;01Hhello\x08 ok\x1b(B"), "hello ok");
+    }
+
+    #[test]
+    fn milestones_follow_the_boot_order() {
+        let s = Duration::from_secs;
+        let lines: Vec<SerialLine> = [
+            (1, "Station IP address is 10.99.0.150"),
+            (2, "NBP file downloaded successfully."),
+            (3, "Configuring (net0 52:54:00:99:00:10)...... ok"),
+            (4, "http://10.99.0.1:8080/boot/52:54:00:99:00:10... ok"),
+            (5, "http://10.99.0.1:8080/agent/vmlinuz... ok"),
+            (9, "http://10.99.0.1:8080/agent/initrd.img... oDRAGONFLY-E2E-MARKER mac=52:54:00:99:00:10 nic=52:54:00:99:00:10 mode=x"),
+        ]
+        .into_iter()
+        .map(|(t, l)| SerialLine {
+            first: s(t),
+            end: s(t),
+            text: l.to_owned(),
+        })
+        .collect();
+        let got: Vec<_> = milestones(&lines).into_iter().map(|(l, _)| l).collect();
+        assert_eq!(
+            got,
+            [
+                "DHCP",
+                "TFTP NBP done",
+                "iPXE DHCP",
+                "GET /boot/{mac}",
+                "GET vmlinuz",
+                "GET initrd.img",
+                "marker"
+            ]
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Shared set-up: requirements and the stand-in servers.
+
+use std::path::Path;
+
+use dragonfly_integration::{BootReport, Lab, TestImage, Vm, VmConfig};
+use dragonfly_testkit::{require_binary, require_root};
+
+/// Root and every tool a VM boot needs; `false` (after printing `SKIP:`) outside CI when one
+/// is missing.
+pub(crate) fn require_vm_tools() -> bool {
+    if !require_root() {
+        return false;
+    }
+    [
+        ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+        ("dnsmasq", "apt-get install dnsmasq-base"),
+        ("busybox", "apt-get install busybox-static"),
+        ("timeout", "apt-get install coreutils"),
+        ("ip", "apt-get install iproute2"),
+        ("apt-get", "Debian"),
+        ("dpkg", "Debian"),
+    ]
+    .iter()
+    .all(|(name, install)| require_binary(name, install).is_some())
+        && [
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/lib/ipxe/undionly.kpxe",
+        ]
+        .iter()
+        .all(|p| Path::new(p).is_file() || require_binary(p, "apt-get install ovmf ipxe").is_some())
+}
+
+/// An iPXE script that boots the test image from `base` (e.g. `http://10.99.0.1:8080/agent`)
+/// for `mac`: what ipxed's `/boot/{mac}` does in discovery mode.
+pub(crate) fn boot_script(base: &str, mac: &str, mode: &str) -> String {
+    // initrd=initrd.img: this (2019) iPXE boots Linux through the EFI stub on UEFI, which
+    // finds the initrd only when named (lab pitfall 5). panic=-1 + -no-reboot: a failed boot
+    // ends QEMU.
+    format!(
+        "#!ipxe\nkernel {base}/vmlinuz initrd=initrd.img console=ttyS0 quiet panic=-1 \
+         dragonfly.mac={mac} dragonfly.mode={mode}\ninitrd {base}/initrd.img\nboot\n"
+    )
+}
+
+/// busybox httpd on 10.99.0.1:8080 serving `/boot.ipxe` (chains to `/boot/${net0/mac}`),
+/// `/boot/<mac>` and `/agent/{vmlinuz,initrd.img}`: the stand-in for ipxed.
+pub(crate) fn standin_http(lab: &mut Lab, image: &TestImage, mac: &str, mode: &str) {
+    let www = lab.dir().join("www");
+    std::fs::create_dir_all(www.join("agent")).unwrap();
+    std::os::unix::fs::symlink(&image.vmlinuz, www.join("agent/vmlinuz")).unwrap();
+    std::os::unix::fs::symlink(&image.initrd, www.join("agent/initrd.img")).unwrap();
+    lab.write_file(
+        "www/boot.ipxe",
+        "#!ipxe\nchain http://10.99.0.1:8080/boot/${net0/mac}\n",
+    );
+    lab.write_file(
+        &format!("www/boot/{mac}"),
+        &boot_script("http://10.99.0.1:8080/agent", mac, mode),
+    );
+    let mut cmd = lab.command("busybox");
+    cmd.args(["httpd", "-f", "-vv", "-p", "10.99.0.1:8080", "-h"])
+        .arg(&www);
+    lab.spawn("httpd", cmd);
+}
+
+/// The lab's dnsmasq: DHCP (no ping), RA, and when `tftp` TFTP of the iPXE binaries, with
+/// iPXE clients sent to the HTTP `/boot.ipxe` and others to `undionly.kpxe` / `ipxe.efi`.
+pub(crate) fn standin_dnsmasq(lab: &mut Lab, tftp: bool) {
+    let root = lab.dir().join("tftp");
+    std::fs::create_dir_all(&root).unwrap();
+    for (from, to) in [
+        ("/usr/lib/ipxe/undionly.kpxe", "undionly.kpxe"),
+        ("/usr/lib/ipxe/ipxe.efi", "ipxe.efi"),
+    ] {
+        std::fs::copy(from, root.join(to)).unwrap();
+    }
+    let mut args: Vec<String> = [
+        "--dhcp-range=10.99.0.100,10.99.0.200,255.255.255.0,1h",
+        "--dhcp-authoritative",
+        "--no-ping",
+        "--log-dhcp",
+        "--dhcp-match=set:ipxe,175",
+        "--dhcp-userclass=set:ipxe,iPXE",
+        "--dhcp-match=set:efi64,option:client-arch,7",
+        "--dhcp-match=set:efi64,option:client-arch,9",
+        "--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,10.99.0.1",
+        "--dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,10.99.0.1",
+        "--dhcp-boot=tag:ipxe,http://10.99.0.1:8080/boot.ipxe,,10.99.0.1",
+        "--dhcp-option=tag:ipxe,encap:175,176,1",
+    ]
+    .map(String::from)
+    .to_vec();
+    if tftp {
+        args.push("--enable-tftp".into());
+        args.push(format!("--tftp-root={}", root.display()));
+    }
+    args.extend(Lab::ra_options());
+    lab.dnsmasq("dnsmasq", &args);
+    lab.wait_for_log("dnsmasq", "started", std::time::Duration::from_secs(5));
+}
+
+/// Boots one VM and waits for the marker; panics with every log when it does not come or
+/// shows another MAC. Prints the timeline.
+pub(crate) fn boot_and_check(lab: &mut Lab, config: VmConfig) -> BootReport {
+    let mac = config.mac.clone();
+    let mut vm = Vm::boot(lab, config);
+    let report = vm
+        .wait_for_marker()
+        .unwrap_or_else(|e| panic!("{e}\n===== lab logs =====\n{}", lab.logs()));
+    drop(vm);
+    println!("{report}");
+    assert_eq!(report.mac, mac, "dragonfly.mac on the kernel command line");
+    assert_eq!(report.nic, mac, "eth0's MAC in the booted kernel");
+    report
+}
+
+/// Dragonfly's own boot path in `lab`: a NATS server and a migrated store inside the
+/// namespace, then dhcpd (`dhcpd_toml`: the body of its `[dhcpd]` section, plus any
+/// `[[dhcpd.…]]` tables), tftpd (root: Debian's iPXE binaries) and ipxed (agent_dir: the test
+/// image) as nobody, each through socket activation as in production. One config file for
+/// all three, as on a real host.
+pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd_toml: &str) {
+    use dragonfly_integration::{Socket, daemon_binary};
+    let binaries = ["dragonfly-dhcpd", "dragonfly-tftpd", "dragonfly-ipxed"].map(daemon_binary);
+    let nats = lab.start_nats();
+    let store = lab.store();
+    let tftp = lab.dir().join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    for (from, to) in [
+        ("/usr/lib/ipxe/undionly.kpxe", "undionly.kpxe"),
+        ("/usr/lib/ipxe/ipxe.efi", "ipxe.efi"),
+        ("/usr/lib/ipxe/snponly.efi", "snponly.efi"),
+    ] {
+        std::fs::copy(from, tftp.join(to)).unwrap();
+    }
+    // A key the size of a real one (ipxed signs boot tokens with it).
+    let key = lab.write_file(
+        "boot-token-key",
+        "e2e-test-key-0123456789abcdef0123456789abcdef0123456789abcdef",
+    );
+    // ipxed refuses a secret others can read.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    dragonfly_testkit::chown_for_unprivileged(&key).unwrap();
+    let config = lab.write_file(
+        "dragonfly.toml",
+        &format!(
+            r#"[store]
+path = "{store}"
+
+[nats]
+url = "{nats}"
+
+[log]
+level = "debug"
+
+[tftpd]
+roots = ["{tftp}"]
+
+[ipxed]
+listen = "10.99.0.1:8080"
+public_url = "http://10.99.0.1:8080"
+apid_url = "http://10.99.0.1:3000"
+agent_dir = "{agent}"
+kernel_cmdline_extra = "console=ttyS0 quiet panic=-1"
+boot_token_key_file = "{key}"
+
+[dhcpd]
+{dhcpd_toml}
+"#,
+            store = store.display(),
+            tftp = tftp.display(),
+            agent = image.dir.display(),
+            key = key.display(),
+        ),
+    );
+    let args = [
+        std::ffi::OsString::from("--config"),
+        config.clone().into_os_string(),
+    ];
+    for binary in &binaries {
+        let out = std::process::Command::new(binary)
+            .args(&args)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} --check-config: {}{}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let env = [("RUST_LOG", "debug")];
+    lab.spawn_daemon(
+        "dhcpd",
+        &binaries[0],
+        &[
+            Socket::Udp {
+                addr: "0.0.0.0:67",
+                name: "dhcp",
+            },
+            Socket::Udp {
+                addr: "0.0.0.0:4011",
+                name: "pxe",
+            },
+        ],
+        &args,
+        &env,
+    );
+    lab.spawn_daemon(
+        "tftpd",
+        &binaries[1],
+        &[Socket::Udp {
+            addr: "0.0.0.0:69",
+            name: "tftp",
+        }],
+        &args,
+        &env,
+    );
+    lab.spawn_daemon(
+        "ipxed",
+        &binaries[2],
+        &[Socket::Tcp {
+            addr: "10.99.0.1:8080",
+            name: "http",
+        }],
+        &args,
+        &env,
+    );
+    // socket-activate prints "Listening on …" once its sockets are bound.
+    for label in ["dhcpd", "tftpd", "ipxed"] {
+        lab.wait_for_log(label, "Listening on", std::time::Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,21 @@
+//! End-to-end network boots: QEMU machines booting over the network inside a private
+//! namespace, first against stand-ins (dnsmasq + busybox httpd, proving the harness), then
+//! against Dragonfly's own dhcpd, tftpd and ipxed.
+//!
+//! Every test needs root, QEMU and the lab's packages (see `dragonfly_integration`); VMs run
+//! one at a time (a file lock in `target/e2e-cache/`). Run with `--nocapture` to see each
+//! boot's timeline. `cargo build --workspace --bins` must have run first.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+#![allow(
+    clippy::print_stdout,
+    reason = "the boot timelines are this test's report"
+)]
+
+mod common;
+mod proxy;
+mod reservation;
+mod standin;
