@@ -1,0 +1,94 @@
+//! apid's router served in-process on `127.0.0.1:0`, as daemons/apid/tests/integration does,
+//! but on its own runtime so the (blocking) agent can be called straight from a test.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use dragonfly_apid::{ApidConfig, AppState, app};
+use dragonfly_core::MacAddr;
+use dragonfly_core::boot_token::{self, BootClaims};
+use dragonfly_runtime::Secret;
+use dragonfly_runtime::config::DaemonConfig;
+use dragonfly_store::Db;
+
+/// The boot-token key the test server uses.
+pub const KEY: [u8; 32] = [0x5a; 32];
+
+pub struct Server {
+    pub base: String,
+    pub db: Db,
+    pub rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dragonfly.db");
+        let mut conn = dragonfly_store::open_connection(&path, true).unwrap();
+        dragonfly_store::migrate(&mut conn).unwrap();
+        drop(conn);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = ApidConfig::validate(dragonfly_apid::config::RawApid::default()).unwrap();
+        let (db, addr) = rt.block_on(async {
+            let db = Db::open(&path).await.unwrap();
+            let state = AppState::new(db.clone(), None, cfg, Secret::new(KEY.to_vec()));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app(state).into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+                .unwrap();
+            });
+            (db, addr)
+        });
+        Self {
+            base: format!("http://{addr}"),
+            db,
+            rt,
+            _dir: dir,
+        }
+    }
+
+    pub fn machine_count(&self) -> u64 {
+        self.rt
+            .block_on(self.db.run(|c| dragonfly_store::machines::count(c)))
+            .unwrap()
+    }
+}
+
+/// A boot token for `mac` under `key`, valid for an hour.
+pub fn mint(key: &[u8], mac: MacAddr) -> String {
+    boot_token::mint(
+        key,
+        &BootClaims {
+            mac,
+            nonce: [7; 16],
+            expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+        },
+    )
+    .unwrap()
+}
+
+/// A console that remembers what the agent said.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<String>>);
+
+impl dragonfly_agent::Console for Recorder {
+    fn say(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_owned());
+    }
+}
+
+impl Recorder {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,155 @@
+#!/bin/bash
+# Builds the agent's netboot image: a Debian kernel and an initramfs holding busybox, mage and
+# the kernel modules for common NICs and disks.  One command, no root needed:
+#
+#     agent-image/build.sh            # → target/agent-image/{vmlinuz,initrd.img,manifest.json}
+#
+# Reproducible: the Debian packages are the versions apt resolves (recorded in the manifest;
+# pin them with KPKG=/BUSYBOX_VERSION=), every file in the archive gets SOURCE_DATE_EPOCH
+# (default: the kernel package's own vmlinuz mtime), uid/gid 0 and sequential inode numbers,
+# in sorted order, compressed without timestamps.  Downloads are cached in
+# target/agent-image/cache; nothing is installed on the host.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+OUT=${OUT:-$REPO/target/agent-image}
+CACHE=$OUT/cache
+mkdir -p "$CACHE"
+
+say() { echo "agent-image: $*" >&2; }
+
+# --- Debian packages ---------------------------------------------------------------------
+KPKG=${KPKG:-$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')}
+KVER=${KPKG#linux-image-}
+fetch() { # package [version] → path of the cached .deb (apt writes an epoch's ':' as %3a)
+    local pkg=$1 ver=${2:-} deb
+    ver=${ver:-$(apt-cache policy "$pkg" | awk '/Candidate:/{print $2}')}
+    deb=$CACHE/${pkg}_${ver/:/%3a}_amd64.deb
+    if [ ! -f "$deb" ]; then
+        say "downloading $pkg $ver"
+        (cd "$CACHE" && apt-get download -q "$pkg=$ver" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+        [ -f "$deb" ] || { say "apt-get download $pkg=$ver gave no $deb"; return 1; }
+    fi
+    echo "$deb"
+}
+KDEB=$(fetch "$KPKG" "${KPKG_VERSION:-}")
+BDEB=$(fetch busybox-static "${BUSYBOX_VERSION:-}")
+KX=$CACHE/x-$(basename "$KDEB" .deb)
+BX=$CACHE/x-$(basename "$BDEB" .deb)
+unpack() { # deb dir: dpkg -x, atomically (a half-unpacked tree is never reused)
+    [ -d "$2" ] && return 0
+    rm -rf "$2.tmp"
+    dpkg -x "$1" "$2.tmp"
+    mv "$2.tmp" "$2"
+}
+unpack "$KDEB" "$KX"
+unpack "$BDEB" "$BX"
+BUSYBOX=$BX/bin/busybox
+KMOD=$KX/lib/modules/$KVER
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(stat -c %Y "$KX/boot/vmlinuz-$KVER")}
+
+# --- the agent ---------------------------------------------------------------------------
+# Static glibc (no musl target here): mage resolves no names (apid's URL is an IP address),
+# so glibc's static-NSS limitation does not bite.  Its own target dir keeps these RUSTFLAGS
+# from invalidating the workspace's build cache.
+if [ -z "${MAGE:-}" ]; then
+    say "building mage (release, static)"
+    RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$REPO=." \
+    CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+    CARGO_PROFILE_RELEASE_PANIC=abort \
+        cargo build --release --locked --quiet -p dragonfly-agent --bin mage \
+        --target x86_64-unknown-linux-gnu --target-dir "$OUT/cargo" \
+        --manifest-path "$REPO/Cargo.toml"
+    MAGE=$OUT/cargo/x86_64-unknown-linux-gnu/release/mage
+fi
+if ! file_out=$(head -c 4 "$MAGE") || [ "$file_out" != $'\x7fELF' ]; then
+    say "$MAGE is not an ELF binary"; exit 1
+fi
+
+# --- kernel modules ----------------------------------------------------------------------
+# NICs: virtio, Intel (e1000 … ice), Mellanox, Broadcom, Realtek.  Disks: virtio, AHCI/PATA,
+# NVMe, SCSI disks, common RAID HBAs.  Dependencies come from depmod's modules.dep.
+WANT="virtio_pci virtio_net virtio_blk virtio_scsi
+      e1000 e1000e igb igc ixgbe i40e ice mlx4_en mlx5_core bnxt_en tg3 r8169
+      ahci ata_piix nvme sd_mod megaraid_sas mpt3sas hpsa"
+STAGE_MODS=$CACHE/depmod-$KVER
+if [ ! -f "$STAGE_MODS/lib/modules/$KVER/modules.dep" ]; then
+    rm -rf "$STAGE_MODS"; mkdir -p "$STAGE_MODS/lib/modules"
+    cp -a "$KMOD" "$STAGE_MODS/lib/modules/"
+    "$BUSYBOX" depmod -b "$STAGE_MODS" "$KVER"
+fi
+DEP=$STAGE_MODS/lib/modules/$KVER/modules.dep
+
+R=$OUT/initramfs.root
+rm -rf "$R"; mkdir -p "$R"/{bin,dev,etc,proc,sys,tmp,run,lib/modules/"$KVER"}
+# The closure of $WANT over modules.dep, in load order (dependencies first).
+MODS=$(python3 - "$DEP" $WANT <<'PY'
+import sys, os
+dep = {}
+for line in open(sys.argv[1]):
+    path, _, deps = line.partition(":")
+    dep[path.strip()] = deps.split()
+by_name = {os.path.basename(p)[:-3].replace("-", "_"): p for p in dep}
+order, seen = [], set()
+def visit(p):
+    if p in seen: return
+    seen.add(p)
+    for d in dep[p]: visit(d)
+    order.append(p)
+for name in sys.argv[2:]:
+    if name not in by_name: sys.exit(f"module {name} is not in this kernel")
+    visit(by_name[name])
+print("\n".join(order))
+PY
+)
+for m in $MODS; do
+    mkdir -p "$R/lib/modules/$KVER/$(dirname "$m")"
+    cp "$KMOD/$m" "$R/lib/modules/$KVER/$m"
+done
+cp "$KMOD"/modules.{order,builtin} "$R/lib/modules/$KVER/"
+"$BUSYBOX" depmod -b "$R" "$KVER"
+echo "$WANT" | tr -s ' \n' '\n' | sed '/^$/d' > "$R/etc/modules"
+
+# --- userland ----------------------------------------------------------------------------
+cp "$BUSYBOX" "$R/bin/busybox"
+cp "$MAGE" "$R/bin/mage"
+install -m 0755 "$HERE/rootfs/init" "$R/init"
+install -m 0755 "$HERE/rootfs/udhcpc.script" "$R/etc/udhcpc.script"
+
+# --- archive -----------------------------------------------------------------------------
+COMP=gzip
+if grep -q '^CONFIG_RD_ZSTD=y' "$KX/boot/config-$KVER" && command -v zstd >/dev/null; then
+    COMP=zstd
+fi
+python3 "$HERE/cpio.py" "$R" "$SOURCE_DATE_EPOCH" > "$OUT/initrd.cpio"
+if [ $COMP = zstd ]; then
+    zstd -q -f -19 -T1 "$OUT/initrd.cpio" -o "$OUT/initrd.img"
+else
+    gzip -n -9 -c "$OUT/initrd.cpio" > "$OUT/initrd.img"
+fi
+rm -f "$OUT/initrd.cpio"
+cp "$KX/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+touch -d "@$SOURCE_DATE_EPOCH" "$OUT/vmlinuz" "$OUT/initrd.img"
+
+# --- manifest ----------------------------------------------------------------------------
+python3 - "$OUT" "$KVER" "$(basename "$KDEB")" "$(basename "$BDEB")" "$COMP" "$SOURCE_DATE_EPOCH" \
+    "$(grep -m1 '^version' "$HERE/../Cargo.toml" | cut -d'"' -f2)" $WANT <<'PY'
+import hashlib, json, os, sys
+out, kver, kdeb, bdeb, comp, sde, agent = sys.argv[1:8]
+def art(name):
+    p = os.path.join(out, name)
+    return {"file": name, "size": os.path.getsize(p),
+            "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()}
+m = {"kernelVersion": kver, "agentVersion": agent, "kernelPackage": kdeb,
+     "busyboxPackage": bdeb, "initrdCompression": comp, "sourceDateEpoch": int(sde),
+     "modules": sys.argv[8:], "vmlinuz": art("vmlinuz"), "initrd": art("initrd.img")}
+json.dump(m, open(os.path.join(out, "manifest.json"), "w"), indent=2, sort_keys=True)
+print(json.dumps({k: m[k] for k in ("kernelVersion", "agentVersion")}), file=sys.stderr)
+PY
+SIZE=$(stat -c %s "$OUT/initrd.img")
+LIMIT=$((30 * 1024 * 1024))
+say "initrd.img $((SIZE / 1024)) KiB ($COMP), vmlinuz $(($(stat -c %s "$OUT/vmlinuz") / 1024)) KiB, $(echo "$MODS" | wc -l) modules"
+if [ "$SIZE" -ge "$LIMIT" ]; then
+    say "initrd.img is over the 30 MiB target"; exit 1
+fi
