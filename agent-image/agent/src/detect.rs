@@ -355,6 +355,7 @@ impl Inventory {
                 mac: n.mac,
                 speed_mbps: n.speed_mbps,
                 driver: n.driver.clone(),
+                carrier: n.carrier,
             })
             .collect();
         HardwareReport {
@@ -375,12 +376,26 @@ impl Inventory {
                     model: d.model.clone(),
                     serial: d.serial.clone(),
                     size_bytes: d.size_bytes,
+                    rotational: d.rotational,
+                    removable: d.removable,
                 })
                 .collect(),
             nics,
             // The report's BMC needs an address, which only the BMC's own tools can read;
-            // presence is shown on the console until the report can carry it.
+            // presence alone is reported as `bmcDetected`.
             bmc: None,
+            bmc_detected: Some(self.bmc_present),
+            system: Some(hardware::SystemInfo {
+                vendor: self.system.vendor.clone(),
+                product: self.system.product.clone(),
+                serial: self.system.serial.clone(),
+            })
+            .filter(|s| s.vendor.is_some() || s.product.is_some() || s.serial.is_some()),
+            firmware: Some(match self.firmware {
+                Firmware::Bios => hardware::Firmware::Bios,
+                Firmware::Uefi => hardware::Firmware::Uefi,
+            }),
+            virtualization: self.virtualisation.clone(),
         }
     }
 

@@ -17,7 +17,10 @@ pub const MAX_ITEMS: usize = 128;
 pub const MAX_TEXT: usize = 256;
 
 /// The agent's hardware report: the body of `POST /api/machines/register`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+///
+/// Fields beyond `macs` are optional, so older agents and hand-written reports stay valid;
+/// new fields are only ever added as optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HardwareReport {
     /// Every MAC address of the machine's NICs; at least one. The set identifies the machine.
@@ -39,6 +42,38 @@ pub struct HardwareReport {
     pub nics: Vec<Nic>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<Bmc>,
+    /// A BMC was detected (IPMI device or SMBIOS type 38) even if its address is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_detected: Option<bool>,
+    /// SMBIOS system identity (DMI type 1), placeholders removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemInfo>,
+    /// How the firmware booted the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    /// The hypervisor, for a virtual machine (`qemu`, `vmware`, `kvm`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtualization: Option<String>,
+}
+
+/// SMBIOS system identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SystemInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// Firmware boot mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
 }
 
 /// Processor summary.
@@ -51,7 +86,7 @@ pub struct Cpu {
 }
 
 /// One block device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Disk {
     /// Kernel name, e.g. `sda`, `nvme0n1`.
@@ -61,6 +96,12 @@ pub struct Disk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
     pub size_bytes: u64,
+    /// Spinning disk (`queue/rotational`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotational: Option<bool>,
+    /// Removable medium (USB stick, card reader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removable: Option<bool>,
 }
 
 /// One network interface.
@@ -74,6 +115,9 @@ pub struct Nic {
     pub speed_mbps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// Link detected (`None` when the interface was down and could not tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<bool>,
 }
 
 /// How the machine's baseboard management controller is reached.
@@ -164,6 +208,12 @@ impl HardwareReport {
         if let Some(b) = &self.bmc {
             text("bmc.address", &b.address, false)?;
         }
+        if let Some(sys) = &self.system {
+            opt_text("system.vendor", sys.vendor.as_deref())?;
+            opt_text("system.product", sys.product.as_deref())?;
+            opt_text("system.serial", sys.serial.as_deref())?;
+        }
+        opt_text("virtualization", self.virtualization.as_deref())?;
         Ok(())
     }
 
@@ -267,17 +317,27 @@ mod tests {
                 model: None,
                 serial: Some("abc".into()),
                 size_bytes: 10 << 30,
+                rotational: Some(false),
+                removable: None,
             }],
             nics: vec![Nic {
                 name: "eth0".into(),
                 mac: mac(1),
                 speed_mbps: Some(1000),
                 driver: Some("virtio_net".into()),
+                carrier: Some(true),
             }],
             bmc: Some(Bmc {
                 address: "10.0.0.5".into(),
                 kind: BmcKind::Ipmi,
             }),
+            system: Some(SystemInfo {
+                vendor: Some("QEMU".into()),
+                product: None,
+                serial: None,
+            }),
+            firmware: Some(Firmware::Uefi),
+            ..Default::default()
         }
     }
 
@@ -306,6 +366,14 @@ mod tests {
                 "disks[0].serial: longer",
             ),
             (Box::new(|r| r.disks[0].name = " ".into()), "disks[0].name"),
+            (
+                Box::new(|r| r.virtualization = Some("v".repeat(300))),
+                "virtualization: longer",
+            ),
+            (
+                Box::new(|r| r.system.as_mut().unwrap().serial = Some("s".repeat(300))),
+                "system.serial: longer",
+            ),
             (
                 Box::new(|r| r.cpu.as_mut().unwrap().threads = 1),
                 "cpu: threads",

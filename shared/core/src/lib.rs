@@ -20,7 +20,9 @@ pub mod template;
 pub mod workflow;
 
 pub use boot::{BootFate, DiscoveryReason};
-pub use hardware::{Bmc, BmcKind, Cpu, Disk, HardwareReport, Nic, ReportError};
+pub use hardware::{
+    Bmc, BmcKind, Cpu, Disk, Firmware, HardwareReport, Nic, ReportError, SystemInfo,
+};
 pub use lifecycle::{IllegalTransition, LifecycleEvent, MachineState};
 pub use mac::{MacAddr, MacParseError};
 pub use machine::{Machine, MachineId};

@@ -176,9 +176,13 @@ mod tests {
                     model: Some("Samsung".into()),
                     serial: Some("S1".into()),
                     size_bytes: 1 << 40,
+                    rotational: Some(false),
+                    removable: Some(false),
                 }],
                 nics: vec![],
                 bmc: None,
+                firmware: Some(crate::Firmware::Bios),
+                ..Default::default()
             },
             os_template: Some("debian-12".into()),
             workflow_id: None,

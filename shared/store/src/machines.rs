@@ -454,6 +454,7 @@ mod tests {
             disks: vec![],
             nics: vec![],
             bmc: None,
+            ..Default::default()
         }
     }
 

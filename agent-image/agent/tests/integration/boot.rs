@@ -348,6 +348,8 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
     let hw = &m["hardware"];
     assert_eq!(m["state"], "Registered", "{m:#}");
     assert_eq!(hw["smbiosUuid"], UUID);
+    assert_eq!(hw["firmware"], "bios", "{hw:#}");
+    assert_eq!(hw["virtualization"], "qemu", "{hw:#}");
     assert_eq!(hw["macs"], json!([mac0.to_string(), mac1.to_string()]));
     assert_eq!(
         (hw["cpu"]["cores"].as_u64(), hw["cpu"]["threads"].as_u64()),

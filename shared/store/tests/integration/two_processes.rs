@@ -33,6 +33,7 @@ fn concurrent_writers_in_two_processes_lose_no_update() {
         disks: vec![],
         nics: vec![],
         bmc: None,
+        ..Default::default()
     };
     let m = machines::register(&mut conn, &report, now())
         .unwrap()
