@@ -290,6 +290,7 @@ impl Lab {
             disks: Vec::new(),
             nics: Vec::new(),
             bmc: None,
+            ..Default::default()
         };
         let mut conn = dragonfly_store::open_connection(&path, false).expect("opening the store");
         let registered =

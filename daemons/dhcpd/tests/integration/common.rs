@@ -39,6 +39,7 @@ impl TestDb {
             disks: vec![],
             nics: vec![],
             bmc: None,
+            ..Default::default()
         };
         let mut c = dragonfly_store::open_connection(&self.path, false).unwrap();
         dragonfly_store::machines::register(&mut c, &report, jiff::Timestamp::now()).unwrap();
