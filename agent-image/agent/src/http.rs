@@ -79,12 +79,28 @@ pub enum HttpError {
     Protocol(String),
 }
 
+/// Sends `GET {base}{path}` with a bearer token; returns the response.
+pub fn get(base: &Url, path: &str, bearer: &str, timeout: Duration) -> Result<Response, HttpError> {
+    request(base, "GET", path, bearer, None, timeout)
+}
+
 /// Sends `POST {base}{path}` with a JSON body and a bearer token; returns the response.
 pub fn post_json(
     base: &Url,
     path: &str,
     bearer: &str,
     body: &[u8],
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    request(base, "POST", path, bearer, Some(body), timeout)
+}
+
+fn request(
+    base: &Url,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
     let addr = base
@@ -97,17 +113,23 @@ pub fn post_json(
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| HttpError::Connect(addr, e))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let content = match body {
+        Some(b) => format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ),
+        None => String::new(),
+    };
     let head = format!(
-        "POST {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dragonfly-mage/{ver}\r\n\
-         Accept: application/json\r\nContent-Type: application/json\r\n\
-         Authorization: Bearer {bearer}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        "{method} {prefix}{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dragonfly-mage/{ver}\r\n\
+         Accept: application/json\r\n{content}\
+         Authorization: Bearer {bearer}\r\nConnection: close\r\n\r\n",
         prefix = base.prefix,
         host = base.host,
         ver = env!("CARGO_PKG_VERSION"),
-        len = body.len(),
     );
     let mut req = head.into_bytes();
-    req.extend_from_slice(body);
+    req.extend_from_slice(body.unwrap_or_default());
     stream.write_all(&req)?;
     read_response(BufReader::new(stream))
 }

@@ -10,6 +10,7 @@
 pub mod cmdline;
 pub mod detect;
 pub mod http;
+pub mod instructions;
 pub mod net;
 pub mod register;
 
@@ -51,6 +52,11 @@ pub struct AgentConfig {
     pub timing: register::Timing,
     /// How often a registered agent registers again, as a heartbeat.
     pub heartbeat: Duration,
+    /// Longest wait between two questions to the server (it may ask for less).
+    pub poll: Duration,
+    /// Restart the machine when the server wants it elsewhere (imaging, local disk). Off in
+    /// tests; in the image, `/init` is PID 1 and `reboot -f` restarts the machine.
+    pub reboot_when_told: bool,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +67,8 @@ impl Default for AgentConfig {
             configure_network: true,
             timing: register::Timing::default(),
             heartbeat: Duration::from_secs(5 * 60),
+            poll: Duration::from_secs(10),
+            reboot_when_told: true,
         }
     }
 }
@@ -131,9 +139,69 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
             ));
             first = false;
         }
-        register::sleep_unless_stopped(cfg.heartbeat, stop);
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if !follow_instructions(params, &base, cfg, console, stop) {
             return;
         }
     }
+}
+
+/// Polls for instructions until the next heartbeat is due (returns true: register again) or
+/// `stop` is set (returns false). Each change of answer is said once on the console.
+fn follow_instructions(
+    params: &BootParams,
+    base: &http::Url,
+    cfg: &AgentConfig,
+    console: &dyn Console,
+    stop: &AtomicBool,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let mut last: Option<instructions::Instructions> = None;
+    let mut failing = false;
+    while started.elapsed() < cfg.heartbeat {
+        let wait = match instructions::ask(base, &params.token, cfg.timing.request_timeout) {
+            instructions::Poll::Answer(i) => {
+                failing = false;
+                let wait = cfg
+                    .poll
+                    .min(Duration::from_secs(u64::from(i.poll_after_seconds.max(1))));
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| (&l.fate, &l.reason) != (&i.fate, &i.reason));
+                // Waiting for an assignment was already said when the agent registered.
+                let already_said = last.is_none()
+                    && i.fate == "discovery"
+                    && i.reason.as_deref() == Some("awaitingAssignment");
+                if changed && !already_said {
+                    console.say(&instructions::describe(&i));
+                }
+                let elsewhere = i.fate == "localDisk"
+                    || (i.fate == "imaging" && params.mode == Mode::Discovery);
+                if changed && elsewhere && cfg.reboot_when_told {
+                    // The server decides what the next boot does; this agent's job is done.
+                    let _ = std::process::Command::new("reboot").arg("-f").status();
+                }
+                last = Some(i);
+                wait
+            }
+            instructions::Poll::Unknown => {
+                console.say("the server no longer knows this machine: registering again.");
+                return true;
+            }
+            instructions::Poll::Failed(why) => {
+                if !failing {
+                    console.say(&format!(
+                        "cannot reach the server for instructions ({why}); will keep asking."
+                    ));
+                    failing = true;
+                }
+                cfg.poll
+            }
+        };
+        register::sleep_unless_stopped(wait, stop);
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+    }
+    true
 }

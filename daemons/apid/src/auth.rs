@@ -33,11 +33,13 @@ pub const SESSION_COOKIE: &str = "dragonfly_session";
 pub const API_TOKEN_PREFIX: &str = "dft_";
 
 /// Routes reachable without an operator's credentials, as (method, route template).
-/// Registration authenticates the agent itself, in its handler.
+/// Registration and the agent's instructions authenticate the agent themselves, with its
+/// boot token, in an extractor.
 pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/api/health"),
     (Method::POST, "/api/auth/login"),
     (Method::POST, "/api/machines/register"),
+    (Method::GET, "/api/agent/instructions"),
     (Method::GET, "/"),
     (Method::GET, "/ui/app.js"),
 ];

@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{health, machines, resources, session};
+use crate::routes::{agent, health, machines, resources, session};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -19,7 +19,7 @@ use crate::routes::{health, machines, resources, session};
         serve,
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
-        machines::register, machines::list, machines::get, machines::patch, machines::delete,
+        machines::register, agent::instructions, machines::list, machines::get, machines::patch, machines::delete,
         resources::list_hardware, resources::get_hardware,
     ),
     modifiers(&Security),

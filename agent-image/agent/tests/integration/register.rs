@@ -160,6 +160,8 @@ fn the_whole_agent_registers_and_keeps_a_heartbeat() {
         configure_network: false,
         timing: quick(),
         heartbeat: Duration::from_millis(100),
+        poll: Duration::from_millis(20),
+        reboot_when_told: false,
         ..AgentConfig::default()
     };
     let console = Recorder::default();
@@ -214,5 +216,78 @@ fn the_whole_agent_registers_and_keeps_a_heartbeat() {
         lines.matches("registered as").count(),
         1,
         "said once, not every heartbeat"
+    );
+}
+
+#[test]
+fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
+    let server = Server::start();
+    let mac: MacAddr = BOOT_MAC.parse().unwrap();
+    let params = BootParams {
+        url: server.base.clone(),
+        mode: Mode::Discovery,
+        mac,
+        token: mint(&KEY, mac),
+        workflow: None,
+    };
+    let cfg = AgentConfig {
+        root: fixture().to_owned(),
+        configure_network: false,
+        timing: quick(),
+        heartbeat: Duration::from_secs(60),
+        poll: Duration::from_millis(50),
+        reboot_when_told: false,
+        ..AgentConfig::default()
+    };
+    let console = Recorder::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let h = s.spawn(|| dragonfly_agent::run(&params, &cfg, &console, &stop));
+        let t0 = Instant::now();
+        while !console.lines().iter().any(|l| l.contains("registered as")) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{:?}",
+                console.lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // What an operator's assignment will do once workflows exist: state and workflow.
+        server
+            .rt
+            .block_on(server.db.run(|c| {
+                c.execute(
+                    "UPDATE machines SET state = 'OsAssigned', \
+                     workflow_id = '0196d6a2-0000-7000-8000-0000000000aa'",
+                    [],
+                )?;
+                Ok(())
+            }))
+            .unwrap();
+        let assigned = Instant::now();
+        while !console
+            .lines()
+            .iter()
+            .any(|l| l.contains("restarting to install it"))
+        {
+            assert!(
+                assigned.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                console.lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    });
+    let lines = console.lines().join("\n");
+    assert!(
+        lines.contains("workflow 0196d6a2-0000-7000-8000-0000000000aa"),
+        "{lines}"
+    );
+    assert_eq!(
+        lines.matches("waiting for an operator").count(),
+        0,
+        "said once, at registration:\n{lines}"
     );
 }

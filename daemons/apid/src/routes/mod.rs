@@ -1,6 +1,7 @@
 //! The HTTP routes. Each module owns one area; [`router`] assembles them under one
 //! authentication layer and one body limit.
 
+pub mod agent;
 pub mod health;
 pub mod machines;
 pub mod resources;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(session::delete_token),
         )
         .route("/api/machines/register", post(machines::register))
+        .route("/api/agent/instructions", get(agent::instructions))
         .route("/api/machines", get(machines::list))
         .route(
             "/api/machines/{id}",

@@ -608,3 +608,78 @@ async fn health_needs_no_credentials_and_the_ui_is_served() {
     let js = s.http.get(s.url("/ui/app.js")).send().await.unwrap();
     assert_eq!(js.status(), 200);
 }
+
+#[tokio::test]
+async fn agents_ask_for_instructions_with_their_boot_token_only() {
+    let s = Server::start().await;
+    let url = s.url("/api/agent/instructions");
+    // Not registered yet: 404 tells the agent to register.
+    let r = s
+        .http
+        .get(&url)
+        .bearer_auth(token_for(mac(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (_, m) = register(&s, &[1, 2]).await;
+    // Any of the machine's MACs' tokens works; the answer is about that machine only.
+    for n in [1, 2] {
+        let r = s
+            .http
+            .get(&url)
+            .bearer_auth(token_for(mac(n)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let i: Value = r.json().await.unwrap();
+        assert_eq!(i["machineId"], m["id"]);
+        assert_eq!(i["name"], m["name"]);
+        assert_eq!(i["state"], "Registered");
+        assert_eq!(i["fate"], "discovery");
+        assert_eq!(i["reason"], "awaitingAssignment");
+        assert!(i["pollAfterSeconds"].as_u64().unwrap() > 0);
+    }
+    // An operator's credentials are not an agent's.
+    let cookie = s.admin_cookie().await;
+    let r = s
+        .http
+        .get(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let forged = s
+        .http
+        .get(&url)
+        .bearer_auth(mint(&[0x11; 32], mac(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    // A machine whose OS was assigned and whose workflow exists is sent to imaging.
+    let id = m["id"].as_str().unwrap().to_owned();
+    s.db.run(move |c| {
+        c.execute(
+            "UPDATE machines SET state = 'OsAssigned', workflow_id = '0196d6a2-0000-7000-8000-0000000000ff' WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let i: Value = s
+        .http
+        .get(&url)
+        .bearer_auth(token_for(mac(1)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(i["fate"], "imaging");
+    assert_eq!(i["workflowId"], "0196d6a2-0000-7000-8000-0000000000ff");
+}

@@ -60,9 +60,13 @@ async fn every_documented_route_requires_credentials_except_the_allow_list() {
             req = req.json(&serde_json::json!({}));
         }
         let status = req.send().await.unwrap().status();
-        // Registration is on the allow-list because the agent authenticates in the handler:
-        // without a boot token it is refused all the same.
-        if is_public && template != "/api/machines/register" {
+        // The agent's routes are on the allow-list because they authenticate the agent's
+        // boot token themselves: without one they refuse all the same.
+        let agent_route = matches!(
+            template.as_str(),
+            "/api/machines/register" | "/api/agent/instructions"
+        );
+        if is_public && !agent_route {
             assert_ne!(status, 401, "{method} {template} should be public");
             public.push(format!("{method} {template}"));
         } else {
