@@ -95,34 +95,8 @@ pub fn app(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// How often apid proves to itself that its store answers.
+/// How often the store must answer for the watchdog to be fed.
 const SELF_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Feeds systemd's watchdog only while the store answers a query through the same blocking
-/// pool the handlers use: a wedged disk or an exhausted pool stops the pings, and systemd
-/// restarts apid after `WatchdogSec=` instead of leaving it hung.
-fn spawn_self_check(db: Db, shutdown: CancellationToken) {
-    let heartbeat = dragonfly_runtime::notify::Heartbeat::new();
-    // The drain grace (10 s) is shorter than the unit's WatchdogSec=, so the watchdog may
-    // stop with the shutdown token.
-    let _ = dragonfly_runtime::notify::spawn_watchdog(shutdown.clone(), heartbeat.progressed());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SELF_CHECK_EVERY);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match db
-                .run(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-                .await
-            {
-                Ok(_) => heartbeat.beat(),
-                Err(e) => tracing::error!(error = %e, "store self-check failed"),
-            }
-        }
-    });
-}
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
 pub async fn run(
@@ -137,7 +111,17 @@ pub async fn run(
     dragonfly_runtime::notify::status("connecting to NATS");
     let bus = Bus::connect(&config.nats_url, "dragonfly-apid", "/dragonfly/apid").await?;
     let state = AppState::new(db.clone(), Some(bus), config.apid, config.boot_token_key);
-    spawn_self_check(db, shutdown.clone());
+    // The drain grace (10 s) is shorter than the unit's WatchdogSec=, so the watchdog may
+    // stop with the shutdown token.
+    let checked = db.clone();
+    dragonfly_runtime::notify::spawn_self_checked_watchdog(
+        shutdown.clone(),
+        SELF_CHECK_EVERY,
+        move || {
+            let db = checked.clone();
+            async move { db.ping().await }
+        },
+    );
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ApidError::Serve)?;
     let addr = listener.local_addr().map_err(ApidError::Serve)?;
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();

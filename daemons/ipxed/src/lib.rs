@@ -331,32 +331,8 @@ fn mint(state: &AppState, mac: MacAddr) -> Result<String, boot_token::TokenError
     )
 }
 
-/// How often ipxed proves to itself that its store answers.
+/// How often the store must answer for the watchdog to be fed.
 const SELF_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Feeds systemd's watchdog only while the store answers through the same blocking pool the
-/// boot handler uses (as apid does): a wedged disk stops the pings and systemd restarts us.
-fn spawn_self_check(db: Db, shutdown: CancellationToken) {
-    let heartbeat = dragonfly_runtime::notify::Heartbeat::new();
-    // The drain grace (10 s) is shorter than the unit's WatchdogSec=.
-    let _ = dragonfly_runtime::notify::spawn_watchdog(shutdown.clone(), heartbeat.progressed());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SELF_CHECK_EVERY);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match db
-                .run(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-                .await
-            {
-                Ok(_) => heartbeat.beat(),
-                Err(e) => tracing::error!(error = %e, "store self-check failed"),
-            }
-        }
-    });
-}
 
 /// Serves boot scripts and agent files on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -374,7 +350,17 @@ pub async fn run(
     dragonfly_runtime::notify::status("connecting to NATS");
     let bus = Bus::connect(&config.nats_url, "dragonfly-ipxed", "/dragonfly/ipxed").await?;
     let state = AppState::new(db.clone(), Some(bus), config.ipxed, config.boot_token_key)?;
-    spawn_self_check(db, shutdown.clone());
+    // The drain grace (10 s) is shorter than the unit's WatchdogSec=, so the watchdog may
+    // stop with the shutdown token.
+    let checked = db.clone();
+    dragonfly_runtime::notify::spawn_self_checked_watchdog(
+        shutdown.clone(),
+        SELF_CHECK_EVERY,
+        move || {
+            let db = checked.clone();
+            async move { db.ping().await }
+        },
+    );
     let listener = tokio::net::TcpListener::from_std(listener).map_err(IpxedError::Serve)?;
     let addr = listener.local_addr().map_err(IpxedError::Serve)?;
     tracing::info!(%addr, "serving");

@@ -14,6 +14,7 @@
 //! real work is stuck: a watchdog fed by an independent timer proves only that the tokio runtime
 //! is alive. See [`spawn_watchdog`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,6 +87,41 @@ where
     })))
 }
 
+/// Feeds the watchdog from a periodic self-check: every `every`, run `check`; ping only while
+/// checks succeed (a failure is logged). For daemons whose health is "my store answers" —
+/// the check runs through the same blocking pool and connection as the request handlers, so
+/// a wedged disk or an exhausted pool stops the pings and systemd restarts the daemon.
+///
+/// A no-op besides the checks when the unit has no watchdog. The same shutdown caveat as
+/// [`spawn_watchdog`] applies.
+pub fn spawn_self_checked_watchdog<F, Fut, E>(
+    stop: CancellationToken,
+    every: Duration,
+    mut check: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    let heartbeat = Heartbeat::new();
+    let _ = spawn_watchdog(stop.clone(), heartbeat.progressed());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match check().await {
+                Ok(()) => heartbeat.beat(),
+                Err(e) => {
+                    tracing::error!(error = %e, "self-check failed; not feeding the watchdog")
+                }
+            }
+        }
+    });
+}
+
 /// Proof of progress for [`spawn_watchdog`]: the main loop calls [`beat`](Self::beat) on every
 /// iteration, and [`progressed`](Self::progressed) is the health check.
 ///
@@ -154,6 +190,30 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn self_checks_run_every_period_until_stopped() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let c = Arc::clone(&calls);
+        spawn_self_checked_watchdog(stop.clone(), Duration::from_secs(5), move || {
+            let c = Arc::clone(&c);
+            async move {
+                // Every other check fails: logged, never fatal.
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                if n % 2 == 0 {
+                    Ok(())
+                } else {
+                    Err("store did not answer")
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "at 0, 5, 10, 15 and 20 s");
+        stop.cancel();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "no check after stop");
+    }
 
     fn counter() -> (Arc<AtomicUsize>, impl FnMut() + use<>) {
         let pings = Arc::new(AtomicUsize::new(0));

@@ -94,6 +94,16 @@ impl Db {
         &self.inner.path
     }
 
+    /// A trivial query through the pool: proves the file, the pool and the blocking threads
+    /// all answer (daemons feed systemd's watchdog with it).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(drop)?)
+        })
+        .await
+    }
+
     /// Runs blocking database work on a pooled connection.
     pub async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
     where
