@@ -201,7 +201,7 @@ mod tests {
             async move {
                 // Every other check fails: logged, never fatal.
                 let n = c.fetch_add(1, Ordering::SeqCst);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     Ok(())
                 } else {
                     Err("store did not answer")
