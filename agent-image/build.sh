@@ -122,15 +122,19 @@ COMP=gzip
 if grep -q '^CONFIG_RD_ZSTD=y' "$KX/boot/config-$KVER" && command -v zstd >/dev/null; then
     COMP=zstd
 fi
+# Every output is written beside its final name and renamed into place: a reader (ipxed
+# serving this directory, a test copying it) never sees a half-written file.
 python3 "$HERE/cpio.py" "$R" "$SOURCE_DATE_EPOCH" > "$OUT/initrd.cpio"
 if [ $COMP = zstd ]; then
-    zstd -q -f -19 -T1 "$OUT/initrd.cpio" -o "$OUT/initrd.img"
+    zstd -q -f -19 -T1 "$OUT/initrd.cpio" -o "$OUT/.initrd.img.new"
 else
-    gzip -n -9 -c "$OUT/initrd.cpio" > "$OUT/initrd.img"
+    gzip -n -9 -c "$OUT/initrd.cpio" > "$OUT/.initrd.img.new"
 fi
 rm -f "$OUT/initrd.cpio"
-cp "$KX/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
-touch -d "@$SOURCE_DATE_EPOCH" "$OUT/vmlinuz" "$OUT/initrd.img"
+cp "$KX/boot/vmlinuz-$KVER" "$OUT/.vmlinuz.new"
+touch -d "@$SOURCE_DATE_EPOCH" "$OUT/.vmlinuz.new" "$OUT/.initrd.img.new"
+mv -f "$OUT/.vmlinuz.new" "$OUT/vmlinuz"
+mv -f "$OUT/.initrd.img.new" "$OUT/initrd.img"
 
 # --- manifest ----------------------------------------------------------------------------
 python3 - "$OUT" "$KVER" "$(basename "$KDEB")" "$(basename "$BDEB")" "$COMP" "$SOURCE_DATE_EPOCH" \
@@ -144,7 +148,9 @@ def art(name):
 m = {"kernelVersion": kver, "agentVersion": agent, "kernelPackage": kdeb,
      "busyboxPackage": bdeb, "initrdCompression": comp, "sourceDateEpoch": int(sde),
      "modules": sys.argv[8:], "vmlinuz": art("vmlinuz"), "initrd": art("initrd.img")}
-json.dump(m, open(os.path.join(out, "manifest.json"), "w"), indent=2, sort_keys=True)
+tmp = os.path.join(out, ".manifest.json.new")
+json.dump(m, open(tmp, "w"), indent=2, sort_keys=True)
+os.replace(tmp, os.path.join(out, "manifest.json"))
 print(json.dumps({k: m[k] for k in ("kernelVersion", "agentVersion")}), file=sys.stderr)
 PY
 SIZE=$(stat -c %s "$OUT/initrd.img")

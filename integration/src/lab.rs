@@ -117,6 +117,49 @@ impl Lab {
         &self.name
     }
 
+    /// Adds a tap `name` on `br0` (`tap0` exists already), for a second NIC or a second VM.
+    ///
+    /// # Panics
+    /// When `ip` fails (e.g. the name is taken).
+    pub fn add_tap(&self, name: &str) {
+        let n = &self.name;
+        ip(&[
+            "netns", "exec", n, "ip", "tuntap", "add", "dev", name, "mode", "tap",
+        ]);
+        ip(&["-n", n, "link", "set", name, "master", "br0"]);
+        ip(&["-n", n, "link", "set", name, "up"]);
+    }
+
+    /// Runs `f` on a thread that has entered the namespace, so that every socket it opens
+    /// lives there (e.g. an HTTP client of a daemon bound to 10.99.0.1).
+    ///
+    /// # Panics
+    /// When the namespace cannot be entered, or when `f` panics.
+    pub fn in_namespace<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter_namespace(&path);
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// [`in_namespace`](Self::in_namespace) on a thread that outlives the call (e.g. a NATS
+    /// subscriber collecting events while a VM boots).
+    pub fn spawn_in_namespace<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_namespace(&path);
+            f()
+        })
+    }
+
     /// The lab's temporary directory (mode 0755): logs, configs, state.
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("lab directory").path()
@@ -428,6 +471,13 @@ impl Drop for Lab {
             eprintln!("lab files kept in {}", dir.keep().display());
         }
     }
+}
+
+fn enter_namespace(path: &str) {
+    use std::os::fd::AsFd;
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("entering {path}: {e}"));
 }
 
 fn ip(args: &[&str]) {

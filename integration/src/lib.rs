@@ -18,15 +18,20 @@
 //! Everything here needs root (namespaces, taps, binding ports 67/69): tests call
 //! `dragonfly_testkit::require_root()` and `require_binary(…)` first.
 
+mod api;
 mod image;
 mod lab;
+pub mod load;
 mod vm;
 
 use std::path::PathBuf;
 
+pub use api::{EventWatcher, list_machines};
 pub use image::{TestImage, test_image};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, Socket};
-pub use vm::{BootReport, Firmware, MARKER, Nic, NicRom, Vm, VmConfig};
+pub use vm::{
+    BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig, VmLock,
+};
 
 /// The profile directory holding the workspace's binaries (`target/debug`): the parent of the
 /// `deps/` folder the test executable runs from.

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -58,6 +59,31 @@ pub enum NicRom {
     None,
 }
 
+/// A NIC besides the boot NIC: no option ROM, no boot entry.
+#[derive(Debug, Clone)]
+pub struct ExtraNic {
+    pub nic: Nic,
+    pub mac: String,
+    /// A tap of the lab (see [`Lab::add_tap`]).
+    pub tap: String,
+}
+
+/// Where a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// `virtio-blk-pci` (`vda` in Linux).
+    Virtio,
+    /// A drive on an AHCI controller (`sda` in Linux).
+    Sata,
+}
+
+/// A raw disk image (e.g. a sparse file made with `File::set_len`).
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub bus: DiskBus,
+}
+
 /// One VM's settings.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -68,10 +94,24 @@ pub struct VmConfig {
     pub mac: String,
     /// Hard limit on QEMU's life (`timeout`), also the default wait for the marker.
     pub timeout: Duration,
+    /// Names the VM's files in the lab directory (`serial-<name>.log`, `qemu-<name>.log`);
+    /// empty: `serial.log` and `qemu.log`. Give each VM of a lab its own.
+    pub name: String,
+    /// vCPUs (`-smp`).
+    pub cpus: u32,
+    /// RAM in MiB (`-m`).
+    pub memory_mib: u32,
+    /// The lab tap the boot NIC is plugged into.
+    pub tap: String,
+    pub extra_nics: Vec<ExtraNic>,
+    pub disks: Vec<Disk>,
+    /// SMBIOS type 1 system UUID (`-smbios type=1,uuid=…`).
+    pub smbios_uuid: Option<String>,
 }
 
 impl VmConfig {
-    /// A VM with a 150 s limit (the slowest lab variant takes ~35 s).
+    /// A VM with a 150 s limit (the slowest lab variant takes ~35 s), 1 vCPU, 512 MiB, no
+    /// disk, one NIC on `tap0`.
     pub fn new(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) -> VmConfig {
         VmConfig {
             firmware,
@@ -79,6 +119,44 @@ impl VmConfig {
             rom,
             mac: mac.to_owned(),
             timeout: Duration::from_secs(150),
+            name: String::new(),
+            cpus: 1,
+            memory_mib: 512,
+            tap: "tap0".to_owned(),
+            extra_nics: Vec::new(),
+            disks: Vec::new(),
+            smbios_uuid: None,
+        }
+    }
+
+    fn file(&self, stem: &str) -> String {
+        if self.name.is_empty() {
+            stem.to_owned()
+        } else {
+            format!("{stem}-{}", self.name)
+        }
+    }
+}
+
+/// The crate-wide VM lock (`target/e2e-cache/vm.lock`): while it is held, no other test (in
+/// this process or another) starts a VM. [`Vm::boot`] takes it for one VM; a test that runs
+/// several VMs at once on purpose takes it once and boots them with [`Vm::boot_holding`].
+#[derive(Debug)]
+pub struct VmLock {
+    _lock: Flock<File>,
+}
+
+impl VmLock {
+    /// Waits for the lock.
+    ///
+    /// # Panics
+    /// When the lock file cannot be opened or locked.
+    pub fn acquire() -> VmLock {
+        let lock = crate::image::open_lock(&crate::cache_dir().join("vm.lock"));
+        VmLock {
+            _lock: Flock::lock(lock, FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+                .expect("locking target/e2e-cache/vm.lock"),
         }
     }
 }
@@ -93,8 +171,8 @@ struct SerialLine {
     text: String,
 }
 
-/// A running QEMU (TCG, 1 vCPU, 512 MiB, `-no-reboot`, network boot from `tap0`), killed on
-/// drop. Holds the crate-wide VM lock (`target/e2e-cache/vm.lock`) while it lives.
+/// A running QEMU (TCG, `-no-reboot`, network boot from its tap), killed on drop. Holds the
+/// crate-wide VM lock ([`VmLock`]) while it lives.
 #[derive(Debug)]
 pub struct Vm {
     config: VmConfig,
@@ -102,7 +180,7 @@ pub struct Vm {
     started: Instant,
     lines: Lines,
     reader: Option<JoinHandle<()>>,
-    _lock: Flock<File>,
+    _lock: Arc<VmLock>,
 }
 
 impl Vm {
@@ -113,10 +191,15 @@ impl Vm {
     /// # Panics
     /// When QEMU cannot be started.
     pub fn boot(lab: &mut Lab, config: VmConfig) -> Vm {
-        let lock = crate::image::open_lock(&crate::cache_dir().join("vm.lock"));
-        let lock = Flock::lock(lock, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .expect("locking target/e2e-cache/vm.lock");
+        Self::boot_holding(lab, config, Arc::new(VmLock::acquire()))
+    }
+
+    /// [`boot`](Self::boot) under a lock the caller already holds (shared by several VMs
+    /// that must run at the same time).
+    ///
+    /// # Panics
+    /// When QEMU cannot be started.
+    pub fn boot_holding(lab: &mut Lab, config: VmConfig, lock: Arc<VmLock>) -> Vm {
         let dir = lab.dir().to_owned();
         let mut qemu: Vec<String> = vec![
             "timeout".into(),
@@ -127,9 +210,9 @@ impl Vm {
             "-accel".into(),
             "tcg".into(),
             "-m".into(),
-            "512".into(),
+            config.memory_mib.to_string(),
             "-smp".into(),
-            "1".into(),
+            config.cpus.to_string(),
             "-display".into(),
             "none".into(),
             "-monitor".into(),
@@ -142,7 +225,7 @@ impl Vm {
         ];
         match config.firmware {
             Firmware::Bios => {
-                let sercon = dir.join("sercon-port.bin");
+                let sercon = dir.join(config.file("sercon-port") + ".bin");
                 std::fs::write(&sercon, [0xf8, 0x03]).expect("writing sercon-port.bin");
                 qemu.extend([
                     "-vga".into(),
@@ -152,7 +235,7 @@ impl Vm {
                 ]);
             }
             Firmware::Uefi => {
-                let vars = dir.join("OVMF_VARS.fd");
+                let vars = dir.join(config.file("OVMF_VARS") + ".fd");
                 std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
                     .expect("copying OVMF_VARS_4M.fd (package ovmf)");
                 qemu.extend([
@@ -171,7 +254,7 @@ impl Vm {
         };
         qemu.extend([
             "-netdev".into(),
-            "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
+            format!("tap,id=n0,ifname={},script=no,downscript=no", config.tap),
             "-device".into(),
             // bootindex=1: OVMF ignores -boot n (lab pitfall 6).
             format!(
@@ -180,9 +263,47 @@ impl Vm {
                 config.mac
             ),
         ]);
+        for (i, extra) in config.extra_nics.iter().enumerate() {
+            let id = i + 1;
+            qemu.extend([
+                "-netdev".into(),
+                format!("tap,id=n{id},ifname={},script=no,downscript=no", extra.tap),
+                "-device".into(),
+                // No ROM: only the boot NIC may network-boot.
+                format!(
+                    "{},netdev=n{id},mac={},romfile=",
+                    extra.nic.model(),
+                    extra.mac
+                ),
+            ]);
+        }
+        if config.disks.iter().any(|d| d.bus == DiskBus::Sata) {
+            qemu.extend(["-device".into(), "ahci,id=dfahci".into()]);
+        }
+        let mut sata = 0;
+        for (i, disk) in config.disks.iter().enumerate() {
+            qemu.extend([
+                "-drive".into(),
+                format!(
+                    "file={},format=raw,if=none,id=d{i},cache=unsafe",
+                    disk.path.display()
+                ),
+                "-device".into(),
+                match disk.bus {
+                    DiskBus::Virtio => format!("virtio-blk-pci,drive=d{i}"),
+                    DiskBus::Sata => {
+                        sata += 1;
+                        format!("ide-hd,drive=d{i},bus=dfahci.{}", sata - 1)
+                    }
+                },
+            ]);
+        }
+        if let Some(uuid) = &config.smbios_uuid {
+            qemu.extend(["-smbios".into(), format!("type=1,uuid={uuid}")]);
+        }
         let mut cmd = lab.command(&qemu[0]);
         cmd.args(&qemu[1..]);
-        let stderr = File::create(lab.log_path("qemu")).expect("creating qemu.log");
+        let stderr = File::create(lab.log_path(&config.file("qemu"))).expect("creating qemu.log");
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -192,7 +313,8 @@ impl Vm {
             .expect("starting qemu-system-x86_64");
         let stdout = child.stdout.take().expect("qemu's stdout");
         let lines: Lines = Arc::default();
-        let serial = File::create(lab.log_path("serial")).expect("creating serial.log");
+        let serial =
+            File::create(lab.log_path(&config.file("serial"))).expect("creating serial.log");
         let reader = {
             let lines = Arc::clone(&lines);
             std::thread::spawn(move || read_serial(stdout, serial, started, &lines))
@@ -205,6 +327,85 @@ impl Vm {
             reader: Some(reader),
             _lock: lock,
         }
+    }
+
+    /// When QEMU was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The VM's settings.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Milestones reached so far (see [`BootReport::timeline`]).
+    pub fn timeline(&self) -> Vec<(&'static str, Duration)> {
+        milestones(&self.lines.lock().expect("serial lines"))
+    }
+
+    /// Waits until a serial console line contains `needle` and returns its time since QEMU
+    /// started (when the line ended) and its text.
+    ///
+    /// # Errors
+    /// QEMU exited, the firmware gave up, or `timeout` passed: the message holds the end of
+    /// the serial console. QEMU is stopped then.
+    pub fn wait_for_line(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(Duration, String), String> {
+        let deadline = Instant::now() + timeout;
+        let find = |lines: &Lines| {
+            lines
+                .lock()
+                .expect("serial lines")
+                .iter()
+                .find(|l| l.text.contains(needle))
+                .map(|l| (l.end, l.text.clone()))
+        };
+        loop {
+            if let Some(found) = find(&self.lines) {
+                return Ok(found);
+            }
+            let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            let gave_up = self
+                .lines
+                .lock()
+                .expect("serial lines")
+                .iter()
+                .any(|l| GAVE_UP.iter().any(|g| l.text.contains(g)));
+            if exited || gave_up || Instant::now() > deadline {
+                let status = self.stop();
+                if let Some(found) = find(&self.lines) {
+                    return Ok(found);
+                }
+                return Err(format!(
+                    "VM {} ({:?}/{:?}/{:?}) showed no {needle:?} after {:.1} s (qemu exit: \
+                     {status:?})\n--- serial (last 60 lines) ---\n{}",
+                    self.config.mac,
+                    self.config.firmware,
+                    self.config.nic,
+                    self.config.rom,
+                    self.started.elapsed().as_secs_f64(),
+                    self.serial_tail(60)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops QEMU (SIGTERM through `timeout`) and waits for it and the serial reader.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = self.child.wait().ok();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        status
     }
 
     /// Waits until the serial console shows [`MARKER`] (or QEMU exits, or the VM's timeout
@@ -350,6 +551,10 @@ fn milestones(lines: &[SerialLine]) -> Vec<(&'static str, Duration)> {
         ("GET vmlinuz", true, |l| l.contains("/vmlinuz")),
         ("GET initrd.img", true, |l| l.contains("/initrd.img")),
         ("marker", false, |l| l.contains(MARKER)),
+        // The real agent (agent-image/): its first successful registration.
+        ("agent registered", false, |l| {
+            l.contains("Dragonfly agent: registered as")
+        }),
     ];
     let mut out = Vec::new();
     let mut from = 0;

@@ -114,14 +114,38 @@ pub(crate) fn boot_and_check(lab: &mut Lab, config: VmConfig) -> BootReport {
     report
 }
 
+/// What [`start_dragonfly_with`] started.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    /// The lab's NATS, as seen from inside the namespace.
+    pub(crate) nats: String,
+    /// apid's base URL (inside the namespace), when it was started.
+    pub(crate) apid: Option<String>,
+}
+
+/// Dragonfly's boot path with the test image as the agent (see [`start_dragonfly_with`]).
+pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd_toml: &str) -> Stack {
+    start_dragonfly_with(lab, &image.dir, dhcpd_toml, false)
+}
+
 /// Dragonfly's own boot path in `lab`: a NATS server and a migrated store inside the
 /// namespace, then dhcpd (`dhcpd_toml`: the body of its `[dhcpd]` section, plus any
-/// `[[dhcpd.…]]` tables), tftpd (root: Debian's iPXE binaries) and ipxed (agent_dir: the test
-/// image) as nobody, each through socket activation as in production. One config file for
-/// all three, as on a real host.
-pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd_toml: &str) {
+/// `[[dhcpd.…]]` tables), tftpd (root: Debian's iPXE binaries), ipxed (serving the agent
+/// kernel and initrd in `agent_dir`) and, when `apid`, apid on 10.99.0.1:3000 — each as
+/// nobody through socket activation, as in production. One config file for all, as on a
+/// real host; ipxed and apid share the boot-token key file.
+pub(crate) fn start_dragonfly_with(
+    lab: &mut Lab,
+    agent_dir: &Path,
+    dhcpd_toml: &str,
+    apid: bool,
+) -> Stack {
     use dragonfly_integration::{Socket, daemon_binary};
-    let binaries = ["dragonfly-dhcpd", "dragonfly-tftpd", "dragonfly-ipxed"].map(daemon_binary);
+    let mut names = vec!["dragonfly-dhcpd", "dragonfly-tftpd", "dragonfly-ipxed"];
+    if apid {
+        names.push("dragonfly-apid");
+    }
+    let binaries: Vec<_> = names.iter().map(|n| daemon_binary(n)).collect();
     let nats = lab.start_nats();
     let store = lab.store();
     let tftp = lab.dir().join("tftp");
@@ -164,12 +188,18 @@ agent_dir = "{agent}"
 kernel_cmdline_extra = "console=ttyS0 quiet panic=-1"
 boot_token_key_file = "{key}"
 
+[apid]
+listen = "10.99.0.1:3000"
+boot_token_key_file = "{key}"
+# Plain HTTP in the lab: a Secure cookie would never be sent back.
+secure_cookies = false
+
 [dhcpd]
 {dhcpd_toml}
 "#,
             store = store.display(),
             tftp = tftp.display(),
-            agent = image.dir.display(),
+            agent = agent_dir.display(),
             key = key.display(),
         ),
     );
@@ -228,8 +258,26 @@ boot_token_key_file = "{key}"
         &args,
         &env,
     );
+    let mut labels = vec!["dhcpd", "tftpd", "ipxed"];
+    if apid {
+        lab.spawn_daemon(
+            "apid",
+            &binaries[3],
+            &[Socket::Tcp {
+                addr: "10.99.0.1:3000",
+                name: "http",
+            }],
+            &args,
+            &env,
+        );
+        labels.push("apid");
+    }
     // socket-activate prints "Listening on …" once its sockets are bound.
-    for label in ["dhcpd", "tftpd", "ipxed"] {
+    for label in labels {
         lab.wait_for_log(label, "Listening on", std::time::Duration::from_secs(5));
+    }
+    Stack {
+        nats,
+        apid: apid.then(|| "http://10.99.0.1:3000".to_owned()),
     }
 }

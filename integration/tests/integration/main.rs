@@ -16,6 +16,7 @@
 )]
 
 mod common;
+mod discovery;
 mod proxy;
 mod reservation;
 mod standin;

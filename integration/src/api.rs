@@ -1,0 +1,201 @@
+//! The test's side of a running Dragonfly: apid's HTTP API as an operator sees it, and the
+//! lab's NATS as a subscriber sees it — both from inside the lab's namespace, where the
+//! daemons listen.
+//!
+//! Blocking on purpose: tests are plain `#[test]` functions that also drive QEMU; each call
+//! builds a small current-thread runtime on a thread inside the namespace.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dragonfly_bus::CloudEvent;
+use dragonfly_bus::events::MachineRegistered;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::Lab;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
+}
+
+/// Logs in to apid at `base` (e.g. `http://10.99.0.1:3000`) as `username` and returns every
+/// machine of `GET /api/machines` (all pages), as JSON.
+///
+/// # Errors
+/// Login refused, or any request failing: the message says which.
+pub fn list_machines(
+    lab: &Lab,
+    base: &str,
+    username: &str,
+    password: &str,
+) -> Result<Vec<Value>, String> {
+    lab.in_namespace(|| {
+        runtime().block_on(async {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let login = http
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"username": username, "password": password}))
+                .send()
+                .await
+                .map_err(|e| format!("POST /api/auth/login: {e}"))?;
+            if login.status() != 200 {
+                return Err(format!("POST /api/auth/login: {}", login.status()));
+            }
+            let cookie = login
+                .headers()
+                .get("set-cookie")
+                .and_then(|c| c.to_str().ok())
+                .and_then(|c| c.split(';').next())
+                .ok_or("login set no cookie")?
+                .to_owned();
+            let mut machines = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                // `after` is an opaque cursor of URL-safe characters.
+                let url = match &after {
+                    Some(a) => format!("{base}/api/machines?limit=500&after={a}"),
+                    None => format!("{base}/api/machines?limit=500"),
+                };
+                let page: Value = http
+                    .get(url)
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| format!("GET /api/machines: {e}"))?
+                    .json()
+                    .await
+                    .map_err(|e| format!("GET /api/machines: {e}"))?;
+                machines.extend(page["items"].as_array().cloned().unwrap_or_default());
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => return Ok(machines),
+                }
+            }
+        })
+    })
+}
+
+/// Collects every `dragonfly.machine.registered` CloudEvent published on a NATS server inside
+/// the lab, from the moment [`start`](Self::start) returns until the watcher drops.
+#[derive(Debug)]
+pub struct EventWatcher {
+    events: Arc<Mutex<Vec<CloudEvent<MachineRegistered>>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventWatcher {
+    /// Connects to `nats_url` from inside `lab` and subscribes; returns once the server has
+    /// the subscription (a flush round trip), so no later event is missed.
+    ///
+    /// # Panics
+    /// When the connection or the subscription fails within 10 s.
+    pub fn start(lab: &Lab, nats_url: &str) -> EventWatcher {
+        let events: Arc<Mutex<Vec<CloudEvent<MachineRegistered>>>> = Arc::default();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+        let url = nats_url.to_owned();
+        let sink = Arc::clone(&events);
+        let thread = lab.spawn_in_namespace(move || {
+            runtime().block_on(async move {
+                let subscribed = async {
+                    let client = async_nats::connect(&url)
+                        .await
+                        .map_err(|e| format!("connecting to {url}: {e}"))?;
+                    let sub = client
+                        .subscribe("dragonfly.machine.registered")
+                        .await
+                        .map_err(|e| format!("subscribing: {e}"))?;
+                    client.flush().await.map_err(|e| format!("flushing: {e}"))?;
+                    Ok::<_, String>((client, sub))
+                };
+                let (_client, mut sub) =
+                    match tokio::time::timeout(Duration::from_secs(10), subscribed).await {
+                        Ok(Ok(s)) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Ok(Err(e)) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = ready_tx.send(Err(format!("no NATS at {url} within 10 s")));
+                            return;
+                        }
+                    };
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { return };
+                            match CloudEvent::<MachineRegistered>::from_json(&msg.payload) {
+                                Ok(event) => sink.lock().expect("events").push(event),
+                                Err(e) => panic!(
+                                    "undecodable event on dragonfly.machine.registered: {e}: {}",
+                                    String::from_utf8_lossy(&msg.payload)
+                                ),
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("NATS watcher: {e}"),
+            Err(_) => panic!("NATS watcher thread died"),
+        }
+        EventWatcher {
+            events,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Every event seen so far, in arrival order.
+    pub fn events(&self) -> Vec<CloudEvent<MachineRegistered>> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// Waits up to `timeout` for an event matching `pred` and returns it.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&CloudEvent<MachineRegistered>) -> bool,
+    ) -> Option<CloudEvent<MachineRegistered>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return Some(e);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EventWatcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // A panic in the watcher (an undecodable event) fails the test here, unless the
+            // test is already failing.
+            if thread.join().is_err() && !std::thread::panicking() {
+                panic!("the NATS watcher panicked (see above)");
+            }
+        }
+    }
+}
