@@ -1,34 +1,63 @@
 #!/usr/bin/env bash
-# Run the whole Dragonfly system on this machine, for development and for trying it out.
+# Run the whole Dragonfly system on this machine, for trying it out and for development.
 #
-#   sudo packaging/local/run.sh                            # or as a normal user
-#   DRAGONFLY_LISTEN=127.0.0.1:8080 packaging/local/run.sh  # apid elsewhere than 127.0.0.1:3000
+#   sudo packaging/local/run.sh            # the demo: a private lab network and a VM that gets discovered
+#   sudo packaging/local/run.sh --uefi     # the same, the VM boots with UEFI firmware (OVMF)
+#   packaging/local/run.sh --no-vm         # only NATS and apid, on loopback (root not needed)
+#   DRAGONFLY_LISTEN=127.0.0.1:8080 packaging/local/run.sh   # the UI elsewhere than 127.0.0.1:3000
 #
-# Installs what it needs (Debian 12), builds the release binaries, starts a private nats-server
-# on 127.0.0.1:14222 (a port of our own: a system nats-server keeps 4222), creates or migrates
-# the database, starts dragonfly-apid, waits until it is healthy, and prints how to create the
-# first administrator. It then follows the logs; Ctrl-C (or SIGTERM) stops everything it
-# started and exits 0.
+# Options:
+#   --no-vm   no lab network, no DHCP/TFTP/iPXE, no VM: a private nats-server on
+#             127.0.0.1:14222 and apid on 127.0.0.1:3000, as before the demo existed.
+#   --uefi    boot the demo VM with OVMF (its own PXE client, then TFTP ipxe.efi from tftpd)
+#             instead of SeaBIOS with QEMU's iPXE NIC ROM. Slower (about 10 s more).
+#   -h, --help  this text.
+#
+# The demo (default; needs root) installs what it needs (Debian 12), builds the release
+# binaries and the agent image (agent-image/build.sh), and creates the network namespace
+# "dragonfly-demo": a bridge br0 (10.99.0.1/24) and a tap for the VM, with no link to the
+# host's network. Inside it run nats-server, dhcpd (reservation mode, pool .100-.200), tftpd,
+# ipxed and apid on 10.99.0.1, each as the user "dragonfly" and handed its sockets by
+# systemd-socket-activate, as under systemd; dnsmasq only answers IPv6 router solicitations
+# (iPXE waits 13 s for one otherwise). apid is reached from the host's browser at
+# http://127.0.0.1:3000 through systemd-socket-proxyd (socket bound on the host's loopback,
+# the proxy itself inside the namespace). Then one QEMU VM (TCG, 1 vCPU, 1024 MiB,
+# virtio-net, MAC 52:54:00:d0:00:01) network-boots; its serial console goes to
+# var/log/demo-vm.log. The script waits until the agent in the VM has registered, prints the
+# machine's memorable name and how to create the first administrator, then follows the logs.
+# Ctrl-C (or SIGTERM) stops everything it started, deletes the namespace and exits 0.
+# Running it again finds the same machine (same MAC): it is not registered twice.
 #
 # State lives in ./var (git-ignored): dragonfly.toml (rewritten on every start; edit this
 # script, not the file), dragonfly.db, credentials/boot-token-key (made once: replacing it
-# invalidates outstanding agent tokens), and log/<process>.log.
+# invalidates outstanding agent tokens), agent/ and tftp/ (what ipxed and tftpd serve), and
+# log/<process>.log.
 #
-# The daemons refuse to run as root. As root, this script runs every process as the system
-# user "dragonfly" (created when missing). When that user cannot reach this checkout (one under
-# /root, say), the binaries are copied to /var/lib/dragonfly-local/bin and ./var becomes a
-# link to /var/lib/dragonfly-local. As a normal user, everything runs as that user.
+# The daemons refuse to run as root. As root, this script runs every process (QEMU too) as
+# the system user "dragonfly" (created when missing; QEMU switches to it itself, -runas, once
+# it has opened the tap). When that user cannot reach this
+# checkout (one under /root, say), the binaries are copied to /var/lib/dragonfly-local/bin
+# and ./var becomes a link to /var/lib/dragonfly-local. As a normal user (--no-vm only),
+# everything runs as that user.
 #
-# Nothing here answers on the host's network: apid listens on loopback unless told otherwise,
-# and no DHCP, TFTP or iPXE server is started (those daemons do not exist yet). When they do,
-# they run only inside a private lab network namespace, never on the host's real network,
-# where a stray DHCP server would hand out addresses to every machine on the segment.
+# Nothing here answers on the host's network: apid (or the proxy to it) listens on loopback
+# unless told otherwise, and DHCP, TFTP and iPXE run only inside the namespace, never on the
+# host's real network, where a stray DHCP server would hand out addresses to every machine on
+# the segment. Serving a real network is a production install: see README.md.
 set -euo pipefail
 
-if [ $# -gt 0 ]; then
-    sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "${BASH_SOURCE[0]}"
-    case $1 in -h | --help) exit 0 ;; *) exit 2 ;; esac
-fi
+usage() { sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "${BASH_SOURCE[0]}"; }
+demo=1
+uefi=0
+for arg in "$@"; do
+    case $arg in
+        --no-vm) demo=0 ;;
+        --uefi) uefi=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; echo "$0: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+[ $demo = 1 ] || [ $uefi = 0 ] || { echo "$0: --uefi is for the demo VM: drop --no-vm" >&2; exit 2; }
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 repo=$PWD
@@ -37,6 +66,12 @@ readonly nats_port=14222
 readonly daemon_user=dragonfly
 readonly relocated_state=/var/lib/dragonfly-local
 listen=${DRAGONFLY_LISTEN:-127.0.0.1:3000}
+# The demo's lab network: a namespace of its own, so the same subnet as the integration tests
+# (each test has its own namespace too) never meets the host's.
+readonly ns=dragonfly-demo
+readonly lab_ip=10.99.0.1
+readonly vm_mac=52:54:00:d0:00:01
+readonly proxyd=/usr/lib/systemd/systemd-socket-proxyd
 
 # Whatever systemd or a parent gave this shell is not for our children: logs go to files
 # here, not the journal, and no socket or credential is passed down.
@@ -47,11 +82,25 @@ die() { echo "$0: $*" >&2; exit 1; }
 die_install() { printf '%s\n' "$@" >&2; exit 2; }
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
+if [ $demo = 1 ] && ! is_root; then
+    die "the demo creates a network namespace and runs a VM: run it with sudo," \
+        "or pass --no-vm for NATS and apid alone"
+fi
+
 # --- What it needs --------------------------------------------------------------------------
 # nats-server (Debian's), util-linux (setpriv, setsid), curl (health check), gcc and libc6-dev
-# (C parts of crates).
+# (C parts of crates). The demo also: iproute2 (namespace), systemd (systemd-socket-activate,
+# systemd-socket-proxyd), qemu-system-x86 with its firmware (seabios, ipxe-qemu NIC ROMs),
+# ipxe (undionly.kpxe, ipxe.efi for tftpd), dnsmasq-base (router advertisements only: not
+# "dnsmasq", which starts a DNS service), sqlite3 (to see the machine appear), python3 and
+# zstd (agent-image/build.sh), ovmf (--uefi).
+pkgs=(nats-server util-linux curl gcc libc6-dev)
+if [ $demo = 1 ]; then
+    pkgs+=(iproute2 systemd qemu-system-x86 seabios ipxe-qemu ipxe dnsmasq-base sqlite3 python3 zstd)
+    [ $uefi = 0 ] || pkgs+=(ovmf)
+fi
 missing=()
-for pkg in nats-server util-linux curl gcc libc6-dev; do
+for pkg in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
         missing+=("$pkg")
 done
@@ -104,15 +153,30 @@ esac
 if [[ $probe_host == *:* ]]; then url="http://[$probe_host]:$listen_port"; else url="http://$probe_host:$listen_port"; fi
 
 port_in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-port_in_use 127.0.0.1 "$nats_port" &&
-    die "127.0.0.1:$nats_port is taken (another run of this script still going?)"
+if [ $demo = 0 ]; then
+    port_in_use 127.0.0.1 "$nats_port" &&
+        die "127.0.0.1:$nats_port is taken (another run of this script still going?)"
+fi
 port_in_use "$probe_host" "$listen_port" &&
     die "$listen is taken (another run of this script still going? or set DRAGONFLY_LISTEN)"
+if [ $demo = 1 ] && ip netns pids "$ns" >/dev/null 2>&1; then
+    [ -z "$(ip netns pids "$ns")" ] ||
+        die "network namespace $ns is in use (another run of this script still going?)"
+    # Left by a run that was killed (SIGKILL): nothing runs in it, so it is only in the way.
+    ip netns del "$ns"
+    echo "==> deleted the leftover network namespace $ns"
+fi
 
 # --- Build ----------------------------------------------------------------------------------
 echo "==> cargo build --release --locked --bins"
 cargo build --release --locked --bins
 bin=$repo/target/release
+daemons=(dragonfly-apid dragonfly-migrate)
+if [ $demo = 1 ]; then
+    daemons+=(dragonfly-dhcpd dragonfly-tftpd dragonfly-ipxed)
+    echo "==> agent-image/build.sh"
+    agent-image/build.sh
+fi
 
 # --- Who runs the daemons, and where their state is -----------------------------------------
 as_daemon=()
@@ -139,8 +203,9 @@ if is_root; then
             ln -s "$relocated_state" var
         fi
         install -d -m 0755 -o root -g root "$relocated_state/bin"
-        install -m 0755 -o root -g root "$bin/dragonfly-apid" "$bin/dragonfly-migrate" \
-            "$relocated_state/bin/"
+        for d in "${daemons[@]}"; do
+            install -m 0755 -o root -g root "$bin/$d" "$relocated_state/bin/"
+        done
         bin=$relocated_state/bin
         echo "==> user $daemon_user cannot reach $repo: running binaries from $bin;" \
             "./var links to $relocated_state"
@@ -158,6 +223,23 @@ if [ ! -s "$key" ]; then
 fi
 chmod 0600 "$key"
 
+if [ $demo = 1 ]; then
+    # What ipxed and tftpd serve: copies the daemon user can read but not change.
+    install -d -m 0755 -o root -g root "$state/agent" "$state/tftp"
+    install -m 0644 -o root -g root target/agent-image/vmlinuz target/agent-image/initrd.img \
+        "$state/agent/"
+    # cp -L: Debian's /usr/lib/ipxe/ipxe.efi may be a link out of the TFTP root.
+    for f in undionly.kpxe ipxe.efi snponly.efi; do
+        cp -L /usr/lib/ipxe/$f "$state/tftp/$f.tmp" && mv "$state/tftp/$f.tmp" "$state/tftp/$f"
+    done
+    chmod 0644 "$state"/tftp/*
+    apid_listen=$lab_ip:3000
+    nats_host=127.0.0.1 # the namespace's own loopback
+else
+    apid_listen=$listen
+    nats_host=127.0.0.1
+fi
+
 config=$state/dragonfly.toml
 cat >"$config" <<EOF
 # Written by packaging/local/run.sh on every start: edit the script, not this file.
@@ -168,26 +250,58 @@ path = "$state/dragonfly.db"
 
 [nats]
 # The script's own nats-server, on a port of its own so it never meets a system one on 4222.
-url = "nats://127.0.0.1:$nats_port"
+url = "nats://$nats_host:$nats_port"
 
 [log]
 level = "info"
 
 [apid]
-listen = "$listen"
+listen = "$apid_listen"
 boot_token_key_file = "$key"
 # The local run serves plain HTTP, and clients may drop a session cookie marked Secure there
 # (it is meant only for HTTPS). Keep the default (true) wherever apid is reached over HTTPS.
 secure_cookies = false
 EOF
+if [ $demo = 1 ]; then
+    cat >>"$config" <<EOF
+
+# The demo's lab network: br0 $lab_ip/24 inside the network namespace $ns. To serve a real
+# network, see "Serving a real network" in README.md.
+
+[ipxed]
+listen = "$lab_ip:8080"
+# How booting machines reach ipxed, and how the agent reaches apid.
+public_url = "http://$lab_ip:8080"
+apid_url = "http://$lab_ip:3000"
+agent_dir = "$state/agent"
+kernel_cmdline_extra = "console=tty0 console=ttyS0,115200 quiet"
+boot_token_key_file = "$key"
+
+[tftpd]
+roots = ["$state/tftp"]
+
+[dhcpd]
+# Dragonfly hands out the addresses itself: right for a network of its own. Beside another
+# DHCP server, use mode = "autoproxy" (boot answers only, no addresses) and no subnets.
+mode = "reservation"
+server_ip = "$lab_ip"
+ipxed = "$lab_ip:8080"
+
+[[dhcpd.subnets]]
+network = "10.99.0.0/24"
+pool_start = "10.99.0.100"
+pool_end = "10.99.0.200"
+router = "$lab_ip"
+EOF
+fi
 chmod 0644 "$config"
 
 if is_root; then
     chmod 0750 "$state"
-    # Everything in the state directory is the daemon user's, except the binaries' copy and
-    # the configuration, which the daemons only read.
-    find "$state" -path "$state/bin" -prune -o ! -path "$config" \
-        -exec chown -h "$daemon_user:$daemon_user" {} +
+    # Everything in the state directory is the daemon user's, except the binaries' copy,
+    # the configuration and what ipxed and tftpd serve: the daemons only read those.
+    find "$state" \( -path "$state/bin" -o -path "$state/agent" -o -path "$state/tftp" \) -prune \
+        -o ! -path "$config" -exec chown -h "$daemon_user:$daemon_user" {} +
     chown root:root "$config"
     "${as_daemon[@]}" test -w "$state" || die "user $daemon_user cannot write $state"
 else
@@ -198,6 +312,7 @@ fi
 names=()
 pids=()
 follower=
+ns_made=0
 
 alive() { # PID: running, not a zombie
     local stat
@@ -207,10 +322,10 @@ alive() { # PID: running, not a zombie
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    local rc=$? i pid n
+    local rc=$? i pid n left
     trap '' INT TERM
     [ -z "$follower" ] || { kill "$follower" 2>/dev/null || true; wait "$follower" 2>/dev/null || true; }
-    # Newest first: apid before the nats-server it publishes to.
+    # Newest first: the VM before the daemons, apid before the nats-server it publishes to.
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         pid=${pids[i]}
         if alive "$pid"; then
@@ -224,22 +339,44 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
         echo "==> stopped ${names[i]} (pid $pid)"
     done
+    if [ "$ns_made" = 1 ]; then
+        # Anything still inside (nothing, normally) goes with the namespace.
+        for ((n = 0; n < 50; n++)); do
+            left=$(ip netns pids "$ns" 2>/dev/null) || break
+            [ -n "$left" ] || break
+            # shellcheck disable=SC2086 # one PID a word
+            kill -KILL $left 2>/dev/null || true
+            sleep 0.1
+        done
+        ip netns del "$ns" 2>/dev/null || true
+        echo "==> deleted network namespace $ns"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'echo; echo "==> stopping"; exit 0' INT TERM
 
-# start NAME COMMAND…: in the background as the daemon user, output appended to var/log/NAME.log.
-# setsid puts it in its own session, so a Ctrl-C reaches only this script, which then stops
-# the processes in order. Neither setsid (not a group leader here) nor setpriv forks, so $! is
-# the process itself.
-start() {
+declare -A log_from=() # NAME → size of NAME.log before this run's start of it
+
+# start_cmd NAME COMMAND…: in the background, output appended to var/log/NAME.log. setsid
+# puts it in its own session, so a Ctrl-C reaches only this script, which then stops the
+# processes in order. Neither setsid (not a group leader here) nor setpriv, `ip netns exec`
+# or systemd-socket-activate fork, so $! is the process itself.
+start_cmd() {
     local name=$1 log=$state/log/$1.log
     shift
     echo "---- $(date -Is) $*" >>"$log"
-    setsid "${as_daemon[@]}" "$@" </dev/null >>"$log" 2>&1 &
+    log_from[$name]=$(stat -c %s "$log")
+    setsid "$@" </dev/null >>"$log" 2>&1 &
     names+=("$name")
     pids+=("$!")
+}
+
+# start NAME COMMAND…: start_cmd as the daemon user.
+start() {
+    local name=$1
+    shift
+    start_cmd "$name" "${as_daemon[@]}" "$@"
 }
 
 fail_with_log() { # NAME MESSAGE
@@ -248,32 +385,122 @@ fail_with_log() { # NAME MESSAGE
     exit 1
 }
 
-echo "==> starting nats-server on 127.0.0.1:$nats_port"
-start nats-server "$nats_server" -a 127.0.0.1 -p "$nats_port"
-for ((n = 0; n < 100; n++)); do
-    port_in_use 127.0.0.1 "$nats_port" && break
-    alive "${pids[-1]}" || fail_with_log nats-server "nats-server exited"
-    sleep 0.1
-done
-port_in_use 127.0.0.1 "$nats_port" || fail_with_log nats-server "nats-server not listening after 10 s"
+logged_since_start() { # NAME TEXT: this run's part of NAME.log holds TEXT
+    tail -c +$((${log_from[$1]} + 1)) "$state/log/$1.log" | grep -qF -- "$2"
+}
 
-echo "==> dragonfly-migrate"
-echo "---- $(date -Is) dragonfly-migrate" >>"$state/log/migrate.log"
-"${as_daemon[@]}" "$bin/dragonfly-migrate" --config "$config" </dev/null \
-    >>"$state/log/migrate.log" 2>&1 || fail_with_log migrate "dragonfly-migrate failed"
+check_config() { # BINARY…
+    local b out
+    for b in "$@"; do
+        out=$("${as_daemon[@]}" "$bin/$b" --config "$config" --check-config 2>&1) ||
+            die "$b --check-config: $out"
+    done
+}
 
-echo "==> starting dragonfly-apid on $listen"
-start apid "$bin/dragonfly-apid" --config "$config"
+sudo=
+[ -z "${SUDO_USER:-}" ] || sudo="sudo "
+admin_cmd="$sudo${as_daemon[*]}${as_daemon[*]:+ }$bin/dragonfly-apid --config $config create-admin --username admin"
+
+if [ $demo = 0 ]; then
+    echo "==> starting nats-server on 127.0.0.1:$nats_port"
+    start nats-server "$nats_server" -a 127.0.0.1 -p "$nats_port"
+    for ((n = 0; n < 100; n++)); do
+        port_in_use 127.0.0.1 "$nats_port" && break
+        alive "${pids[-1]}" || fail_with_log nats-server "nats-server exited"
+        sleep 0.1
+    done
+    port_in_use 127.0.0.1 "$nats_port" || fail_with_log nats-server "nats-server not listening after 10 s"
+
+    echo "==> dragonfly-migrate"
+    echo "---- $(date -Is) dragonfly-migrate" >>"$state/log/migrate.log"
+    "${as_daemon[@]}" "$bin/dragonfly-migrate" --config "$config" </dev/null \
+        >>"$state/log/migrate.log" 2>&1 || fail_with_log migrate "dragonfly-migrate failed"
+
+    echo "==> starting dragonfly-apid on $listen"
+    start apid "$bin/dragonfly-apid" --config "$config"
+else
+    check_config "${daemons[@]}"
+
+    # The lab network, as the integration tests build it (integration/src/lab.rs): a bridge
+    # with no STP delay, a ULA address only so that router advertisements can be sent, and a
+    # tap owned by the daemon user, which QEMU becomes.
+    echo "==> creating network namespace $ns: br0 $lab_ip/24, tap0 for the VM"
+    ip netns add "$ns"
+    ns_made=1
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add br0 type bridge
+    ip -n "$ns" link set br0 type bridge stp_state 0 forward_delay 0
+    ip -n "$ns" addr add "$lab_ip/24" dev br0
+    ip -n "$ns" addr add fd99::1/64 dev br0 nodad
+    ip -n "$ns" link set br0 up
+    ip netns exec "$ns" ip tuntap add dev tap0 mode tap user "$daemon_user" group "$daemon_user"
+    ip -n "$ns" link set tap0 master br0
+    ip -n "$ns" link set tap0 up
+
+    in_ns=(ip netns exec "$ns")
+    # Inside the namespace, as the daemon user with no capabilities at all.
+    confined=(setpriv --reuid="$daemon_user" --regid="$daemon_user" --init-groups
+        --inh-caps=-all --bounding-set=-all --no-new-privs --)
+    in_ns_port_open() { "${in_ns[@]}" bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+
+    # iPXE waits 13-16 s for an IPv6 router advertisement: dnsmasq answers router
+    # solicitations (ra-only: no DHCPv4, no DHCPv6, no DNS), then drops root for nobody.
+    echo "==> starting dnsmasq (router advertisements only) in $ns"
+    start_cmd dnsmasq-ra "${in_ns[@]}" dnsmasq --keep-in-foreground --port=0 --interface=br0 \
+        --bind-interfaces --except-interface=lo --no-resolv --no-hosts --log-facility=- \
+        --pid-file= --dhcp-leasefile=/dev/null --enable-ra --dhcp-range=::,constructor:br0,ra-only,64,1h
+
+    echo "==> starting nats-server on 127.0.0.1:$nats_port in $ns"
+    start_cmd nats-server "${in_ns[@]}" "${confined[@]}" "$nats_server" -a 127.0.0.1 -p "$nats_port"
+    for ((n = 0; n < 100; n++)); do
+        in_ns_port_open 127.0.0.1 "$nats_port" && break
+        alive "${pids[-1]}" || fail_with_log nats-server "nats-server exited"
+        sleep 0.1
+    done
+    in_ns_port_open 127.0.0.1 "$nats_port" || fail_with_log nats-server "nats-server not listening after 10 s"
+
+    echo "==> dragonfly-migrate"
+    echo "---- $(date -Is) dragonfly-migrate" >>"$state/log/migrate.log"
+    "${in_ns[@]}" "${confined[@]}" "$bin/dragonfly-migrate" --config "$config" </dev/null \
+        >>"$state/log/migrate.log" 2>&1 || fail_with_log migrate "dragonfly-migrate failed"
+
+    # Root binds each daemon's sockets and hands them over by name, as systemd's .socket
+    # units do (units/); the daemon starts on the first connection or packet. UDP and TCP
+    # need two nested calls (the inner --fdname names all fds); here each daemon has one kind.
+    echo "==> starting apid, ipxed, tftpd, dhcpd on $lab_ip in $ns"
+    sa=(systemd-socket-activate)
+    start_cmd apid "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:3000" --fdname=http \
+        "${confined[@]}" "$bin/dragonfly-apid" --config "$config"
+    start_cmd ipxed "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:8080" --fdname=http \
+        "${confined[@]}" "$bin/dragonfly-ipxed" --config "$config"
+    start_cmd tftpd "${in_ns[@]}" "${sa[@]}" -d --listen=0.0.0.0:69 --fdname=tftp \
+        "${confined[@]}" "$bin/dragonfly-tftpd" --config "$config"
+    start_cmd dhcpd "${in_ns[@]}" "${sa[@]}" -d --listen=0.0.0.0:67 --listen=0.0.0.0:4011 \
+        --fdname=dhcp:pxe "${confined[@]}" "$bin/dragonfly-dhcpd" --config "$config"
+    for name in apid ipxed tftpd dhcpd; do
+        for ((n = 0; n < 100; n++)); do
+            logged_since_start "$name" "Listening on" && break
+            sleep 0.1
+        done
+        logged_since_start "$name" "Listening on" || fail_with_log "$name" "no sockets for $name after 10 s"
+    done
+
+    # The host's browser reaches apid through a socket on the host's loopback, handed to
+    # systemd-socket-proxyd inside the namespace (as the daemon user), which connects to
+    # apid there. The socket stays on the host's loopback: nothing else crosses over.
+    echo "==> forwarding $listen (host) to $lab_ip:3000 ($ns)"
+    start_cmd apid-proxy "${sa[@]}" --listen="$listen" "${in_ns[@]}" "${confined[@]}" "$proxyd" "$lab_ip:3000"
+fi
+
 for ((n = 0; n < 300; n++)); do
     curl -fsS -o /dev/null "$url/api/health" 2>/dev/null && break
-    alive "${pids[-1]}" || fail_with_log apid "dragonfly-apid exited"
+    for i in "${!pids[@]}"; do alive "${pids[i]}" || fail_with_log "${names[i]}" "${names[i]} exited"; done
     sleep 0.1
 done
 curl -fsS -o /dev/null "$url/api/health" || fail_with_log apid "dragonfly-apid not healthy after 30 s"
 
-sudo=
-[ -z "${SUDO_USER:-}" ] || sudo="sudo "
-cat <<EOF
+if [ $demo = 0 ]; then
+    cat <<EOF
 
 Dragonfly is running: $url/  (health: $url/api/health)
   state  $state  (database, config, boot-token key)
@@ -282,16 +509,99 @@ Dragonfly is running: $url/  (health: $url/api/health)
 Create the first administrator: run this in another terminal, then type a password of at
 least 12 characters, Enter, and Ctrl-D (it reads the password from standard input):
 
-  $sudo${as_daemon[*]}${as_daemon[*]:+ }$bin/dragonfly-apid --config $config create-admin --username admin
+  $admin_cmd
 
 then log in at $url/ (README.md shows the same with curl).
-No DHCP, TFTP or iPXE server runs: later they run only inside a private lab network namespace.
+No DHCP, TFTP or iPXE server runs (--no-vm); without --no-vm they run inside a private lab
+network namespace with a VM that network-boots.
 Ctrl-C stops everything. Following the logs:
 
 EOF
+    follow=(var/log/nats-server.log var/log/apid.log)
+else
+    # --- The demo VM ----------------------------------------------------------------------
+    # TCG only: KVM here may be a nested one that fails inside the firmware (see the lab
+    # notes), and TCG works everywhere. QEMU starts as root only to open the tap
+    # (/dev/net/tun may be root's alone) and becomes the daemon user (-runas) before the VM
+    # runs; its seccomp sandbox keeps it from starting programs. (elevateprivileges=deny
+    # would also forbid -runas's own setuid.)
+    # shellcheck disable=SC2054 # commas inside QEMU options
+    qemu=(qemu-system-x86_64 -name dragonfly-demo-vm -accel tcg -smp 1 -m 1024
+        -runas "$daemon_user" -sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny
+        -display none -monitor none -serial stdio -boot n
+        -netdev tap,id=n0,ifname=tap0,script=no,downscript=no)
+    if [ $uefi = 1 ]; then
+        firmware="UEFI (OVMF's PXE → TFTP ipxe.efi → iPXE)"
+        vars=$state/demo-vm-OVMF_VARS.fd
+        install -m 0600 -o "$daemon_user" -g "$daemon_user" /usr/share/OVMF/OVMF_VARS_4M.fd "$vars"
+        # OVMF mirrors its console to serial itself; it ignores -boot n (bootindex instead).
+        # romfile= (no iPXE ROM): OVMF's own PXE client, so tftpd serves ipxe.efi.
+        # shellcheck disable=SC2054
+        qemu+=(-machine q35
+            -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
+            -drive "if=pflash,format=raw,file=$vars"
+            -device "virtio-net-pci,netdev=n0,mac=$vm_mac,bootindex=1,romfile=")
+    else
+        firmware="BIOS (SeaBIOS, QEMU's iPXE NIC ROM)"
+        # SeaBIOS and iPXE print only to VGA: "sercon" mirrors them to the serial port.
+        sercon=$state/demo-vm-sercon-port.bin
+        printf '\xf8\x03' >"$sercon"
+        qemu+=(-vga none -fw_cfg "name=etc/sercon-port,file=$sercon"
+            -device "virtio-net-pci,netdev=n0,mac=$vm_mac,bootindex=1")
+    fi
+    t0_ms=$(date +%s%3N)
+    echo "==> booting the demo VM ($vm_mac, $firmware, TCG): console in var/log/demo-vm.log"
+    start_cmd demo-vm "${in_ns[@]}" "${qemu[@]}"
+    vm_pid=${pids[-1]}
+
+    # The agent registers through apid, which writes the store: the machine updated since
+    # the VM started is ours (a known one, from an earlier run, is updated too).
+    echo "==> waiting for the machine to be discovered (under TCG, about a minute)"
+    db=$state/dragonfly.db
+    found=
+    for ((n = 0; n < 600; n++)); do
+        found=$("${as_daemon[@]}" sqlite3 -readonly -cmd '.timeout 2000' -separator ' ' "$db" \
+            "SELECT name, state, created_at_ms >= $t0_ms FROM machines WHERE updated_at_ms >= $t0_ms
+             ORDER BY updated_at_ms DESC LIMIT 1" 2>/dev/null) || true
+        [ -z "$found" ] || break
+        for i in "${!pids[@]}"; do alive "${pids[i]}" || fail_with_log "${names[i]}" "${names[i]} exited"; done
+        sleep 0.5
+    done
+    secs=$((($(date +%s%3N) - t0_ms + 500) / 1000))
+    if [ -n "$found" ]; then
+        read -r m_name m_state m_new <<<"$found"
+        [ "$m_new" = 1 ] && how="a new machine" || how="known from an earlier run: not registered twice"
+        cat <<EOF
+
+Discovered: $m_name ($m_state), $secs s after the VM started ($how)
+
+Dragonfly is running: $url/  (health: $url/api/health)
+  lab    network namespace $ns: br0 $lab_ip/24; dhcpd, tftpd, ipxed, apid, nats-server inside
+  VM     $vm_mac, $firmware; console: tail -f var/log/demo-vm.log
+  state  $state  (database, config, boot-token key)
+  logs   $state/log/{apid,ipxed,dhcpd,tftpd,nats-server,demo-vm}.log
+
+Create the first administrator: run this in another terminal, then type a password of at
+least 12 characters, Enter, and Ctrl-D (it reads the password from standard input):
+
+  $admin_cmd
+
+then log in at $url/ and find $m_name among the machines (README.md shows the same with curl).
+Ctrl-C stops everything and deletes the lab network. Following the logs:
+
+EOF
+    else
+        echo "$0: the VM did not register within $secs s (a busy machine? TCG is slow);" \
+            "everything keeps running. The end of var/log/demo-vm.log:" >&2
+        tail -n 15 "$state/log/demo-vm.log" | tr -d '\033' >&2
+        echo
+    fi
+    alive "$vm_pid" || fail_with_log demo-vm "the VM exited"
+    follow=(var/log/apid.log var/log/ipxed.log var/log/dhcpd.log var/log/tftpd.log)
+fi
 
 # Relative names, so tail's "==> var/log/apid.log <==" headers stay short.
-tail -n 0 -F var/log/nats-server.log var/log/apid.log &
+tail -n 0 -F "${follow[@]}" &
 follower=$!
 
 # Until a signal (the trap exits 0) or until a process dies on its own (an error).
