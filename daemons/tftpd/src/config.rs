@@ -16,7 +16,8 @@ pub struct RawTftpd {
     pub listen: Option<String>,
     /// Directories served, searched in order: the first that holds the name answers.
     pub roots: Option<Vec<PathBuf>>,
-    /// Transfers in progress at once; beyond it requests get ERROR 0 "busy".
+    /// Transfers in progress at once; beyond it requests get ERROR 0 "busy". Each transfer in
+    /// progress holds a thread and a 64 KiB read-ahead buffer.
     pub max_transfers: Option<usize>,
     /// Largest `blksize` granted. The default fits a 1500-byte Ethernet MTU.
     pub max_blksize: Option<u16>,

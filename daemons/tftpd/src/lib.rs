@@ -39,7 +39,7 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -273,8 +273,16 @@ fn handle_datagram(
     let options = request.options;
     let shared = Arc::clone(shared);
     tracker.spawn(async move {
-        let event = serve(&shared, &filename, options, client, local_ip).await;
-        drop(permit);
+        // A blocking thread per transfer (tokio's pool reuses them): see `transfer`'s docs.
+        let worker = Arc::clone(&shared);
+        let event = tokio::task::spawn_blocking(move || {
+            serve(&worker, permit, &filename, options, client, local_ip)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(%client, error = %e, "transfer thread failed");
+            None
+        });
         if let (Some(event), Some(bus)) = (event, &shared.bus)
             && let Err(e) = bus.publish(&event).await
         {
@@ -284,9 +292,10 @@ fn handle_datagram(
 }
 
 /// One transfer, from opening the file to the last ACK. Returns the event to publish, or `None`
-/// when the request was refused before any transfer started.
-async fn serve(
+/// when the request was refused before any transfer started. Blocks: runs on its own thread.
+fn serve(
     shared: &Shared,
+    slot: OwnedSemaphorePermit,
     filename: &str,
     options: packet::Options,
     client: SocketAddr,
@@ -304,7 +313,8 @@ async fn serve(
         Err(refusal) => {
             refuse(shared, client, filename, &refusal.to_string());
             let reply = packet::error_packet(refusal.code(), refusal.client_message());
-            let _ = socket.send(&reply).await;
+            drop(slot);
+            let _ = socket.send(&reply);
             return None;
         }
     };
@@ -316,8 +326,12 @@ async fn serve(
         opened.size,
         &negotiated,
         shared.limits.idle_timeout,
-    )
-    .await;
+    );
+    // Free the slot before the client can hear that the transfer is over.
+    drop(slot);
+    if let Some(farewell) = &outcome.farewell {
+        let _ = socket.send(farewell);
+    }
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if outcome.complete {
         tracing::info!(file = filename, root = %opened.root.display(), %client, bytes = outcome.bytes,
@@ -336,12 +350,11 @@ async fn serve(
     })
 }
 
-/// A new socket (the transfer's TID) on `local_ip`, connected to `client`.
-fn transfer_socket(local_ip: IpAddr, client: SocketAddr) -> io::Result<UdpSocket> {
+/// A new blocking socket (the transfer's TID) on `local_ip`, connected to `client`.
+fn transfer_socket(local_ip: IpAddr, client: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
     socket.connect(client)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    Ok(socket)
 }
 
 /// Answers a refused request from a fresh socket on the address it was sent to.

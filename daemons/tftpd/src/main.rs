@@ -39,9 +39,18 @@ fn serve(config: Loaded<TftpdConfig>) -> anyhow::Result<()> {
         tftpd: config.daemon,
         nats_url: Some(config.nats.url),
     };
-    tokio::runtime::Runtime::new()?.block_on(async {
+    // One blocking thread per transfer in progress (see `transfer`), plus a few spare.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(run_config.tftpd.max_transfers + 4)
+        .build()?;
+    let result = runtime.block_on(async {
         let shutdown = signals::shutdown_token()?;
         let work = dragonfly_tftpd::run(run_config, socket, shutdown.clone());
         Ok(signals::drain(shutdown, GRACE, work).await??)
-    })
+    });
+    // Transfers run on blocking threads, which dropping the runtime would wait for: the grace
+    // period is over, so abandon them.
+    runtime.shutdown_background();
+    result
 }
