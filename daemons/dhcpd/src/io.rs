@@ -12,9 +12,10 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, sendmsg, setsockopt,
-    sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, getsockopt, recvmsg, sendmsg,
+    setsockopt, sockopt,
 };
 
 use crate::policy::Reply;
@@ -22,10 +23,27 @@ use crate::policy::Reply;
 /// Largest datagram read; anything longer is truncated by the kernel and dropped by us.
 pub const RECV_BUFFER: usize = 2048;
 
-/// Enables `IP_PKTINFO` and `SO_BROADCAST` on `socket`.
+/// Socket buffer size asked for (each way). The kernel caps it at `net.core.rmem_max` /
+/// `wmem_max` for an unprivileged process (systemd's `ReceiveBuffer=`/`SendBuffer=` may force
+/// more). The default (~208 KiB, some 150 datagrams of kernel accounting) overflows within
+/// milliseconds at 10k requests/s, and the writer thread sends each commit's replies as one
+/// burst.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// How long a reply waits for room in the send buffer before it is given up.
+pub const SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// Enables `IP_PKTINFO` and `SO_BROADCAST` on `socket` and enlarges its buffers.
 pub fn configure(socket: &impl AsFd) -> io::Result<()> {
     setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?;
     setsockopt(socket, sockopt::Broadcast, &true)?;
+    // Only ever raise: never shrink what systemd set (it may exceed our cap).
+    if getsockopt(socket, sockopt::RcvBuf)? < SOCKET_BUFFER {
+        setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER)?;
+    }
+    if getsockopt(socket, sockopt::SndBuf)? < SOCKET_BUFFER {
+        setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER)?;
+    }
     Ok(())
 }
 
@@ -97,6 +115,29 @@ pub fn send(socket: &impl AsFd, reply: &Reply, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// [`send`] from a blocking thread: when the send buffer is full (`EAGAIN`), waits up to
+/// [`SEND_WAIT`] for room instead of dropping the reply (the ACK of a committed lease).
+pub fn send_blocking(socket: &impl AsFd, reply: &Reply, bytes: &[u8]) -> io::Result<()> {
+    let deadline = Instant::now() + SEND_WAIT;
+    loop {
+        match send(socket, reply, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// nix 0.31 takes raw fds for recvmsg/sendmsg.
 trait RawFdCompat {
     fn as_raw_fd_compat(&self) -> std::os::fd::RawFd;
@@ -146,5 +187,53 @@ impl RateLimited {
         );
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configure_enables_packet_info_and_raises_the_buffers() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (rcv, snd) = (
+            getsockopt(&s, sockopt::RcvBuf).unwrap(),
+            getsockopt(&s, sockopt::SndBuf).unwrap(),
+        );
+        configure(&s).unwrap();
+        assert!(getsockopt(&s, sockopt::Ipv4PacketInfo).unwrap());
+        assert!(getsockopt(&s, sockopt::Broadcast).unwrap());
+        // The kernel caps the request at rmem_max/wmem_max (and doubles it), but even the
+        // smallest usual cap is above the default.
+        assert!(getsockopt(&s, sockopt::RcvBuf).unwrap() > rcv);
+        assert!(getsockopt(&s, sockopt::SndBuf).unwrap() > snd);
+    }
+
+    #[test]
+    fn send_blocking_delivers_with_packet_info() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        configure(&server).unwrap();
+        let dest = match client.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            std::net::SocketAddr::V6(_) => unreachable!(),
+        };
+        let reply = Reply {
+            msg: dhcproto::v4::Message::default(),
+            dest,
+            ifindex: Some(1), // lo
+            source: Ipv4Addr::LOCALHOST,
+        };
+        send_blocking(&server, &reply, b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"hello"[..], server.local_addr().unwrap())
+        );
     }
 }

@@ -8,7 +8,10 @@
 //! Leases are committed to the store before the client is told (group commit: one writer
 //! thread commits whatever is queued in one transaction, then sends the replies that waited for
 //! it), so an ACK never names a lease a crash could forget. Events are published after the
-//! commit; a publish failure is logged, never fatal.
+//! commit; a publish failure is logged, never fatal. The queue to the writer is bounded: when
+//! the store falls behind, REQUESTs beyond it get no answer (and retransmit) rather than late
+//! answers and unbounded memory. Replies wait for room in a full send buffer instead of being
+//! dropped.
 //!
 //! [`run`] takes its sockets from the caller (systemd, or a test) and binds nothing itself.
 
@@ -70,8 +73,16 @@ pub enum DhcpdError {
     Writer,
 }
 
-/// At most this many lease changes per transaction.
-const MAX_BATCH: usize = 4096;
+/// At most this many lease changes per transaction. Small enough that the replies of one
+/// commit, sent back to back, fit the receive buffer of a relay (perfdhcp: the default
+/// ~208 KiB, some 160 replies) — larger batches were measured to overflow it at 10k/s — and
+/// large enough that the commit cost is shared (a transaction costs far less than its rows).
+const MAX_BATCH: usize = 128;
+/// At most this many lease changes wait for the writer. When the store cannot keep up, the
+/// REQUESTs beyond this get no answer (the clients retransmit) instead of queuing without
+/// bound: an ACK seconds late is useless to a client that gave up, and the queue would grow
+/// the daemon's memory without limit.
+const MAX_QUEUED: usize = 16_384;
 /// How often expired leases are removed (and `LeaseEnded { reason: "expired" }` published).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Rate limit for each kind of drop log line.
@@ -91,6 +102,12 @@ enum Job {
     },
     /// Delete leases that expired by now.
     Sweep,
+}
+
+impl Job {
+    fn has_reply(&self) -> bool {
+        matches!(self, Job::Lease { reply: Some(_), .. })
+    }
 }
 
 /// What the publisher task publishes.
@@ -134,7 +151,7 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::unbounded_channel::<Published>();
     let publisher = tokio::spawn(publish_events(bus, events_rx));
 
-    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(MAX_QUEUED);
     let writer = {
         let path = config.store_path.clone();
         let dhcp = Arc::clone(&dhcp);
@@ -161,6 +178,7 @@ pub async fn run(
         events: &events_tx,
         malformed: io::RateLimited::new("dropped malformed packet", LOG_EVERY),
         send_failed: io::RateLimited::new("reply not sent", LOG_EVERY),
+        overloaded: io::RateLimited::new("lease writer behind", LOG_EVERY),
         store_failed: io::RateLimited::new("store lookup failed", LOG_EVERY),
     };
     let mut buf = vec![0u8; io::RECV_BUFFER];
@@ -180,7 +198,10 @@ pub async fn run(
             }
             _ = sweep.tick() => {
                 state.table.sweep(now_ms());
-                if cfg.mode == Mode::Reservation && jobs_tx.send(Job::Sweep).is_err() {
+                // A full queue skips this sweep; the next one catches up.
+                if cfg.mode == Mode::Reservation
+                    && let Err(mpsc::error::TrySendError::Closed(_)) = jobs_tx.try_send(Job::Sweep)
+                {
                     return Err(DhcpdError::Writer);
                 }
             }
@@ -209,10 +230,11 @@ struct LoopState<'a> {
     cfg: &'a DhcpdConfig,
     db: &'a Db,
     table: &'a mut leases::Leases,
-    jobs: &'a mpsc::UnboundedSender<Job>,
+    jobs: &'a mpsc::Sender<Job>,
     events: &'a mpsc::UnboundedSender<Published>,
     malformed: io::RateLimited,
     send_failed: io::RateLimited,
+    overloaded: io::RateLimited,
     store_failed: io::RateLimited,
 }
 
@@ -279,16 +301,47 @@ impl LoopState<'_> {
                         reply: reply.map(Box::new),
                         event: out.lease_event,
                     };
-                    if self.jobs.send(job).is_err() {
+                    // A full queue drops a REQUEST (its client retransmits and gets the same
+                    // address); a RELEASE or DECLINE, which no one retransmits, waits for room.
+                    // TODO(robustness): the dropped REQUEST's binding stays in the in-memory
+                    // table uncommitted until the retry commits it or it expires.
+                    let queued = match self.jobs.try_send(job) {
+                        Err(mpsc::error::TrySendError::Full(job)) if !job.has_reply() => {
+                            self.jobs.send(job).await.map_err(|_| ())
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.overloaded.hit(&format_args!(
+                                "{MAX_QUEUED} changes queued: no answer to {}",
+                                req.mac
+                            ));
+                            Ok(())
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                        Ok(()) => Ok(()),
+                    };
+                    if queued.is_err() {
                         self.send_failed.hit(&"the lease writer stopped");
                     }
                 }
                 None => {
-                    if let Some((reply, bytes)) = reply
-                        && let Err(e) = io::send(socket, &reply, &bytes)
-                    {
-                        self.send_failed
-                            .hit(&format_args!("to {}: {e}", reply.dest));
+                    if let Some((reply, bytes)) = reply {
+                        // A full send buffer is waited out (the receive queue absorbs the
+                        // pause), never a reason to drop the reply.
+                        let sent = tokio::time::timeout(
+                            io::SEND_WAIT,
+                            socket
+                                .async_io(Interest::WRITABLE, || io::send(socket, &reply, &bytes)),
+                        )
+                        .await;
+                        let err = match sent {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some("send buffer full".to_owned()),
+                        };
+                        if let Some(e) = err {
+                            self.send_failed
+                                .hit(&format_args!("to {}: {e}", reply.dest));
+                        }
                     }
                 }
             }
@@ -322,7 +375,7 @@ impl LoopState<'_> {
 /// The writer thread: commits queued lease changes in batches, then sends their replies.
 fn writer(
     path: &std::path::Path,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut jobs: mpsc::Receiver<Job>,
     dhcp: &UdpSocket,
     events: &mpsc::UnboundedSender<Published>,
 ) -> Result<(), StoreError> {
@@ -363,7 +416,7 @@ fn writer(
                 } => {
                     if let Some(boxed) = reply
                         && let (reply, bytes) = *boxed
-                        && let Err(e) = io::send(dhcp, &reply, &bytes)
+                        && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)
                     {
                         send_failed.hit(&format_args!("to {}: {e}", reply.dest));
                     }

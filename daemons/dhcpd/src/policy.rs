@@ -8,6 +8,20 @@
 //! Rules worth knowing (RFC 2131 unless noted): no ping before an offer (it costs seconds per
 //! boot, see the lab's pitfalls); an INIT-REBOOT for an address we do not know about gets
 //! silence, a wrong one a NAK; in proxy modes no address is ever handed out (yiaddr 0).
+//!
+//! ProxyDHCP (PXE 2.1 §2.2, and what iPXE's `dhcp.c` accepts): every answer of the boot-only
+//! path carries option 60 `PXEClient` (`HTTPClient` for UEFI HTTP boot) and option 54 with
+//! yiaddr 0 — iPXE ignores a ProxyDHCP offer without option 60 even though it identifies
+//! itself by user class, and then finds "Nothing to boot"; and it reads the boot file from a
+//! ProxyDHCP answer only when siaddr is set too. On 67 only DISCOVERs are answered:
+//! a REQUEST there is for the DHCP server that owns the addresses (often on this same host and
+//! address), and the client asks the ProxyDHCP server again on 4011.
+//!
+//! Every reply to a client (not through a relay) names the arrival interface, so a broadcast
+//! never depends on the routing table. A datagram whose arrival interface is unknown (it was
+//! queued before `IP_PKTINFO` was enabled, e.g. under `systemd-socket-activate`) is answered
+//! from the configured `server_ip` (the kernel sends a broadcast out of the interface owning
+//! that source address), or gets silence when none is configured.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -93,6 +107,20 @@ pub fn decide(
     leases: &mut Leases,
     now_ms: i64,
 ) -> Outcome {
+    let fallback;
+    let arrival = if arrival.ifindex == 0 {
+        // No IP_PKTINFO: the datagram was queued before we enabled it. With a configured
+        // server address the kernel can still send a broadcast out of the interface that owns
+        // that address (no route needed); without one, silence and the client retransmits
+        // (OVMF only after 4 s).
+        let Some(local) = cfg.server_ip else {
+            return silent("arrival interface unknown (no IP_PKTINFO): the client will retransmit");
+        };
+        fallback = Arrival { local, ..*arrival };
+        &fallback
+    } else {
+        arrival
+    };
     if arrival.port == Port::Pxe || cfg.mode != Mode::Reservation {
         return boot_only(cfg, req, arrival, known);
     }
@@ -114,7 +142,9 @@ fn boot_only(cfg: &DhcpdConfig, req: &Request, arrival: &Arrival, known: Known) 
     let sid = server_id(cfg, arrival);
     let kind = match (arrival.port, req.kind) {
         (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
-        (Port::Dhcp, MessageType::Request) if req.server_id == Some(sid) => MessageType::Ack,
+        (Port::Dhcp, MessageType::Request) => {
+            return silent("REQUEST on 67 is for the address server (ProxyDHCP answers on 4011)");
+        }
         (Port::Pxe, MessageType::Request | MessageType::Discover) => MessageType::Ack,
         _ => return silent("not a message a boot server answers"),
     };
@@ -122,7 +152,7 @@ fn boot_only(cfg: &DhcpdConfig, req: &Request, arrival: &Arrival, known: Known) 
     if arrival.port == Port::Pxe {
         msg.set_ciaddr(req.msg.ciaddr());
     }
-    let Some(pxe) = add_boot(cfg, req, &mut msg, sid, known) else {
+    let Some(pxe) = add_boot(cfg, req, &mut msg, sid, known, Proxy::Yes) else {
         return silent("no boot file for this client architecture");
     };
     Outcome {
@@ -331,7 +361,7 @@ fn reservation(
             let mut msg = base_reply(req, MessageType::Ack, sid);
             msg.set_ciaddr(ciaddr);
             network_options(&mut msg, subnet, None);
-            let pxe = add_boot(cfg, req, &mut msg, sid, known);
+            let pxe = add_boot(cfg, req, &mut msg, sid, known, Proxy::No);
             Outcome {
                 reply: Some(address(req, arrival, msg, MessageType::Ack)),
                 pxe,
@@ -394,7 +424,7 @@ fn offer_or_ack(
     }
     network_options(&mut msg, subnet, Some(subnet.lease_time));
     let pxe = if req.boot_client.is_some() {
-        add_boot(cfg, req, &mut msg, sid, known)
+        add_boot(cfg, req, &mut msg, sid, known, Proxy::No)
     } else {
         None
     };
@@ -471,22 +501,23 @@ fn network_options(msg: &mut Message, subnet: &Subnet, lease: Option<std::time::
 
 /// Where a reply goes (RFC 2131 §4.1): the PXE boot server answers the sender; relayed
 /// requests go back to the relay on 67; a client with an address (not NAKed) gets unicast;
-/// everything else is broadcast on the arrival interface. (Unicast to yiaddr before the client
-/// has it would need an ARP entry we cannot set without CAP_NET_ADMIN, so we broadcast, as the
-/// broadcast flag would ask anyway.)
+/// everything else is broadcast. (Unicast to yiaddr before the client has it would need an ARP
+/// entry we cannot set without CAP_NET_ADMIN, so we broadcast, as the broadcast flag would ask
+/// anyway.) Everything but a relay's reply leaves through the arrival interface: the client
+/// is on that link, and a broadcast must not depend on a route (a namespace or a host without
+/// a default route answers `ENETUNREACH` otherwise). The relay's reply is routed.
 fn address(req: &Request, arrival: &Arrival, msg: Message, kind: MessageType) -> Reply {
     let (giaddr, ciaddr) = (req.msg.giaddr(), req.msg.ciaddr());
+    // 0: unknown (see `decide`); the source address then picks the interface.
+    let on_link = Some(arrival.ifindex).filter(|i| *i != 0);
     let (dest, ifindex) = if arrival.port == Port::Pxe {
-        (arrival.source, None)
+        (arrival.source, on_link)
     } else if !giaddr.is_unspecified() {
         (SocketAddrV4::new(giaddr, 67), None)
     } else if kind != MessageType::Nak && !ciaddr.is_unspecified() {
-        (SocketAddrV4::new(ciaddr, 68), None)
+        (SocketAddrV4::new(ciaddr, 68), on_link)
     } else {
-        (
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-            Some(arrival.ifindex),
-        )
+        (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), on_link)
     };
     Reply {
         msg,
@@ -512,6 +543,13 @@ pub fn arch_name(arch: Option<u16>) -> &'static str {
     }
 }
 
+/// Whether a boot answer is a ProxyDHCP one (no address in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proxy {
+    Yes,
+    No,
+}
+
 /// Adds the boot answer for `req`'s kind of client; `None` (and nothing added) when there is
 /// no file for its architecture.
 fn add_boot(
@@ -520,6 +558,7 @@ fn add_boot(
     msg: &mut Message,
     sid: Ipv4Addr,
     known: Known,
+    proxy: Proxy,
 ) -> Option<PxeAnswered> {
     let client = req.boot_client?;
     let boot = match client {
@@ -556,13 +595,25 @@ fn add_boot(
         BootClient::Http => {
             opts.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
         }
-        BootClient::Ipxe => {
-            // 175.176 = 1, "no-pxedhcp": iPXE need not wait ~3 s for ProxyDHCP offers.
-            opts.insert(DhcpOption::Unknown(UnknownOption::new(
-                OptionCode::Unknown(OPT_IPXE),
-                vec![176, 1, 1],
-            )));
-        }
+        BootClient::Ipxe => match proxy {
+            // iPXE takes an offer as ProxyDHCP only with option 60 "PXEClient", whatever its
+            // own vendor class says, and takes the boot file from a ProxyDHCP answer only
+            // when it also names a next-server (`dhcp_has_pxeopts`): without siaddr it
+            // ignores even the ACK from 4011 and retries until it gives up.
+            Proxy::Yes => {
+                opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+                msg.set_siaddr(sid);
+            }
+            // 175.176 = 1, "no-pxedhcp": iPXE need not wait ~3 s for ProxyDHCP offers. (iPXE
+            // reads it from the offer that carries the address only, so it is pointless in
+            // a ProxyDHCP answer.)
+            Proxy::No => {
+                opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                    OptionCode::Unknown(OPT_IPXE),
+                    vec![176, 1, 1],
+                )));
+            }
+        },
     }
     Some(PxeAnswered {
         mac: req.mac.to_string(),

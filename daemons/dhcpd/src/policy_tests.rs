@@ -309,6 +309,11 @@ fn renew_is_unicast_and_extends_rebind_of_wrong_address_is_naked() {
     assert_eq!(kind(&out), Some(MessageType::Ack));
     let reply = out.reply.unwrap();
     assert_eq!(reply.dest, SocketAddrV4::new(ip, 68));
+    assert_eq!(
+        reply.ifindex,
+        Some(7),
+        "out of the arrival interface, not by route"
+    );
     assert_eq!((reply.msg.ciaddr(), reply.msg.yiaddr()), (ip, ip));
     assert_eq!(
         lab.leases.binding(MacAddr::new(mac(1))).unwrap().expires_ms,
@@ -557,20 +562,131 @@ fn proxy_answers_known_pxe_clients_only_and_never_leases() {
     assert_eq!(r.dest, a.source);
     assert_eq!(r.msg.ciaddr(), Ipv4Addr::new(10, 99, 0, 150));
     assert_eq!(r.msg.fname_str().unwrap().unwrap(), "ipxe.efi");
-    // A REQUEST on 67 to the other DHCP server is not ours.
-    let mut other = pxe(MessageType::Request, mac(1), "PXEClient", 0);
-    other
-        .opts_mut()
-        .insert(DhcpOption::ServerIdentifier([10, 99, 0, 254].into()));
-    assert!(lab.ask_at(&other, arrival(), known).reply.is_none());
-    other
-        .opts_mut()
-        .insert(DhcpOption::ServerIdentifier(SERVER));
+    // A REQUEST on 67 belongs to the address server, even when it shares our address (the
+    // same host): ProxyDHCP answers REQUESTs on 4011 only.
+    for sid in [Ipv4Addr::new(10, 99, 0, 254), SERVER] {
+        let mut other = pxe(MessageType::Request, mac(1), "PXEClient", 0);
+        other.opts_mut().insert(DhcpOption::ServerIdentifier(sid));
+        other
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress([10, 99, 0, 150].into()));
+        assert!(
+            lab.ask_at(&other, arrival(), known).reply.is_none(),
+            "{sid}"
+        );
+    }
+    assert!(lab.leases.is_empty());
+}
+
+/// What iPXE's `dhcp.c` needs to take an offer as ProxyDHCP, and then an ACK from 4011.
+#[test]
+fn proxy_answers_to_ipxe_carry_pxeclient_and_leave_through_the_arrival_interface() {
+    let mut lab = Lab::new("proxy");
+    let known = Known {
+        machine_id: Some(Uuid::nil()),
+    };
+    let mut d = pxe(
+        MessageType::Discover,
+        mac(1),
+        "PXEClient:Arch:00000:UNDI:002001",
+        0,
+    );
+    d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    let out = lab.ask_at(&d, arrival(), known);
+    assert_eq!(out.pxe.as_ref().unwrap().client, "ipxe");
+    let r = out.reply.unwrap();
+    assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(r.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(
-        kind(&lab.ask_at(&other, arrival(), known)),
-        Some(MessageType::Ack)
+        opt(&r.msg, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())),
+        "iPXE ignores a ProxyDHCP offer without option 60 PXEClient"
+    );
+    assert_eq!(
+        opt(&r.msg, OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
+    assert!(
+        opt(&r.msg, OptionCode::Unknown(175)).is_none(),
+        "no-pxedhcp has no meaning in a ProxyDHCP offer"
+    );
+    assert_eq!(
+        r.msg.siaddr(),
+        SERVER,
+        "iPXE takes a ProxyDHCP boot file only with a next-server"
+    );
+    assert_eq!(
+        (r.dest, r.ifindex, r.source),
+        (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), Some(7), SERVER)
+    );
+    // iPXE's ProxyDHCP REQUEST: unicast to 4011 from its new address, port 68.
+    let mut q = d.clone();
+    q.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
+    q.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    q.set_ciaddr(Ipv4Addr::new(10, 99, 0, 182));
+    let a = Arrival {
+        port: Port::Pxe,
+        source: SocketAddrV4::new([10, 99, 0, 182].into(), 68),
+        ..arrival()
+    };
+    let r = lab.ask_at(&q, a, known).reply.unwrap();
+    assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!((r.dest, r.ifindex, r.source), (a.source, Some(7), SERVER));
+    assert_eq!(
+        opt(&r.msg, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    assert_eq!(
+        opt(&r.msg, OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
+    assert_eq!(
+        r.msg.fname_str().unwrap().unwrap(),
+        "http://10.99.0.1:8081/boot/${mac}?platform=${platform}"
+    );
+    assert_eq!(r.msg.siaddr(), SERVER);
+    // HTTP-boot clients keep HTTPClient.
+    let h = pxe(MessageType::Discover, mac(2), "HTTPClient:Arch:00016", 16);
+    let r = lab.ask_at(&h, arrival(), known).reply.unwrap();
+    assert_eq!(
+        opt(&r.msg, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
     );
     assert!(lab.leases.is_empty());
+}
+
+/// A datagram queued before `IP_PKTINFO` was enabled has no arrival interface: it is answered
+/// from the configured server address (whose interface the kernel then uses, no route
+/// needed), or gets silence without one (the client retransmits).
+#[test]
+fn unknown_arrival_interface_uses_the_server_address_or_is_silence() {
+    let unknown = Arrival {
+        ifindex: 0,
+        local: Ipv4Addr::UNSPECIFIED,
+        ..arrival()
+    };
+    let known = Known {
+        machine_id: Some(Uuid::nil()),
+    };
+    for mode in ["reservation", "proxy", "autoproxy"] {
+        let mut lab = Lab::new(mode);
+        let d = pxe(MessageType::Discover, mac(1), "PXEClient", 0);
+        let out = lab.ask_at(&d, unknown, known);
+        assert!(out.reply.is_none() && out.silent.is_some(), "{mode}");
+        assert!(lab.leases.is_empty(), "{mode}: nothing offered");
+        lab.cfg.server_ip = Some(SERVER);
+        let r = lab.ask_at(&d, unknown, known).reply.expect(mode);
+        assert_eq!(
+            (r.dest, r.ifindex, r.source),
+            (SocketAddrV4::new(Ipv4Addr::BROADCAST, 68), None, SERVER),
+            "{mode}"
+        );
+        assert_eq!(
+            r.msg.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER))
+        );
+    }
 }
 
 #[test]

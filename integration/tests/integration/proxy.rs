@@ -1,17 +1,20 @@
 //! Proxy mode: another DHCP server (dnsmasq, addresses only: no boot file, no TFTP, no
 //! option 175) owns the addresses on the same network; Dragonfly's dhcpd answers only the
-//! PXE part (ProxyDHCP on 67 and 4011) for machines it knows.
+//! PXE part (ProxyDHCP on 67 and 4011) for machines it knows (`proxy`), or for every PXE
+//! client (`autoproxy`, so that unknown machines boot into discovery).
 
 use dragonfly_integration::{Firmware, Lab, Nic, NicRom, VmConfig, test_image};
 
 use crate::common::{boot_and_check, require_vm_tools, start_dragonfly};
 
-const DHCPD: &str = r#"mode = "proxy"
-server_ip = "10.99.0.1"
-ipxed = "10.99.0.1:8080"
-"#;
+/// `[dhcpd]` for `mode`.
+fn dhcpd(mode: &str) -> String {
+    format!("mode = \"{mode}\"\nserver_ip = \"10.99.0.1\"\nipxed = \"10.99.0.1:8080\"\n")
+}
 
-fn boot(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) {
+/// Boots one VM with dnsmasq handing out addresses and dhcpd in `mode`; registers the
+/// machine first when `register`.
+fn boot(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str, mode: &str, register: bool) {
     if !require_vm_tools() || dragonfly_testkit::require_nats_servers().is_empty() {
         return;
     }
@@ -29,34 +32,50 @@ fn boot(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) {
     lab.dnsmasq("dnsmasq", &args);
     lab.wait_for_log("dnsmasq", "started", std::time::Duration::from_secs(5));
     // Proxy mode answers only machines it knows.
-    lab.register_machine(mac);
-    start_dragonfly(&mut lab, &image, DHCPD);
+    if register {
+        lab.register_machine(mac);
+    }
+    start_dragonfly(&mut lab, &image, &dhcpd(mode));
     boot_and_check(&mut lab, VmConfig::new(firmware, nic, rom, mac));
 }
 
 /// SeaBIOS + virtio-net, iPXE ROM: addresses from dnsmasq, the boot URL from dhcpd's
 /// ProxyDHCP offer, then ipxed.
 #[test]
-#[ignore = "dhcpd proxy mode: its ProxyDHCP reply to 255.255.255.255 fails with ENETUNREACH \
-            (no default route in the namespace); with one, iPXE still finds no boot file"]
 fn proxy_bios_virtio_ipxe_rom_known_machine() {
     boot(
         Firmware::Bios,
         Nic::VirtioNet,
         NicRom::Ipxe,
         "52:54:00:99:02:10",
+        "proxy",
+        true,
     );
 }
 
 /// OVMF's own PXE client: address from dnsmasq, boot file from dhcpd's ProxyDHCP (port 4011
 /// when the client asks there), TFTP `ipxe.efi` from tftpd, then iPXE → ProxyDHCP → ipxed.
 #[test]
-#[ignore = "dhcpd proxy mode: see proxy_bios_virtio_ipxe_rom_known_machine"]
 fn proxy_uefi_virtio_ovmf_pxe_known_machine() {
     boot(
         Firmware::Uefi,
         Nic::VirtioNet,
         NicRom::None,
         "52:54:00:99:02:30",
+        "proxy",
+        true,
+    );
+}
+
+/// Autoproxy: a machine the store has never seen still gets the boot URL (discovery).
+#[test]
+fn autoproxy_bios_virtio_ipxe_rom_unknown_machine() {
+    boot(
+        Firmware::Bios,
+        Nic::VirtioNet,
+        NicRom::Ipxe,
+        "52:54:00:99:02:50",
+        "autoproxy",
+        false,
     );
 }

@@ -103,6 +103,12 @@ pub fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Lease>, Stor
     .transpose()
 }
 
+/// Forgets a MAC's binding to another address. `state = 'bound'` lets SQLite use the partial
+/// unique index on `mac` (declined rows have no MAC anyway); without it every lease write
+/// scanned the table and commits slowed as it grew (1.8k leases/s instead of ~10k).
+const DROP_OTHER_BINDING: &str =
+    "DELETE FROM dhcp_leases WHERE mac = ?1 AND ip <> ?2 AND state = 'bound'";
+
 /// Applies a batch of changes in one `IMMEDIATE` transaction: all or nothing.
 pub fn apply(
     conn: &mut Connection,
@@ -111,8 +117,7 @@ pub fn apply(
 ) -> Result<(), StoreError> {
     write(conn, |tx| {
         let now = now.as_millisecond();
-        let mut drop_other =
-            tx.prepare_cached("DELETE FROM dhcp_leases WHERE mac = ?1 AND ip <> ?2")?;
+        let mut drop_other = tx.prepare_cached(DROP_OTHER_BINDING)?;
         let mut upsert = tx.prepare_cached(
             "INSERT INTO dhcp_leases (ip, mac, state, reserved, expires_at_ms, updated_at_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -179,6 +184,23 @@ mod tests {
         let mut conn = crate::open_connection(&dir.path().join("t.db"), true).unwrap();
         crate::migrate(&mut conn).unwrap();
         (dir, conn)
+    }
+
+    #[test]
+    fn the_hot_path_uses_the_mac_index() {
+        let (_d, c) = db();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {DROP_OTHER_BINDING}"))
+            .unwrap()
+            .query_map(["52:54:00:00:00:01", "10.0.0.1"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX dhcp_leases_mac")),
+            "{plan:?}"
+        );
     }
 
     fn mac(n: u8) -> MacAddr {
