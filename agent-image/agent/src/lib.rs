@@ -40,6 +40,73 @@ impl Console for Stdout {
     }
 }
 
+/// A console that also keeps every line to send to apid (`POST /api/agent/log`), so an
+/// operator can read a machine's console through the API. Lines said before the server is
+/// reachable wait (the newest 500 at most) and go out with the next successful request.
+pub struct Shipping<'a> {
+    inner: &'a dyn Console,
+    pending: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl std::fmt::Debug for Shipping<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipping").finish_non_exhaustive()
+    }
+}
+
+/// Lines waiting to be shipped, at most.
+const PENDING_LINES: usize = 500;
+/// Lines per request (apid accepts up to 100).
+const LINES_PER_REQUEST: usize = 100;
+
+impl<'a> Shipping<'a> {
+    pub fn new(inner: &'a dyn Console) -> Self {
+        Self {
+            inner,
+            pending: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Sends what is pending; lines that could not be sent stay for the next call.
+    pub fn flush(&self, base: &http::Url, token: &str, timeout: Duration) {
+        loop {
+            let batch: Vec<String> = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let n = p.len().min(LINES_PER_REQUEST);
+                p.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let body = serde_json::json!({ "lines": batch }).to_string();
+            let sent = http::post_json(base, "/api/agent/log", token, body.as_bytes(), timeout)
+                .is_ok_and(|r| r.status == 204);
+            if !sent {
+                // Put them back in front, keeping the newest if that overflows.
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                for line in batch.into_iter().rev() {
+                    p.push_front(line);
+                }
+                while p.len() > PENDING_LINES {
+                    p.pop_front();
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl Console for Shipping<'_> {
+    fn say(&self, line: &str) {
+        self.inner.say(line);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() == PENDING_LINES {
+            p.pop_front();
+        }
+        p.push_back(line.to_owned());
+    }
+}
+
 /// How the agent runs (the binary uses the defaults; tests shorten the waits).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -76,6 +143,8 @@ impl Default for AgentConfig {
 /// The agent's whole life: network, detection, registration, then a heartbeat. Returns only
 /// when `stop` is set.
 pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: &AtomicBool) {
+    let shipping = Shipping::new(console);
+    let console: &dyn Console = &shipping;
     console.say(&format!(
         "starting (version {}, {} mode).",
         env!("CARGO_PKG_VERSION"),
@@ -139,7 +208,8 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
             ));
             first = false;
         }
-        if !follow_instructions(params, &base, cfg, console, stop) {
+        shipping.flush(&base, &params.token, cfg.timing.request_timeout);
+        if !follow_instructions(params, &base, cfg, &shipping, stop) {
             return;
         }
     }
@@ -151,7 +221,7 @@ fn follow_instructions(
     params: &BootParams,
     base: &http::Url,
     cfg: &AgentConfig,
-    console: &dyn Console,
+    console: &Shipping<'_>,
     stop: &AtomicBool,
 ) -> bool {
     use std::sync::atomic::Ordering;
@@ -198,6 +268,7 @@ fn follow_instructions(
                 cfg.poll
             }
         };
+        console.flush(base, &params.token, cfg.timing.request_timeout);
         register::sleep_unless_stopped(wait, stop);
         if stop.load(Ordering::Relaxed) {
             return false;

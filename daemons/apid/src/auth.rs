@@ -40,6 +40,7 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/api/auth/login"),
     (Method::POST, "/api/machines/register"),
     (Method::GET, "/api/agent/instructions"),
+    (Method::POST, "/api/agent/log"),
     (Method::GET, "/"),
     (Method::GET, "/ui/app.js"),
 ];

@@ -64,6 +64,8 @@ pub struct AppState {
     pub config: Arc<ApidConfig>,
     pub boot_token_key: Arc<Secret>,
     pub login_limiter: Arc<auth::RateLimiter>,
+    /// Agents' recent console lines.
+    pub agent_logs: Arc<routes::agent::AgentLogs>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             config: Arc::new(config),
             boot_token_key: Arc::new(boot_token_key),
             login_limiter,
+            agent_logs: Arc::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::routes::{agent, health, machines, resources, session};
         serve,
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
-        machines::register, agent::instructions, machines::list, machines::get, machines::patch, machines::delete,
+        machines::register, agent::instructions, agent::log, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
         resources::list_hardware, resources::get_hardware,
     ),
     modifiers(&Security),

@@ -17,6 +17,8 @@ pub const KEY: [u8; 32] = [0x5a; 32];
 pub struct Server {
     pub base: String,
     pub db: Db,
+    /// What agents shipped with `POST /api/agent/log`.
+    pub agent_logs: std::sync::Arc<dragonfly_apid::routes::agent::AgentLogs>,
     pub rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
@@ -34,9 +36,10 @@ impl Server {
             .build()
             .unwrap();
         let cfg = ApidConfig::validate(dragonfly_apid::config::RawApid::default()).unwrap();
-        let (db, addr) = rt.block_on(async {
+        let (db, addr, agent_logs) = rt.block_on(async {
             let db = Db::open(&path).await.unwrap();
             let state = AppState::new(db.clone(), None, cfg, Secret::new(KEY.to_vec()));
+            let agent_logs = state.agent_logs.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
@@ -47,11 +50,12 @@ impl Server {
                 .await
                 .unwrap();
             });
-            (db, addr)
+            (db, addr, agent_logs)
         });
         Self {
             base: format!("http://{addr}"),
             db,
+            agent_logs,
             rt,
             _dir: dir,
         }

@@ -290,4 +290,28 @@ fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
         0,
         "said once, at registration:\n{lines}"
     );
+    // Everything the console showed also reached apid, in order.
+    let machine = server
+        .rt
+        .block_on(
+            server
+                .db
+                .run(|c| dragonfly_store::machines::list(c, &Default::default(), None, 1)),
+        )
+        .unwrap()
+        .items[0]
+        .id;
+    let shipped: Vec<String> = server
+        .agent_logs
+        .get(machine.0)
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    let said = console.lines();
+    assert!(shipped.len() + 1 >= said.len(), "{shipped:?}");
+    assert_eq!(shipped[..], said[..shipped.len()], "shipped in order");
+    assert!(
+        shipped.iter().any(|l| l.contains("registered as")),
+        "{shipped:?}"
+    );
 }

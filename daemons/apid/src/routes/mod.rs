@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/machines/register", post(machines::register))
         .route("/api/agent/instructions", get(agent::instructions))
+        .route("/api/agent/log", post(agent::log))
+        .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
         .route(
             "/api/machines/{id}",

@@ -683,3 +683,70 @@ async fn agents_ask_for_instructions_with_their_boot_token_only() {
     assert_eq!(i["fate"], "imaging");
     assert_eq!(i["workflowId"], "0196d6a2-0000-7000-8000-0000000000ff");
 }
+
+#[tokio::test]
+async fn agents_ship_console_lines_that_operators_read() {
+    let s = Server::start().await;
+    let url = s.url("/api/agent/log");
+    let lines = serde_json::json!({"lines": ["starting", "registered as X\u{1b}[31m", "waiting"]});
+    // Unknown machine: register first.
+    let r = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(mac(1)))
+        .json(&lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (_, m) = register(&s, &[1]).await;
+    let r = s.http.post(&url).json(&lines).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the boot token is required");
+    let r = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(mac(1)))
+        .json(&lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let too_many = serde_json::json!({"lines": vec!["x"; 101]});
+    let r = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(mac(1)))
+        .json(&too_many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    let cookie = s.admin_cookie().await;
+    let read = s.url(&format!(
+        "/api/machines/{}/agent-log",
+        m["name"].as_str().unwrap()
+    ));
+    assert_eq!(s.http.get(&read).send().await.unwrap().status(), 401);
+    let got: Value = s
+        .http
+        .get(&read)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<&str> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ["starting", "registered as X[31m", "waiting"],
+        "control characters are dropped"
+    );
+}

@@ -64,7 +64,7 @@ async fn every_documented_route_requires_credentials_except_the_allow_list() {
         // boot token themselves: without one they refuse all the same.
         let agent_route = matches!(
             template.as_str(),
-            "/api/machines/register" | "/api/agent/instructions"
+            "/api/machines/register" | "/api/agent/instructions" | "/api/agent/log"
         );
         if is_public && !agent_route {
             assert_ne!(status, 401, "{method} {template} should be public");
