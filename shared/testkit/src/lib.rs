@@ -8,6 +8,7 @@
 //! the requirement is missing, and otherwise prints `SKIP: <test>: <why>` to stderr so that a
 //! skipped test is visible in `cargo test -- --nocapture` output.
 
+mod activate;
 mod nats;
 mod privilege;
 mod require;
@@ -15,6 +16,7 @@ mod require;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::Duration;
 
+pub use activate::SocketActivated;
 pub use nats::{NATS_SERVER_ENV, NatsBinary, NatsServer, nats_server_binaries};
 pub use privilege::{
     UNPRIVILEGED_GROUP, UNPRIVILEGED_USER, chown_for_unprivileged, is_root, unprivileged,

@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use dragonfly_testkit::{
-    NatsServer, chown_for_unprivileged, free_port, require_binary, require_nats_servers,
-    unprivileged,
+    NatsServer, SocketActivated, chown_for_unprivileged, free_port, require_binary,
+    require_nats_servers, unprivileged,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -101,41 +101,22 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
     let db = TestDb::new();
     let cfg = prepare(&db, &nats.url());
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::from(unprivileged(activate))
-        .args([
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "--fdname=http",
-            APID,
-            "--config",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    // The first connection makes systemd-socket-activate start the daemon, which then serves
+    // everything queued on the socket.
+    let daemon = SocketActivated::tcp(
+        activate,
+        port,
+        "http",
+        APID,
+        &["--config".as_ref(), cfg.as_os_str()],
+    )
+    .await;
+    let base = daemon.base_url();
 
     let watcher = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = watcher.subscribe("dragonfly.machine.>").await.unwrap();
     watcher.flush().await.unwrap();
 
-    // systemd-socket-activate is listening once a connection succeeds; that first connection
-    // makes it start apid, which then serves everything queued on the socket.
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "systemd-socket-activate never listened on {port}");
     let http = reqwest::Client::new();
     let first = register(&http, &base, 1).await;
     let ev = next_event(&mut sub).await;
@@ -180,13 +161,8 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
     );
 
     // SIGTERM: a graceful stop, exit status 0.
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("apid stops within its grace period")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    let (exited_0, log) = daemon.stop(Duration::from_secs(15)).await;
+    assert!(exited_0, "apid did not exit 0: {log}");
     assert!(log.contains("serving"), "{log}");
 }
 

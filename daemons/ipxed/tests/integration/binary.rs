@@ -2,12 +2,11 @@
 //! unprivileged user, against a real `nats-server`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use dragonfly_testkit::{
-    NatsServer, chown_for_unprivileged, free_port, require_binary, require_nats_servers,
-    unprivileged,
+    NatsServer, SocketActivated, chown_for_unprivileged, free_port, require_binary,
+    require_nats_servers,
 };
 use futures::StreamExt;
 
@@ -54,38 +53,21 @@ async fn socket_activated_ipxed_serves_scripts_and_files_and_publishes() {
     let fx = Fixture::new();
     let cfg = prepare(&fx, &nats.url());
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::from(unprivileged(&activate))
-        .args([
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "--fdname=http",
-            IPXED,
-            "--config",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    // The first connection makes systemd-socket-activate start the daemon, which then serves
+    // everything queued on the socket.
+    let daemon = SocketActivated::tcp(
+        &activate,
+        port,
+        "http",
+        IPXED,
+        &["--config".as_ref(), cfg.as_os_str()],
+    )
+    .await;
+    let base = daemon.base_url();
     let watcher = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = watcher.subscribe("dragonfly.boot.decided").await.unwrap();
     watcher.flush().await.unwrap();
 
-    let mut up = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "systemd-socket-activate never listened on {port}");
     let http = reqwest::Client::new();
     let r = http
         .get(format!(
@@ -115,13 +97,8 @@ async fn socket_activated_ipxed_serves_scripts_and_files_and_publishes() {
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .expect("ipxed stops within its grace period")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    let (exited_0, log) = daemon.stop(Duration::from_secs(15)).await;
+    assert!(exited_0, "ipxed did not exit 0: {log}");
     assert!(log.contains("boot decided"), "{log}");
     assert!(
         !log.contains(&token) && !log.contains("dfb1."),
