@@ -1,9 +1,20 @@
 //! Opening connections the one right way, and running blocking SQLite work from async code.
 //!
-//! SQLite calls block, so async daemons go through [`Db::run`], which executes a closure on
-//! tokio's blocking pool with a connection from a small pool. Connections are cheap to keep
-//! and expensive to set up (pragmas, schema check), hence the pool.
+//! SQLite calls block, so every handle method goes through the crate-private [`Db::run`],
+//! which executes a closure on tokio's blocking pool with a connection from a small pool.
+//! Connections are cheap to keep and expensive to set up (pragmas, schema check), hence the
+//! pool. Nothing here is public that names a connection: callers get typed handles
+//! (`db.machines()`, `db.leases()`, `db.auth()`) and never SQL.
+//!
+//! Two kinds of caller have no tokio runtime of their own: `dragonfly-apid create-admin`,
+//! which runs (and drops privileges) before apid builds one, and test harnesses and tools
+//! that are plain synchronous programs. They use [`BlockingDb`], which owns a small
+//! current-thread runtime and drives the *same* async handles to completion — rather than a
+//! second, synchronous copy of every handle method, which would be a second way to the same
+//! rows. The oneshot migrator needs no handle at all: [`crate::migrate_file`] is synchronous.
 
+use std::future::Future;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,16 +22,16 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::StoreError;
+use crate::error::{Sql, open_error};
+use crate::schema::{Schema, Shared};
 
 /// How long a connection waits for another process's write lock before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens `path` with Dragonfly's connection settings. Does not create or migrate the schema.
-pub fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
-    let err = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
+/// Opens `path` with Dragonfly's connection settings. Does not create or migrate the schema
+/// unless `create` (only the migrator creates files).
+pub(crate) fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let err = |e| open_error(path, e);
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -39,27 +50,39 @@ pub fn open_connection(path: &Path, create: bool) -> Result<Connection, StoreErr
     Ok(conn)
 }
 
+/// A connection for schema `S`: opened with the settings above, version checked.
+pub(crate) fn open_checked<S: Schema>(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_connection(path, false)?;
+    crate::migrate::check::<S>(&conn)?;
+    Ok(conn)
+}
+
 /// Runs `f` inside a `BEGIN IMMEDIATE` transaction, committing on `Ok`.
 ///
 /// Every write goes through here: taking the write lock up front means a transaction never
 /// fails half-way when it first writes and finds another process holding the lock.
-pub fn write<R>(
+pub(crate) fn write<R>(
     conn: &mut Connection,
     f: impl FnOnce(&Transaction<'_>) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .sql()?;
     let out = f(&tx)?;
-    tx.commit()?;
+    tx.commit().sql()?;
     Ok(out)
 }
 
-/// A shareable handle on the database for async code.
-#[derive(Clone, Debug)]
-pub struct Db {
+/// A shareable handle on one database file for async code; cheap to clone.
+///
+/// `S` says which database it is ([`Shared`] unless named), and with it which handles exist:
+/// `Db<Shared>` has [`machines`](Db::machines), [`leases`](Db::leases) and
+/// [`auth`](Db::auth).
+pub struct Db<S: Schema = Shared> {
     inner: Arc<Inner>,
+    schema: PhantomData<fn() -> S>,
 }
 
-#[derive(Debug)]
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
@@ -68,25 +91,56 @@ struct Inner {
 /// Connections kept open when idle.
 const MAX_IDLE: usize = 8;
 
-impl Db {
-    /// Opens the database and checks its schema version; fails if it is not the one this
-    /// build knows (see [`crate::check_schema`]).
+impl<S: Schema> Clone for Db<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            schema: PhantomData,
+        }
+    }
+}
+
+impl<S: Schema> std::fmt::Debug for Db<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("schema", &S::NAME)
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db<Shared> {
+    /// Opens the shared database and checks its schema version; fails if it is not the one
+    /// this build knows (the file is created and migrated only by `dragonfly-migrate`).
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let path = path.into();
+        Self::open_as(path.into()).await
+    }
+}
+
+impl<S: Schema> Db<S> {
+    /// [`Db::open`] for any schema.
+    pub(crate) async fn open_as(path: PathBuf) -> Result<Self, StoreError> {
         let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || {
-            let conn = open_connection(&p, false)?;
-            crate::check_schema(&conn)?;
-            Ok::<_, StoreError>(conn)
-        })
-        .await
-        .map_err(StoreError::Worker)??;
-        Ok(Self {
+        let conn = tokio::task::spawn_blocking(move || open_checked::<S>(&p))
+            .await
+            .map_err(StoreError::Worker)??;
+        Ok(Self::with_connection(path, conn))
+    }
+
+    /// Opens without a runtime (the connection is opened on the calling thread).
+    pub(crate) fn open_blocking(path: PathBuf) -> Result<Self, StoreError> {
+        let conn = open_checked::<S>(&path)?;
+        Ok(Self::with_connection(path, conn))
+    }
+
+    fn with_connection(path: PathBuf, conn: Connection) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 path,
                 idle: Mutex::new(vec![conn]),
             }),
-        })
+            schema: PhantomData,
+        }
     }
 
     /// The database file.
@@ -98,14 +152,20 @@ impl Db {
     /// all answer (daemons feed systemd's watchdog with it).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(|c| {
-            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(drop)?)
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .sql()
+                .map(drop)
         })
         .await
     }
 
-    /// Runs blocking database work on a pooled connection.
-    pub async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
+    /// A connection of its own, outside the pool, for a long-lived thread (a group writer).
+    pub(crate) fn dedicated_connection(&self) -> Result<Connection, StoreError> {
+        open_checked::<S>(&self.inner.path)
+    }
+
+    /// Runs blocking database work on a pooled connection, on tokio's blocking pool.
+    pub(crate) async fn run<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
@@ -130,5 +190,46 @@ impl Db {
         })
         .await
         .map_err(StoreError::Worker)?
+    }
+}
+
+/// A [`Db`] for callers without a tokio runtime (see the module documentation): owns a
+/// current-thread runtime and runs the async handles on it.
+///
+/// ```no_run
+/// # fn main() -> Result<(), dragonfly_store::StoreError> {
+/// let store = dragonfly_store::BlockingDb::open("/var/lib/dragonfly/dragonfly.db")?;
+/// let machines = store.block_on(store.db().machines().count())?;
+/// # Ok(()) }
+/// ```
+///
+/// Must not be used from inside a tokio runtime: [`BlockingDb::block_on`] would panic there
+/// (use the async [`Db`] instead).
+#[derive(Debug)]
+pub struct BlockingDb<S: Schema = Shared> {
+    runtime: tokio::runtime::Runtime,
+    db: Db<S>,
+}
+
+impl BlockingDb<Shared> {
+    /// Opens the shared database (already migrated) for blocking use.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let db = Db::open_blocking(path.into())?;
+        Ok(Self { runtime, db })
+    }
+}
+
+impl<S: Schema> BlockingDb<S> {
+    /// The async handle, to build the future [`BlockingDb::block_on`] runs.
+    pub fn db(&self) -> &Db<S> {
+        &self.db
+    }
+
+    /// Runs `f` (a handle call) to completion on this thread.
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
     }
 }

@@ -10,18 +10,33 @@ pub enum StoreError {
     Open {
         path: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: SqliteError,
+    },
+    /// The new database file's mode could not be set.
+    #[error("setting the mode of {path}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     /// The file's schema is newer than this build: an older daemon must not touch it.
     #[error(
-        "database schema version {found} is newer than this build knows ({known}); upgrade Dragonfly"
+        "{schema} database schema version {found} is newer than this build knows ({known}); upgrade Dragonfly"
     )]
-    SchemaTooNew { found: i64, known: i64 },
+    SchemaTooNew {
+        schema: &'static str,
+        found: i64,
+        known: i64,
+    },
     /// The file's schema is older than this build: migrations have not been applied.
     #[error(
-        "database schema version {found} is older than this build needs ({known}); run dragonfly-migrate"
+        "{schema} database schema version {found} is older than this build needs ({known}); run dragonfly-migrate"
     )]
-    SchemaBehind { found: i64, known: i64 },
+    SchemaBehind {
+        schema: &'static str,
+        found: i64,
+        known: i64,
+    },
     /// No row matched.
     #[error("{what} not found")]
     NotFound { what: &'static str },
@@ -46,10 +61,23 @@ pub enum StoreError {
     },
     /// SQLite failed (I/O error, disk full, lock timeout …).
     #[error("database error")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(#[source] SqliteError),
     /// The blocking worker running the query panicked or was cancelled.
     #[error("database worker failed")]
     Worker(#[source] tokio::task::JoinError),
+    /// A group writer's thread could not be started.
+    #[error("starting the {name} group writer's thread")]
+    WriterThread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A group writer's thread is gone (a completion panicked).
+    #[error("the {name} group writer stopped")]
+    WriterStopped { name: &'static str },
+    /// A blocking caller's private runtime could not be built.
+    #[error("starting a runtime for blocking store access")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl StoreError {
@@ -61,5 +89,58 @@ impl StoreError {
             what,
             source: Box::new(source),
         }
+    }
+}
+
+/// What SQLite said, opaque: the SQL library is private to this crate, so no caller can match
+/// on (or construct) its error type; the message and cause chain are all it needs to log.
+#[derive(Debug)]
+pub struct SqliteError(rusqlite::Error);
+
+impl std::fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SqliteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// `?` for SQLite results inside the crate. A `From<rusqlite::Error>` impl on [`StoreError`]
+/// would be public and name the private SQL library in this crate's API, so the conversion is
+/// spelled out instead: `stmt.execute(..).sql()?`.
+pub(crate) trait Sql<T> {
+    fn sql(self) -> Result<T, StoreError>;
+}
+
+impl<T> Sql<T> for rusqlite::Result<T> {
+    fn sql(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Sqlite(SqliteError(e)))
+    }
+}
+
+pub(crate) fn open_error(path: &std::path::Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Open {
+        path: path.to_owned(),
+        source: SqliteError(e),
+    }
+}
+
+/// Displays an error and each of its sources, `: `-separated (what the daemons' `Chain`
+/// does; the store logs from its own threads and does not depend on the daemon runtime).
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

@@ -1,18 +1,70 @@
 //! DHCP leases: the addresses dhcpd has bound to clients or set aside after a DHCPDECLINE.
 //!
 //! dhcpd is the only writer. It keeps the working set in memory and writes every change here
-//! before it answers the client (group commit: [`apply`] takes a whole batch in one `IMMEDIATE`
-//! transaction), so a restarted dhcpd hands each client the address it had. Other daemons may
-//! read leases (e.g. to show a machine's address) but must never write them.
+//! before it answers the client, through a group writer ([`Leases::group_writer`]: one
+//! `IMMEDIATE` transaction per batch, each reply sent after its commit), so a restarted dhcpd
+//! hands each client the address it had. Other daemons may read leases (e.g. to show a
+//! machine's address) but must never write them.
 
 use std::net::Ipv4Addr;
 
 use dragonfly_core::MacAddr;
 use jiff::Timestamp;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::StoreError;
 use crate::db::write;
+use crate::error::Sql;
+use crate::group::{GroupConfig, GroupWriter};
+use crate::schema::Shared;
+use crate::time::{from_column, to_column};
+use crate::{Db, StoreError};
+
+impl Db<Shared> {
+    /// DHCP leases and declined addresses.
+    pub fn leases(&self) -> Leases<'_> {
+        Leases { db: self }
+    }
+}
+
+/// The `dhcp_leases` table: see [`Db::leases`].
+#[derive(Debug, Clone, Copy)]
+pub struct Leases<'a> {
+    db: &'a Db<Shared>,
+}
+
+impl Leases<'_> {
+    /// Every stored lease and declined address, expired or not (dhcpd loads them at start).
+    pub async fn all(self) -> Result<Vec<Lease>, StoreError> {
+        self.db.run(|c| all(c)).await
+    }
+
+    /// The bound lease of `mac`, if any (expired or not).
+    pub async fn get_by_mac(self, mac: MacAddr) -> Result<Option<Lease>, StoreError> {
+        self.db.run(move |c| get_by_mac(c, mac)).await
+    }
+
+    /// Applies `writes` in one `IMMEDIATE` transaction: all or nothing. For one-off batches;
+    /// a stream of writes each waiting for its commit goes through [`Leases::group_writer`].
+    pub async fn commit(self, writes: Vec<LeaseWrite>, now: Timestamp) -> Result<(), StoreError> {
+        self.db.run(move |c| apply(c, &writes, now)).await
+    }
+
+    /// Starts a group writer (a thread named `lease-writer` with its own connection) that
+    /// commits queued [`LeaseOp`]s in batches and then calls `on_done` with each one's
+    /// context and result: the leases a [`LeaseOp::SweepExpired`] removed (empty for a
+    /// write), or the error that rolled its batch back.
+    pub async fn group_writer<Ctx, F>(
+        self,
+        config: GroupConfig,
+        on_done: F,
+    ) -> Result<GroupWriter<LeaseOp, Ctx>, StoreError>
+    where
+        Ctx: Send + 'static,
+        F: FnMut(Ctx, Result<Vec<Lease>, &StoreError>) + Send + 'static,
+    {
+        GroupWriter::spawn(self.db, "lease-writer", config, apply_op, on_done).await
+    }
+}
 
 /// Whether a stored address is held by a client or set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +87,7 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
-/// One change, as dhcpd's writer queues them.
+/// One change, as dhcpd's policy produces them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseWrite {
     /// `mac` holds `ip` until `expires_at` (new lease, renewal, or a reclaimed address). Any
@@ -52,13 +104,25 @@ pub enum LeaseWrite {
     Free { ip: Ipv4Addr, mac: MacAddr },
 }
 
+/// What the lease group writer commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// One change.
+    Write(LeaseWrite),
+    /// Delete every row that expired at or before the batch's time; its result is the rows
+    /// deleted (for `LeaseEnded` events).
+    SweepExpired,
+}
+
 const COLUMNS: &str = "ip, mac, state, reserved, expires_at_ms";
 
-fn decode(r: &Row<'_>) -> rusqlite::Result<(String, Option<String>, String, bool, i64)> {
+type RawLease = (String, Option<String>, String, bool, i64);
+
+fn decode(r: &Row<'_>) -> rusqlite::Result<RawLease> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn into_lease(row: (String, Option<String>, String, bool, i64)) -> Result<Lease, StoreError> {
+fn into_lease(row: RawLease) -> Result<Lease, StoreError> {
     let (ip, mac, state, reserved, expires) = row;
     Ok(Lease {
         ip: ip
@@ -79,26 +143,26 @@ fn into_lease(row: (String, Option<String>, String, bool, i64)) -> Result<Lease,
             }
         },
         reserved,
-        expires_at: Timestamp::from_millisecond(expires)
-            .map_err(|e| StoreError::corrupt("timestamp", e))?,
+        expires_at: from_column(expires)?,
     })
 }
 
-/// Every stored lease and declined address, expired or not (dhcpd loads them at start).
-pub fn all(conn: &Connection) -> Result<Vec<Lease>, StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM dhcp_leases ORDER BY ip"))?;
-    let rows = stmt.query_map([], decode)?;
-    rows.map(|r| into_lease(r?)).collect()
+fn all(conn: &Connection) -> Result<Vec<Lease>, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM dhcp_leases ORDER BY ip"))
+        .sql()?;
+    let rows = stmt.query_map([], decode).sql()?;
+    rows.map(|r| into_lease(r.sql()?)).collect()
 }
 
-/// The bound lease of `mac`, if any (expired or not).
-pub fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Lease>, StoreError> {
+fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Lease>, StoreError> {
     conn.query_row(
         &format!("SELECT {COLUMNS} FROM dhcp_leases WHERE mac = ?1 AND state = 'bound'"),
         [mac.to_string()],
         decode,
     )
-    .optional()?
+    .optional()
+    .sql()?
     .map(into_lease)
     .transpose()
 }
@@ -109,69 +173,85 @@ pub fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Lease>, Stor
 const DROP_OTHER_BINDING: &str =
     "DELETE FROM dhcp_leases WHERE mac = ?1 AND ip <> ?2 AND state = 'bound'";
 
-/// Applies a batch of changes in one `IMMEDIATE` transaction: all or nothing.
-pub fn apply(
-    conn: &mut Connection,
-    writes: &[LeaseWrite],
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    write(conn, |tx| {
-        let now = now.as_millisecond();
-        let mut drop_other = tx.prepare_cached(DROP_OTHER_BINDING)?;
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO dhcp_leases (ip, mac, state, reserved, expires_at_ms, updated_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = excluded.state, \
-             reserved = excluded.reserved, expires_at_ms = excluded.expires_at_ms, \
-             updated_at_ms = excluded.updated_at_ms",
-        )?;
-        let mut free = tx.prepare_cached("DELETE FROM dhcp_leases WHERE ip = ?1 AND mac = ?2")?;
-        for w in writes {
-            match w {
-                LeaseWrite::Bind {
+const UPSERT: &str = "INSERT INTO dhcp_leases (ip, mac, state, reserved, expires_at_ms, updated_at_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+     ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = excluded.state, \
+     reserved = excluded.reserved, expires_at_ms = excluded.expires_at_ms, \
+     updated_at_ms = excluded.updated_at_ms";
+
+/// Applies one change inside `tx`. Statements are cached, so a batch prepares each once.
+fn apply_write(tx: &Transaction<'_>, w: &LeaseWrite, now: Timestamp) -> Result<(), StoreError> {
+    let now = to_column(now);
+    match w {
+        LeaseWrite::Bind {
+            ip,
+            mac,
+            reserved,
+            expires_at,
+        } => {
+            let (ip, mac) = (ip.to_string(), mac.to_string());
+            tx.prepare_cached(DROP_OTHER_BINDING)
+                .sql()?
+                .execute(params![mac, ip])
+                .sql()?;
+            tx.prepare_cached(UPSERT)
+                .sql()?
+                .execute(params![
                     ip,
                     mac,
+                    "bound",
                     reserved,
-                    expires_at,
-                } => {
-                    let (ip, mac) = (ip.to_string(), mac.to_string());
-                    drop_other.execute(params![mac, ip])?;
-                    upsert.execute(params![
-                        ip,
-                        mac,
-                        "bound",
-                        reserved,
-                        expires_at.as_millisecond(),
-                        now
-                    ])?;
-                }
-                LeaseWrite::Decline { ip, until } => {
-                    upsert.execute(params![
-                        ip.to_string(),
-                        None::<String>,
-                        "declined",
-                        false,
-                        until.as_millisecond(),
-                        now
-                    ])?;
-                }
-                LeaseWrite::Free { ip, mac } => {
-                    free.execute(params![ip.to_string(), mac.to_string()])?;
-                }
-            }
+                    to_column(*expires_at),
+                    now
+                ])
+                .sql()?;
         }
-        Ok(())
-    })
+        LeaseWrite::Decline { ip, until } => {
+            tx.prepare_cached(UPSERT)
+                .sql()?
+                .execute(params![
+                    ip.to_string(),
+                    None::<String>,
+                    "declined",
+                    false,
+                    to_column(*until),
+                    now
+                ])
+                .sql()?;
+        }
+        LeaseWrite::Free { ip, mac } => {
+            tx.prepare_cached("DELETE FROM dhcp_leases WHERE ip = ?1 AND mac = ?2")
+                .sql()?
+                .execute(params![ip.to_string(), mac.to_string()])
+                .sql()?;
+        }
+    }
+    Ok(())
 }
 
-/// Deletes every row that expired at or before `now` and returns them (for `LeaseEnded`).
-pub fn delete_expired(conn: &mut Connection, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
-    write(conn, |tx| {
-        let mut stmt = tx.prepare(&format!(
+/// Deletes every row that expired at or before `now` and returns them.
+fn sweep_expired(tx: &Transaction<'_>, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
             "DELETE FROM dhcp_leases WHERE expires_at_ms <= ?1 RETURNING {COLUMNS}"
-        ))?;
-        let rows = stmt.query_map([now.as_millisecond()], decode)?;
-        rows.map(|r| into_lease(r?)).collect()
+        ))
+        .sql()?;
+    let rows = stmt.query_map([to_column(now)], decode).sql()?;
+    rows.map(|r| into_lease(r.sql()?)).collect()
+}
+
+/// The group writer's [`crate::group::ApplyFn`] for leases.
+fn apply_op(tx: &Transaction<'_>, op: &LeaseOp, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+    match op {
+        LeaseOp::Write(w) => apply_write(tx, w, now).map(|()| Vec::new()),
+        LeaseOp::SweepExpired => sweep_expired(tx, now),
+    }
+}
+
+/// Applies a batch of changes in one `IMMEDIATE` transaction: all or nothing.
+fn apply(conn: &mut Connection, writes: &[LeaseWrite], now: Timestamp) -> Result<(), StoreError> {
+    write(conn, |tx| {
+        writes.iter().try_for_each(|w| apply_write(tx, w, now))
     })
 }
 
@@ -181,9 +261,13 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::open_connection(&dir.path().join("t.db"), true).unwrap();
-        crate::migrate(&mut conn).unwrap();
-        (dir, conn)
+        let path = dir.path().join("t.db");
+        crate::migrate_file(&path).unwrap();
+        (dir, crate::db::open_connection(&path, false).unwrap())
+    }
+
+    fn delete_expired(c: &mut Connection, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
+        write(c, |tx| sweep_expired(tx, now))
     }
 
     #[test]
@@ -308,5 +392,25 @@ mod tests {
             .is_err()
         );
         assert!(get_by_mac(&c, mac(4)).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_handle_commits_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        crate::migrate_file(&path).unwrap();
+        let db = Db::open(&path).await.unwrap();
+        let leases = db.leases();
+        leases
+            .commit(
+                vec![bind([10, 0, 0, 5], 1, 5000), bind([10, 0, 0, 6], 2, 5000)],
+                t(0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(leases.all().await.unwrap().len(), 2);
+        let l = leases.get_by_mac(mac(2)).await.unwrap().unwrap();
+        assert_eq!((l.ip, l.expires_at), ([10, 0, 0, 6].into(), t(5000)));
+        assert!(leases.get_by_mac(mac(3)).await.unwrap().is_none());
     }
 }

@@ -2,29 +2,42 @@
 //!
 //! One database file (`/var/lib/dragonfly/dragonfly.db` by default) is opened by several
 //! processes at once, each as its own user in the `dragonfly` group. That works because of
-//! how every connection is set up here ([`db`]): WAL journaling so readers never block the
-//! writer, `synchronous=NORMAL`, foreign keys on, a busy timeout, and every write transaction
-//! begun `IMMEDIATE` so two writers queue on the lock instead of failing mid-transaction with
+//! how every connection is set up here: WAL journaling so readers never block the writer,
+//! `synchronous=NORMAL`, foreign keys on, a busy timeout, and every write transaction begun
+//! `IMMEDIATE` so two writers queue on the lock instead of failing mid-transaction with
 //! `SQLITE_BUSY` on upgrade.
 //!
-//! The schema is versioned ([`mod@migrate`]) and changed in exactly one place, the
-//! `dragonfly-migrate` oneshot; daemons only check that the file's version is the one they
-//! were built for and refuse anything else.
+//! **One way in.** A [`Db`] is opened with [`Db::open`] and gives typed handles per table
+//! group — [`Db::machines`], [`Db::leases`], [`Db::auth`] — whose async methods run on tokio's
+//! blocking pool. The SQL library is private to this crate: no public item names a
+//! connection, a statement or its error type, and no daemon depends on it, so "no SQL in
+//! daemons" is enforced by the compiler. Callers without a runtime use [`BlockingDb`]; a
+//! stream of writes that must each be durable before they are answered uses a
+//! [`GroupWriter`] (one transaction per batch, a completion per write after the commit).
 //!
-//! Daemons never write SQL: they call the typed repository functions in [`machines`] and
-//! [`auth`]. Rows that two daemons may change carry a `resource_version`, and updates name the
-//! version they read ([`StoreError::Conflict`] otherwise), so a lost update is impossible.
+//! The schema is versioned, and changed in exactly one place: the `dragonfly-migrate`
+//! oneshot, through [`migrate_file`]. Daemons only check that the file's version is the one
+//! they were built for and refuse anything else. A [`Db`] is typed by its [`Schema`] so a
+//! second database file (apid's own, next) gets its own migrations and handles
+//! ([`mod@schema`]). Time is one representation in every table, converted in one module.
+//!
+//! Rows that two daemons may change carry a `resource_version`, and updates name the version
+//! they read ([`StoreError::Conflict`] otherwise), so a lost update is impossible.
 
 pub mod auth;
-pub mod db;
+mod db;
 mod error;
+pub mod group;
 pub mod leases;
 pub mod machines;
-pub mod migrate;
+mod migrate;
+pub mod schema;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+mod time;
 
-pub use db::{Db, open_connection};
-pub use error::StoreError;
-pub use migrate::{SCHEMA_VERSION, check_schema, migrate};
-
-/// Where the database lives unless configured otherwise.
-pub const DEFAULT_PATH: &str = "/var/lib/dragonfly/dragonfly.db";
+pub use db::{BlockingDb, Db};
+pub use error::{SqliteError, StoreError};
+pub use group::{GroupConfig, GroupStats, GroupWriter, Rejected};
+pub use migrate::{Migrated, migrate_file};
+pub use schema::{SCHEMA_VERSION, Schema, Shared};

@@ -1,4 +1,7 @@
-//! Machines: registration, lookup, listing, operator edits and deletion.
+//! Machines: registration, lookup, listing, operator edits, lifecycle changes and deletion.
+//!
+//! Reached through [`Db::machines`]. The SQL functions below take a connection and are
+//! private to the crate; [`Machines`] is their only way out.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +11,127 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use uuid::Uuid;
 
-use crate::StoreError;
 use crate::db::write;
+use crate::error::Sql;
+use crate::schema::Shared;
+use crate::time::{from_column, to_column};
+use crate::{Db, StoreError};
+
+impl Db<Shared> {
+    /// Machines and their MACs.
+    pub fn machines(&self) -> Machines<'_> {
+        Machines { db: self }
+    }
+}
+
+/// The machines table group (`machines`, `machine_macs`): see [`Db::machines`].
+#[derive(Debug, Clone, Copy)]
+pub struct Machines<'a> {
+    db: &'a Db<Shared>,
+}
+
+impl Machines<'_> {
+    /// Looks a machine up by id.
+    pub async fn get(self, id: MachineId) -> Result<Option<Machine>, StoreError> {
+        self.db.run(move |c| get(c, id)).await
+    }
+
+    /// Looks a machine up by id (a UUID) or by memorable name.
+    pub async fn get_by_id_or_name(self, key: &str) -> Result<Option<Machine>, StoreError> {
+        let key = key.to_owned();
+        self.db.run(move |c| get_by_id_or_name(c, &key)).await
+    }
+
+    /// Looks a whole machine up by any of its MAC addresses. On a boot path, where only the
+    /// machine's fate matters, use [`Machines::boot_info`].
+    pub async fn get_by_mac(self, mac: MacAddr) -> Result<Option<Machine>, StoreError> {
+        self.db.run(move |c| get_by_mac(c, mac)).await
+    }
+
+    /// The boot-relevant facts of the machine owning `mac`: one indexed lookup with a cached
+    /// statement and no JSON decoding — this runs for every network boot request.
+    pub async fn boot_info(self, mac: MacAddr) -> Result<Option<BootInfo>, StoreError> {
+        self.db.run(move |c| boot_info_by_mac(c, mac)).await
+    }
+
+    /// Records an agent's hardware report: idempotent per machine.
+    ///
+    /// The report is matched to an existing machine by any of its MACs or by its SMBIOS UUID
+    /// (when trustworthy). No match creates a machine in state `Registered` named after the
+    /// report's first MAC (the agent lists its boot interface first); one match updates that
+    /// machine's inventory and MAC set (a report without an SMBIOS UUID keeps the stored one)
+    /// and applies the lifecycle's `Register` event; matches on two different machines are
+    /// refused as [`StoreError::Ambiguous`] rather than guessed at.
+    pub async fn register(
+        self,
+        report: HardwareReport,
+        now: Timestamp,
+    ) -> Result<Registered, StoreError> {
+        self.db.run(move |c| register(c, &report, now)).await
+    }
+
+    /// Lists machines matching `filter`, `limit` at a time, after the name `after`.
+    ///
+    /// Keyset pagination on the unique name: a page stays correct while machines are added or
+    /// removed, which offset pagination does not.
+    pub async fn list(
+        self,
+        filter: Filter,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.db
+            .run(move |c| list(c, &filter, after.as_deref(), limit))
+            .await
+    }
+
+    /// Applies an operator's `patch` if the machine's version is still `expected_version`
+    /// (when given; [`StoreError::Conflict`] otherwise).
+    pub async fn patch(
+        self,
+        id: MachineId,
+        expected_version: Option<i64>,
+        patch: Patch,
+        now: Timestamp,
+    ) -> Result<Machine, StoreError> {
+        self.db
+            .run(move |c| self::patch(c, id, expected_version, &patch, now))
+            .await
+    }
+
+    /// Applies a lifecycle `event` to the machine if its version is still `expected_version`
+    /// (when given), and sets the workflow it is in afterwards (`None` clears it).
+    ///
+    /// The new state is whatever [`MachineState::apply`] says; an event the lifecycle refuses
+    /// is [`StoreError::IllegalTransition`] and changes nothing.
+    pub async fn transition(
+        self,
+        id: MachineId,
+        expected_version: Option<i64>,
+        event: LifecycleEvent,
+        workflow_id: Option<Uuid>,
+        now: Timestamp,
+    ) -> Result<Machine, StoreError> {
+        self.db
+            .run(move |c| transition(c, id, expected_version, event, workflow_id, now))
+            .await
+    }
+
+    /// Deletes a machine (and its MACs) if its version is still `expected_version` (when
+    /// given); returns what was deleted.
+    pub async fn delete(
+        self,
+        id: MachineId,
+        expected_version: Option<i64>,
+    ) -> Result<Machine, StoreError> {
+        self.db.run(move |c| delete(c, id, expected_version)).await
+    }
+
+    /// How many machines are stored.
+    pub async fn count(self) -> Result<u64, StoreError> {
+        self.db.run(|c| count(c)).await
+    }
+}
 
 /// The columns `raw` reads, as a macro so statements can be built with `concat!` at compile
 /// time and cached by SQLite's statement cache instead of re-prepared on every call.
@@ -21,16 +143,13 @@ macro_rules! columns {
 }
 const COLUMNS: &str = columns!();
 
-fn ms(t: Timestamp) -> i64 {
-    t.as_millisecond()
-}
-
-fn from_ms(v: i64) -> Result<Timestamp, StoreError> {
-    Timestamp::from_millisecond(v).map_err(|e| StoreError::corrupt("timestamp", e))
-}
-
 fn uuid_col(s: &str) -> Result<Uuid, StoreError> {
     s.parse().map_err(|e| StoreError::corrupt("uuid", e))
+}
+
+fn state_col(s: &str) -> Result<MachineState, StoreError> {
+    s.parse()
+        .map_err(|e| StoreError::corrupt("machine state", e))
 }
 
 /// Columns as read, before decoding (decoding can fail with our error type, which
@@ -71,63 +190,60 @@ impl RawRow {
             id: MachineId(uuid_col(&self.id)?),
             name: self.name,
             hostname: self.hostname,
-            state: self
-                .state
-                .parse::<MachineState>()
-                .map_err(|e| StoreError::corrupt("machine state", e))?,
+            state: state_col(&self.state)?,
             labels: serde_json::from_str(&self.labels)
                 .map_err(|e| StoreError::corrupt("labels", e))?,
             hardware: serde_json::from_str(&self.hardware)
                 .map_err(|e| StoreError::corrupt("hardware report", e))?,
             os_template: self.os_template,
             workflow_id: self.workflow_id.as_deref().map(uuid_col).transpose()?,
-            created_at: from_ms(self.created)?,
-            updated_at: from_ms(self.updated)?,
+            created_at: from_column(self.created)?,
+            updated_at: from_column(self.updated)?,
             resource_version: self.version,
         })
     }
 }
 
-/// Looks a machine up by id.
-pub fn get(conn: &Connection, id: MachineId) -> Result<Option<Machine>, StoreError> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM machines WHERE id = ?1"
-    ))?
-    .query_row([id.0.to_string()], raw)
-    .optional()?
-    .map(RawRow::decode)
-    .transpose()
+/// One machine by a statement whose only parameter is `key`.
+fn one(conn: &Connection, sql: &str, key: &str) -> Result<Option<Machine>, StoreError> {
+    conn.prepare_cached(sql)
+        .sql()?
+        .query_row([key], raw)
+        .optional()
+        .sql()?
+        .map(RawRow::decode)
+        .transpose()
 }
 
-/// Looks a machine up by id (a UUID) or by memorable name.
-pub fn get_by_id_or_name(conn: &Connection, key: &str) -> Result<Option<Machine>, StoreError> {
+pub(crate) fn get(conn: &Connection, id: MachineId) -> Result<Option<Machine>, StoreError> {
+    one(
+        conn,
+        concat!("SELECT ", columns!(), " FROM machines WHERE id = ?1"),
+        &id.0.to_string(),
+    )
+}
+
+fn get_by_id_or_name(conn: &Connection, key: &str) -> Result<Option<Machine>, StoreError> {
     if let Ok(id) = key.parse::<Uuid>() {
         return get(conn, MachineId(id));
     }
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM machines WHERE name = ?1"
-    ))?
-    .query_row([key], raw)
-    .optional()?
-    .map(RawRow::decode)
-    .transpose()
+    one(
+        conn,
+        concat!("SELECT ", columns!(), " FROM machines WHERE name = ?1"),
+        key,
+    )
 }
 
-/// Looks a machine up by any of its MAC addresses.
-pub fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Machine>, StoreError> {
-    conn.prepare_cached(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM machines WHERE id = (SELECT machine_id FROM machine_macs WHERE mac = ?1)"
-    ))?
-    .query_row([mac.to_string()], raw)
-    .optional()?
-    .map(RawRow::decode)
-    .transpose()
+fn get_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<Machine>, StoreError> {
+    one(
+        conn,
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM machines WHERE id = (SELECT machine_id FROM machine_macs WHERE mac = ?1)"
+        ),
+        &mac.to_string(),
+    )
 }
 
 /// The little the boot path needs to decide a machine's fate.
@@ -139,14 +255,14 @@ pub struct BootInfo {
     pub workflow_id: Option<Uuid>,
 }
 
-/// The boot-relevant facts of the machine owning `mac`: one indexed lookup with a cached
-/// statement and no JSON decoding — this runs for every network boot request.
-pub fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>, StoreError> {
+/// See [`Machines::boot_info`].
+pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id \
+     FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?1";
+
+fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>, StoreError> {
     let row = conn
-        .prepare_cached(
-            "SELECT m.id, m.name, m.state, m.workflow_id FROM machine_macs mm \
-             JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?1",
-        )?
+        .prepare_cached(BOOT_INFO)
+        .sql()?
         .query_row([mac.to_string()], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -155,14 +271,13 @@ pub fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootIn
                 r.get::<_, Option<String>>(3)?,
             ))
         })
-        .optional()?;
+        .optional()
+        .sql()?;
     row.map(|(id, name, state, wf)| {
         Ok(BootInfo {
             id: MachineId(uuid_col(&id)?),
             name,
-            state: state
-                .parse()
-                .map_err(|e| StoreError::corrupt("machine state", e))?,
+            state: state_col(&state)?,
             workflow_id: wf.as_deref().map(uuid_col).transpose()?,
         })
     })
@@ -191,15 +306,8 @@ impl Registered {
     }
 }
 
-/// Records an agent's hardware report: idempotent per machine.
-///
-/// The report is matched to an existing machine by any of its MACs or by its SMBIOS UUID (when
-/// trustworthy). No match creates a machine in state `Registered` named after the report's
-/// first MAC (the agent lists its boot interface first); one match updates that machine's
-/// inventory and MAC set (a report without an SMBIOS UUID keeps the stored one) and applies
-/// the lifecycle's `Register` event; matches on two
-/// different machines are refused as [`StoreError::Ambiguous`] rather than guessed at.
-pub fn register(
+/// See [`Machines::register`].
+fn register(
     conn: &mut Connection,
     report: &HardwareReport,
     now: Timestamp,
@@ -208,12 +316,14 @@ pub fn register(
         let smbios = report.trusted_smbios_uuid().map(|u| u.to_string());
         let mut ids: Vec<String> = Vec::new();
         {
-            let mut by_mac =
-                tx.prepare_cached("SELECT machine_id FROM machine_macs WHERE mac = ?1")?;
+            let mut by_mac = tx
+                .prepare_cached("SELECT machine_id FROM machine_macs WHERE mac = ?1")
+                .sql()?;
             for mac in &report.macs {
                 if let Some(id) = by_mac
                     .query_row([mac.to_string()], |r| r.get::<_, String>(0))
-                    .optional()?
+                    .optional()
+                    .sql()?
                 {
                     ids.push(id);
                 }
@@ -224,7 +334,8 @@ pub fn register(
                 .query_row("SELECT id FROM machines WHERE smbios_uuid = ?1", [u], |r| {
                     r.get::<_, String>(0)
                 })
-                .optional()?
+                .optional()
+                .sql()?
         {
             ids.push(id);
         }
@@ -251,8 +362,9 @@ pub fn register(
                     "INSERT INTO machines (id, name, hostname, state, labels, hardware, smbios_uuid, \
                      created_at_ms, updated_at_ms, resource_version) \
                      VALUES (?1, ?2, NULL, ?3, '{}', ?4, ?5, ?6, ?6, 1)",
-                    params![id.0.to_string(), name, state.as_str(), hardware, smbios, ms(now)],
-                )?;
+                    params![id.0.to_string(), name, state.as_str(), hardware, smbios, to_column(now)],
+                )
+                .sql()?;
                 replace_macs(tx, id, &report.macs)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
                 Ok(Registered::Created(m))
@@ -264,8 +376,9 @@ pub fn register(
                 tx.execute(
                     "UPDATE machines SET state = ?2, hardware = ?3, smbios_uuid = COALESCE(?4, smbios_uuid), \
                      updated_at_ms = ?5, resource_version = resource_version + 1 WHERE id = ?1",
-                    params![id.0.to_string(), state.as_str(), hardware, smbios, ms(now)],
-                )?;
+                    params![id.0.to_string(), state.as_str(), hardware, smbios, to_column(now)],
+                )
+                .sql()?;
                 replace_macs(tx, id, &report.macs)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
                 Ok(Registered::Updated {
@@ -282,11 +395,13 @@ fn replace_macs(tx: &Transaction<'_>, id: MachineId, macs: &[MacAddr]) -> Result
     tx.execute(
         "DELETE FROM machine_macs WHERE machine_id = ?1",
         [id.0.to_string()],
-    )?;
-    let mut ins =
-        tx.prepare_cached("INSERT INTO machine_macs (mac, machine_id) VALUES (?1, ?2)")?;
+    )
+    .sql()?;
+    let mut ins = tx
+        .prepare_cached("INSERT INTO machine_macs (mac, machine_id) VALUES (?1, ?2)")
+        .sql()?;
     for mac in macs {
-        ins.execute([mac.to_string(), id.0.to_string()])?;
+        ins.execute([mac.to_string(), id.0.to_string()]).sql()?;
     }
     Ok(())
 }
@@ -307,11 +422,8 @@ pub struct Page {
     pub next_after: Option<String>,
 }
 
-/// Lists machines matching `filter`, `limit` at a time, after the name `after`.
-///
-/// Keyset pagination on the unique name: a page stays correct while machines are added or
-/// removed, which offset pagination does not.
-pub fn list(
+/// See [`Machines::list`].
+fn list(
     conn: &Connection,
     filter: &Filter,
     after: Option<&str>,
@@ -334,11 +446,13 @@ pub fn list(
     }
     // Fetch one extra row to know whether another page follows.
     sql.push_str(&format!(" ORDER BY name LIMIT {}", limit.saturating_add(1)));
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), raw)?;
+    let mut stmt = conn.prepare(&sql).sql()?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), raw)
+        .sql()?;
     let mut items = Vec::new();
     for row in rows {
-        items.push(row?.decode()?);
+        items.push(row.sql()?.decode()?);
     }
     let next_after = if items.len() > limit {
         items.truncate(limit);
@@ -358,8 +472,38 @@ pub struct Patch {
     pub hostname: Option<Option<String>>,
 }
 
-/// Applies `patch` to the machine if its version is still `expected_version` (when given).
-pub fn patch(
+/// The machine, if `expected` (when given) is still its version.
+fn current(
+    tx: &Transaction<'_>,
+    id: MachineId,
+    expected: Option<i64>,
+) -> Result<Machine, StoreError> {
+    let current = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
+    if let Some(expected) = expected
+        && expected != current.resource_version
+    {
+        return Err(StoreError::Conflict {
+            expected,
+            current: current.resource_version,
+        });
+    }
+    Ok(current)
+}
+
+/// Checks that an `UPDATE … WHERE resource_version = ?` guarded by `read` changed one row.
+fn one_updated(n: usize, read: &Machine) -> Result<(), StoreError> {
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            expected: read.resource_version,
+            current: read.resource_version + 1,
+        })
+    }
+}
+
+/// See [`Machines::patch`].
+fn patch(
     conn: &mut Connection,
     id: MachineId,
     expected_version: Option<i64>,
@@ -367,77 +511,90 @@ pub fn patch(
     now: Timestamp,
 ) -> Result<Machine, StoreError> {
     write(conn, |tx| {
-        let current = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-        if let Some(expected) = expected_version
-            && expected != current.resource_version
-        {
-            return Err(StoreError::Conflict {
-                expected,
-                current: current.resource_version,
-            });
-        }
+        let current = current(tx, id, expected_version)?;
         let labels = patch.labels.as_ref().unwrap_or(&current.labels);
         let hostname = patch.hostname.as_ref().unwrap_or(&current.hostname);
         let labels = serde_json::to_string(labels).map_err(|e| StoreError::corrupt("labels", e))?;
         // The version guard is repeated in SQL so the row can never move under us.
-        let n = tx.execute(
-            "UPDATE machines SET labels = ?2, hostname = ?3, updated_at_ms = ?4, \
-             resource_version = resource_version + 1 WHERE id = ?1 AND resource_version = ?5",
-            params![
-                id.0.to_string(),
-                labels,
-                hostname,
-                ms(now),
-                current.resource_version
-            ],
-        )?;
-        if n != 1 {
-            return Err(StoreError::Conflict {
-                expected: current.resource_version,
-                current: current.resource_version + 1,
-            });
-        }
+        let n = tx
+            .execute(
+                "UPDATE machines SET labels = ?2, hostname = ?3, updated_at_ms = ?4, \
+                 resource_version = resource_version + 1 WHERE id = ?1 AND resource_version = ?5",
+                params![
+                    id.0.to_string(),
+                    labels,
+                    hostname,
+                    to_column(now),
+                    current.resource_version
+                ],
+            )
+            .sql()?;
+        one_updated(n, &current)?;
         get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
     })
 }
 
-/// Deletes a machine (and its MACs) if its version is still `expected_version` (when given).
-pub fn delete(
+/// See [`Machines::transition`].
+fn transition(
+    conn: &mut Connection,
+    id: MachineId,
+    expected_version: Option<i64>,
+    event: LifecycleEvent,
+    workflow_id: Option<Uuid>,
+    now: Timestamp,
+) -> Result<Machine, StoreError> {
+    write(conn, |tx| {
+        let current = current(tx, id, expected_version)?;
+        let state = current.state.apply(event)?;
+        let n = tx
+            .execute(
+                "UPDATE machines SET state = ?2, workflow_id = ?3, updated_at_ms = ?4, \
+                 resource_version = resource_version + 1 WHERE id = ?1 AND resource_version = ?5",
+                params![
+                    id.0.to_string(),
+                    state.as_str(),
+                    workflow_id.map(|w| w.to_string()),
+                    to_column(now),
+                    current.resource_version
+                ],
+            )
+            .sql()?;
+        one_updated(n, &current)?;
+        get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
+    })
+}
+
+/// See [`Machines::delete`].
+fn delete(
     conn: &mut Connection,
     id: MachineId,
     expected_version: Option<i64>,
 ) -> Result<Machine, StoreError> {
     write(conn, |tx| {
-        let current = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-        if let Some(expected) = expected_version
-            && expected != current.resource_version
-        {
-            return Err(StoreError::Conflict {
-                expected,
-                current: current.resource_version,
-            });
-        }
-        tx.execute("DELETE FROM machines WHERE id = ?1", [id.0.to_string()])?;
+        let current = current(tx, id, expected_version)?;
+        tx.execute("DELETE FROM machines WHERE id = ?1", [id.0.to_string()])
+            .sql()?;
         Ok(current)
     })
 }
 
-/// How many machines are stored.
-pub fn count(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 = conn.query_row("SELECT count(*) FROM machines", [], |r| r.get(0))?;
+fn count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM machines", [], |r| r.get(0))
+        .sql()?;
     Ok(n.unsigned_abs())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{migrate, open_connection};
+    use crate::db::open_connection;
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join("t.db"), true).unwrap();
-        migrate(&mut conn).unwrap();
-        (dir, conn)
+        let path = dir.path().join("t.db");
+        crate::migrate_file(&path).unwrap();
+        (dir, open_connection(&path, false).unwrap())
     }
 
     fn mac(n: u8) -> MacAddr {
@@ -671,5 +828,124 @@ mod tests {
             delete(&mut c, m.id, None),
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn transitions_follow_the_lifecycle_and_the_version() {
+        let (_d, mut c) = db();
+        let m = register(&mut c, &report(&[1], None), now())
+            .unwrap()
+            .machine()
+            .clone();
+        let wf = Uuid::from_u128(0xf1);
+        let assigned = transition(
+            &mut c,
+            m.id,
+            Some(m.resource_version),
+            LifecycleEvent::AssignOs,
+            Some(wf),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                assigned.state,
+                assigned.workflow_id,
+                assigned.resource_version
+            ),
+            (MachineState::OsAssigned, Some(wf), m.resource_version + 1)
+        );
+        // The version read before the assignment is stale now.
+        let err = transition(
+            &mut c,
+            m.id,
+            Some(m.resource_version),
+            LifecycleEvent::StartProvisioning,
+            Some(wf),
+            now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        // Ready straight from OsAssigned is refused, and nothing changes.
+        let err = transition(
+            &mut c,
+            m.id,
+            None,
+            LifecycleEvent::ProvisioningSucceeded,
+            None,
+            now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::IllegalTransition(_)), "{err}");
+        assert_eq!(get(&c, m.id).unwrap().unwrap(), assigned);
+        // The boot path sees the change.
+        let b = boot_info_by_mac(&c, mac(1)).unwrap().unwrap();
+        assert_eq!(
+            (b.state, b.workflow_id),
+            (MachineState::OsAssigned, Some(wf))
+        );
+        let back = transition(&mut c, m.id, None, LifecycleEvent::UnassignOs, None, now()).unwrap();
+        assert_eq!(
+            (back.state, back.workflow_id),
+            (MachineState::Registered, None)
+        );
+    }
+
+    #[test]
+    fn the_boot_lookup_uses_the_mac_primary_key() {
+        let (_d, c) = db();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {BOOT_INFO}"))
+            .unwrap()
+            .query_map(["52:54:00:00:00:01"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX sqlite_autoindex_machine_macs_1 (mac=?)")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX sqlite_autoindex_machines_1 (id=?)")),
+            "{plan:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_handle_reaches_the_same_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        crate::migrate_file(&path).unwrap();
+        let db = Db::open(&path).await.unwrap();
+        let machines = db.machines();
+        let m = machines
+            .register(report(&[1, 2], None), now())
+            .await
+            .unwrap()
+            .machine()
+            .clone();
+        assert_eq!(machines.count().await.unwrap(), 1);
+        assert_eq!(machines.get(m.id).await.unwrap().as_ref(), Some(&m));
+        assert_eq!(
+            machines.get_by_mac(mac(2)).await.unwrap().as_ref(),
+            Some(&m)
+        );
+        assert_eq!(
+            machines.get_by_id_or_name(&m.name).await.unwrap().as_ref(),
+            Some(&m)
+        );
+        assert_eq!(machines.boot_info(mac(1)).await.unwrap().unwrap().id, m.id);
+        let page = machines.list(Filter::default(), None, 10).await.unwrap();
+        assert_eq!(page.items, vec![m.clone()]);
+        let p = Patch {
+            labels: None,
+            hostname: Some(Some("h".into())),
+        };
+        let m2 = machines.patch(m.id, Some(1), p, now()).await.unwrap();
+        assert_eq!(m2.hostname.as_deref(), Some("h"));
+        machines.delete(m.id, Some(2)).await.unwrap();
+        assert_eq!(machines.count().await.unwrap(), 0);
     }
 }

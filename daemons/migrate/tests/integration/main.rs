@@ -39,8 +39,10 @@ fn creates_then_is_idempotent_then_refuses_a_newer_schema() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let conn = dragonfly_store::open_connection(&db, false).unwrap();
-    dragonfly_store::check_schema(&conn).unwrap();
+    assert_eq!(
+        dragonfly_store::testing::schema_version(&db),
+        dragonfly_store::SCHEMA_VERSION
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(
@@ -52,8 +54,7 @@ fn creates_then_is_idempotent_then_refuses_a_newer_schema() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("applied=[]"));
 
-    conn.pragma_update(None, "user_version", dragonfly_store::SCHEMA_VERSION + 1)
-        .unwrap();
+    dragonfly_store::testing::set_schema_version(&db, dragonfly_store::SCHEMA_VERSION + 1);
     let newer = migrate(&cfg);
     assert_eq!(newer.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&newer.stderr).contains("newer than this build"));

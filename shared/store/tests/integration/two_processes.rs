@@ -8,8 +8,8 @@
 use std::process::Command;
 
 use dragonfly_core::{HardwareReport, MacAddr};
-use dragonfly_store::machines::{self, Patch};
-use dragonfly_store::{StoreError, migrate, open_connection};
+use dragonfly_store::machines::Patch;
+use dragonfly_store::{BlockingDb, StoreError, migrate_file};
 
 const CHILD_ENV: &str = "DRAGONFLY_STORE_TEST_CHILD_DB";
 const PER_CHILD: u32 = 150;
@@ -22,8 +22,9 @@ fn now() -> jiff::Timestamp {
 fn concurrent_writers_in_two_processes_lose_no_update() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.db");
-    let mut conn = open_connection(&path, true).unwrap();
-    migrate(&mut conn).unwrap();
+    migrate_file(&path).unwrap();
+    let store = BlockingDb::open(&path).unwrap();
+    let machines = store.db().machines();
     let report = HardwareReport {
         macs: vec![MacAddr::new([0x52, 0x54, 0, 0, 0, 1])],
         smbios_uuid: None,
@@ -35,7 +36,8 @@ fn concurrent_writers_in_two_processes_lose_no_update() {
         bmc: None,
         ..Default::default()
     };
-    let m = machines::register(&mut conn, &report, now())
+    let m = store
+        .block_on(machines.register(report, now()))
         .unwrap()
         .machine()
         .clone();
@@ -70,7 +72,7 @@ fn concurrent_writers_in_two_processes_lose_no_update() {
             .and_then(|n| n.trim().parse::<u32>().ok())
             .expect("child reports its conflicts");
     }
-    let end = machines::get(&conn, m.id).unwrap().unwrap();
+    let end = store.block_on(machines.get(m.id)).unwrap().unwrap();
     assert_eq!(end.labels["counter"], (2 * PER_CHILD).to_string());
     assert_eq!(
         end.resource_version,
@@ -94,7 +96,8 @@ fn child_increments_counter() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut conn = open_connection(path.as_ref(), false).unwrap();
+    let store = BlockingDb::open(&path).unwrap();
+    let machines = store.db().machines();
     let go = go_file(path.as_ref());
     while !go.exists() {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -102,7 +105,9 @@ fn child_increments_counter() {
     let mut conflicts = 0;
     let mut done = 0;
     while done < PER_CHILD {
-        let page = machines::list(&conn, &Default::default(), None, 1).unwrap();
+        let page = store
+            .block_on(machines.list(Default::default(), None, 1))
+            .unwrap();
         let m = &page.items[0];
         let n: u32 = m.labels.get("counter").map_or(0, |v| v.parse().unwrap());
         let mut labels = m.labels.clone();
@@ -113,7 +118,7 @@ fn child_increments_counter() {
             labels: Some(labels),
             hostname: None,
         };
-        match machines::patch(&mut conn, m.id, Some(m.resource_version), &patch, now()) {
+        match store.block_on(machines.patch(m.id, Some(m.resource_version), patch, now())) {
             Ok(_) => done += 1,
             Err(StoreError::Conflict { .. }) => conflicts += 1,
             Err(e) => panic!("{e}"),
