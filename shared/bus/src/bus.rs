@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, HeaderMap, Message, RequestErrorKind};
+use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -59,6 +59,37 @@ pub enum ConnectionState {
     Closed,
 }
 
+/// How to reach NATS and how to introduce ourselves: [`Bus::connect`]'s argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// `nats://host:port`, or `tls://host:port` for TLS.
+    pub url: String,
+    /// The connection's name in the server's monitoring (`nats server report connections`):
+    /// which host and daemon this client is.
+    pub client_name: String,
+    /// The CloudEvents `source` of what this bus publishes: `/dragonfly/<daemon>`.
+    pub source: String,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for `daemon` (e.g. `"dhcpd"`) at `url`: client name `dragonfly-<daemon>`, or
+    /// `<prefix>-dragonfly-<daemon>` with a prefix; source `/dragonfly/<daemon>`; 5 s attempts.
+    pub fn new(url: impl Into<String>, daemon: &str, name_prefix: Option<&str>) -> Self {
+        let base = format!("dragonfly-{daemon}");
+        Self {
+            url: url.into(),
+            client_name: match name_prefix {
+                Some(prefix) => format!("{prefix}-{base}"),
+                None => base,
+            },
+            source: format!("/dragonfly/{daemon}"),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// A cloneable handle on one NATS connection. Clones share the connection.
 #[derive(Clone)]
 pub struct Bus {
@@ -77,20 +108,21 @@ impl fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects to NATS at `url` (`nats://host:4222`; `tls://` for TLS) as
-    /// `client_name` (shown by the server's monitoring), publishing events with CloudEvents
-    /// `source` (`/dragonfly/<daemon>/<hostname>`).
+    /// Connects to NATS as `options` say.
     ///
     /// Returns at once, connected or not: the connection is made in the background and
-    /// retried forever (backoff capped at 2 s), and messages wait in a buffer meanwhile.
+    /// retried forever (backoff capped at 2 s, each attempt bounded by
+    /// [`ConnectOptions::connect_timeout`]), and messages wait in a buffer meanwhile.
     ///
     /// # Errors
-    /// [`BusError::Connect`] when `url` does not parse.
-    pub async fn connect(url: &str, client_name: &str, source: &str) -> Result<Bus, BusError> {
+    /// [`BusError::Connect`] when the URL does not parse.
+    pub async fn connect(options: ConnectOptions) -> Result<Bus, BusError> {
         let (state_tx, state) = watch::channel(ConnectionState::Connecting);
         let state_tx = Arc::new(state_tx);
-        let client = ConnectOptions::new()
-            .name(client_name)
+        let url = options.url;
+        let client = async_nats::ConnectOptions::new()
+            .name(&options.client_name)
+            .connection_timeout(options.connect_timeout)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
@@ -98,17 +130,22 @@ impl Bus {
                 let state_tx = Arc::clone(&state_tx);
                 async move { on_event(&state_tx, event) }
             })
-            .connect(url)
+            .connect(url.as_str())
             .await
             .map_err(|source| BusError::Connect {
-                url: url.to_owned(),
+                url: url.clone(),
                 source,
             })?;
         Ok(Bus {
             client,
-            source: source.into(),
+            source: options.source.into(),
             state,
         })
+    }
+
+    /// The underlying client, for the publisher task.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The CloudEvents `source` of events this bus publishes.
@@ -142,17 +179,7 @@ impl Bus {
     /// [`BusError::Encode`], [`BusError::Publish`], or [`BusError::Timeout`] when the send
     /// buffer stayed full for 5 s (NATS unreachable for long).
     pub async fn publish<E: Event>(&self, data: &E) -> Result<(), BusError> {
-        let event = CloudEvent {
-            specversion: SpecVersion::V1_0,
-            id: Uuid::now_v7().to_string(),
-            source: self.source.to_string(),
-            ty: E::TYPE.to_owned(),
-            time: Timestamp::now(),
-            subject: data.subject(),
-            datacontenttype: JSON_CONTENT_TYPE.to_owned(),
-            data,
-        };
-        let payload = encode(E::SUBJECT, &event)?;
+        let payload = cloud_event_bytes(&self.source, data)?;
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
             self.client.publish(E::SUBJECT, payload.into()),
@@ -378,7 +405,7 @@ fn decode_event<E: Event>(msg: &Message) -> Result<CloudEvent<E>, BusError> {
         .map_err(|source| {
             warn!(
                 subject = %msg.subject,
-                error = %chain(&source),
+                error = %log_chain(&source),
                 "received a malformed event"
             );
             BusError::Decode {
@@ -418,7 +445,7 @@ where
     match serde_json::to_vec(&reply) {
         Ok(body) => {
             if let Err(err) = client.publish(reply_to, body.into()).await {
-                warn!(subject = R::SUBJECT, error = %chain(&err), "sending a reply");
+                warn!(subject = R::SUBJECT, error = %log_chain(&err), "sending a reply");
             }
         }
         Err(err) => {
@@ -446,7 +473,7 @@ async fn reject(client: &Client, reply_to: async_nats::Subject, subject: &str, r
         .publish_with_headers(reply_to, headers, Vec::new().into())
         .await
     {
-        warn!(subject, error = %chain(&err), "sending a rejection");
+        warn!(subject, error = %log_chain(&err), "sending a rejection");
     }
 }
 
@@ -454,6 +481,22 @@ fn log_join(subject: &str, joined: Result<(), tokio::task::JoinError>) {
     if let Err(err) = joined {
         error!(subject, error = %err, "a request handler panicked");
     }
+}
+
+/// `data` in its CloudEvents envelope, as JSON: new UUID v7 id, the current time, `source`,
+/// `E::TYPE` and `data.subject()`.
+pub(crate) fn cloud_event_bytes<E: Event>(source: &str, data: &E) -> Result<Vec<u8>, BusError> {
+    let event = CloudEvent {
+        specversion: SpecVersion::V1_0,
+        id: Uuid::now_v7().to_string(),
+        source: source.to_owned(),
+        ty: E::TYPE.to_owned(),
+        time: Timestamp::now(),
+        subject: data.subject(),
+        datacontenttype: JSON_CONTENT_TYPE.to_owned(),
+        data,
+    };
+    encode(E::SUBJECT, &event)
 }
 
 fn encode<T: Serialize + ?Sized>(subject: &str, value: &T) -> Result<Vec<u8>, BusError> {
@@ -504,7 +547,7 @@ fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
 }
 
 /// An error and its causes, `: `-separated, for a log line.
-fn chain(err: &dyn StdError) -> String {
+pub(crate) fn log_chain(err: &dyn StdError) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -539,7 +582,7 @@ mod tests {
             },
         };
         assert_eq!(
-            chain(&err),
+            log_chain(&err),
             "decoding a message on dragonfly.machine.registered: \
              unsupported CloudEvents specversion 0.3 (expected \"1.0\")"
         );

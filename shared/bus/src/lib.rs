@@ -12,6 +12,8 @@
 //!   for a message that does not decode.
 //! - A [`Request`] is plain JSON on `R::SUBJECT`; [`Bus::serve`] answers it in a queue group
 //!   named after the subject, so several instances of a daemon share the load.
+//! - Daemons publish through a [`Publisher`] (bounded, never blocks, drops counted) and
+//!   subscribe through a [`Follower`] (which also says when to reconcile from the store).
 //! - [`Bus::connect`] returns at once even when NATS is down: messages wait in the client's
 //!   buffer and go out on connect; reconnects never stop, with backoff capped at 2 s, and the
 //!   client re-creates its subscriptions on the new connection.
@@ -27,13 +29,17 @@ mod bus;
 mod cloudevent;
 mod error;
 pub mod events;
+mod follow;
+mod publisher;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use bus::{Bus, ConnectionState, Subscription};
+pub use bus::{Bus, ConnectOptions, ConnectionState, Subscription};
 pub use cloudevent::{CloudEvent, DecodeError, JSON_CONTENT_TYPE, SpecVersion};
 pub use error::BusError;
+pub use follow::{Change, Follower, ReconcileReason};
+pub use publisher::{DEFAULT_CAPACITY, Publisher, PublisherStats, PublisherTask};
 
 /// A payload published on the bus as the `data` of a [`CloudEvent`].
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {

@@ -41,9 +41,10 @@ async fn a_bus_started_before_nats_delivers_once_nats_is_up() {
 
 #[tokio::test]
 async fn an_unparsable_url_is_a_connect_error() {
-    let err = dragonfly_bus::Bus::connect("nats://[::1", "x", "/x")
-        .await
-        .expect_err("bad URL");
+    let err =
+        dragonfly_bus::Bus::connect(dragonfly_bus::ConnectOptions::new("nats://[::1", "x", None))
+            .await
+            .expect_err("bad URL");
     assert!(
         matches!(err, dragonfly_bus::BusError::Connect { .. }),
         "{err:?}"

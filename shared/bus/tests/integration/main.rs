@@ -5,7 +5,9 @@
 //! explicitly, `:`-separated). Each run starts its own server, so tests run in parallel.
 
 mod connect;
+mod follow;
 mod malformed;
+mod publisher;
 mod pubsub;
 mod reconnect;
 mod request;
@@ -39,9 +41,10 @@ async fn start(binary: &NatsBinary) -> NatsServer {
 
 /// A bus named `name` with source `/dragonfly/test/<name>`.
 async fn connect(server: &NatsServer, name: &str) -> Bus {
-    Bus::connect(&server.url(), name, &format!("/dragonfly/test/{name}"))
-        .await
-        .expect("Bus::connect")
+    let mut options = dragonfly_bus::ConnectOptions::new(server.url(), "test", None);
+    options.client_name = name.to_owned();
+    options.source = format!("/dragonfly/test/{name}");
+    Bus::connect(options).await.expect("Bus::connect")
 }
 
 /// Waits until `bus` reports `want`.

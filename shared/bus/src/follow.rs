@@ -1,0 +1,134 @@
+//! The one way a daemon subscribes: events as hints, the store as the truth.
+//!
+//! Core NATS delivers at most once and keeps nothing for a subscriber that is away, so a
+//! daemon that acted only on events would lose work whenever NATS restarts, its connection
+//! drops or it starts after the event was sent. The rule "every daemon reconciles from the
+//! store on start and after reconnect" is therefore not left to each daemon: a [`Follower`]
+//! yields [`Change::Reconcile`] when it starts, after every reconnect and (optionally) on a
+//! period, and [`Change::Event`] for each event in between. The daemon re-reads the store for
+//! both; an event only says *where* to look first.
+//!
+//! Ordering: before yielding `Reconcile`, the follower makes sure the server has its
+//! subscription (a round trip), so any event published after the daemon's store read is
+//! delivered to it — nothing falls between the read and the subscription.
+//!
+//! This module must never treat an event's payload as state that is not also in the store.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::bus::{Bus, ConnectionState, Subscription};
+use crate::{BusError, CloudEvent, Event};
+
+/// How long the subscription check before a reconcile may take; after that the reconcile
+/// happens anyway (a reconcile late is worse than one that might miss an event, which the next
+/// reconnect or period catches).
+const FLUSH_BOUND: Duration = Duration::from_secs(2);
+
+/// What a daemon following the bus must do next.
+#[derive(Debug)]
+pub enum Change<E> {
+    /// Read the store and act on everything in it: at start, after a reconnect, on a period.
+    Reconcile(ReconcileReason),
+    /// `E` happened; re-read what it is about.
+    Event(CloudEvent<E>),
+}
+
+/// Why a [`Change::Reconcile`] was yielded (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileReason {
+    /// The follower just started.
+    Start,
+    /// The connection to NATS came (back) up: events may have been missed meanwhile.
+    Reconnected,
+    /// The safety-net period elapsed.
+    Period,
+}
+
+/// Subscription to `E` that also says when to reconcile; see the module docs.
+#[derive(Debug)]
+pub struct Follower<E> {
+    bus: Bus,
+    events: Subscription<E>,
+    states: watch::Receiver<ConnectionState>,
+    period: Option<Interval>,
+    pending: Option<ReconcileReason>,
+}
+
+impl<E: Event> Follower<E> {
+    /// Subscribes to `E`. With `period`, also asks for a reconcile that often (a safety net
+    /// for work a lost event and a missed reconnect could both leave behind; pick it long).
+    ///
+    /// # Errors
+    /// [`BusError::Subscribe`] when the client is closed.
+    pub async fn new(bus: &Bus, period: Option<Duration>) -> Result<Self, BusError> {
+        let events = bus.subscribe::<E>().await?;
+        let mut states = bus.connection_events();
+        states.borrow_and_update();
+        let period = period.map(|p| {
+            let p = p.max(Duration::from_millis(1));
+            let mut i = tokio::time::interval_at(Instant::now() + p, p);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
+        Ok(Self {
+            bus: bus.clone(),
+            events,
+            states,
+            period,
+            pending: Some(ReconcileReason::Start),
+        })
+    }
+
+    /// The next thing to do. `None` only when the NATS client has closed for good.
+    pub async fn next(&mut self) -> Option<Change<E>> {
+        loop {
+            if let Some(reason) = self.pending.take() {
+                if *self.states.borrow() == ConnectionState::Connected {
+                    // Bounded: a failed check is no reason to delay the reconcile.
+                    let _ = tokio::time::timeout(FLUSH_BOUND, self.bus.flush()).await;
+                }
+                return Some(Change::Reconcile(reason));
+            }
+            let Self {
+                events,
+                states,
+                period,
+                ..
+            } = self;
+            let tick = async {
+                match period {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    match *states.borrow_and_update() {
+                        ConnectionState::Connected => {
+                            self.pending = Some(ReconcileReason::Reconnected);
+                        }
+                        ConnectionState::Closed => return None,
+                        ConnectionState::Connecting | ConnectionState::Disconnected => {}
+                    }
+                }
+                () = tick => self.pending = Some(ReconcileReason::Period),
+                item = events.next() => match item {
+                    Some(Ok(event)) => return Some(Change::Event(event)),
+                    // Logged where it was decoded; the stream goes on.
+                    Some(Err(_)) => {}
+                    None => return None,
+                },
+            }
+        }
+    }
+}
