@@ -5,39 +5,20 @@
 //! — and that systemd expects a well-behaved service to do — lives here, once, so the daemons
 //! start, stop and fail alike.
 //!
-//! # Start-up order
+//! # The frame
 //!
-//! The order matters; each step explains why it is where it is.
-//!
-//! 1. **Parse arguments** ([`cli::CommonArgs`] flattened into the daemon's clap parser). Bad
-//!    usage exits 2 (clap does this).
-//! 2. **Load and validate the configuration** ([`cli::load_config`] → [`config::load`]). Errors
-//!    are printed (logging does not exist yet) and exit 2.
-//! 3. **`--check-config`** prints `config OK: <path>` and exits 0 here, before anything
-//!    touches sockets or the system.
-//! 4. **Logging** ([`logging::init`]): journald under systemd, else stderr.
-//! 5. **Sockets** ([`sockets::Sockets::from_env`], then `tcp_or_bind`/`udp_or_bind` per
-//!    socket): systemd's if it passed them, else bound from config — while we might still hold
-//!    `CAP_NET_BIND_SERVICE`. Drop the `Sockets` afterwards so unused ones are reported.
-//! 6. **Lock down** ([`privileges::lock_down`]): refuse root, `no_new_privs`, drop capabilities.
-//!    Still single-threaded, so every later thread inherits the reduced set.
-//! 7. **Build the tokio runtime**, and inside it [`signals::shutdown_token`].
-//! 8. **`run(config, sockets, shutdown)`** under [`signals::drain`]. `run` calls
-//!    [`notify::ready`] itself, once it is really serving (store open, bus connected), and may
-//!    start [`notify::spawn_watchdog`].
-//! 9. **On SIGTERM/SIGINT** the token is cancelled; `drain` sends `STOPPING=1` and gives `run`
-//!    its grace period.
-//! 10. **Exit code**: 0 on a clean stop, [`cli::exit_code_for`] otherwise (2 for configuration
-//!     errors, 1 for everything else).
-//!
-//! # A thin `main`
+//! [`daemon`] owns a daemon's whole life — arguments, configuration, logging, sockets,
+//! credentials, lock-down, the tokio runtime, the store, the bus and its publisher, READY,
+//! STATUS, the watchdog, SIGTERM/SIGINT and the drain, exit codes — so a daemon provides only
+//! its [`Daemon`] implementation (config section, sockets, health, `run`) and its `main` is
+//! one line. The other modules are the frame's parts; daemons rarely call them directly.
 //!
 //! The reference daemon `src/bin/demo/` (built as `dragonfly-demo`, exercised by the
-//! integration tests under `systemd-socket-activate`) is the `main` to copy. Its `service`
-//! module stands in for the daemon's library crate (config section and `run`).
+//! integration tests under `systemd-socket-activate` and a real watchdog) shows the whole
+//! shape:
 //!
 //! ```ignore
-#![doc = include_str!("bin/demo/main.rs")]
+#![doc = include_str!("bin/demo/service.rs")]
 //! ```
 //!
 //! Secrets come from [`credentials::load_credential`], never from the config file, the
@@ -46,6 +27,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod daemon;
 pub mod logging;
 pub mod notify;
 pub mod privileges;
@@ -57,6 +39,10 @@ pub use config::{
     ConfigError, DaemonConfig, Invalid, ListenConfig, Loaded, LogConfig, NatsConfig, StoreConfig,
 };
 pub use credentials::{CredentialError, Secret, load_credential};
+pub use daemon::{
+    BEAT_EVERY, Context, CredentialSpec, Credentials, CredentialsError, Daemon, Health, NoStore,
+    StoreAccess, main, serve,
+};
 pub use privileges::{PrivilegeError, lock_down};
 pub use signals::{GraceElapsed, SignalError, drain, shutdown_token};
 pub use sockets::{SocketError, Sockets};

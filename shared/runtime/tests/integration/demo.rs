@@ -103,22 +103,10 @@ fn greeting(port: u16) -> String {
 }
 
 /// SIGTERM the daemon and return its exit code and stderr.
-fn terminate(mut child: Child) -> (Option<i32>, String) {
+fn terminate(child: Child) -> (Option<i32>, String) {
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
     kill(pid, Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("daemon did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    terminate_waited(child)
 }
 
 fn path_str(path: &Path) -> &str {
@@ -231,4 +219,94 @@ fn running_as_root_is_refused_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to run as root"), "{stderr}");
+}
+
+/// Collects what the daemon sends to `NOTIFY_SOCKET` (one datagram per notification).
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // The daemon runs as nobody: it must reach the socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Self {
+            _dir: dir,
+            path,
+            socket,
+        }
+    }
+
+    /// Every notification received within `window`.
+    fn collect(&self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    }
+}
+
+#[test]
+fn the_frame_sends_ready_feeds_the_watchdog_and_says_stopping() {
+    let port = free_port();
+    let cfg = config(&format!("[demo]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let notify = NotifySocket::new();
+    let mut command = unprivileged(DEMO);
+    command
+        .args(["--config", path_str(&cfg.path)])
+        .env("NOTIFY_SOCKET", &notify.path)
+        // 1 s: the frame pings every 0.5 s while the demo's loop beats.
+        .env("WATCHDOG_USEC", "1000000");
+    let child = spawn(command);
+
+    let first = notify.collect(Duration::from_secs(3));
+    let ready = first.iter().position(|m| m.contains("READY=1"));
+    assert!(ready.is_some(), "READY=1 never sent: {first:?}");
+    let pings = first.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        pings >= 3,
+        "the watchdog must be fed about every 0.5 s; got {pings} pings in 3 s: {first:?}"
+    );
+    assert!(greeting(port).starts_with("hello"));
+
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let last = notify.collect(Duration::from_secs(1));
+    assert!(
+        last.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 never sent: {last:?}"
+    );
+    let (code, stderr) = terminate_waited(child);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// Like [`terminate`] for a child already sent SIGTERM.
+fn terminate_waited(mut child: Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("daemon did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
