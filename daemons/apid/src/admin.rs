@@ -3,12 +3,17 @@
 //! There is no default password and no first-visitor-becomes-admin page: an operator with
 //! shell access to the server creates the account, with the password on stdin or in a file
 //! (never on the command line, where `ps` and shell history would keep it).
+//!
+//! The command runs before (and instead of) apid's tokio runtime, after dropping privileges,
+//! and makes one write: it goes through the store's `BlockingDb`, which drives the same async
+//! `auth()` handle the daemon uses on a small current-thread runtime of its own. No second,
+//! synchronous path to the users table exists to drift from the daemon's.
 
 use std::io::Read;
 use std::path::Path;
 
-use dragonfly_store::auth::{self, User};
-use dragonfly_store::{StoreError, check_schema, open_connection};
+use dragonfly_store::auth::User;
+use dragonfly_store::{BlockingDb, StoreError};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -28,6 +33,28 @@ pub enum AdminError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Privileges(#[from] dragonfly_runtime::PrivilegeError),
+}
+
+/// `dragonfly-apid create-admin` from `main`: the shared config (for the store's path) and
+/// logging, then [`command`]; exit codes as every daemon's.
+pub fn main(
+    common: &dragonfly_runtime::CommonArgs,
+    username: &str,
+    password_file: Option<&Path>,
+) -> std::process::ExitCode {
+    use dragonfly_runtime::cli;
+    let config = match cli::load_config::<crate::ApidConfig>(common) {
+        std::ops::ControlFlow::Continue(config) => config,
+        std::ops::ControlFlow::Break(code) => return code,
+    };
+    dragonfly_runtime::logging::init(&config.log, "dragonfly-apid");
+    match command(&config.store.path, username, password_file) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %cli::Chain(&e), "create-admin failed");
+            cli::exit_code_for(&e)
+        }
+    }
 }
 
 /// The whole `create-admin` command: drop privileges, read the password, create the account.
@@ -71,13 +98,10 @@ pub fn create_admin(db: &Path, username: &str, password: &str) -> Result<User, A
         return Err(AdminError::ShortPassword);
     }
     let hash = crate::auth::hash_password(password).map_err(AdminError::Hash)?;
-    let mut conn = open_connection(db, false)?;
-    check_schema(&conn)?;
-    Ok(auth::create_user(
-        &mut conn,
-        username,
-        &hash,
-        true,
-        jiff::Timestamp::now(),
-    )?)
+    let store = BlockingDb::open(db)?;
+    let create = store
+        .db()
+        .auth()
+        .create_user(username, &hash, true, jiff::Timestamp::now());
+    Ok(store.block_on(create)?)
 }

@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dragonfly_store::auth::{self as repo, User};
+use dragonfly_store::auth::User;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -121,10 +121,7 @@ pub async fn authenticate(
             return Ok(None);
         }
         let hash = secret_hash(token);
-        let user = state
-            .db
-            .run(move |c| repo::token_user(c, &hash, now))
-            .await?;
+        let user = state.db.auth().token_user(hash, now).await?;
         return Ok(user.map(|user| Principal {
             user,
             via: Via::ApiToken,
@@ -135,10 +132,7 @@ pub async fn authenticate(
             return Ok(None);
         }
         let hash = secret_hash(cookie);
-        let user = state
-            .db
-            .run(move |c| repo::session_user(c, &hash, now))
-            .await?;
+        let user = state.db.auth().session_user(hash, now).await?;
         return Ok(user.map(|user| Principal {
             user,
             via: Via::Session,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// `dragonfly-apid [--config PATH] [--check-config] [create-admin …]`.
 #[derive(Debug, clap::Parser)]
-#[command(version, about = "Dragonfly HTTP API and web UI")]
+#[command(name = "dragonfly-apid", version, about = <crate::Apid as dragonfly_runtime::Daemon>::ABOUT)]
 pub struct Args {
     #[command(flatten)]
     pub common: dragonfly_runtime::CommonArgs,

@@ -17,40 +17,62 @@ pub mod error;
 pub mod openapi;
 pub mod routes;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::Arc;
 
 use axum::Router;
-use dragonfly_bus::{Bus, Event};
-use dragonfly_runtime::Secret;
+use dragonfly_bus::{Bus, Publisher};
+use dragonfly_core::boot_token::MIN_KEY_LEN;
+use dragonfly_runtime::sockets::{SocketError, Sockets};
+use dragonfly_runtime::{Context, CredentialSpec, CredentialsError, Daemon, Health, Secret};
 use dragonfly_store::Db;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ApidConfig;
 
-/// Everything [`run`] needs.
+/// The boot-token key's credential name (`LoadCredential=boot-token-key:…`).
+pub const BOOT_TOKEN_KEY: &str = "boot-token-key";
+
+/// apid, as the daemon frame runs it.
 #[derive(Debug)]
-pub struct Config {
-    pub apid: ApidConfig,
-    /// The SQLite database (already migrated).
-    pub store_path: std::path::PathBuf,
-    pub nats_url: String,
-    /// HMAC key for agents' boot tokens.
-    pub boot_token_key: Secret,
+pub struct Apid;
+
+impl Daemon for Apid {
+    const NAME: &'static str = "apid";
+    const ABOUT: &'static str = "Dragonfly HTTP API and web UI";
+    // Handlers are axum's loop; what they all need is the store, checked through their pool.
+    const HEALTH: Health = Health::StoreAnswers;
+    type Config = ApidConfig;
+    type Sockets = StdTcpListener;
+    type Store = Db;
+    type Error = ApidError;
+
+    fn sockets(config: &ApidConfig, passed: &mut Sockets) -> Result<StdTcpListener, SocketError> {
+        passed.tcp_or_bind("http", config.listen.addr)
+    }
+
+    fn credentials(config: &ApidConfig) -> Vec<CredentialSpec> {
+        vec![CredentialSpec {
+            name: BOOT_TOKEN_KEY,
+            fallback: config.boot_token_key_file.clone(),
+            min_len: MIN_KEY_LEN,
+        }]
+    }
+
+    async fn run(
+        ctx: Context<Self>,
+        listener: StdTcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ApidError> {
+        run(ctx, listener, shutdown).await
+    }
 }
 
 /// Why apid stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ApidError {
-    #[error("opening the store")]
-    Store(#[from] dragonfly_store::StoreError),
-    #[error("connecting to NATS")]
-    Bus(#[from] dragonfly_bus::BusError),
-    #[error(
-        "the boot-token key is shorter than {} bytes",
-        dragonfly_core::boot_token::MIN_KEY_LEN
-    )]
-    WeakBootTokenKey,
+    #[error("the boot-token key")]
+    Credentials(#[from] CredentialsError),
     #[error("serving HTTP")]
     Serve(#[source] std::io::Error),
 }
@@ -59,8 +81,10 @@ pub enum ApidError {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub db: Db,
-    /// `None` only in tests that exercise the HTTP layer alone.
+    /// For the health report only; `None` in tests that exercise the HTTP layer alone.
     pub bus: Option<Bus>,
+    /// Where every change is announced, after it is stored.
+    pub events: Publisher,
     pub config: Arc<ApidConfig>,
     pub boot_token_key: Arc<Secret>,
     pub login_limiter: Arc<auth::RateLimiter>,
@@ -70,25 +94,22 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state; the caller has opened the store and, usually, the bus.
-    pub fn new(db: Db, bus: Option<Bus>, config: ApidConfig, boot_token_key: Secret) -> Self {
+    pub fn new(
+        db: Db,
+        bus: Option<Bus>,
+        events: Publisher,
+        config: ApidConfig,
+        boot_token_key: Secret,
+    ) -> Self {
         let login_limiter = Arc::new(auth::RateLimiter::new(config.login_attempts_per_minute));
         Self {
             db,
             bus,
+            events,
             config: Arc::new(config),
             boot_token_key: Arc::new(boot_token_key),
             login_limiter,
             agent_logs: Arc::default(),
-        }
-    }
-
-    /// Publishes an event after a store write. A failure is logged, not returned: the write
-    /// already happened, and subscribers reconcile from the store.
-    pub async fn publish<E: Event>(&self, event: &E) {
-        if let Some(bus) = &self.bus
-            && let Err(e) = bus.publish(event).await
-        {
-            tracing::warn!(subject = E::SUBJECT, error = %e, "event not published; subscribers will reconcile from the store");
         }
     }
 }
@@ -98,38 +119,18 @@ pub fn app(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// How often the store must answer for the watchdog to be fed.
-const SELF_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
 pub async fn run(
-    config: Config,
-    listener: std::net::TcpListener,
+    ctx: Context<Apid>,
+    listener: StdTcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ApidError> {
-    if config.boot_token_key.expose().len() < dragonfly_core::boot_token::MIN_KEY_LEN {
-        return Err(ApidError::WeakBootTokenKey);
-    }
-    let db = Db::open(&config.store_path).await?;
-    dragonfly_runtime::notify::status("connecting to NATS");
-    let bus = Bus::connect(&config.nats_url, "dragonfly-apid", "/dragonfly/apid").await?;
-    let state = AppState::new(db.clone(), Some(bus), config.apid, config.boot_token_key);
-    // The drain grace (10 s) is shorter than the unit's WatchdogSec=, so the watchdog may
-    // stop with the shutdown token.
-    let checked = db.clone();
-    dragonfly_runtime::notify::spawn_self_checked_watchdog(
-        shutdown.clone(),
-        SELF_CHECK_EVERY,
-        move || {
-            let db = checked.clone();
-            async move { db.ping().await }
-        },
-    );
+    let key = Secret::new(ctx.credentials.get(BOOT_TOKEN_KEY)?.expose().to_vec());
+    let state = AppState::new(ctx.store, ctx.bus, ctx.events, ctx.config, key);
     let listener = tokio::net::TcpListener::from_std(listener).map_err(ApidError::Serve)?;
     let addr = listener.local_addr().map_err(ApidError::Serve)?;
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%addr, "serving");
-    dragonfly_runtime::notify::ready();
     dragonfly_runtime::notify::status(&format!("serving on {addr}"));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -27,8 +27,8 @@ fn seed() -> anyhow::Result<()> {
         anyhow::bail!("usage: seed-machines DB N");
     };
     let n: u32 = n.parse().context("N")?;
-    let mut conn = dragonfly_store::open_connection(db.as_ref(), true)?;
-    dragonfly_store::migrate(&mut conn)?;
+    dragonfly_store::migrate_file(db.as_ref())?;
+    let store = dragonfly_store::BlockingDb::open(&db)?;
     let now = jiff::Timestamp::now();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for i in 0..n {
@@ -39,7 +39,7 @@ fn seed() -> anyhow::Result<()> {
             "macs": [mac.to_string()],
             "memoryBytes": 1u64 << 31,
         }))?;
-        dragonfly_store::machines::register(&mut conn, &report, now)?;
+        store.block_on(store.db().machines().register(report, now))?;
         writeln!(out, "{mac}")?;
     }
     out.flush()?;

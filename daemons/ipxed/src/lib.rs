@@ -14,8 +14,8 @@ pub mod config;
 pub mod files;
 pub mod script;
 
+use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -23,38 +23,64 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dragonfly_bus::Bus;
+use dragonfly_bus::Publisher;
 use dragonfly_bus::events::BootDecided;
 use dragonfly_core::boot::{self, BootView};
 use dragonfly_core::boot_token::{self, BootClaims};
 use dragonfly_core::{BootFate, MacAddr};
-use dragonfly_runtime::Secret;
+use dragonfly_runtime::cli::Chain;
+use dragonfly_runtime::sockets::{SocketError, Sockets};
+use dragonfly_runtime::{Context, CredentialSpec, CredentialsError, Daemon, Health, Secret};
 use dragonfly_store::Db;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::IpxedConfig;
 use script::{Client, MachineView, Platform, Renderer, Settings};
 
-/// Everything [`run`] needs.
+/// The boot-token key's credential name (`LoadCredential=boot-token-key:…`), shared with apid.
+pub const BOOT_TOKEN_KEY: &str = "boot-token-key";
+
+/// ipxed, as the daemon frame runs it.
 #[derive(Debug)]
-pub struct Config {
-    pub ipxed: IpxedConfig,
-    /// The SQLite database (already migrated).
-    pub store_path: std::path::PathBuf,
-    pub nats_url: String,
-    /// HMAC key for agents' boot tokens (the same key apid verifies with).
-    pub boot_token_key: Secret,
+pub struct Ipxed;
+
+impl Daemon for Ipxed {
+    const NAME: &'static str = "ipxed";
+    const ABOUT: &'static str = "Dragonfly iPXE boot server: boot scripts and the agent's files";
+    // Every boot answer reads the store; its self-check runs through the same pool.
+    const HEALTH: Health = Health::StoreAnswers;
+    type Config = IpxedConfig;
+    type Sockets = StdTcpListener;
+    type Store = Db;
+    type Error = IpxedError;
+
+    fn sockets(config: &IpxedConfig, passed: &mut Sockets) -> Result<StdTcpListener, SocketError> {
+        passed.tcp_or_bind("http", config.listen.addr)
+    }
+
+    fn credentials(config: &IpxedConfig) -> Vec<CredentialSpec> {
+        vec![CredentialSpec {
+            name: BOOT_TOKEN_KEY,
+            fallback: config.boot_token_key_file.clone(),
+            min_len: boot_token::MIN_KEY_LEN,
+        }]
+    }
+
+    async fn run(
+        ctx: Context<Self>,
+        listener: StdTcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), IpxedError> {
+        run(ctx, listener, shutdown).await
+    }
 }
 
 /// Why ipxed stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum IpxedError {
-    #[error("opening the store")]
-    Store(#[from] dragonfly_store::StoreError),
-    #[error("connecting to NATS")]
-    Bus(#[from] dragonfly_bus::BusError),
+    #[error("the boot-token key")]
+    Credentials(#[from] CredentialsError),
     #[error(
         "the boot-token key is shorter than {} bytes",
         dragonfly_core::boot_token::MIN_KEY_LEN
@@ -74,15 +100,14 @@ pub struct AppState {
     settings: Arc<Settings>,
     renderer: Arc<Renderer>,
     boot_token_key: Arc<Secret>,
-    events: Option<EventSink>,
+    events: Publisher,
 }
 
 impl AppState {
-    /// Builds the state and, when `bus` is given, starts the task that publishes events
-    /// (so call it inside a tokio runtime).
+    /// Builds the state.
     pub fn new(
         db: Db,
-        bus: Option<Bus>,
+        events: Publisher,
         config: IpxedConfig,
         boot_token_key: Secret,
     ) -> Result<Self, IpxedError> {
@@ -102,45 +127,8 @@ impl AppState {
             settings: Arc::new(settings),
             renderer: Arc::new(Renderer::new()?),
             boot_token_key: Arc::new(boot_token_key),
-            events: bus.map(EventSink::spawn),
+            events,
         })
-    }
-}
-
-/// Queues events for one publishing task, so a slow or absent NATS never delays a boot
-/// answer: when the queue is full, events are dropped and counted (subscribers reconcile
-/// from the store; `BootDecided` is a notification, not state).
-#[derive(Clone, Debug)]
-struct EventSink {
-    tx: mpsc::Sender<BootDecided>,
-    dropped: Arc<AtomicU64>,
-}
-
-const EVENT_QUEUE: usize = 4096;
-
-impl EventSink {
-    fn spawn(bus: Bus) -> Self {
-        let (tx, mut rx) = mpsc::channel::<BootDecided>(EVENT_QUEUE);
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                if let Err(e) = bus.publish(&event).await {
-                    tracing::warn!(error = %e, "BootDecided not published");
-                }
-            }
-        });
-        Self {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn send(&self, event: BootDecided) {
-        if self.tx.try_send(event).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "event queue full; BootDecided events dropped");
-            }
-        }
     }
 }
 
@@ -236,14 +224,10 @@ async fn boot_script(
         }
     };
     let mac = client.mac;
-    let machine = match state
-        .db
-        .run(move |c| dragonfly_store::machines::boot_info_by_mac(c, mac))
-        .await
-    {
+    let machine = match state.db.machines().boot_info(mac).await {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(%mac, error = %e, "store lookup failed");
+            tracing::error!(%mac, error = %Chain(&e), "store lookup failed");
             return error_response(
                 &state,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -301,15 +285,13 @@ async fn boot_script(
         workflow = ?workflow_id,
         "boot decided"
     );
-    if let Some(events) = &state.events {
-        events.send(BootDecided {
-            mac: mac.to_string(),
-            fate: script::fate_str(&fate).to_owned(),
-            reason: reason.map(str::to_owned),
-            machine_id: view.id,
-            workflow_id,
-        });
-    }
+    state.events.publish(&BootDecided {
+        mac: mac.to_string(),
+        fate: script::fate_str(&fate).to_owned(),
+        reason: reason.map(str::to_owned),
+        machine_id: view.id,
+        workflow_id,
+    });
     script_response(StatusCode::OK, body)
 }
 
@@ -331,40 +313,23 @@ fn mint(state: &AppState, mac: MacAddr) -> Result<String, boot_token::TokenError
     )
 }
 
-/// How often the store must answer for the watchdog to be fed.
-const SELF_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Serves boot scripts and agent files on `listener` until `shutdown` is cancelled.
 pub async fn run(
-    config: Config,
-    listener: std::net::TcpListener,
+    ctx: Context<Ipxed>,
+    listener: StdTcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), IpxedError> {
-    for name in &config.ipxed.agent_files {
-        let path = config.ipxed.agent_dir.join(name);
+    for name in &ctx.config.agent_files {
+        let path = ctx.config.agent_dir.join(name);
         if !path.is_file() {
             tracing::warn!(path = %path.display(), "agent file not found; machines cannot boot the agent until it exists");
         }
     }
-    let db = Db::open(&config.store_path).await?;
-    dragonfly_runtime::notify::status("connecting to NATS");
-    let bus = Bus::connect(&config.nats_url, "dragonfly-ipxed", "/dragonfly/ipxed").await?;
-    let state = AppState::new(db.clone(), Some(bus), config.ipxed, config.boot_token_key)?;
-    // The drain grace (10 s) is shorter than the unit's WatchdogSec=, so the watchdog may
-    // stop with the shutdown token.
-    let checked = db.clone();
-    dragonfly_runtime::notify::spawn_self_checked_watchdog(
-        shutdown.clone(),
-        SELF_CHECK_EVERY,
-        move || {
-            let db = checked.clone();
-            async move { db.ping().await }
-        },
-    );
+    let key = Secret::new(ctx.credentials.get(BOOT_TOKEN_KEY)?.expose().to_vec());
+    let state = AppState::new(ctx.store, ctx.events, ctx.config, key)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(IpxedError::Serve)?;
     let addr = listener.local_addr().map_err(IpxedError::Serve)?;
     tracing::info!(%addr, "serving");
-    dragonfly_runtime::notify::ready();
     dragonfly_runtime::notify::status(&format!("serving on {addr}"));
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())

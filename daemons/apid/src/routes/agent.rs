@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use dragonfly_core::boot::{self, BootFate, BootView};
 use dragonfly_core::{MacAddr, MachineState, boot_token};
-use dragonfly_store::machines as repo;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -77,7 +76,8 @@ pub async fn instructions(
 ) -> Result<ApiJson<Instructions>, ApiError> {
     let info = state
         .db
-        .run(move |c| repo::boot_info_by_mac(c, mac))
+        .machines()
+        .boot_info(mac)
         .await?
         .ok_or(ApiError::NotFound("machine"))?;
     let fate = boot::decide(Some(BootView {
@@ -194,7 +194,8 @@ pub async fn log(
     }
     let info = state
         .db
-        .run(move |c| repo::boot_info_by_mac(c, mac))
+        .machines()
+        .boot_info(mac)
         .await?
         .ok_or(ApiError::NotFound("machine"))?;
     let lines: Vec<String> = body
@@ -232,7 +233,8 @@ pub async fn read_log(
     }
     let m = state
         .db
-        .run(move |c| repo::get_by_id_or_name(c, &id))
+        .machines()
+        .get_by_id_or_name(&id)
         .await?
         .ok_or(ApiError::NotFound("machine"))?;
     Ok(ApiJson(state.agent_logs.get(m.id.0)))

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
-use dragonfly_store::machines::{self as repo, Filter, Patch, Registered};
+use dragonfly_store::machines::{Filter, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -47,21 +47,16 @@ pub async fn register(
     report
         .validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let outcome = state
-        .db
-        .run(move |c| repo::register(c, &report, now))
-        .await?;
+    let outcome = state.db.machines().register(report, now).await?;
     let created = matches!(outcome, Registered::Created(_));
     let m = outcome.machine().clone();
     tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");
-    state
-        .publish(&MachineRegistered {
-            machine_id: m.id.0,
-            name: m.name.clone(),
-            macs: m.macs().iter().map(ToString::to_string).collect(),
-            created,
-        })
-        .await;
+    state.events.publish(&MachineRegistered {
+        machine_id: m.id.0,
+        name: m.name.clone(),
+        macs: m.macs().iter().map(ToString::to_string).collect(),
+        created,
+    });
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -169,10 +164,7 @@ pub async fn list(
             .unwrap_or_default(),
     };
     let limit = page_size(q.limit)?;
-    let page = state
-        .db
-        .run(move |c| repo::list(c, &filter, q.after.as_deref(), limit))
-        .await?;
+    let page = state.db.machines().list(filter, q.after, limit).await?;
     Ok(ApiJson(MachineList {
         items: page.items,
         next: page.next_after,
@@ -185,7 +177,8 @@ async fn find(state: &AppState, key: String) -> Result<Machine, ApiError> {
     }
     state
         .db
-        .run(move |c| repo::get_by_id_or_name(c, &key))
+        .machines()
+        .get_by_id_or_name(&key)
         .await?
         .ok_or(ApiError::NotFound("machine"))
 }
@@ -254,19 +247,14 @@ pub async fn patch(
     };
     let version = body.resource_version;
     let now = jiff::Timestamp::now();
-    let updated = state
-        .db
-        .run(move |c| repo::patch(c, m.id, version, &p, now))
-        .await?;
+    let updated = state.db.machines().patch(m.id, version, p, now).await?;
     tracing::info!(machine = %updated.name, by = %who.user.username, ?changed, "machine updated");
-    state
-        .publish(&MachineUpdated {
-            machine_id: updated.id.0,
-            name: updated.name.clone(),
-            resource_version: updated.resource_version,
-            changed,
-        })
-        .await;
+    state.events.publish(&MachineUpdated {
+        machine_id: updated.id.0,
+        name: updated.name.clone(),
+        resource_version: updated.resource_version,
+        changed,
+    });
     Ok(ApiJson(updated))
 }
 
@@ -291,16 +279,11 @@ pub async fn delete(
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let m = find(&state, id).await?;
-    let gone = state
-        .db
-        .run(move |c| repo::delete(c, m.id, q.resource_version))
-        .await?;
+    let gone = state.db.machines().delete(m.id, q.resource_version).await?;
     tracing::info!(machine = %gone.name, by = %who.user.username, "machine deleted");
-    state
-        .publish(&MachineDeleted {
-            machine_id: gone.id.0,
-            name: gone.name,
-        })
-        .await;
+    state.events.publish(&MachineDeleted {
+        machine_id: gone.id.0,
+        name: gone.name,
+    });
     Ok(StatusCode::NO_CONTENT)
 }

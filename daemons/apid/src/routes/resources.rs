@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use dragonfly_core::resource::{API_VERSION, Hardware};
-use dragonfly_store::machines::{self as repo, Filter};
+use dragonfly_store::machines::Filter;
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
 
@@ -101,10 +101,7 @@ pub async fn list_hardware(
             .unwrap_or_default(),
     };
     let limit = page_size(q.limit)?;
-    let page = state
-        .db
-        .run(move |c| repo::list(c, &filter, q.continue_.as_deref(), limit))
-        .await?;
+    let page = state.db.machines().list(filter, q.continue_, limit).await?;
     let doc = HardwareList {
         api_version: API_VERSION,
         kind: "HardwareList",
@@ -132,7 +129,8 @@ pub async fn get_hardware(
     }
     let m = state
         .db
-        .run(move |c| repo::get_by_id_or_name(c, &name))
+        .machines()
+        .get_by_id_or_name(&name)
         .await?
         .ok_or(ApiError::NotFound("machine"))?;
     render(&headers, &Hardware::from(&m))

@@ -60,11 +60,7 @@ pub async fn login(
     if body.username.len() > 128 || body.password.len() > 1024 {
         return Err(ApiError::Unauthorized);
     }
-    let name = body.username.clone();
-    let found = state
-        .db
-        .run(move |c| repo::user_with_password(c, &name))
-        .await?;
+    let found = state.db.auth().user_with_password(&body.username).await?;
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), h),
         None => (None, DUMMY_HASH.clone()),
@@ -85,7 +81,8 @@ pub async fn login(
     let uid = user.id;
     state
         .db
-        .run(move |c| repo::create_session(c, &hash, uid, now, expires))
+        .auth()
+        .create_session(hash, uid, now, expires)
         .await?;
     tracing::info!(username = %user.username, %ip, "login");
     let secure = if state.config.secure_cookies {
@@ -126,10 +123,7 @@ pub async fn logout(
         .map(|(_, v)| v.to_owned())
     {
         let hash = auth::secret_hash(&cookie);
-        state
-            .db
-            .run(move |c| repo::delete_session(c, &hash))
-            .await?;
+        state.db.auth().delete_session(hash).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
@@ -226,7 +220,8 @@ pub async fn create_token(
     let uid = who.user.id;
     let t = state
         .db
-        .run(move |c| repo::create_api_token(c, uid, &name, &hash, now, expires))
+        .auth()
+        .create_api_token(uid, &name, hash, now, expires)
         .await?;
     tracing::info!(token = %t.id, name = %t.name, by = %who.user.username, "API token created");
     Ok((
@@ -246,7 +241,7 @@ pub async fn list_tokens(
     Extension(who): Extension<Principal>,
 ) -> Result<ApiJson<Vec<TokenInfo>>, ApiError> {
     let uid = who.user.id;
-    let tokens = state.db.run(move |c| repo::list_api_tokens(c, uid)).await?;
+    let tokens = state.db.auth().list_api_tokens(uid).await?;
     Ok(ApiJson(tokens.into_iter().map(Into::into).collect()))
 }
 
@@ -261,11 +256,7 @@ pub async fn delete_token(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let uid = who.user.id;
-    if state
-        .db
-        .run(move |c| repo::delete_api_token(c, uid, id))
-        .await?
-    {
+    if state.db.auth().delete_api_token(uid, id).await? {
         tracing::info!(token = %id, by = %who.user.username, "API token revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -223,8 +223,9 @@ fn create_admin_reads_the_password_from_stdin_and_refuses_weak_ones() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let conn = dragonfly_store::open_connection(&db.path, false).unwrap();
-    let (user, hash) = dragonfly_store::auth::user_with_password(&conn, "root-of-trust")
+    let store = dragonfly_store::BlockingDb::open(&db.path).unwrap();
+    let (user, hash) = store
+        .block_on(store.db().auth().user_with_password("root-of-trust"))
         .unwrap()
         .unwrap();
     assert!(user.is_admin);

@@ -1,7 +1,6 @@
-//! Shared set-up: a migrated SQLite file, apid's router served on a loopback port, users.
+//! Shared set-up: apid's router served on a loopback port over the store's `TestDb`, users.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use dragonfly_apid::{ApidConfig, AppState, app, auth};
 use dragonfly_core::boot_token::{self, BootClaims};
@@ -9,32 +8,17 @@ use dragonfly_core::{HardwareReport, MacAddr};
 use dragonfly_runtime::Secret;
 use dragonfly_runtime::config::DaemonConfig;
 use dragonfly_store::Db;
+pub(crate) use dragonfly_store::testing::TestDb;
 use serde_json::{Value, json};
 
 /// The boot-token key every test server uses.
 pub(crate) const KEY: [u8; 32] = [0x5a; 32];
 
-/// A migrated database in a temporary directory.
-pub(crate) struct TestDb {
-    pub(crate) dir: tempfile::TempDir,
-    pub(crate) path: PathBuf,
-}
-
-impl TestDb {
-    pub(crate) fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dragonfly.db");
-        let mut conn = dragonfly_store::open_connection(&path, true).unwrap();
-        dragonfly_store::migrate(&mut conn).unwrap();
-        Self { dir, path }
-    }
-}
-
 /// apid's router on `127.0.0.1:<ephemeral>`, without a bus.
 pub(crate) struct Server {
     pub(crate) base: String,
     pub(crate) db: Db,
-    pub(crate) _tdb: TestDb,
+    pub(crate) store: TestDb,
     pub(crate) http: reqwest::Client,
 }
 
@@ -50,9 +34,15 @@ impl Server {
     }
 
     pub(crate) async fn start_with(cfg: ApidConfig) -> Self {
-        let tdb = TestDb::new();
-        let db = Db::open(&tdb.path).await.unwrap();
-        let state = AppState::new(db.clone(), None, cfg, Secret::new(KEY.to_vec()));
+        let store = TestDb::new();
+        let db = store.db.clone();
+        let state = AppState::new(
+            db.clone(),
+            None,
+            dragonfly_bus::Publisher::disabled(),
+            cfg,
+            Secret::new(KEY.to_vec()),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -66,7 +56,7 @@ impl Server {
         Self {
             base: format!("http://{addr}"),
             db,
-            _tdb: tdb,
+            store,
             http: reqwest::Client::new(),
         }
     }
@@ -79,11 +69,9 @@ impl Server {
     pub(crate) async fn add_admin(&self, name: &str) -> (String, String) {
         let password = format!("{name}-correct-horse");
         let hash = auth::hash_password(&password).unwrap();
-        let n = name.to_owned();
         self.db
-            .run(move |c| {
-                dragonfly_store::auth::create_user(c, &n, &hash, true, jiff::Timestamp::now())
-            })
+            .auth()
+            .create_user(name, &hash, true, jiff::Timestamp::now())
             .await
             .unwrap();
         (name.to_owned(), password)
@@ -110,10 +98,7 @@ impl Server {
     }
 
     pub(crate) async fn machine_count(&self) -> u64 {
-        self.db
-            .run(|c| dragonfly_store::machines::count(c))
-            .await
-            .unwrap()
+        self.db.machines().count().await.unwrap()
     }
 }
 

@@ -129,7 +129,7 @@ async fn raw_get(base: &str, path: &str) -> String {
 async fn only_listed_files_are_served_and_no_path_leaves_the_directory() {
     let fx = Fixture::new();
     // A secret beside agent_dir, and an unlisted file inside it.
-    std::fs::write(fx.dir.path().join("secret"), "TOP-SECRET").unwrap();
+    std::fs::write(fx.store.dir.path().join("secret"), "TOP-SECRET").unwrap();
     std::fs::write(fx.agent_dir.join("unlisted"), "TOP-SECRET").unwrap();
     let s = Server::start_with(fx, |_| {}, None).await;
     for path in [

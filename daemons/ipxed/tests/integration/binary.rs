@@ -16,7 +16,7 @@ const IPXED: &str = env!("CARGO_BIN_EXE_dragonfly-ipxed");
 
 /// A config file and key file for the binary, owned by the user it will run as.
 fn prepare(fx: &Fixture, nats_url: &str) -> PathBuf {
-    let dir = fx.dir.path();
+    let dir = fx.store.dir.path();
     let key = dir.join("boot-token-key");
     std::fs::write(&key, KEY).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -121,7 +121,7 @@ fn check_config_exits_0_or_2_naming_the_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bad = fx.dir.path().join("bad.toml");
+    let bad = fx.store.dir.path().join("bad.toml");
     std::fs::write(&bad, "[ipxed]\npublic_url = \"ftp://x\"\n").unwrap();
     let out = std::process::Command::new(IPXED)
         .args(["--check-config", "--config"])

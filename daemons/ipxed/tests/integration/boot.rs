@@ -173,9 +173,13 @@ async fn every_answer_publishes_boot_decided_without_the_token() {
         return;
     }
     let nats = NatsServer::start().await.unwrap();
-    let bus = dragonfly_bus::Bus::connect(&nats.url(), "test-ipxed", "/dragonfly/ipxed")
-        .await
-        .unwrap();
+    let bus = dragonfly_bus::Bus::connect(dragonfly_bus::ConnectOptions::new(
+        nats.url(),
+        "ipxed",
+        None,
+    ))
+    .await
+    .unwrap();
     let watcher = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = watcher.subscribe("dragonfly.boot.>").await.unwrap();
     watcher.flush().await.unwrap();

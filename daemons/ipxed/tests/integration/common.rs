@@ -1,14 +1,15 @@
 //! Shared set-up: a migrated database, an agent directory, ipxed's router on a loopback port,
-//! machines in given states, and a syntax check for rendered scripts.
+//! machines in given states (the store's fixtures), and a syntax check for rendered scripts.
 
 use std::path::PathBuf;
 
-use dragonfly_core::{HardwareReport, MacAddr, MachineState};
+use dragonfly_core::{MacAddr, MachineId, MachineState};
 use dragonfly_ipxed::config::RawIpxed;
 use dragonfly_ipxed::{AppState, IpxedConfig, app};
 use dragonfly_runtime::Secret;
 use dragonfly_runtime::config::DaemonConfig;
 use dragonfly_store::Db;
+use dragonfly_store::testing::{self, NewMachine, TestDb};
 use uuid::Uuid;
 
 /// The boot-token key every test server uses.
@@ -16,7 +17,8 @@ pub(crate) const KEY: [u8; 32] = [0x5a; 32];
 
 /// A migrated database and an agent directory in one temporary directory.
 pub(crate) struct Fixture {
-    pub(crate) dir: tempfile::TempDir,
+    /// The database; its directory holds the agent directory too.
+    pub(crate) store: TestDb,
     pub(crate) db_path: PathBuf,
     pub(crate) agent_dir: PathBuf,
     /// The agent kernel's bytes (`vmlinuz`).
@@ -38,17 +40,15 @@ pub(crate) fn bytes(len: usize, seed: u32) -> Vec<u8> {
 
 impl Fixture {
     pub(crate) fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db_path = dir.path().join("dragonfly.db");
-        let mut conn = dragonfly_store::open_connection(&db_path, true).unwrap();
-        dragonfly_store::migrate(&mut conn).unwrap();
-        let agent_dir = dir.path().join("agent");
+        let store = TestDb::new();
+        let db_path = store.path.clone();
+        let agent_dir = store.dir.path().join("agent");
         std::fs::create_dir(&agent_dir).unwrap();
         let kernel = bytes(300_000, 1);
         std::fs::write(agent_dir.join("vmlinuz"), &kernel).unwrap();
         std::fs::write(agent_dir.join("initrd.img"), bytes(3 << 20, 2)).unwrap();
         Self {
-            dir,
+            store,
             db_path,
             agent_dir,
             kernel,
@@ -86,8 +86,11 @@ impl Server {
         let mut raw = fx.raw_config();
         tweak(&mut raw);
         let cfg = IpxedConfig::validate(raw).unwrap();
-        let db = Db::open(&fx.db_path).await.unwrap();
-        let state = AppState::new(db.clone(), bus, cfg, Secret::new(KEY.to_vec())).unwrap();
+        let db = fx.store.db.clone();
+        let events = bus.map_or_else(dragonfly_bus::Publisher::disabled, |b| {
+            dragonfly_bus::Publisher::start(&b, dragonfly_bus::DEFAULT_CAPACITY).0
+        });
+        let state = AppState::new(db.clone(), events, cfg, Secret::new(KEY.to_vec())).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
@@ -114,40 +117,14 @@ pub(crate) fn mac(n: u8) -> MacAddr {
     MacAddr::new([0x52, 0x54, 0x00, 0x12, 0x34, n])
 }
 
-/// Registers a machine with `mac` through the store's typed function; returns its id.
+/// Registers a machine with `mac`, as its agent would; returns its id.
 pub(crate) async fn register(db: &Db, mac: MacAddr) -> Uuid {
-    let report: HardwareReport =
-        serde_json::from_value(serde_json::json!({ "macs": [mac.to_string()] })).unwrap();
-    db.run(move |c| dragonfly_store::machines::register(c, &report, jiff::Timestamp::now()))
-        .await
-        .unwrap()
-        .machine()
-        .id
-        .0
+    testing::machine(db, NewMachine::with_mac(mac)).await.id.0
 }
 
-/// Sets a machine's state and workflow with plain SQL: the store has no typed function for
-/// OS assignment yet (workflowd's issue adds one).
+/// Moves a machine to `state` in `workflow` through the lifecycle, as workflowd will.
 pub(crate) async fn set_state(db: &Db, id: Uuid, state: MachineState, workflow: Option<Uuid>) {
-    let n = db
-        .run(move |c| {
-            Ok(c.execute(
-                "UPDATE machines SET state = ?2, workflow_id = ?3, \
-                 resource_version = resource_version + 1 WHERE id = ?1",
-                rusqlite_params(id, state, workflow),
-            )?)
-        })
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
-}
-
-fn rusqlite_params(id: Uuid, state: MachineState, workflow: Option<Uuid>) -> [Option<String>; 3] {
-    [
-        Some(id.to_string()),
-        Some(state.as_str().to_owned()),
-        workflow.map(|w| w.to_string()),
-    ]
+    testing::set_state(db, MachineId(id), state, workflow).await;
 }
 
 /// The value of `key=` on the script's `kernel` line.
