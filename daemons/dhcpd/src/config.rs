@@ -5,6 +5,7 @@
 //! or a MAC reserved twice. TODO(feature): a `dhcp_reservations` table written by apid, merged
 //! with these at start, once the API has an endpoint for it.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -38,8 +39,18 @@ pub struct RawDhcpd {
     /// The filename given to iPXE; `${…}` is left for iPXE to expand.
     pub ipxe_script_url: Option<String>,
     pub lease_time: Option<String>,
+    /// How long an OFFER keeps its address for the client (1s to 60s).
     pub offer_hold: Option<String>,
     pub decline_hold: Option<String>,
+    /// Relay agents whose relayed requests are served: the giaddr and the source address of
+    /// a relayed request must both be listed. None listed: relayed requests are refused.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Answers to new clients (no reservation, no lease, not a known machine) per relay and
+    /// per interface: refilled at this rate...
+    pub new_clients_per_second: Option<u32>,
+    /// ...up to this many at once.
+    pub new_clients_burst: Option<u32>,
     #[serde(default)]
     pub subnets: Vec<RawSubnet>,
     #[serde(default)]
@@ -140,8 +151,54 @@ pub struct DhcpdConfig {
     pub lease_time: Duration,
     pub offer_hold: Duration,
     pub decline_hold: Duration,
+    /// Listed relay addresses, sorted (see [`DhcpdConfig::relay_allowed`]).
+    pub relays: Vec<Ipv4Addr>,
+    pub new_clients: RateLimit,
     pub subnets: Vec<Subnet>,
-    pub reservations: Vec<(MacAddr, Ipv4Addr)>,
+    pub reservations: Reservations,
+}
+
+/// A token bucket's size and refill rate (see [`crate::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// New clients answered per relay or interface, by default: a rack of 1 000 machines (and
+/// as many BMCs) powering on at once fits in the burst, and a flood can hold at most
+/// `burst + per_second × offer_hold` (3 000) addresses in offers per link.
+pub const DEFAULT_NEW_CLIENTS: RateLimit = RateLimit {
+    per_second: 100,
+    burst: 2000,
+};
+
+/// The fixed addresses, indexed both ways: policy asks "is this MAC reserved?" and "is this
+/// address reserved?" for every request and pool address, so neither may be a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reservations {
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    by_ip: HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl Reservations {
+    /// Adds `mac` → `ip`; `false` (and nothing added) when either is reserved already.
+    pub fn insert(&mut self, mac: MacAddr, ip: Ipv4Addr) -> bool {
+        if self.by_mac.contains_key(&mac) || self.by_ip.contains_key(&ip) {
+            return false;
+        }
+        self.by_mac.insert(mac, ip);
+        self.by_ip.insert(ip, mac);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_mac.is_empty()
+    }
 }
 
 /// The iPXE script URL unless configured: `{ipxed}` is replaced by the `ipxed` key (default:
@@ -169,6 +226,8 @@ pub enum DhcpdConfigError {
     Duplicate(String),
     #[error("must be an http:// or https:// URL")]
     Url,
+    #[error("{0} cannot be a relay agent's address")]
+    Relay(Ipv4Addr),
 }
 
 fn ip(key: &str, s: &str) -> Result<Ipv4Addr, Invalid> {
@@ -186,6 +245,55 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, I
                 value: v.unwrap_or_default().to_owned(),
                 min: "1s".into(),
                 max: "8760h".into(),
+            },
+        ));
+    }
+    Ok(d)
+}
+
+fn count(key: &str, v: Option<u32>, default: u32) -> Result<u32, Invalid> {
+    let n = v.unwrap_or(default);
+    if !(1..=1_000_000).contains(&n) {
+        return Err(Invalid::new(
+            key,
+            Reason::OutOfRange {
+                value: n.to_string(),
+                min: "1".into(),
+                max: "1000000".into(),
+            },
+        ));
+    }
+    Ok(n)
+}
+
+fn relays(raw: &[String]) -> Result<Vec<Ipv4Addr>, Invalid> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("relays[{i}]");
+        let a = ip(&key, r)?;
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            return Err(Invalid::custom(key, DhcpdConfigError::Relay(a)));
+        }
+        out.push(a);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Offers are held briefly: every DISCOVER from a new MAC holds an address this long, so
+/// the longer the hold, the fewer DISCOVERs a second it takes to fill a pool. Ten seconds
+/// outlasts any client's wait between OFFER and REQUEST (PXE ROMs collect offers for up to
+/// 4 s); a REQUEST after the hold is still granted when the address is free.
+fn offer_hold(v: Option<&str>) -> Result<Duration, Invalid> {
+    let d = duration("offer_hold", v, Duration::from_secs(10))?;
+    if d > Duration::from_secs(60) {
+        return Err(Invalid::new(
+            "offer_hold",
+            Reason::OutOfRange {
+                value: v.unwrap_or_default().to_owned(),
+                min: "1s".into(),
+                max: "60s".into(),
             },
         ));
     }
@@ -295,7 +403,7 @@ impl DaemonConfig for DhcpdConfig {
         if mode == Mode::Reservation && subnets.is_empty() {
             return Err(Invalid::custom("subnets", DhcpdConfigError::NoSubnet));
         }
-        let mut reservations: Vec<(MacAddr, Ipv4Addr)> = Vec::new();
+        let mut reservations = Reservations::default();
         for (i, r) in raw.reservations.iter().enumerate() {
             let key = |k: &str| format!("reservations[{i}].{k}");
             let mac: MacAddr = r.mac.parse().map_err(|e| Invalid::custom(key("mac"), e))?;
@@ -303,13 +411,12 @@ impl DaemonConfig for DhcpdConfig {
             if !subnets.iter().any(|s| s.contains(addr)) {
                 return Err(Invalid::custom(key("ip"), DhcpdConfigError::Outside(addr)));
             }
-            if reservations.iter().any(|(m, a)| *m == mac || *a == addr) {
+            if !reservations.insert(mac, addr) {
                 return Err(Invalid::custom(
                     key("mac"),
                     DhcpdConfigError::Duplicate(r.mac.clone()),
                 ));
             }
-            reservations.push((mac, addr));
         }
         if let Some(v) = &raw.ipxed
             && v.trim().is_empty()
@@ -346,16 +453,25 @@ impl DaemonConfig for DhcpdConfig {
             ipxed: raw.ipxed,
             ipxe_script_url,
             lease_time,
-            offer_hold: duration(
-                "offer_hold",
-                raw.offer_hold.as_deref(),
-                Duration::from_secs(30),
-            )?,
+            offer_hold: offer_hold(raw.offer_hold.as_deref())?,
             decline_hold: duration(
                 "decline_hold",
                 raw.decline_hold.as_deref(),
                 Duration::from_secs(600),
             )?,
+            relays: relays(&raw.relays)?,
+            new_clients: RateLimit {
+                per_second: count(
+                    "new_clients_per_second",
+                    raw.new_clients_per_second,
+                    DEFAULT_NEW_CLIENTS.per_second,
+                )?,
+                burst: count(
+                    "new_clients_burst",
+                    raw.new_clients_burst,
+                    DEFAULT_NEW_CLIENTS.burst,
+                )?,
+            },
             subnets,
             reservations,
         })
@@ -371,16 +487,20 @@ impl DhcpdConfig {
             .find(|(_, s)| s.contains(ip))
     }
 
+    /// Whether a request relayed with `giaddr` and sent from `source` is to be served: both
+    /// addresses must be listed relays. (A host on our own segment can write any giaddr; it
+    /// must then also forge a listed source address, and the answer still goes to the relay.)
+    pub fn relay_allowed(&self, giaddr: Ipv4Addr, source: Ipv4Addr) -> bool {
+        self.relays.binary_search(&giaddr).is_ok() && self.relays.binary_search(&source).is_ok()
+    }
+
     /// The fixed address reserved for `mac`.
     pub fn reservation(&self, mac: MacAddr) -> Option<Ipv4Addr> {
-        self.reservations
-            .iter()
-            .find(|(m, _)| *m == mac)
-            .map(|(_, a)| *a)
+        self.reservations.by_mac.get(&mac).copied()
     }
 
     pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
-        self.reservations.iter().any(|(_, a)| *a == ip)
+        self.reservations.by_ip.contains_key(&ip)
     }
 
     /// Address to bind for `name` when systemd passed no such socket.
@@ -433,6 +553,68 @@ mod tests {
         );
         assert_eq!(s.lease_time, Duration::from_secs(3600));
         assert!(c.is_reserved(Ipv4Addr::new(10, 99, 0, 10)));
+        assert_eq!(c.offer_hold, Duration::from_secs(10));
+        assert_eq!(c.new_clients, DEFAULT_NEW_CLIENTS);
+        assert!(c.relays.is_empty());
+        assert!(!c.relay_allowed(Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 1)));
+    }
+
+    #[test]
+    fn relays_must_be_listed_twice_over() {
+        let mut raw = lab();
+        raw.relays = vec!["10.1.0.1".into(), "10.0.0.9".into(), "10.1.0.1".into()];
+        raw.new_clients_per_second = Some(5);
+        raw.new_clients_burst = Some(7);
+        let c = DhcpdConfig::validate(raw).unwrap();
+        assert_eq!(
+            c.relays,
+            [Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 1, 0, 1)]
+        );
+        let (relay, upstream, other) = (
+            Ipv4Addr::new(10, 1, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 9),
+            Ipv4Addr::new(10, 99, 0, 77),
+        );
+        assert!(c.relay_allowed(relay, relay));
+        assert!(
+            c.relay_allowed(relay, upstream),
+            "sent from its other listed address"
+        );
+        assert!(!c.relay_allowed(other, relay), "unlisted giaddr");
+        assert!(
+            !c.relay_allowed(relay, other),
+            "listed giaddr from an unlisted host"
+        );
+        assert_eq!(
+            c.new_clients,
+            RateLimit {
+                per_second: 5,
+                burst: 7
+            }
+        );
+    }
+
+    /// The shipped example's `[dhcpd]` values are the defaults (with a subnet added, which
+    /// reservation mode needs and which has no default).
+    #[test]
+    fn the_shipped_example_states_the_defaults() {
+        let text = format!(
+            "{}\n[[dhcpd.subnets]]\nnetwork = \"10.99.0.0/24\"\n",
+            include_str!("../../../packaging/dragonfly.toml.example")
+        );
+        let example = dragonfly_runtime::config::parse_str::<DhcpdConfig>(
+            std::path::Path::new("dragonfly.toml.example"),
+            &text,
+        )
+        .unwrap()
+        .daemon;
+        let mut raw = lab();
+        raw.reservations.clear();
+        raw.subnets = vec![RawSubnet {
+            network: "10.99.0.0/24".into(),
+            ..Default::default()
+        }];
+        assert_eq!(example, DhcpdConfig::validate(raw).unwrap());
     }
 
     #[test]
@@ -491,6 +673,28 @@ mod tests {
             ),
             (Box::new(|r| r.bios_file = Some(String::new())), "bios_file"),
             (Box::new(|r| r.listen = Some("nope".into())), "listen"),
+            (
+                Box::new(|r| r.offer_hold = Some("61s".into())),
+                "offer_hold",
+            ),
+            (Box::new(|r| r.offer_hold = Some("0s".into())), "offer_hold"),
+            (
+                Box::new(|r| r.relays = vec!["10.0.0.1".into(), "x".into()]),
+                "relays[1]",
+            ),
+            (Box::new(|r| r.relays = vec!["0.0.0.0".into()]), "relays[0]"),
+            (
+                Box::new(|r| r.relays = vec!["255.255.255.255".into()]),
+                "relays[0]",
+            ),
+            (
+                Box::new(|r| r.new_clients_per_second = Some(0)),
+                "new_clients_per_second",
+            ),
+            (
+                Box::new(|r| r.new_clients_burst = Some(1_000_001)),
+                "new_clients_burst",
+            ),
         ];
         for (tweak, key) in cases {
             let mut raw = lab();

@@ -5,48 +5,73 @@
 //! the network's DHCP server; in proxy modes it only tells network-booting clients what to
 //! boot and never hands out an address.
 //!
-//! Leases are committed to the store before the client is told (group commit: one writer
-//! thread commits whatever is queued in one transaction, then sends the replies that waited for
-//! it), so an ACK never names a lease a crash could forget. Events are published after the
-//! commit; a publish failure is logged, never fatal. The queue to the writer is bounded: when
-//! the store falls behind, REQUESTs beyond it get no answer (and retransmit) rather than late
-//! answers and unbounded memory. Replies wait for room in a full send buffer instead of being
-//! dropped.
+//! Leases are committed to the store before the client is told (the store's group writer: one
+//! thread commits whatever is queued in one transaction, then `committed` sends the replies
+//! that waited for it), so an ACK never names a lease a crash could forget. Events are
+//! published after the commit; a publish failure is logged, never fatal. The queue to the
+//! writer is bounded: when the store falls behind, REQUESTs beyond it get no answer (and
+//! retransmit) rather than late answers and unbounded memory. Replies wait for room in a full
+//! send buffer instead of being dropped.
 //!
 //! [`run`] takes its sockets from the caller (systemd, or a test) and binds nothing itself.
 
 pub mod config;
 pub mod io;
 pub mod leases;
+pub mod limits;
 pub mod policy;
 pub mod wire;
 
 use std::net::UdpSocket as StdUdpSocket;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dragonfly_bus::Bus;
-use dragonfly_bus::events::{LeaseEnded, PxeAnswered};
-use dragonfly_store::leases::LeaseWrite;
-use dragonfly_store::{Db, StoreError};
+use dragonfly_bus::Publisher;
+use dragonfly_bus::events::LeaseEnded;
+use dragonfly_runtime::cli::Chain;
+use dragonfly_runtime::sockets::{SocketError, Sockets as PassedSockets};
+use dragonfly_runtime::{BEAT_EVERY, Context, Daemon, Health};
+use dragonfly_store::leases::{Lease, LeaseOp};
+use dragonfly_store::{Db, GroupConfig, GroupWriter, Rejected, StoreError};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::DhcpdConfig;
 use config::Mode;
 use policy::{Arrival, Known, LeaseEvent, Port, Reply};
 
-/// Everything [`run`] needs besides its sockets.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub dhcpd: DhcpdConfig,
-    /// The SQLite database (already migrated).
-    pub store_path: PathBuf,
-    /// `None`: publish no events (tests that need no bus).
-    pub nats_url: Option<String>,
+/// dhcpd, as the daemon frame runs it.
+#[derive(Debug)]
+pub struct Dhcpd;
+
+impl Daemon for Dhcpd {
+    const NAME: &'static str = "dhcpd";
+    const ABOUT: &'static str = "Dragonfly DHCP and PXE boot-information server";
+    // The receive loop beats; leases and proxy lookups need the store to answer.
+    const HEALTH: Health = Health::MainLoopAndStore;
+    type Config = DhcpdConfig;
+    type Sockets = Sockets;
+    type Store = Db;
+    type Error = DhcpdError;
+
+    fn sockets(config: &DhcpdConfig, passed: &mut PassedSockets) -> Result<Sockets, SocketError> {
+        let dhcp = passed.udp_or_bind("dhcp", config.listen.addr)?;
+        let pxe = match config.pxe_listen {
+            Some(l) => Some(passed.udp_or_bind("pxe", l.addr)?),
+            None => None,
+        };
+        Ok(Sockets { dhcp, pxe })
+    }
+
+    async fn run(
+        ctx: Context<Self>,
+        sockets: Sockets,
+        shutdown: CancellationToken,
+    ) -> Result<(), DhcpdError> {
+        // Boxed: run's state machine is large (clippy::large_futures).
+        Box::pin(run(ctx, sockets, shutdown)).await
+    }
 }
 
 /// The sockets [`run`] serves: `dhcp` (port 67) and, optionally, `pxe` (port 4011).
@@ -61,8 +86,6 @@ pub struct Sockets {
 pub enum DhcpdError {
     #[error("opening the store")]
     Store(#[from] StoreError),
-    #[error("connecting to NATS")]
-    Bus(#[from] dragonfly_bus::BusError),
     #[error("setting up socket {name:?}")]
     Socket {
         name: &'static str,
@@ -92,37 +115,37 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Work for the writer thread.
-enum Job {
-    /// Commit `write`, then send `reply` and publish `event`.
+/// What waits for a lease operation's commit (the group writer's context).
+enum After {
+    /// A lease change: send `reply` and publish `event`.
     Lease {
-        write: LeaseWrite,
         reply: Option<Box<(Reply, Vec<u8>)>>,
         event: Option<LeaseEvent>,
     },
-    /// Delete leases that expired by now.
+    /// The expiry sweep: publish `LeaseEnded { reason: "expired" }` for what it removed.
     Sweep,
 }
 
-impl Job {
+impl After {
     fn has_reply(&self) -> bool {
-        matches!(self, Job::Lease { reply: Some(_), .. })
+        matches!(self, After::Lease { reply: Some(_), .. })
     }
-}
-
-/// What the publisher task publishes.
-enum Published {
-    Lease(LeaseEvent),
-    Pxe(PxeAnswered),
 }
 
 /// Serves DHCP on `sockets` until `shutdown` is cancelled.
 pub async fn run(
-    config: Config,
+    ctx: Context<Dhcpd>,
     sockets: Sockets,
     shutdown: CancellationToken,
 ) -> Result<(), DhcpdError> {
-    let cfg = Arc::new(config.dhcpd);
+    let Context {
+        config,
+        store: db,
+        events,
+        heartbeat,
+        ..
+    } = ctx;
+    let cfg = Arc::new(config);
     let socket = |name: &'static str, s: StdUdpSocket| {
         let err = |source| DhcpdError::Socket { name, source };
         io::configure(&s).map_err(err)?;
@@ -132,8 +155,7 @@ pub async fn run(
     let dhcp = Arc::new(socket("dhcp", sockets.dhcp)?);
     let pxe = sockets.pxe.map(|s| socket("pxe", s)).transpose()?;
 
-    let db = Db::open(&config.store_path).await?;
-    let rows = db.run(|c| dragonfly_store::leases::all(c)).await?;
+    let rows = db.leases().all().await?;
     let mut table = leases::Leases::from_store(rows);
     tracing::info!(
         leases = table.len(),
@@ -141,51 +163,47 @@ pub async fn run(
         "lease table loaded"
     );
 
-    let bus = match &config.nats_url {
-        Some(url) => {
-            dragonfly_runtime::notify::status("connecting to NATS");
-            Some(Bus::connect(url, "dragonfly-dhcpd", "/dragonfly/dhcpd").await?)
-        }
-        None => None,
-    };
-    let (events_tx, events_rx) = mpsc::unbounded_channel::<Published>();
-    let publisher = tokio::spawn(publish_events(bus, events_rx));
-
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(MAX_QUEUED);
     let writer = {
-        let path = config.store_path.clone();
         let dhcp = Arc::clone(&dhcp);
-        let events = events_tx.clone();
-        std::thread::Builder::new()
-            .name("lease-writer".into())
-            .spawn(move || writer(&path, jobs_rx, &dhcp, &events))
-            .map_err(|source| DhcpdError::Socket {
-                name: "lease-writer thread",
-                source,
-            })?
+        let events = events.clone();
+        let mut send_failed = io::RateLimited::new("reply not sent", LOG_EVERY);
+        let config = GroupConfig {
+            max_batch: MAX_BATCH,
+            max_queued: MAX_QUEUED,
+        };
+        db.leases()
+            .group_writer(config, move |after, result| {
+                committed(after, result, &dhcp, &events, &mut send_failed);
+            })
+            .await?
     };
 
     let addr = dhcp.local_addr().ok();
     tracing::info!(?addr, pxe = pxe.is_some(), "serving");
-    dragonfly_runtime::notify::ready();
     dragonfly_runtime::notify::status(&format!("serving DHCP ({})", cfg.mode.as_str()));
 
     let mut state = LoopState {
         cfg: &cfg,
         db: &db,
         table: &mut table,
-        jobs: &jobs_tx,
-        events: &events_tx,
+        writer: &writer,
+        events: &events,
         malformed: io::RateLimited::new("dropped malformed packet", LOG_EVERY),
         send_failed: io::RateLimited::new("reply not sent", LOG_EVERY),
         overloaded: io::RateLimited::new("lease writer behind", LOG_EVERY),
         store_failed: io::RateLimited::new("store lookup failed", LOG_EVERY),
+        new_clients: limits::NewClients::new(cfg.new_clients),
+        limited: io::RateLimited::new("new clients over the limit", LOG_EVERY),
     };
     let mut buf = vec![0u8; io::RECV_BUFFER];
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    // The watchdog is fed only while this loop turns: an idle loop still ticks.
+    let mut beat = tokio::time::interval(BEAT_EVERY);
     loop {
+        heartbeat.beat();
         tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = beat.tick() => {}
             r = dhcp.readable() => {
                 if r.is_ok() {
                     state.drain(&dhcp, Port::Dhcp, &mut buf).await;
@@ -200,22 +218,23 @@ pub async fn run(
                 state.table.sweep(now_ms());
                 // A full queue skips this sweep; the next one catches up.
                 if cfg.mode == Mode::Reservation
-                    && let Err(mpsc::error::TrySendError::Closed(_)) = jobs_tx.try_send(Job::Sweep)
+                    && let Err(Rejected::Stopped(_)) = writer.try_submit(LeaseOp::SweepExpired, After::Sweep)
                 {
                     return Err(DhcpdError::Writer);
                 }
             }
         }
     }
-    // Let the writer commit and answer what is queued, then the publisher flush.
-    let _ = state;
-    drop(jobs_tx);
-    drop(events_tx);
-    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
-    if !matches!(joined, Ok(Ok(Ok(())))) {
-        tracing::error!("the lease writer failed while stopping");
+    // Let the writer commit and answer what is queued; the frame then closes the publisher.
+    match writer.shutdown().await {
+        Ok(stats) => tracing::info!(
+            batches = stats.batches,
+            committed = stats.committed,
+            failed = stats.failed,
+            "lease writer stopped"
+        ),
+        Err(e) => tracing::error!(error = %Chain(&e), "the lease writer failed while stopping"),
     }
-    let _ = publisher.await;
     Ok(())
 }
 
@@ -230,12 +249,15 @@ struct LoopState<'a> {
     cfg: &'a DhcpdConfig,
     db: &'a Db,
     table: &'a mut leases::Leases,
-    jobs: &'a mpsc::Sender<Job>,
-    events: &'a mpsc::UnboundedSender<Published>,
+    writer: &'a GroupWriter<LeaseOp, After>,
+    events: &'a Publisher,
     malformed: io::RateLimited,
     send_failed: io::RateLimited,
     overloaded: io::RateLimited,
     store_failed: io::RateLimited,
+    /// Answers to new clients, per relay and interface.
+    new_clients: limits::NewClients,
+    limited: io::RateLimited,
 }
 
 impl LoopState<'_> {
@@ -247,7 +269,8 @@ impl LoopState<'_> {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    self.malformed.hit(&format_args!("receive failed: {e}"));
+                    self.malformed
+                        .hit(&format_args!("receive failed: {}", Chain(&e)));
                     return;
                 }
             };
@@ -262,8 +285,12 @@ impl LoopState<'_> {
             let req = match wire::decode(bytes) {
                 Ok(req) => req,
                 Err(e) => {
-                    self.malformed
-                        .hit(&format_args!("{} bytes from {}: {e}", r.len, r.source));
+                    self.malformed.hit(&format_args!(
+                        "{} bytes from {}: {}",
+                        r.len,
+                        r.source,
+                        Chain(&e)
+                    ));
                     continue;
                 }
             };
@@ -274,13 +301,27 @@ impl LoopState<'_> {
                 ifindex: r.ifindex,
             };
             let known = self.known(&req).await;
-            let out = policy::decide(self.cfg, &req, &arrival, known, self.table, now_ms());
+            let out = policy::decide(
+                self.cfg,
+                &req,
+                &arrival,
+                known,
+                self.table,
+                &mut self.new_clients,
+                now_ms(),
+            );
+            if let Some(link) = out.limited {
+                self.limited.hit(&format_args!(
+                    "no answer to {} from {link:?} (new_clients_per_second = {}, new_clients_burst = {})",
+                    req.mac, self.cfg.new_clients.per_second, self.cfg.new_clients.burst
+                ));
+            }
             if let Some(why) = out.silent {
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, why, "no answer");
             }
             if let Some(pxe) = out.pxe {
                 tracing::info!(mac = %pxe.mac, arch = %pxe.arch, client = %pxe.client, boot = %pxe.boot, "boot answer");
-                let _ = self.events.send(Published::Pxe(pxe));
+                self.events.publish(&pxe);
             } else if req.boot_client.is_some() && out.reply.is_some() {
                 tracing::info!(mac = %req.mac, arch = ?req.arch, "network-boot client of unknown architecture: no boot answer");
             }
@@ -288,7 +329,7 @@ impl LoopState<'_> {
                 Some(reply) => match wire::encode(&reply.msg) {
                     Ok(bytes) => Some((reply, bytes)),
                     Err(e) => {
-                        self.send_failed.hit(&format_args!("{e}"));
+                        self.send_failed.hit(&Chain(&e));
                         None
                     }
                 },
@@ -296,8 +337,7 @@ impl LoopState<'_> {
             };
             match out.write {
                 Some(write) => {
-                    let job = Job::Lease {
-                        write,
+                    let after = After::Lease {
                         reply: reply.map(Box::new),
                         event: out.lease_event,
                     };
@@ -305,18 +345,18 @@ impl LoopState<'_> {
                     // address); a RELEASE or DECLINE, which no one retransmits, waits for room.
                     // TODO(robustness): the dropped REQUEST's binding stays in the in-memory
                     // table uncommitted until the retry commits it or it expires.
-                    let queued = match self.jobs.try_send(job) {
-                        Err(mpsc::error::TrySendError::Full(job)) if !job.has_reply() => {
-                            self.jobs.send(job).await.map_err(|_| ())
+                    let queued = match self.writer.try_submit(LeaseOp::Write(write), after) {
+                        Err(Rejected::Full((op, after))) if !after.has_reply() => {
+                            self.writer.submit(op, after).await.map_err(drop)
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(Rejected::Full(_)) => {
                             self.overloaded.hit(&format_args!(
                                 "{MAX_QUEUED} changes queued: no answer to {}",
                                 req.mac
                             ));
                             Ok(())
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                        Err(Rejected::Stopped(_)) => Err(()),
                         Ok(()) => Ok(()),
                     };
                     if queued.is_err() {
@@ -335,7 +375,7 @@ impl LoopState<'_> {
                         .await;
                         let err = match sent {
                             Ok(Ok(())) => None,
-                            Ok(Err(e)) => Some(e.to_string()),
+                            Ok(Err(e)) => Some(Chain(&e).to_string()),
                             Err(_) => Some("send buffer full".to_owned()),
                         };
                         if let Some(e) = err {
@@ -350,115 +390,60 @@ impl LoopState<'_> {
 
     /// The store's knowledge of a network-boot client's MAC. Only boot clients are looked up:
     /// that is what proxy modes and boot events need, and it keeps the store off the hot path
-    /// of plain DHCP clients.
+    /// of plain DHCP clients. The light boot lookup: one indexed row, no JSON decoded.
     async fn known(&mut self, req: &wire::Request) -> Known {
         if req.boot_client.is_none() {
             return Known::default();
         }
-        let mac = req.mac;
-        match self
-            .db
-            .run(move |c| dragonfly_store::machines::get_by_mac(c, mac))
-            .await
-        {
+        match self.db.machines().boot_info(req.mac).await {
             Ok(m) => Known {
                 machine_id: m.map(|m| m.id.0),
             },
             Err(e) => {
-                self.store_failed.hit(&format_args!("{e}"));
+                self.store_failed.hit(&Chain(&e));
                 Known::default()
             }
         }
     }
 }
 
-/// The writer thread: commits queued lease changes in batches, then sends their replies.
-fn writer(
-    path: &std::path::Path,
-    mut jobs: mpsc::Receiver<Job>,
+/// After a lease operation's commit, on the group writer's thread: sends the reply that
+/// waited for it and publishes its events. A failed batch was logged by the store; its clients
+/// get no answer and retransmit.
+// TODO(robustness): the in-memory table already holds a failed batch's leases; the clients'
+// retries rewrite them.
+fn committed(
+    after: After,
+    result: Result<Vec<Lease>, &StoreError>,
     dhcp: &UdpSocket,
-    events: &mpsc::UnboundedSender<Published>,
-) -> Result<(), StoreError> {
-    let mut conn = dragonfly_store::open_connection(path, false)?;
-    dragonfly_store::check_schema(&conn)?;
-    let mut failed = io::RateLimited::new("lease commit failed", LOG_EVERY);
-    let mut send_failed = io::RateLimited::new("reply not sent", LOG_EVERY);
-    let mut batch = Vec::new();
-    while let Some(first) = jobs.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+    events: &Publisher,
+    send_failed: &mut io::RateLimited,
+) {
+    let Ok(ended) = result else { return };
+    match after {
+        After::Lease { reply, event } => {
+            if let Some(boxed) = reply
+                && let (reply, bytes) = *boxed
+                && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)
+            {
+                send_failed.hit(&format_args!("to {}: {e}", reply.dest));
+            }
+            match event {
+                Some(LeaseEvent::Granted(g)) => events.publish(&g),
+                Some(LeaseEvent::Ended(x)) => events.publish(&x),
+                None => {}
             }
         }
-        let now = jiff::Timestamp::now();
-        let writes: Vec<LeaseWrite> = batch
-            .iter()
-            .filter_map(|j| match j {
-                Job::Lease { write, .. } => Some(write.clone()),
-                Job::Sweep => None,
-            })
-            .collect();
-        if let Err(e) = dragonfly_store::leases::apply(&mut conn, &writes, now) {
-            // TODO(robustness): the in-memory table already holds these leases; the clients
-            // get no answer and will retry, which rewrites them.
-            failed.hit(&format_args!("{} changes: {e}", writes.len()));
-            batch.clear();
-            continue;
-        }
-        for job in batch.drain(..) {
-            match job {
-                Job::Lease {
-                    reply,
-                    event,
-                    write: _,
-                } => {
-                    if let Some(boxed) = reply
-                        && let (reply, bytes) = *boxed
-                        && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)
-                    {
-                        send_failed.hit(&format_args!("to {}: {e}", reply.dest));
-                    }
-                    if let Some(e) = event {
-                        let _ = events.send(Published::Lease(e));
-                    }
+        After::Sweep => {
+            for l in ended {
+                if let Some(mac) = l.mac {
+                    events.publish(&LeaseEnded {
+                        mac: mac.to_string(),
+                        ip: l.ip.to_string(),
+                        reason: "expired".into(),
+                    });
                 }
-                Job::Sweep => match dragonfly_store::leases::delete_expired(&mut conn, now) {
-                    Ok(gone) => {
-                        for l in gone {
-                            if let Some(mac) = l.mac {
-                                let _ =
-                                    events.send(Published::Lease(LeaseEvent::Ended(LeaseEnded {
-                                        mac: mac.to_string(),
-                                        ip: l.ip.to_string(),
-                                        reason: "expired".into(),
-                                    })));
-                            }
-                        }
-                    }
-                    Err(e) => failed.hit(&format_args!("expiry sweep: {e}")),
-                },
             }
-        }
-    }
-    Ok(())
-}
-
-/// Publishes events in order; failures are logged (rate-limited), never fatal.
-async fn publish_events(bus: Option<Bus>, mut rx: mpsc::UnboundedReceiver<Published>) {
-    let mut failed = io::RateLimited::new("event not published", LOG_EVERY);
-    while let Some(e) = rx.recv().await {
-        let Some(bus) = &bus else { continue };
-        let r = match &e {
-            Published::Lease(LeaseEvent::Granted(g)) => bus.publish(g).await,
-            Published::Lease(LeaseEvent::Ended(x)) => bus.publish(x).await,
-            Published::Pxe(p) => bus.publish(p).await,
-        };
-        if let Err(err) = r {
-            failed.hit(&format_args!(
-                "{err}; subscribers will reconcile from the store"
-            ));
         }
     }
 }

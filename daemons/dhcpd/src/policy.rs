@@ -17,6 +17,12 @@
 //! a REQUEST there is for the DHCP server that owns the addresses (often on this same host and
 //! address), and the client asks the ProxyDHCP server again on 4011.
 //!
+//! The network is hostile (docs/security.md): a relayed request is served only when its giaddr
+//! and its sender are listed in `relays`; an answer to a client dhcpd knows nothing about (no
+//! reservation, no binding, not in the store) spends a token of its relay's or interface's
+//! bucket ([`crate::limits`]); an offer holds its address for `offer_hold` only, one offer per
+//! MAC.
+//!
 //! Every reply to a client (not through a relay) names the arrival interface, so a broadcast
 //! never depends on the routing table. A datagram whose arrival interface is unknown (it was
 //! queued before `IP_PKTINFO` was enabled, e.g. under `systemd-socket-activate`) is answered
@@ -33,6 +39,7 @@ use uuid::Uuid;
 
 use crate::config::{DhcpdConfig, Mode, Subnet};
 use crate::leases::{Binding, Leases};
+use crate::limits::{Link, NewClients};
 use crate::wire::{BootClient, OPT_IPXE, Request};
 
 /// Which of our sockets a request came in on.
@@ -89,11 +96,21 @@ pub struct Outcome {
     pub pxe: Option<PxeAnswered>,
     /// Why nothing is sent, for a debug log line.
     pub silent: Option<&'static str>,
+    /// Set when the answer was withheld because `link` had no token left for a new client.
+    pub limited: Option<Link>,
 }
 
 fn silent(why: &'static str) -> Outcome {
     Outcome {
         silent: Some(why),
+        ..Outcome::default()
+    }
+}
+
+fn limited(link: Link) -> Outcome {
+    Outcome {
+        silent: Some("too many new clients from this relay or interface"),
+        limited: Some(link),
         ..Outcome::default()
     }
 }
@@ -105,8 +122,13 @@ pub fn decide(
     arrival: &Arrival,
     known: Known,
     leases: &mut Leases,
+    new_clients: &mut NewClients,
     now_ms: i64,
 ) -> Outcome {
+    let giaddr = req.msg.giaddr();
+    if !giaddr.is_unspecified() && !cfg.relay_allowed(giaddr, *arrival.source.ip()) {
+        return silent("relayed, but giaddr or sender is not in `relays`");
+    }
     let fallback;
     let arrival = if arrival.ifindex == 0 {
         // No IP_PKTINFO: the datagram was queued before we enabled it. With a configured
@@ -121,10 +143,56 @@ pub fn decide(
     } else {
         arrival
     };
+    let mut gate = Gate {
+        cfg,
+        req,
+        arrival,
+        known,
+        new_clients,
+        now: now_ms,
+    };
     if arrival.port == Port::Pxe || cfg.mode != Mode::Reservation {
-        return boot_only(cfg, req, arrival, known);
+        return boot_only(cfg, req, arrival, known, leases, &mut gate);
     }
-    reservation(cfg, req, arrival, known, leases, now_ms)
+    reservation(cfg, req, arrival, known, leases, &mut gate)
+}
+
+/// Where answers to new clients are counted (see [`crate::limits`]).
+struct Gate<'a> {
+    cfg: &'a DhcpdConfig,
+    req: &'a Request,
+    arrival: &'a Arrival,
+    known: Known,
+    new_clients: &'a mut NewClients,
+    now: i64,
+}
+
+impl Gate<'_> {
+    /// The link the request came from: its relay, else its arrival interface.
+    fn link(&self) -> Link {
+        let giaddr = self.req.msg.giaddr();
+        if giaddr.is_unspecified() {
+            Link::Interface(self.arrival.ifindex)
+        } else {
+            Link::Relay(giaddr)
+        }
+    }
+
+    /// Whether the client may be answered: always when dhcpd knows it (a reservation, a
+    /// binding or offer in the table, a machine in the store), else when its link has a token
+    /// left. Called only where an answer (or an offer's hold) would follow.
+    fn admit(&mut self, leases: &Leases) -> Result<(), Link> {
+        let mac = self.req.mac;
+        let known = self.cfg.reservation(mac).is_some()
+            || leases.binding(mac).is_some()
+            || self.known.machine_id.is_some();
+        let link = self.link();
+        if known || self.new_clients.admit(link, self.now) {
+            Ok(())
+        } else {
+            Err(link)
+        }
+    }
 }
 
 fn server_id(cfg: &DhcpdConfig, arrival: &Arrival) -> Ipv4Addr {
@@ -132,7 +200,14 @@ fn server_id(cfg: &DhcpdConfig, arrival: &Arrival) -> Ipv4Addr {
 }
 
 /// Proxy modes on 67, and the PXE boot server on 4011 in every mode: boot information only.
-fn boot_only(cfg: &DhcpdConfig, req: &Request, arrival: &Arrival, known: Known) -> Outcome {
+fn boot_only(
+    cfg: &DhcpdConfig,
+    req: &Request,
+    arrival: &Arrival,
+    known: Known,
+    leases: &Leases,
+    gate: &mut Gate<'_>,
+) -> Outcome {
     if req.boot_client.is_none() {
         return silent("not a network-boot client");
     }
@@ -155,6 +230,9 @@ fn boot_only(cfg: &DhcpdConfig, req: &Request, arrival: &Arrival, known: Known) 
     let Some(pxe) = add_boot(cfg, req, &mut msg, sid, known, Proxy::Yes) else {
         return silent("no boot file for this client architecture");
     };
+    if let Err(link) = gate.admit(leases) {
+        return limited(link);
+    }
     Outcome {
         reply: Some(address(req, arrival, msg, kind)),
         pxe: Some(pxe),
@@ -162,213 +240,354 @@ fn boot_only(cfg: &DhcpdConfig, req: &Request, arrival: &Arrival, known: Known) 
     }
 }
 
+/// Reservation mode on 67: the full DHCP server, one handler per message type.
 fn reservation(
     cfg: &DhcpdConfig,
     req: &Request,
     arrival: &Arrival,
     known: Known,
     leases: &mut Leases,
-    now: i64,
+    gate: &mut Gate<'_>,
 ) -> Outcome {
-    let sid = server_id(cfg, arrival);
-    let (giaddr, ciaddr) = (req.msg.giaddr(), req.msg.ciaddr());
-    let key = if giaddr.is_unspecified() {
-        arrival.local
-    } else {
-        giaddr
-    };
-    let Some((index, subnet)) = cfg
-        .subnet_of(key)
-        .or_else(|| cfg.subnet_of(ciaddr).filter(|_| giaddr.is_unspecified()))
-    else {
+    let Some(c) = Client::new(cfg, req, arrival, known, gate.now) else {
         return silent("no configured subnet for this interface or relay");
     };
-    let mac = req.mac;
-    let reserved_ip = cfg.reservation(mac).filter(|ip| subnet.contains(*ip));
-    // The address this client holds here now, if any: its reservation, else its unexpired (or
-    // expired but still free) bound lease.
-    let current = reserved_ip.or_else(|| {
-        leases
-            .binding(mac)
-            .filter(|b| b.bound && subnet.contains(b.ip) && leases.free_for(b.ip, mac, now))
-            .map(|b| b.ip)
-    });
     match req.kind {
-        MessageType::Discover => {
-            let chosen = current
-                .or_else(|| {
-                    leases
-                        .binding(mac)
-                        .filter(|b| subnet.contains(b.ip) && leases.free_for(b.ip, mac, now))
-                        .map(|b| b.ip)
-                })
-                .or_else(|| {
-                    req.requested_ip.filter(|ip| {
-                        subnet.in_pool(*ip)
-                            && !cfg.is_reserved(*ip)
-                            && leases.free_for(*ip, mac, now)
-                    })
-                })
-                .or_else(|| leases.allocate(index, subnet, mac, now, |ip| cfg.is_reserved(ip)));
-            let Some(ip) = chosen else {
-                return silent("pool exhausted");
-            };
-            let keep_bound = leases
-                .binding(mac)
-                .filter(|b| b.bound && b.ip == ip && b.expires_ms > now);
-            if keep_bound.is_none() {
-                leases.set(
-                    mac,
-                    Binding {
-                        ip,
-                        expires_ms: now + millis(cfg.offer_hold),
-                        bound: false,
-                        reserved: reserved_ip.is_some(),
-                    },
-                );
-            }
-            offer_or_ack(
-                cfg,
-                req,
-                arrival,
-                known,
-                subnet,
-                sid,
-                ip,
-                MessageType::Offer,
-            )
-        }
-        MessageType::Request => {
-            let want = if let Some(s) = req.server_id {
-                // SELECTING: the client answers one server's offer.
-                if s != sid {
-                    if leases.binding(mac).is_some_and(|b| !b.bound) {
-                        leases.remove(mac);
-                    }
-                    return silent("the client chose another server");
-                }
-                let want = req
-                    .requested_ip
-                    .or(Some(ciaddr).filter(|c| !c.is_unspecified()));
-                match want {
-                    Some(w) if acceptable(cfg, subnet, leases, mac, reserved_ip, w, now) => w,
-                    _ => {
-                        return nak(
-                            req,
-                            arrival,
-                            sid,
-                            "requested address not offered to this client",
-                        );
-                    }
-                }
-            } else if ciaddr.is_unspecified() {
-                // INIT-REBOOT: the client asks to keep the address it remembers.
-                let Some(want) = req.requested_ip else {
-                    return silent("REQUEST without server id, address or ciaddr");
-                };
-                if !subnet.contains(want) {
-                    return nak(req, arrival, sid, "address on the wrong network");
-                }
-                match current {
-                    Some(ip) if ip == want => ip,
-                    Some(_) => return nak(req, arrival, sid, "not this client's address"),
-                    None => return silent("INIT-REBOOT from a client without a lease here"),
-                }
-            } else {
-                // RENEWING (unicast) or REBINDING (broadcast).
-                match current {
-                    Some(ip) if ip == ciaddr => ip,
-                    Some(_) => {
-                        return nak(req, arrival, sid, "renewing an address it does not hold");
-                    }
-                    None => return silent("renewal from a client without a lease here"),
-                }
-            };
-            let expires_ms = now + millis(subnet.lease_time);
-            let reserved = reserved_ip == Some(want);
-            leases.set(
-                mac,
-                Binding {
-                    ip: want,
-                    expires_ms,
-                    bound: true,
-                    reserved,
-                },
-            );
-            let mut out = offer_or_ack(
-                cfg,
-                req,
-                arrival,
-                known,
-                subnet,
-                sid,
-                want,
-                MessageType::Ack,
-            );
-            out.write = Some(LeaseWrite::Bind {
-                ip: want,
-                mac,
-                reserved,
-                expires_at: timestamp(expires_ms),
-            });
-            out.lease_event = Some(LeaseEvent::Granted(LeaseGranted {
-                mac: mac.to_string(),
-                ip: want.to_string(),
-                lease_seconds: u32::try_from(subnet.lease_time.as_secs()).unwrap_or(u32::MAX),
-                reserved,
-                machine_id: known.machine_id,
-                relay: (!giaddr.is_unspecified()).then(|| giaddr.to_string()),
-            }));
-            out
-        }
-        MessageType::Decline => {
-            if req.server_id.is_some_and(|s| s != sid) {
-                return silent("DECLINE for another server");
-            }
-            let Some(ip) = req.requested_ip.filter(|ip| {
-                leases.binding(mac).is_some_and(|b| b.ip == *ip) || reserved_ip == Some(*ip)
-            }) else {
-                return silent("DECLINE of an address the client does not hold");
-            };
-            let until = now + millis(cfg.decline_hold);
-            leases.decline(ip, until);
-            ended(
-                mac,
-                ip,
-                "declined",
-                LeaseWrite::Decline {
-                    ip,
-                    until: timestamp(until),
-                },
-            )
-        }
-        MessageType::Release => match leases.binding(mac) {
-            Some(b) if b.ip == ciaddr && b.bound => {
-                leases.remove(mac);
-                ended(
-                    mac,
-                    ciaddr,
-                    "released",
-                    LeaseWrite::Free { ip: ciaddr, mac },
-                )
-            }
-            _ => silent("RELEASE of an address the client does not hold"),
-        },
-        MessageType::Inform => {
-            if ciaddr.is_unspecified() {
-                return silent("INFORM without ciaddr");
-            }
-            let mut msg = base_reply(req, MessageType::Ack, sid);
-            msg.set_ciaddr(ciaddr);
-            network_options(&mut msg, subnet, None);
-            let pxe = add_boot(cfg, req, &mut msg, sid, known, Proxy::No);
-            Outcome {
-                reply: Some(address(req, arrival, msg, MessageType::Ack)),
-                pxe,
-                ..Outcome::default()
-            }
-        }
+        MessageType::Discover => discover(&c, leases, gate),
+        MessageType::Request => request(&c, leases, gate),
+        MessageType::Decline => decline(&c, leases),
+        MessageType::Release => release(&c, leases),
+        MessageType::Inform => inform(&c, leases, gate),
         _ => silent("message type not handled"),
+    }
+}
+
+/// What every reservation-mode handler starts from, worked out once per request.
+struct Client<'a> {
+    cfg: &'a DhcpdConfig,
+    req: &'a Request,
+    arrival: &'a Arrival,
+    known: Known,
+    mac: MacAddr,
+    /// Our server identifier as this client sees it.
+    sid: Ipv4Addr,
+    /// The client's subnet (by relay, else by arrival interface, else by its own address),
+    /// and its index in the configuration.
+    index: usize,
+    subnet: &'a Subnet,
+    /// The client's reserved address, when it is on this subnet.
+    reserved_ip: Option<Ipv4Addr>,
+    now: i64,
+}
+
+impl<'a> Client<'a> {
+    fn new(
+        cfg: &'a DhcpdConfig,
+        req: &'a Request,
+        arrival: &'a Arrival,
+        known: Known,
+        now: i64,
+    ) -> Option<Self> {
+        let (giaddr, ciaddr) = (req.msg.giaddr(), req.msg.ciaddr());
+        let key = if giaddr.is_unspecified() {
+            arrival.local
+        } else {
+            giaddr
+        };
+        let (index, subnet) = cfg
+            .subnet_of(key)
+            .or_else(|| cfg.subnet_of(ciaddr).filter(|_| giaddr.is_unspecified()))?;
+        let mac = req.mac;
+        Some(Self {
+            cfg,
+            req,
+            arrival,
+            known,
+            mac,
+            sid: server_id(cfg, arrival),
+            index,
+            subnet,
+            reserved_ip: cfg.reservation(mac).filter(|ip| subnet.contains(*ip)),
+            now,
+        })
+    }
+
+    /// The address this client holds here now, if any: its reservation, else its unexpired
+    /// (or expired but still free) bound lease.
+    fn current(&self, leases: &Leases) -> Option<Ipv4Addr> {
+        self.reserved_ip.or_else(|| {
+            leases
+                .binding(self.mac)
+                .filter(|b| {
+                    b.bound
+                        && self.subnet.contains(b.ip)
+                        && leases.free_for(b.ip, self.mac, self.now)
+                })
+                .map(|b| b.ip)
+        })
+    }
+
+    /// May this client take `want` now?
+    fn may_take(&self, leases: &Leases, want: Ipv4Addr) -> bool {
+        if let Some(r) = self.reserved_ip {
+            return r == want;
+        }
+        self.subnet.contains(want)
+            && leases.free_for(want, self.mac, self.now)
+            && (leases.binding(self.mac).is_some_and(|b| b.ip == want)
+                || (self.subnet.in_pool(want) && !self.cfg.is_reserved(want)))
+    }
+
+    /// An OFFER or ACK of `ip` with the subnet's options and, for a network-boot client, its
+    /// boot answer.
+    fn offer_or_ack(&self, ip: Ipv4Addr, kind: MessageType) -> Outcome {
+        let mut msg = base_reply(self.req, kind, self.sid);
+        msg.set_yiaddr(ip);
+        if kind == MessageType::Ack {
+            msg.set_ciaddr(self.req.msg.ciaddr());
+        }
+        network_options(&mut msg, self.subnet, Some(self.subnet.lease_time));
+        let pxe = if self.req.boot_client.is_some() {
+            add_boot(
+                self.cfg,
+                self.req,
+                &mut msg,
+                self.sid,
+                self.known,
+                Proxy::No,
+            )
+        } else {
+            None
+        };
+        Outcome {
+            reply: Some(address(self.req, self.arrival, msg, kind)),
+            pxe,
+            ..Outcome::default()
+        }
+    }
+
+    fn nak(&self, why: &'static str) -> Outcome {
+        nak(self.req, self.arrival, self.sid, why)
+    }
+}
+
+/// DISCOVER: offer the client's current address, else the one it last had or asked for when
+/// free, else the next free pool address; hold it for `offer_hold`. Offers are not stored.
+fn discover(c: &Client<'_>, leases: &mut Leases, gate: &mut Gate<'_>) -> Outcome {
+    if let Err(link) = gate.admit(leases) {
+        return limited(link);
+    }
+    let (mac, now) = (c.mac, c.now);
+    let chosen = c
+        .current(leases)
+        .or_else(|| {
+            leases
+                .binding(mac)
+                .filter(|b| c.subnet.contains(b.ip) && leases.free_for(b.ip, mac, now))
+                .map(|b| b.ip)
+        })
+        .or_else(|| {
+            c.req.requested_ip.filter(|ip| {
+                c.subnet.in_pool(*ip) && !c.cfg.is_reserved(*ip) && leases.free_for(*ip, mac, now)
+            })
+        })
+        .or_else(|| leases.allocate(c.index, c.subnet, mac, now, |ip| c.cfg.is_reserved(ip)));
+    let Some(ip) = chosen else {
+        return silent("pool exhausted");
+    };
+    let keep_bound = leases
+        .binding(mac)
+        .filter(|b| b.bound && b.ip == ip && b.expires_ms > now);
+    if keep_bound.is_none() {
+        leases.set(
+            mac,
+            Binding {
+                ip,
+                expires_ms: now + millis(c.cfg.offer_hold),
+                bound: false,
+                reserved: c.reserved_ip.is_some(),
+            },
+        );
+    }
+    c.offer_or_ack(ip, MessageType::Offer)
+}
+
+/// REQUEST: work out which address the client asks for (by its state, RFC 2131 §4.3.2),
+/// then bind it or refuse.
+fn request(c: &Client<'_>, leases: &mut Leases, gate: &mut Gate<'_>) -> Outcome {
+    let want = if let Some(s) = c.req.server_id {
+        // A REQUEST for our server from a client we never offered anything is a new client
+        // too (a flood need not send DISCOVERs first).
+        if s == c.sid
+            && let Err(link) = gate.admit(leases)
+        {
+            return limited(link);
+        }
+        selecting(c, leases, s)
+    } else if c.req.msg.ciaddr().is_unspecified() {
+        init_reboot(c, leases)
+    } else {
+        renewing(c, leases)
+    };
+    match want {
+        Ok(ip) => bind(c, leases, ip),
+        Err(Refusal::Nak(why)) => c.nak(why),
+        Err(Refusal::Silent(why)) => silent(why),
+    }
+}
+
+/// Why a REQUEST gets no ACK.
+enum Refusal {
+    /// The client must start over (RFC 2131 §4.3.2).
+    Nak(&'static str),
+    /// Not ours to answer.
+    Silent(&'static str),
+}
+
+/// SELECTING: the client answers one server's offer. Another server's: our offer is dropped.
+fn selecting(c: &Client<'_>, leases: &mut Leases, server: Ipv4Addr) -> Result<Ipv4Addr, Refusal> {
+    if server != c.sid {
+        if leases.binding(c.mac).is_some_and(|b| !b.bound) {
+            leases.remove(c.mac);
+        }
+        return Err(Refusal::Silent("the client chose another server"));
+    }
+    let ciaddr = c.req.msg.ciaddr();
+    let want = c
+        .req
+        .requested_ip
+        .or(Some(ciaddr).filter(|a| !a.is_unspecified()));
+    match want {
+        Some(w) if c.may_take(leases, w) => Ok(w),
+        _ => Err(Refusal::Nak("requested address not offered to this client")),
+    }
+}
+
+/// INIT-REBOOT: the client asks to keep the address it remembers.
+fn init_reboot(c: &Client<'_>, leases: &Leases) -> Result<Ipv4Addr, Refusal> {
+    let Some(want) = c.req.requested_ip else {
+        return Err(Refusal::Silent(
+            "REQUEST without server id, address or ciaddr",
+        ));
+    };
+    if !c.subnet.contains(want) {
+        return Err(Refusal::Nak("address on the wrong network"));
+    }
+    match c.current(leases) {
+        Some(ip) if ip == want => Ok(ip),
+        Some(_) => Err(Refusal::Nak("not this client's address")),
+        None => Err(Refusal::Silent(
+            "INIT-REBOOT from a client without a lease here",
+        )),
+    }
+}
+
+/// RENEWING (unicast) or REBINDING (broadcast): the client extends the lease it holds.
+fn renewing(c: &Client<'_>, leases: &Leases) -> Result<Ipv4Addr, Refusal> {
+    let ciaddr = c.req.msg.ciaddr();
+    match c.current(leases) {
+        Some(ip) if ip == ciaddr => Ok(ip),
+        Some(_) => Err(Refusal::Nak("renewing an address it does not hold")),
+        None => Err(Refusal::Silent(
+            "renewal from a client without a lease here",
+        )),
+    }
+}
+
+/// Binds `ip` to the client for the subnet's lease time: the ACK, the store write that must
+/// commit before it, and the event.
+fn bind(c: &Client<'_>, leases: &mut Leases, ip: Ipv4Addr) -> Outcome {
+    let expires_ms = c.now + millis(c.subnet.lease_time);
+    let reserved = c.reserved_ip == Some(ip);
+    leases.set(
+        c.mac,
+        Binding {
+            ip,
+            expires_ms,
+            bound: true,
+            reserved,
+        },
+    );
+    let giaddr = c.req.msg.giaddr();
+    let mut out = c.offer_or_ack(ip, MessageType::Ack);
+    out.write = Some(LeaseWrite::Bind {
+        ip,
+        mac: c.mac,
+        reserved,
+        expires_at: timestamp(expires_ms),
+    });
+    out.lease_event = Some(LeaseEvent::Granted(LeaseGranted {
+        mac: c.mac.to_string(),
+        ip: ip.to_string(),
+        lease_seconds: u32::try_from(c.subnet.lease_time.as_secs()).unwrap_or(u32::MAX),
+        reserved,
+        machine_id: c.known.machine_id,
+        relay: (!giaddr.is_unspecified()).then(|| giaddr.to_string()),
+    }));
+    out
+}
+
+/// DECLINE: the client found the address in use; nobody gets it for `decline_hold`.
+fn decline(c: &Client<'_>, leases: &mut Leases) -> Outcome {
+    if c.req.server_id.is_some_and(|s| s != c.sid) {
+        return silent("DECLINE for another server");
+    }
+    let Some(ip) = c.req.requested_ip.filter(|ip| {
+        leases.binding(c.mac).is_some_and(|b| b.ip == *ip) || c.reserved_ip == Some(*ip)
+    }) else {
+        return silent("DECLINE of an address the client does not hold");
+    };
+    let until = c.now + millis(c.cfg.decline_hold);
+    leases.decline(ip, until);
+    ended(
+        c.mac,
+        ip,
+        "declined",
+        LeaseWrite::Decline {
+            ip,
+            until: timestamp(until),
+        },
+    )
+}
+
+/// RELEASE: the client gives its bound address back.
+fn release(c: &Client<'_>, leases: &mut Leases) -> Outcome {
+    let ciaddr = c.req.msg.ciaddr();
+    match leases.binding(c.mac) {
+        Some(b) if b.ip == ciaddr && b.bound => {
+            leases.remove(c.mac);
+            ended(
+                c.mac,
+                ciaddr,
+                "released",
+                LeaseWrite::Free {
+                    ip: ciaddr,
+                    mac: c.mac,
+                },
+            )
+        }
+        _ => silent("RELEASE of an address the client does not hold"),
+    }
+}
+
+/// INFORM: a client with an address of its own asks for the network options (and boot
+/// answer); nothing is leased.
+fn inform(c: &Client<'_>, leases: &Leases, gate: &mut Gate<'_>) -> Outcome {
+    let ciaddr = c.req.msg.ciaddr();
+    if ciaddr.is_unspecified() {
+        return silent("INFORM without ciaddr");
+    }
+    if let Err(link) = gate.admit(leases) {
+        return limited(link);
+    }
+    let mut msg = base_reply(c.req, MessageType::Ack, c.sid);
+    msg.set_ciaddr(ciaddr);
+    network_options(&mut msg, c.subnet, None);
+    let pxe = add_boot(c.cfg, c.req, &mut msg, c.sid, c.known, Proxy::No);
+    Outcome {
+        reply: Some(address(c.req, c.arrival, msg, MessageType::Ack)),
+        pxe,
+        ..Outcome::default()
     }
 }
 
@@ -380,57 +599,6 @@ fn ended(mac: MacAddr, ip: Ipv4Addr, reason: &str, write: LeaseWrite) -> Outcome
             ip: ip.to_string(),
             reason: reason.to_owned(),
         })),
-        ..Outcome::default()
-    }
-}
-
-/// May `mac` take `want` on `subnet` now?
-fn acceptable(
-    cfg: &DhcpdConfig,
-    subnet: &Subnet,
-    leases: &Leases,
-    mac: MacAddr,
-    reserved_ip: Option<Ipv4Addr>,
-    want: Ipv4Addr,
-    now: i64,
-) -> bool {
-    if let Some(r) = reserved_ip {
-        return r == want;
-    }
-    subnet.contains(want)
-        && leases.free_for(want, mac, now)
-        && (leases.binding(mac).is_some_and(|b| b.ip == want)
-            || (subnet.in_pool(want) && !cfg.is_reserved(want)))
-}
-
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site per message type; a struct would only rename them"
-)]
-fn offer_or_ack(
-    cfg: &DhcpdConfig,
-    req: &Request,
-    arrival: &Arrival,
-    known: Known,
-    subnet: &Subnet,
-    sid: Ipv4Addr,
-    ip: Ipv4Addr,
-    kind: MessageType,
-) -> Outcome {
-    let mut msg = base_reply(req, kind, sid);
-    msg.set_yiaddr(ip);
-    if kind == MessageType::Ack {
-        msg.set_ciaddr(req.msg.ciaddr());
-    }
-    network_options(&mut msg, subnet, Some(subnet.lease_time));
-    let pxe = if req.boot_client.is_some() {
-        add_boot(cfg, req, &mut msg, sid, known, Proxy::No)
-    } else {
-        None
-    };
-    Outcome {
-        reply: Some(address(req, arrival, msg, kind)),
-        pxe,
         ..Outcome::default()
     }
 }

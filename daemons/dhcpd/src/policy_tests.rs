@@ -6,6 +6,7 @@ use dragonfly_runtime::config::DaemonConfig;
 
 use super::*;
 use crate::config::{RawDhcpd, RawReservation, RawSubnet};
+use crate::limits::Link;
 use crate::wire;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -37,6 +38,9 @@ fn cfg(mode: &str) -> DhcpdConfig {
         }],
         http_boot_x64_url: Some("http://10.99.0.1:8080/ipxe.efi".into()),
         ipxed: Some("10.99.0.1:8081".into()),
+        relays: vec!["10.98.0.1".into(), "172.16.0.1".into()],
+        new_clients_per_second: Some(10),
+        new_clients_burst: Some(20),
         ..Default::default()
     })
     .unwrap()
@@ -72,13 +76,16 @@ fn mac(n: u8) -> [u8; 6] {
 struct Lab {
     cfg: DhcpdConfig,
     leases: Leases,
+    new_clients: NewClients,
     now: i64,
 }
 
 impl Lab {
     fn new(mode: &str) -> Self {
+        let cfg = cfg(mode);
         Self {
-            cfg: cfg(mode),
+            new_clients: NewClients::new(cfg.new_clients),
+            cfg,
             leases: Leases::default(),
             now: 1_000_000,
         }
@@ -87,7 +94,15 @@ impl Lab {
         self.ask_at(m, arrival(), Known::default())
     }
     fn ask_at(&mut self, m: &Message, a: Arrival, k: Known) -> Outcome {
-        decide(&self.cfg, &req(m), &a, k, &mut self.leases, self.now)
+        decide(
+            &self.cfg,
+            &req(m),
+            &a,
+            k,
+            &mut self.leases,
+            &mut self.new_clients,
+            self.now,
+        )
     }
     /// DISCOVER + REQUEST; returns the address.
     fn dora(&mut self, mac: [u8; 6]) -> Ipv4Addr {
@@ -252,8 +267,8 @@ fn offers_expire_and_are_dropped_when_the_client_picks_another_server() {
     let out = lab.ask(&r);
     assert!(out.reply.is_none() && out.write.is_none());
     assert!(lab.leases.binding(MacAddr::new(mac(1))).is_none());
-    // mac 2's offer lapses after offer_hold (30 s).
-    lab.now += 30_001;
+    // mac 2's offer lapses after offer_hold (10 s).
+    lab.now += 10_001;
     let mut r = msg(MessageType::Request, mac(3));
     r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
     r.opts_mut().insert(DhcpOption::RequestedIpAddress(other));
@@ -372,13 +387,17 @@ fn release_and_decline() {
 #[test]
 fn relayed_requests_pick_the_subnet_by_giaddr_and_go_back_to_the_relay_with_option_82() {
     let mut lab = Lab::new("reservation");
+    let from = |relay: [u8; 4]| Arrival {
+        source: SocketAddrV4::new(relay.into(), 67),
+        ..arrival()
+    };
     let mut d = msg(MessageType::Discover, mac(1));
     d.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
     let mut info = relay::RelayAgentInformation::default();
     info.insert(relay::RelayInfo::AgentCircuitId(b"port7".to_vec()));
     d.opts_mut()
         .insert(DhcpOption::RelayAgentInformation(info.clone()));
-    let out = lab.ask(&d);
+    let out = lab.ask_at(&d, from([10, 98, 0, 1]), Known::default());
     let r = out.reply.unwrap();
     assert_eq!(r.msg.yiaddr(), Ipv4Addr::new(10, 98, 0, 10));
     assert_eq!(r.msg.giaddr(), Ipv4Addr::new(10, 98, 0, 1));
@@ -394,9 +413,48 @@ fn relayed_requests_pick_the_subnet_by_giaddr_and_go_back_to_the_relay_with_opti
     let mut unknown = msg(MessageType::Discover, mac(1));
     unknown.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
     assert!(
-        lab.ask(&unknown).reply.is_none(),
+        lab.ask_at(&unknown, from([172, 16, 0, 1]), Known::default())
+            .reply
+            .is_none(),
         "no subnet for that relay"
     );
+}
+
+/// A relayed request is served only when both its giaddr and its sender are listed relays:
+/// anyone on the segment can write a giaddr.
+#[test]
+fn relayed_requests_from_unlisted_relays_or_senders_are_silence() {
+    let mut lab = Lab::new("reservation");
+    let mut d = msg(MessageType::Discover, mac(1));
+    d.set_giaddr(Ipv4Addr::new(10, 98, 0, 1));
+    let spoofed = Arrival {
+        source: SocketAddrV4::new([10, 99, 0, 66].into(), 68),
+        ..arrival()
+    };
+    let out = lab.ask_at(&d, spoofed, Known::default());
+    assert!(out.reply.is_none() && out.silent.is_some());
+    let mut unlisted = d.clone();
+    unlisted.set_giaddr(Ipv4Addr::new(10, 99, 0, 66));
+    assert!(
+        lab.ask_at(&unlisted, spoofed, Known::default())
+            .reply
+            .is_none()
+    );
+    lab.cfg.relays.clear();
+    let relay = Arrival {
+        source: SocketAddrV4::new([10, 98, 0, 1].into(), 67),
+        ..arrival()
+    };
+    assert!(
+        lab.ask_at(&d, relay, Known::default()).reply.is_none(),
+        "no relays listed: none served"
+    );
+    // Proxy modes refuse them as well.
+    let mut lab = Lab::new("autoproxy");
+    let mut p = pxe(MessageType::Discover, mac(2), "PXEClient", 0);
+    p.set_giaddr(Ipv4Addr::new(10, 99, 0, 66));
+    assert!(lab.ask_at(&p, spoofed, Known::default()).reply.is_none());
+    assert!(lab.leases.is_empty());
 }
 
 #[test]
@@ -737,4 +795,230 @@ fn arch_names() {
     assert_eq!(arch_name(Some(16)), "uefi-x64-http");
     assert_eq!(arch_name(Some(200)), "other");
     assert_eq!(arch_name(None), "unknown");
+}
+
+/// A lab whose /24 pool has 100 addresses, 20 new clients at once and 5 a second, offers
+/// held 2 s: small enough that a flood left alone would fill the pool within a second.
+fn flood_lab() -> Lab {
+    let cfg = DhcpdConfig::validate(RawDhcpd {
+        subnets: vec![RawSubnet {
+            network: "10.99.0.0/24".into(),
+            pool_start: Some("10.99.0.100".into()),
+            pool_end: Some("10.99.0.199".into()),
+            ..Default::default()
+        }],
+        reservations: vec![RawReservation {
+            mac: "52:54:00:12:34:56".into(),
+            ip: "10.99.0.10".into(),
+        }],
+        relays: vec!["10.98.0.1".into()],
+        offer_hold: Some("2s".into()),
+        new_clients_per_second: Some(5),
+        new_clients_burst: Some(20),
+        ..Default::default()
+    })
+    .unwrap();
+    Lab {
+        new_clients: NewClients::new(cfg.new_clients),
+        cfg,
+        leases: Leases::default(),
+        now: 1_000_000,
+    }
+}
+
+/// A MAC no one has seen: 0e:xx:… from a counter.
+fn random_mac(n: u32) -> [u8; 6] {
+    let [a, b, c, d] = n.to_be_bytes();
+    [0x0e, 0x77, a, b, c, d]
+}
+
+#[test]
+fn new_clients_beyond_the_burst_get_silence_known_ones_never_do() {
+    let mut lab = flood_lab();
+    let mut answered = 0;
+    for n in 0..100 {
+        let out = lab.ask(&msg(MessageType::Discover, random_mac(n)));
+        if out.reply.is_some() {
+            answered += 1;
+        } else {
+            assert_eq!(out.limited, Some(Link::Interface(7)));
+        }
+    }
+    assert_eq!(answered, 20, "the burst");
+    // The same instant: a reserved client, a machine the store knows, a client re-sending its
+    // DISCOVER (it holds an offer) and its REQUEST are all answered.
+    assert!(
+        lab.ask(&msg(MessageType::Discover, RESERVED_MAC))
+            .reply
+            .is_some()
+    );
+    let known = Known {
+        machine_id: Some(Uuid::nil()),
+    };
+    let out = lab.ask_at(
+        &pxe(MessageType::Discover, mac(9), "PXEClient:Arch:00007", 7),
+        arrival(),
+        known,
+    );
+    assert_eq!(
+        out.reply.unwrap().msg.fname_str().unwrap().unwrap(),
+        "ipxe.efi"
+    );
+    let offer = lab
+        .ask(&msg(MessageType::Discover, random_mac(0)))
+        .reply
+        .unwrap();
+    let mut r = msg(MessageType::Request, random_mac(0));
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    r.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
+    assert_eq!(kind(&lab.ask(&r)), Some(MessageType::Ack));
+    // A REQUEST from a stranger (no DISCOVER first) is a new client too.
+    let mut bold = msg(MessageType::Request, random_mac(500));
+    bold.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    bold.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress([10, 99, 0, 150].into()));
+    assert_eq!(lab.ask(&bold).limited, Some(Link::Interface(7)));
+    // Another interface and a listed relay have buckets of their own.
+    let eth2 = Arrival {
+        ifindex: 8,
+        ..arrival()
+    };
+    assert!(
+        lab.ask_at(
+            &msg(MessageType::Discover, random_mac(600)),
+            eth2,
+            Known::default()
+        )
+        .reply
+        .is_some()
+    );
+    // 200 ms later: one more token (5 a second).
+    lab.now += 200;
+    let admitted = (700..710)
+        .filter(|n| {
+            lab.ask(&msg(MessageType::Discover, random_mac(*n)))
+                .limited
+                .is_none()
+        })
+        .count();
+    assert_eq!(admitted, 1);
+}
+
+/// A minute of random-MAC DISCOVERs, one every millisecond, never holds more than
+/// `burst + per_second × offer_hold` addresses in offers; the pool never fills, and a client
+/// on another interface is offered an address every second of it.
+#[test]
+fn a_random_mac_discover_flood_cannot_starve_the_pool() {
+    let mut lab = flood_lab();
+    let start = lab.now;
+    let eth2 = Arrival {
+        ifindex: 8,
+        ..arrival()
+    };
+    let mut most = 0;
+    for n in 0..60_000u32 {
+        lab.now = start + i64::from(n);
+        let _ = lab.ask(&msg(MessageType::Discover, random_mac(n)));
+        most = most.max(lab.leases.offers(lab.now));
+        if n % 1000 == 999 {
+            let out = lab.ask_at(
+                &msg(MessageType::Discover, random_mac(1_000_000 + n)),
+                eth2,
+                Known::default(),
+            );
+            assert!(out.reply.is_some(), "second {}: {:?}", n / 1000, out.silent);
+        }
+    }
+    // 20 + 5 × 2 from the flood, plus the other interface's clients still on offer.
+    assert!(most <= 20 + 5 * 2 + 2, "{most} offers held at once");
+    // The flood's offers lapse: with it over, the whole pool is free again.
+    lab.now += 2_000;
+    assert_eq!(lab.leases.offers(lab.now), 0);
+}
+
+/// Random MACs completing DORA bind at most `burst + per_second × t` leases in `t` seconds:
+/// the limit slows a full starvation attack down (only switch port security stops it), and
+/// reserved clients keep their addresses whatever happens to the pool.
+#[test]
+fn a_random_mac_dora_flood_binds_at_the_limits_rate() {
+    let mut lab = flood_lab();
+    let start = lab.now;
+    let mut bound = 0;
+    for n in 0..10_000u32 {
+        lab.now = start + i64::from(n);
+        let m = random_mac(n);
+        let Some(offer) = lab.ask(&msg(MessageType::Discover, m)).reply else {
+            continue;
+        };
+        let mut r = msg(MessageType::Request, m);
+        r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        r.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
+        if kind(&lab.ask(&r)) == Some(MessageType::Ack) {
+            bound += 1;
+        }
+    }
+    // 10 s: 20 at once, then 5 a second.
+    assert!(
+        (20..=20 + 5 * 10 + 1).contains(&bound),
+        "{bound} leases bound"
+    );
+    assert_eq!(lab.dora(RESERVED_MAC), Ipv4Addr::new(10, 99, 0, 10));
+}
+
+/// Random DORA traffic (repeated MACs, lost REQUESTs, lapsing offers) against a model of the
+/// store built from the writes policy returns: no OFFER or ACK ever names an address the store
+/// holds, unexpired, for another MAC.
+#[test]
+fn offers_never_name_an_address_bound_to_another_client() {
+    let mut lab = flood_lab();
+    lab.new_clients = NewClients::new(crate::config::RateLimit {
+        per_second: 1_000_000,
+        burst: 1_000_000,
+    });
+    let mut store: std::collections::HashMap<Ipv4Addr, (MacAddr, i64)> = Default::default();
+    let mut x: u32 = 12345;
+    let mut rnd = |n: u32| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x % n
+    };
+    for step in 0..50_000 {
+        lab.now += i64::from(rnd(3));
+        let m = random_mac(rnd(400));
+        let Some(offer) = lab.ask(&msg(MessageType::Discover, m)).reply else {
+            continue;
+        };
+        let ip = offer.msg.yiaddr();
+        if let Some((holder, until)) = store.get(&ip) {
+            assert!(
+                *holder == MacAddr::new(m) || *until <= lab.now,
+                "step {step}: {ip} offered to {:?}, bound to {holder} until {until} (now {})",
+                MacAddr::new(m),
+                lab.now
+            );
+        }
+        if rnd(4) == 0 {
+            continue; // the REQUEST is lost
+        }
+        let mut r = msg(MessageType::Request, m);
+        r.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        let out = lab.ask(&r);
+        if let Some(LeaseWrite::Bind {
+            ip,
+            mac,
+            expires_at,
+            ..
+        }) = out.write
+        {
+            store.retain(|_, (holder, _)| *holder != mac);
+            store.insert(ip, (mac, expires_at.as_millisecond()));
+        }
+        if rnd(1000) == 0 {
+            lab.leases.sweep(lab.now);
+        }
+    }
 }

@@ -34,37 +34,63 @@ pub enum WireError {
 }
 
 /// Options whose decoder in dhcproto 0.15 asserts a length (`debug_assert!`) or subtracts
-/// from it without checking (found by the fuzz target): refused before dhcproto sees them.
-/// None of them is ever sent by a client (rapid commit aside, which must be empty anyway).
-fn hazardous(code: u8, len: u8) -> bool {
+/// from it without checking (`options.rs`, `decode_inner`; found by the fuzz target and then by
+/// reading every length use there): refused before dhcproto sees them. `len` is the length
+/// dhcproto decodes, which is the *concatenated* length of consecutive fragments with the same
+/// code (RFC 3396 long options), not the length byte of one fragment: two fragments of 4 bytes
+/// each make one 8-byte option 152, and its `debug_assert!(len == 4)` fires. Every other
+/// decoder there checks its length (`read_ipv4`, `read_ipv4s`, `read_slice`) or reads a fixed
+/// number of bytes from the option's own buffer, which fails cleanly when it is too short.
+/// None of these options is ever sent by a client (rapid commit aside, which must be empty
+/// anyway).
+fn hazardous(code: u8, len: usize) -> bool {
     match code {
-        80 => len != 0,        // rapid commit
-        94 => len != 3,        // client network interface
-        152..=155 => len != 4, // bulk leasequery times
-        81 => len < 3,         // client FQDN
-        151 => len < 1,        // bulk leasequery status
+        80 => len != 0,        // rapid commit: debug_assert!(len == 0)
+        81 => len < 3,         // client FQDN: debug_assert!(len >= 3), then len - 3
+        94 => len != 3,        // client network interface: debug_assert!(len == 3)
+        151 => len < 1,        // bulk leasequery status: len - 1
+        152..=155 => len != 4, // bulk leasequery times: debug_assert!(len == 4)
         _ => false,
     }
 }
 
+/// Walks the options the way dhcproto's decoder does and refuses any [`hazardous`] one.
+///
+/// dhcproto joins a fragment to the option before it when the codes are equal and nothing
+/// (not even a Pad) lies between them, and decodes the joined run as one option with the sum of
+/// the fragments' lengths; a Pad, an End, another code or the end of the datagram ends a run.
+/// Each run is checked here on that summed length. A fragment that runs past the end of the
+/// datagram is counted at its declared length (dhcproto then fails on it, which is safe).
 fn check_options(bytes: &[u8]) -> Result<(), WireError> {
+    // The option being assembled: its code and the summed length of its fragments so far.
+    let mut run: Option<(u8, usize)> = None;
     let mut i = 240;
-    while let Some(&code) = bytes.get(i) {
+    loop {
+        let code = bytes.get(i).copied();
+        if let Some((c, len)) = run
+            && code != Some(c)
+        {
+            if hazardous(c, len) {
+                return Err(WireError::Hazard(c));
+            }
+            run = None;
+        }
         match code {
-            0 => i += 1,
-            255 => return Ok(()),
-            _ => {
+            None | Some(255) => return Ok(()),
+            Some(0) => i += 1,
+            Some(c) => {
                 let Some(&len) = bytes.get(i + 1) else {
                     return Ok(());
                 };
-                if hazardous(code, len) {
-                    return Err(WireError::Hazard(code));
-                }
-                i += 2 + usize::from(len);
+                let len = usize::from(len);
+                run = Some(match run {
+                    Some((_, sum)) => (c, sum + len),
+                    None => (c, len),
+                });
+                i += 2 + len;
             }
         }
     }
-    Ok(())
 }
 
 /// What kind of network-boot client sent the request.
@@ -205,6 +231,26 @@ mod tests {
         b
     }
 
+    /// The fuzz target's crash ce0c4414… (issue 7), byte for byte: two 4-byte
+    /// fragments of option 152 in a row, which dhcproto joins into one 8-byte option and then
+    /// asserts is 4 bytes long.
+    const CRASH_152_SPLIT: &str = concat!(
+        "0000ffff0120202020202000000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "ffffffffffffffffff4dffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "ffffffffffffff0000000000000000d9000000000000000000000000000b000000000b000000000000000d0d00980400",
+        "0b000000000000000d0d00980400248f7a45000020202020202020202020a020202020202000e7204e4e4e4e4e4e4e4e",
+        "4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e200a0a2020202020202020000000000000000008000008",
+        "000000000000002b0000000000002100000000000000000000000000000b000000000b000000000000000d0d00980400",
+        "0b000000000000000d0d00980400248f00980400248f7a4500001e001e04000000280020",
+    );
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
     #[test]
     fn classifies_boot_clients() {
         let r = decode(&bytes(&discover())).unwrap();
@@ -278,6 +324,80 @@ mod tests {
         let mut magic = good.clone();
         magic[236] = 0;
         assert!(decode(&magic).is_err());
+    }
+
+    /// `good` with `extra` appended as options before its End.
+    fn with_options(good: &[u8], extra: &[u8]) -> Vec<u8> {
+        let mut b = good[..good.len() - 1].to_vec();
+        b.extend_from_slice(extra);
+        b.push(255);
+        b
+    }
+
+    #[test]
+    fn split_options_are_checked_on_their_concatenated_length() {
+        let crash = hex(CRASH_152_SPLIT);
+        assert!(matches!(decode(&crash), Err(WireError::Hazard(152))));
+        let good = bytes(&discover());
+        // RFC 3396: fragments in a row are one option. Each fragment of 94 alone is a legal
+        // 3 bytes; joined they are 6, which dhcproto asserts against.
+        let two_94 = with_options(&good, &[94, 3, 1, 2, 0, 94, 3, 1, 2, 0]);
+        assert!(matches!(decode(&two_94), Err(WireError::Hazard(94))));
+        // ... and fragments that are each wrong can be right together (1 + 2 = 3 bytes).
+        let r = decode(&with_options(&good, &[94, 1, 1, 94, 2, 2, 0])).unwrap();
+        assert_eq!(
+            r.msg.opts().get(OptionCode::ClientNetworkInterface),
+            Some(&DhcpOption::ClientNetworkInterface(1, 2, 0))
+        );
+        // A Pad between them makes two options, each decoded (and checked) alone.
+        assert!(decode(&with_options(&good, &[94, 3, 1, 2, 0, 0, 94, 3, 1, 2, 0])).is_ok());
+        for (code, bad) in [(80, 1), (81, 2), (151, 0), (152, 8), (153, 2), (155, 5)] {
+            // The same bad total, split into fragments of at most 2 bytes.
+            let mut opts = Vec::new();
+            let mut left: u8 = bad;
+            loop {
+                let n = left.min(2);
+                opts.extend_from_slice(&[code, n]);
+                opts.extend(std::iter::repeat_n(0x20, usize::from(n)));
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            assert!(
+                matches!(decode(&with_options(&good, &opts)), Err(WireError::Hazard(c)) if c == code),
+                "option {code}, {bad} bytes in fragments"
+            );
+        }
+    }
+
+    /// Every option code, every concatenated length up to 12 bytes as one, two or three
+    /// fragments, three fillings: decoding returns (an error or a request) and never panics.
+    /// Covers dhcproto's length assertions beyond the ones the filter knows by name.
+    #[test]
+    fn no_option_code_or_length_panics_the_decoder() {
+        let good = bytes(&discover());
+        for code in 1..=254u8 {
+            for total in 0..=12u8 {
+                for split in [total, total / 2, total / 3] {
+                    for fill in [0x00, 0xff, 0x21] {
+                        let mut opts = Vec::new();
+                        let mut left = total;
+                        let step = if split == 0 { total } else { split };
+                        loop {
+                            let n = left.min(step);
+                            opts.extend_from_slice(&[code, n]);
+                            opts.extend(std::iter::repeat_n(fill, usize::from(n)));
+                            left -= n;
+                            if left == 0 {
+                                break;
+                            }
+                        }
+                        let _ = decode(&with_options(&good, &opts));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,35 +8,52 @@ use std::time::{Duration, Instant};
 use dragonfly_core::MacAddr;
 use dragonfly_testkit::{chown_for_unprivileged, require_binary, require_root, unprivileged};
 
-use crate::common::TestDb;
+use dragonfly_store::BlockingDb;
+
+use crate::common::{TestDb, lease_of_blocking};
 use crate::netns::NetPair;
 
 const DHCPD: &str = env!("CARGO_BIN_EXE_dragonfly-dhcpd");
 
 /// The binary, killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
+    /// Reservation mode on `net`'s /24 with pool `.lo`–`.hi`; perfdhcp (which relays from the
+    /// client's address) is a listed relay.
     fn start(net: &NetPair, db: &TestDb, pool: (u8, u8)) -> Self {
-        let dir = db.dir.path();
-        let cfg = dir.join("dragonfly.toml");
         let p = net.prefix;
-        std::fs::write(
-            &cfg,
-            format!(
-                "[store]\npath = {db:?}\n[nats]\nurl = \"nats://127.0.0.1:1\"\n[log]\nlevel = \"info\"\n\
-                 [dhcpd]\nmode = \"reservation\"\nlease_time = \"1h\"\n\
+        Self::start_with(
+            net,
+            db,
+            &format!(
+                "mode = \"reservation\"\nlease_time = \"1h\"\nrelays = [\"{client}\"]\n\
                  [[dhcpd.subnets]]\nnetwork = \"{a}.{b}.{c}.0/24\"\npool_start = \"{a}.{b}.{c}.{lo}\"\n\
                  pool_end = \"{a}.{b}.{c}.{hi}\"\nrouter = \"{a}.{b}.{c}.1\"\n",
-                db = db.path.display().to_string(),
+                client = net.client_ip(),
                 a = p[0],
                 b = p[1],
                 c = p[2],
                 lo = pool.0,
                 hi = pool.1,
+            ),
+        )
+    }
+
+    /// The binary as nobody in the server namespace, with `dhcpd` as its `[dhcpd]` section
+    /// (and any `[[dhcpd.…]]` tables after it); returns once it serves.
+    pub(crate) fn start_with(net: &NetPair, db: &TestDb, dhcpd: &str) -> Self {
+        let dir = db.dir.path();
+        let cfg = dir.join("dragonfly.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\npath = {db:?}\n[nats]\nurl = \"nats://127.0.0.1:1\"\n[log]\nlevel = \"info\"\n\
+                 [dhcpd]\n{dhcpd}",
+                db = db.path.display().to_string(),
             ),
         )
         .unwrap();
@@ -65,7 +82,24 @@ impl Daemon {
         d
     }
 
-    fn log_text(&self) -> String {
+    /// CPU time the daemon has used so far (`ip netns exec` and `setpriv` exec into it, so
+    /// the child is the daemon).
+    pub(crate) fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum();
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -77,19 +111,19 @@ impl Drop for Daemon {
     }
 }
 
-fn client_mac(net: &NetPair) -> MacAddr {
+pub(crate) fn client_mac(net: &NetPair) -> MacAddr {
     let out = net.exec_c(&["cat", &format!("/sys/class/net/{}/address", net.client_if)]);
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-fn script(dir: &Path, body: &str) -> PathBuf {
+pub(crate) fn script(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join(format!("script-{}.sh", body.len()));
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -138,7 +172,7 @@ fn udhcpc_gets_renews_and_releases_a_lease() {
     let read = || std::fs::read_to_string(&events).unwrap_or_default();
     wait_for("udhcpc bound", || read().contains("bound "));
     let mac = client_mac(&net);
-    let ip = db.lease_of(mac).expect("lease stored");
+    let ip = lease_of_blocking(&db, mac).expect("lease stored");
     assert!(read().contains(&format!("bound {ip}")), "{}", read());
     // SIGUSR1: renew (unicast from the bound address).
     nix::sys::signal::kill(
@@ -154,7 +188,7 @@ fn udhcpc_gets_renews_and_releases_a_lease() {
     )
     .unwrap();
     let _ = udhcpc.wait();
-    wait_for("lease released", || db.lease_of(mac).is_none());
+    wait_for("lease released", || lease_of_blocking(&db, mac).is_none());
 }
 
 fn dhclient(net: &NetPair, dir: &Path, s: &Path, release: bool, tag: &str) -> std::process::Output {
@@ -211,7 +245,7 @@ fn dhclient_lease_survives_a_dhcpd_restart_and_is_released() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        db.lease_of(mac).expect("lease stored")
+        lease_of_blocking(&db, mac).expect("lease stored")
     };
     // Fill the pool's start so a fresh allocation would differ, then restart dhcpd: the stored
     // lease must win.
@@ -230,7 +264,7 @@ fn dhclient_lease_survives_a_dhcpd_restart_and_is_released() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for("lease released", || db.lease_of(mac).is_none());
+    wait_for("lease released", || lease_of_blocking(&db, mac).is_none());
 }
 
 #[test]
@@ -289,7 +323,7 @@ fn perfdhcp_dora_load_is_answered() {
         .collect();
     assert_eq!(ratios.len(), 2, "{text}");
     assert!(ratios.iter().all(|r| *r <= 1.0), "drop ratios {ratios:?}");
-    let conn = dragonfly_store::open_connection(&db.path, false).unwrap();
-    let n = dragonfly_store::leases::all(&conn).unwrap().len();
+    let store = BlockingDb::open(&db.path).unwrap();
+    let n = store.block_on(store.db().leases().all()).unwrap().len();
     assert!(n >= 150, "{n} leases stored");
 }

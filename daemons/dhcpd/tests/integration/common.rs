@@ -1,56 +1,31 @@
 //! Shared set-up: a migrated store, dhcpd's `run` in a server namespace, crafted packets.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use dragonfly_core::{HardwareReport, MacAddr};
+use dragonfly_core::MacAddr;
 use dragonfly_dhcpd::config::{RawDhcpd, RawReservation, RawSubnet};
-use dragonfly_dhcpd::{Config, DhcpdConfig, Sockets};
+use dragonfly_dhcpd::{Dhcpd, DhcpdConfig, Sockets};
 use dragonfly_runtime::config::DaemonConfig;
+use dragonfly_runtime::{Context, Credentials};
+use dragonfly_store::BlockingDb;
 use tokio_util::sync::CancellationToken;
 
 use crate::netns::{NetPair, udp_in};
 
-pub(crate) struct TestDb {
-    /// Holds the database; removed on drop.
-    pub(crate) dir: tempfile::TempDir,
-    pub(crate) path: PathBuf,
+pub(crate) use dragonfly_store::testing::TestDb;
+
+/// The address the store has leased to `mac`.
+pub(crate) async fn lease_of(db: &TestDb, mac: MacAddr) -> Option<Ipv4Addr> {
+    db.db.leases().get_by_mac(mac).await.unwrap().map(|l| l.ip)
 }
 
-impl TestDb {
-    pub(crate) fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dragonfly.db");
-        let mut conn = dragonfly_store::open_connection(&path, true).unwrap();
-        dragonfly_store::migrate(&mut conn).unwrap();
-        Self { dir, path }
-    }
-
-    pub(crate) fn register(&self, mac: MacAddr) {
-        let report = HardwareReport {
-            macs: vec![mac],
-            smbios_uuid: None,
-            hostname: None,
-            cpu: None,
-            memory_bytes: None,
-            disks: vec![],
-            nics: vec![],
-            bmc: None,
-            ..Default::default()
-        };
-        let mut c = dragonfly_store::open_connection(&self.path, false).unwrap();
-        dragonfly_store::machines::register(&mut c, &report, jiff::Timestamp::now()).unwrap();
-    }
-
-    pub(crate) fn lease_of(&self, mac: MacAddr) -> Option<Ipv4Addr> {
-        let c = dragonfly_store::open_connection(&self.path, false).unwrap();
-        dragonfly_store::leases::get_by_mac(&c, mac)
-            .unwrap()
-            .map(|l| l.ip)
-    }
+/// [`lease_of`] for tests without a runtime.
+pub(crate) fn lease_of_blocking(db: &TestDb, mac: MacAddr) -> Option<Ipv4Addr> {
+    let store = BlockingDb::open(&db.path).unwrap();
+    store.block_on(lease_of(db, mac))
 }
 
 /// The lab configuration for `net`: its /24 (pool .100–.199) and the relay's /24.
@@ -80,6 +55,7 @@ pub(crate) fn raw_config(net: &NetPair, mode: &str) -> RawDhcpd {
             ip: net.ip(10).to_string(),
         }],
         http_boot_x64_url: Some(format!("http://{}:8080/ipxe.efi", net.server_ip())),
+        relays: vec![net.relay_ip().to_string()],
         ..Default::default()
     }
 }
@@ -98,13 +74,14 @@ impl InProcess {
             dhcp: udp_in(&net.server_ns, any(67), None),
             pxe: Some(udp_in(&net.server_ns, any(4011), None)),
         };
-        let config = Config {
-            dhcpd,
-            store_path: db.path.clone(),
-            nats_url: None,
-        };
+        let path = db.path.clone();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(dragonfly_dhcpd::run(config, sockets, shutdown.clone()));
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let store = dragonfly_store::Db::open(&path).await?;
+            let ctx = Context::<Dhcpd>::new(dhcpd, store, None, Credentials::default());
+            dragonfly_dhcpd::run(ctx, sockets, token).await
+        });
         Self { shutdown, task }
     }
 

@@ -7,5 +7,7 @@
 
 mod clients;
 mod common;
+mod flood;
+mod fuzz_corpus;
 mod netns;
 mod pxe;

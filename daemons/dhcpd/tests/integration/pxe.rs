@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, MessageType, OptionCode, UnknownOption, relay};
 
+use dragonfly_store::testing::NewMachine;
+
 use crate::common::*;
 use crate::netns::{NetPair, udp_in};
 
@@ -116,7 +118,7 @@ async fn proxy_mode_answers_known_machines_only_on_67_and_4011() {
         exchange_async(&c, &d, broadcast()).await.is_none(),
         "unknown machine: silence"
     );
-    db.register(mac(5));
+    db.machine(NewMachine::with_mac(mac(5))).await;
     let (r, len) = exchange_async(&c, &d, broadcast())
         .await
         .expect("a ProxyDHCP offer");
@@ -142,7 +144,7 @@ async fn proxy_mode_answers_known_machines_only_on_67_and_4011() {
         .expect("an ACK from 4011");
     assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(fname(&r), "ipxe.efi");
-    assert!(db.lease_of(mac(5)).is_none());
+    assert!(lease_of(&db, mac(5)).await.is_none());
     server.stop().await;
 }
 
@@ -217,7 +219,7 @@ async fn dora_is_stored_and_init_reboot_is_acked_or_naked() {
     let (ack, _) = exchange_async(&c, &req, broadcast()).await.unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(
-        db.lease_of(mac(9)),
+        lease_of(&db, mac(9)).await,
         Some(offer.yiaddr()),
         "the ACK came after the commit"
     );
