@@ -16,9 +16,16 @@ pub struct RawTftpd {
     pub listen: Option<String>,
     /// Directories served, searched in order: the first that holds the name answers.
     pub roots: Option<Vec<PathBuf>>,
-    /// Transfers in progress at once; beyond it requests get ERROR 0 "busy". Each transfer in
-    /// progress holds a thread and a 64 KiB read-ahead buffer.
+    /// Transfers in progress at once. Beyond it (or beyond a client's share) requests wait in
+    /// a queue, four per slot, and start when a slot frees; beyond the queue they are left
+    /// unanswered for the client to retransmit — never refused. Each transfer in progress holds
+    /// about a kilobyte and two file descriptors.
     pub max_transfers: Option<usize>,
+    /// Transfers in progress at once from one client address.
+    pub max_transfers_per_client: Option<usize>,
+    /// Of those, transfers the client has not acknowledged yet (the slots a host that never
+    /// answers, or a forged source, can hold).
+    pub max_unacked_per_client: Option<usize>,
     /// Largest `blksize` granted. The default fits a 1500-byte Ethernet MTU.
     pub max_blksize: Option<u16>,
     /// Largest `windowsize` granted.
@@ -27,6 +34,9 @@ pub struct RawTftpd {
     pub timeout: Option<String>,
     /// A transfer with no acknowledged progress for this long is abandoned, e.g. `"10s"`.
     pub idle_timeout: Option<String>,
+    /// A transfer whose client never acknowledged anything is abandoned this long after it
+    /// started, e.g. `"3s"` (at most `idle_timeout`).
+    pub first_ack_timeout: Option<String>,
 }
 
 /// `[tftpd]`, validated.
@@ -35,10 +45,13 @@ pub struct TftpdConfig {
     pub listen: ListenConfig,
     pub roots: Vec<PathBuf>,
     pub max_transfers: usize,
+    pub max_transfers_per_client: usize,
+    pub max_unacked_per_client: usize,
     pub max_blksize: u16,
     pub max_windowsize: u16,
     pub timeout: Duration,
     pub idle_timeout: Duration,
+    pub first_ack_timeout: Duration,
 }
 
 /// The TFTP port on every address.
@@ -73,6 +86,24 @@ impl DaemonConfig for TftpdConfig {
                 range(max_transfers, 1, 65_536),
             ));
         }
+        let max_transfers_per_client = raw
+            .max_transfers_per_client
+            .unwrap_or(max_transfers.min(64));
+        if !(1..=max_transfers).contains(&max_transfers_per_client) {
+            return Err(Invalid::new(
+                "max_transfers_per_client",
+                range(max_transfers_per_client, 1, max_transfers),
+            ));
+        }
+        let max_unacked_per_client = raw
+            .max_unacked_per_client
+            .unwrap_or(max_transfers_per_client.min(4));
+        if !(1..=max_transfers_per_client).contains(&max_unacked_per_client) {
+            return Err(Invalid::new(
+                "max_unacked_per_client",
+                range(max_unacked_per_client, 1, max_transfers_per_client),
+            ));
+        }
         let max_blksize = raw.max_blksize.unwrap_or(DEFAULT_MAX_BLKSIZE);
         if !(DEFAULT_BLKSIZE..=MAX_BLKSIZE).contains(&max_blksize) {
             return Err(Invalid::new(
@@ -86,14 +117,23 @@ impl DaemonConfig for TftpdConfig {
         }
         let timeout = duration("timeout", raw.timeout.as_deref(), 1, (1, 255))?;
         let idle_timeout = duration("idle_timeout", raw.idle_timeout.as_deref(), 10, (1, 3600))?;
+        let first_ack_timeout = duration(
+            "first_ack_timeout",
+            raw.first_ack_timeout.as_deref(),
+            3,
+            (1, idle_timeout.as_secs()),
+        )?;
         Ok(Self {
             listen,
             roots,
             max_transfers,
+            max_transfers_per_client,
+            max_unacked_per_client,
             max_blksize,
             max_windowsize,
             timeout,
             idle_timeout,
+            first_ack_timeout,
         })
     }
 }
@@ -142,6 +182,9 @@ mod tests {
             ]
         );
         assert_eq!(c.max_transfers, 256);
+        assert_eq!(c.max_transfers_per_client, 64);
+        assert_eq!(c.max_unacked_per_client, 4);
+        assert_eq!(c.first_ack_timeout, Duration::from_secs(3));
         assert_eq!(c.max_blksize, 1468);
         assert_eq!(c.timeout, Duration::from_secs(1));
         assert_eq!(c.idle_timeout, Duration::from_secs(10));
@@ -205,6 +248,29 @@ mod tests {
                     ..Default::default()
                 },
                 "idle_timeout",
+            ),
+            (
+                RawTftpd {
+                    max_transfers: Some(10),
+                    max_transfers_per_client: Some(11),
+                    ..Default::default()
+                },
+                "max_transfers_per_client",
+            ),
+            (
+                RawTftpd {
+                    max_unacked_per_client: Some(0),
+                    ..Default::default()
+                },
+                "max_unacked_per_client",
+            ),
+            (
+                RawTftpd {
+                    idle_timeout: Some("5s".into()),
+                    first_ack_timeout: Some("6s".into()),
+                    ..Default::default()
+                },
+                "first_ack_timeout",
             ),
         ];
         for (raw, key) in cases {

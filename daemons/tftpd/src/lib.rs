@@ -1,9 +1,12 @@
 //! tftpd: Dragonfly's read-only TFTP server, for the iPXE binaries PXE firmware loads first.
 //!
-//! Three layers, as everywhere in Dragonfly: [`packet`] is the pure wire format, [`transfer`]
-//! drives one transfer on its own socket (window, adaptive retransmission), and this module is
-//! the server: it reads requests from the listening socket, applies [`files`]' policy, limits
-//! concurrency and reports each transfer on the bus.
+//! Three layers, as everywhere in Dragonfly: [`packet`] is the pure wire format; [`transfer`]
+//! is one transfer as a pure state machine (window, adaptive retransmission, giving up) and
+//! [`admission`] the pure bookkeeping of who may start a transfer; the socket I/O is the
+//! transfer engine (`worker`: one thread, epoll, every transfer's socket) and this module, the
+//! server: it reads requests from the listening socket, refuses what is not a binary read,
+//! hands the rest to the engine and publishes each finished transfer on the bus. [`files`] is
+//! the policy of which file a name means.
 //!
 //! Each transfer gets its own UDP socket (a new TID, as RFC 1350 wants), bound to the local
 //! address the request was sent to and `connect()`ed to the client. The listening socket is
@@ -20,70 +23,97 @@
 //!
 //! [`run`] never binds its listening socket: systemd (or a test) passes it in.
 
+pub mod admission;
 pub mod config;
 pub mod files;
 pub mod packet;
 pub mod transfer;
+mod worker;
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dragonfly_bus::Bus;
-use dragonfly_bus::events::TftpTransferred;
+use dragonfly_runtime::cli::Chain;
+use dragonfly_runtime::sockets::{SocketError, Sockets};
+use dragonfly_runtime::{BEAT_EVERY, Context, Daemon, Health, NoStore};
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use admission::Quotas;
 pub use config::TftpdConfig;
 use packet::{ErrorCode, Mode, Packet};
 use transfer::Limits;
+use worker::Engine;
 
-/// Everything [`run`] needs.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub tftpd: TftpdConfig,
-    /// Where to publish `dragonfly.tftp.transferred`; `None` publishes nothing.
-    pub nats_url: Option<String>,
+/// tftpd, as the daemon frame runs it.
+#[derive(Debug)]
+pub struct Tftpd;
+
+impl Daemon for Tftpd {
+    const NAME: &'static str = "tftpd";
+    const ABOUT: &'static str = "Dragonfly read-only TFTP server";
+    // No store: the receive loop's heartbeat, which beats only while the transfer engine
+    // turns too, is the proof of health.
+    const HEALTH: Health = Health::MainLoop;
+    type Config = TftpdConfig;
+    type Sockets = std::net::UdpSocket;
+    type Store = NoStore;
+    type Error = TftpdError;
+
+    fn sockets(
+        config: &TftpdConfig,
+        passed: &mut Sockets,
+    ) -> Result<std::net::UdpSocket, SocketError> {
+        passed.udp_or_bind("tftp", config.listen.addr)
+    }
+
+    async fn run(
+        ctx: Context<Self>,
+        socket: std::net::UdpSocket,
+        shutdown: CancellationToken,
+    ) -> Result<(), TftpdError> {
+        run(ctx, socket, shutdown).await
+    }
 }
 
 /// Why tftpd stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TftpdError {
-    #[error("connecting to NATS")]
-    Bus(#[from] dragonfly_bus::BusError),
     #[error("setting up the listening socket")]
     Socket(#[source] io::Error),
     #[error("receiving on the listening socket")]
     Receive(#[source] io::Error),
+    #[error("starting the transfer engine")]
+    EngineStart(#[source] io::Error),
+    #[error("the transfer engine thread stopped unexpectedly")]
+    EngineStopped,
 }
 
-/// Shared by the server loop and every transfer task.
+/// The server loop's state.
 #[derive(Debug)]
 struct Shared {
-    roots: Vec<PathBuf>,
-    limits: Limits,
-    bus: Option<Bus>,
     refusals: Mutex<LogLimiter>,
+    /// ERRORs the listening side may send (refused writes and modes): a forged source cannot
+    /// turn the listening port into a steady reflector.
+    replies: Mutex<LogLimiter>,
     /// The listening socket's own address, used when `IP_PKTINFO` told us nothing.
     listen_ip: IpAddr,
 }
 
-/// How often the server loop proves it is alive to systemd's watchdog.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// ERROR replies from the listening side, per second.
+const REPLIES_PER_SECOND: u32 = 100;
 
 /// Serves TFTP on `socket` until `shutdown` is cancelled, then waits for transfers in progress
 /// (the caller bounds that wait with its grace period).
 pub async fn run(
-    config: Config,
+    ctx: Context<Tftpd>,
     socket: std::net::UdpSocket,
     shutdown: CancellationToken,
 ) -> Result<(), TftpdError> {
@@ -97,45 +127,38 @@ pub async fn run(
         tracing::warn!(%errno, "no packet info: replies will come from the listening address");
     }
     let socket = UdpSocket::from_std(socket).map_err(TftpdError::Socket)?;
-    let bus = match &config.nats_url {
-        Some(url) => {
-            dragonfly_runtime::notify::status("connecting to NATS");
-            Some(Bus::connect(url, "dragonfly-tftpd", "/dragonfly/tftpd").await?)
-        }
-        None => None,
-    };
-    let cfg = &config.tftpd;
-    let shared = Arc::new(Shared {
-        roots: cfg.roots.clone(),
-        limits: Limits {
-            max_blksize: cfg.max_blksize,
-            max_windowsize: cfg.max_windowsize,
-            timeout: cfg.timeout,
-            idle_timeout: cfg.idle_timeout,
-        },
-        bus,
+    let cfg = &ctx.config;
+    let shared = Shared {
         refusals: Mutex::new(LogLimiter::new(10, Duration::from_secs(10))),
+        replies: Mutex::new(LogLimiter::new(REPLIES_PER_SECOND, Duration::from_secs(1))),
         listen_ip: local.ip(),
-    });
-    let slots = Arc::new(Semaphore::new(cfg.max_transfers));
-    let tracker = TaskTracker::new();
-    let heartbeat = dragonfly_runtime::notify::Heartbeat::new();
-    let _ = dragonfly_runtime::notify::spawn_watchdog(shutdown.clone(), heartbeat.progressed());
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    };
+    let events = ctx.events.clone();
+    let mut engine = Engine::start(engine_settings(cfg), move |e| events.publish(&e))
+        .map_err(TftpdError::EngineStart)?;
+    let heartbeat = &ctx.heartbeat;
+    let mut tick = tokio::time::interval(BEAT_EVERY);
 
     tracing::info!(addr = %local, roots = ?cfg.roots, "serving TFTP");
-    dragonfly_runtime::notify::ready();
     dragonfly_runtime::notify::status(&format!("serving TFTP on {local}"));
 
     let mut buf = vec![0u8; 2048];
     let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
+    let mut engine_turns = engine.turns();
     let result = loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             _ = tick.tick() => {
-                heartbeat.beat();
+                // Alive only while the transfer engine turns too (it does at least once a
+                // second, idle or not).
+                let turns = engine.turns();
+                if turns != engine_turns {
+                    engine_turns = turns;
+                    heartbeat.beat();
+                }
                 continue;
             }
+            () = engine.exited() => break Err(TftpdError::EngineStopped),
             received = recv_with_destination(&socket, &mut buf, &mut cmsg) => received,
         };
         let (len, client, destination) = match received {
@@ -147,15 +170,37 @@ pub async fn run(
         };
         let local_ip = destination.unwrap_or(shared.listen_ip);
         let Some(data) = buf.get(..len) else { continue };
-        handle_datagram(data, client, local_ip, &shared, &slots, &tracker);
+        handle_datagram(data, client, local_ip, &shared, &engine);
     };
-    tracker.close();
-    dragonfly_runtime::notify::status(&format!(
-        "stopping: waiting for {} transfers",
-        tracker.len()
-    ));
-    tracker.wait().await;
-    result
+    dragonfly_runtime::notify::status("stopping: waiting for the transfers in progress");
+    let drained = match result {
+        Err(TftpdError::EngineStopped) => false,
+        _ => engine.drain().await,
+    };
+    match result {
+        Ok(()) if !drained => Err(TftpdError::EngineStopped),
+        other => other,
+    }
+}
+
+/// What the transfer engine needs from the configuration.
+fn engine_settings(cfg: &TftpdConfig) -> worker::Settings {
+    worker::Settings {
+        roots: cfg.roots.clone(),
+        limits: Limits {
+            max_blksize: cfg.max_blksize,
+            max_windowsize: cfg.max_windowsize,
+            timeout: cfg.timeout,
+            idle_timeout: cfg.idle_timeout,
+            first_ack_timeout: cfg.first_ack_timeout,
+        },
+        quotas: Quotas::new(
+            cfg.max_transfers,
+            cfg.max_transfers_per_client,
+            cfg.max_unacked_per_client,
+            cfg.idle_timeout,
+        ),
+    }
 }
 
 fn is_transient(e: &io::Error) -> bool {
@@ -226,20 +271,20 @@ fn to_socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
     })
 }
 
-/// Decides what a datagram on the listening socket gets; starts a transfer for a valid RRQ.
+/// Decides what a datagram on the listening socket gets; hands a valid RRQ to the engine.
 fn handle_datagram(
     data: &[u8],
     client: SocketAddr,
     local_ip: IpAddr,
-    shared: &Arc<Shared>,
-    slots: &Arc<Semaphore>,
-    tracker: &TaskTracker,
+    shared: &Shared,
+    engine: &Engine,
 ) {
     let request = match packet::parse(data) {
         Ok(Packet::Rrq(request)) => request,
         Ok(Packet::Wrq(request)) => {
             refuse(shared, client, request.filename, "write request");
             reply_error(
+                shared,
                 local_ip,
                 client,
                 ErrorCode::AccessViolation,
@@ -257,6 +302,7 @@ fn handle_datagram(
     if request.mode != Mode::Octet {
         refuse(shared, client, request.filename, "mode other than octet");
         reply_error(
+            shared,
             local_ip,
             client,
             ErrorCode::NotDefined,
@@ -264,105 +310,39 @@ fn handle_datagram(
         );
         return;
     }
-    let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
-        refuse(shared, client, request.filename, "too many transfers");
-        reply_error(local_ip, client, ErrorCode::NotDefined, "busy");
-        return;
-    };
-    let filename = request.filename.to_owned();
-    let options = request.options;
-    let shared = Arc::clone(shared);
-    tracker.spawn(async move {
-        // A blocking thread per transfer (tokio's pool reuses them): see `transfer`'s docs.
-        let worker = Arc::clone(&shared);
-        let event = tokio::task::spawn_blocking(move || {
-            serve(&worker, permit, &filename, options, client, local_ip)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(%client, error = %e, "transfer thread failed");
-            None
-        });
-        if let (Some(event), Some(bus)) = (event, &shared.bus)
-            && let Err(e) = bus.publish(&event).await
-        {
-            tracing::warn!(error = %e, "transfer event not published");
-        }
+    // Beyond the limits the engine queues the request, or drops it for the client to
+    // retransmit: never "busy", which PXE firmware takes as final.
+    let handed = engine.submit(worker::Request {
+        client,
+        local_ip,
+        filename: request.filename.to_owned(),
+        options: request.options,
     });
+    if !handed {
+        tracing::debug!(%client, "request dropped: the transfer engine is behind");
+    }
 }
 
-/// One transfer, from opening the file to the last ACK. Returns the event to publish, or `None`
-/// when the request was refused before any transfer started. Blocks: runs on its own thread.
-fn serve(
+/// Answers a refused request from a fresh socket on the address it was sent to, within
+/// [`REPLIES_PER_SECOND`].
+fn reply_error(
     shared: &Shared,
-    slot: OwnedSemaphorePermit,
-    filename: &str,
-    options: packet::Options,
-    client: SocketAddr,
     local_ip: IpAddr,
-) -> Option<TftpTransferred> {
-    let socket = match transfer_socket(local_ip, client) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%client, error = %e, "cannot open a transfer socket");
-            return None;
-        }
+    client: SocketAddr,
+    code: ErrorCode,
+    message: &str,
+) {
+    let admitted = match shared.replies.lock() {
+        Ok(mut guard) => guard.admit(Instant::now()),
+        Err(poisoned) => poisoned.into_inner().admit(Instant::now()),
     };
-    let opened = match files::open_in_roots(&shared.roots, filename) {
-        Ok(opened) => opened,
-        Err(refusal) => {
-            refuse(shared, client, filename, &refusal.to_string());
-            let reply = packet::error_packet(refusal.code(), refusal.client_message());
-            drop(slot);
-            let _ = socket.send(&reply);
-            return None;
-        }
-    };
-    let negotiated = transfer::negotiate(&options, opened.size, &shared.limits);
-    let started = Instant::now();
-    let outcome = transfer::send_file(
-        &socket,
-        &opened.file,
-        opened.size,
-        &negotiated,
-        shared.limits.idle_timeout,
-    );
-    // Free the slot before the client can hear that the transfer is over.
-    drop(slot);
-    if let Some(farewell) = &outcome.farewell {
-        let _ = socket.send(farewell);
+    if admitted == Admit::Drop {
+        return;
     }
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if outcome.complete {
-        tracing::info!(file = filename, root = %opened.root.display(), %client, bytes = outcome.bytes,
-            duration_ms, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "sent");
-    } else {
-        tracing::warn!(file = filename, %client, bytes = outcome.bytes, duration_ms,
-            error = outcome.error.as_deref().unwrap_or_default(), "transfer failed");
-    }
-    Some(TftpTransferred {
-        file: filename.to_owned(),
-        client: client.to_string(),
-        bytes: outcome.bytes,
-        duration_ms,
-        complete: outcome.complete,
-        error: outcome.error,
-    })
-}
-
-/// A new blocking socket (the transfer's TID) on `local_ip`, connected to `client`.
-fn transfer_socket(local_ip: IpAddr, client: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(local_ip, 0))?;
-    socket.connect(client)?;
-    Ok(socket)
-}
-
-/// Answers a refused request from a fresh socket on the address it was sent to.
-fn reply_error(local_ip: IpAddr, client: SocketAddr, code: ErrorCode, message: &str) {
     let sent = std::net::UdpSocket::bind(SocketAddr::new(local_ip, 0))
         .and_then(|s| s.send_to(&packet::error_packet(code, message), client));
     if let Err(e) = sent {
-        tracing::debug!(%client, error = %e, "error reply not sent");
+        tracing::debug!(%client, error = %Chain(&e), "error reply not sent");
     }
 }
 
@@ -380,9 +360,9 @@ fn refuse(shared: &Shared, client: SocketAddr, file: &str, why: &str) {
     }
 }
 
-/// A fixed-window rate limiter for log lines.
+/// A fixed-window rate limiter for log lines (and replies).
 #[derive(Debug)]
-struct LogLimiter {
+pub(crate) struct LogLimiter {
     per_period: u32,
     period: Duration,
     window_start: Option<Instant>,
@@ -391,7 +371,7 @@ struct LogLimiter {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Admit {
+pub(crate) enum Admit {
     /// Log this one; `suppressed` lines were dropped since the last one logged.
     Log {
         suppressed: u64,
@@ -400,7 +380,7 @@ enum Admit {
 }
 
 impl LogLimiter {
-    fn new(per_period: u32, period: Duration) -> Self {
+    pub(crate) fn new(per_period: u32, period: Duration) -> Self {
         Self {
             per_period,
             period,
@@ -410,7 +390,7 @@ impl LogLimiter {
         }
     }
 
-    fn admit(&mut self, now: Instant) -> Admit {
+    pub(crate) fn admit(&mut self, now: Instant) -> Admit {
         let expired = self
             .window_start
             .is_none_or(|start| now.duration_since(start) >= self.period);

@@ -29,7 +29,7 @@ pub(crate) fn write_config(tree: &Tree, listen: &str) -> std::path::PathBuf {
 }
 
 /// Waits until something holds UDP `port` on loopback (our probe can no longer bind it).
-async fn wait_bound(port: u16) -> bool {
+pub(crate) async fn wait_bound(port: u16) -> bool {
     for _ in 0..200 {
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
             return true;

@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dragonfly_bus::{Bus, ConnectOptions};
 use dragonfly_runtime::config::DaemonConfig;
+use dragonfly_runtime::{Context, Credentials, NoStore};
 use dragonfly_tftpd::config::RawTftpd;
 use dragonfly_tftpd::packet::{self, Packet};
-use dragonfly_tftpd::{Config, TftpdConfig};
+use dragonfly_tftpd::{Tftpd, TftpdConfig};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +73,16 @@ impl Server {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         tokio::spawn(async move {
-            dragonfly_tftpd::run(Config { tftpd, nats_url }, socket, token)
-                .await
-                .unwrap();
+            let bus = match nats_url {
+                Some(url) => Some(
+                    Bus::connect(ConnectOptions::new(url, "tftpd", None))
+                        .await
+                        .unwrap(),
+                ),
+                None => None,
+            };
+            let ctx = Context::<Tftpd>::new(tftpd, NoStore, bus, Credentials::default());
+            dragonfly_tftpd::run(ctx, socket, token).await.unwrap();
         });
         Self { addr, shutdown }
     }

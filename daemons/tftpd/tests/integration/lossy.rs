@@ -17,10 +17,12 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub(crate) struct NetnsPair {
     pub(crate) server: String,
     pub(crate) client: String,
+    /// The veth ends: (server side, client side).
+    pub(crate) devices: (String, String),
     children: Vec<Child>,
 }
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().unwrap();
     assert!(status.success(), "ip {args:?}");
 }
@@ -29,12 +31,13 @@ impl NetnsPair {
     pub(crate) fn new(loss_percent: u8) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{n}", std::process::id());
+        let (vs, vc) = (format!("dfv{tag}s"), format!("dfv{tag}c"));
         let pair = Self {
             server: format!("dft{tag}s"),
             client: format!("dft{tag}c"),
+            devices: (vs.clone(), vc.clone()),
             children: vec![],
         };
-        let (vs, vc) = (format!("dfv{tag}s"), format!("dfv{tag}c"));
         assert!(vs.len() <= 15, "{vs} is too long for an interface name");
         ip(&["netns", "add", &pair.server]);
         ip(&["netns", "add", &pair.client]);
@@ -73,6 +76,24 @@ impl NetnsPair {
             }
         }
         pair
+    }
+
+    /// Waits (up to 10 s) until something listens on UDP `port` inside namespace `ns`: a server
+    /// just spawned on a loaded machine may take a while, and a request sent before it binds
+    /// gets an ICMP error that makes clients give up at once.
+    pub(crate) fn wait_udp_bound(&self, ns: &str, port: u16) -> bool {
+        for _ in 0..400 {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "ss", "-Huln"])
+                .arg(format!("sport = :{port}"))
+                .output()
+                .unwrap();
+            if !out.stdout.is_empty() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
     }
 
     /// Starts `cmd` inside namespace `ns`; it is killed when the pair is dropped.
@@ -125,7 +146,10 @@ fn a_megabyte_crosses_a_ten_percent_loss_link_intact() {
     let mut server = unprivileged(TFTPD);
     server.arg("--config").arg(&cfg);
     pair.spawn(&pair.server.clone(), &server);
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        pair.wait_udp_bound(&pair.server, 6969),
+        "tftpd never bound 6969"
+    );
 
     let out = tree.scratch.join("lossy");
     let t0 = Instant::now();

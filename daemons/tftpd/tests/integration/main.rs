@@ -7,5 +7,9 @@
 mod binary;
 mod clients;
 mod common;
+mod flood;
+mod fuzz_corpus;
+mod hostile;
 mod lossy;
 mod refusals;
+mod storm;
