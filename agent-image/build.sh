@@ -28,7 +28,8 @@ fetch() { # package [version] → path of the cached .deb (apt writes an epoch's
     deb=$CACHE/${pkg}_${ver/:/%3a}_amd64.deb
     if [ ! -f "$deb" ]; then
         say "downloading $pkg $ver"
-        (cd "$CACHE" && apt-get download -q "$pkg=$ver" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+        # grep fails when apt printed nothing else: the check below is what counts.
+        (cd "$CACHE" && { apt-get download -q "$pkg=$ver" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true; })
         [ -f "$deb" ] || { say "apt-get download $pkg=$ver gave no $deb"; return 1; }
     fi
     echo "$deb"
@@ -70,9 +71,9 @@ fi
 # --- kernel modules ----------------------------------------------------------------------
 # NICs: virtio, Intel (e1000 … ice), Mellanox, Broadcom, Realtek.  Disks: virtio, AHCI/PATA,
 # NVMe, SCSI disks, common RAID HBAs.  Dependencies come from depmod's modules.dep.
-WANT="virtio_pci virtio_net virtio_blk virtio_scsi
+WANT=(virtio_pci virtio_net virtio_blk virtio_scsi
       e1000 e1000e igb igc ixgbe i40e ice mlx4_en mlx5_core bnxt_en tg3 r8169
-      ahci ata_piix nvme sd_mod megaraid_sas mpt3sas hpsa"
+      ahci ata_piix nvme sd_mod megaraid_sas mpt3sas hpsa)
 STAGE_MODS=$CACHE/depmod-$KVER
 if [ ! -f "$STAGE_MODS/lib/modules/$KVER/modules.dep" ]; then
     rm -rf "$STAGE_MODS"; mkdir -p "$STAGE_MODS/lib/modules"
@@ -84,7 +85,7 @@ DEP=$STAGE_MODS/lib/modules/$KVER/modules.dep
 R=$OUT/initramfs.root
 rm -rf "$R"; mkdir -p "$R"/{bin,dev,etc,proc,sys,tmp,run,lib/modules/"$KVER"}
 # The closure of $WANT over modules.dep, in load order (dependencies first).
-MODS=$(python3 - "$DEP" $WANT <<'PY'
+MODS=$(python3 - "$DEP" "${WANT[@]}" <<'PY'
 import sys, os
 dep = {}
 for line in open(sys.argv[1]):
@@ -109,7 +110,7 @@ for m in $MODS; do
 done
 cp "$KMOD"/modules.{order,builtin} "$R/lib/modules/$KVER/"
 "$BUSYBOX" depmod -b "$R" "$KVER"
-echo "$WANT" | tr -s ' \n' '\n' | sed '/^$/d' > "$R/etc/modules"
+printf '%s\n' "${WANT[@]}" > "$R/etc/modules"
 
 # --- userland ----------------------------------------------------------------------------
 cp "$BUSYBOX" "$R/bin/busybox"
@@ -138,7 +139,7 @@ mv -f "$OUT/.initrd.img.new" "$OUT/initrd.img"
 
 # --- manifest ----------------------------------------------------------------------------
 python3 - "$OUT" "$KVER" "$(basename "$KDEB")" "$(basename "$BDEB")" "$COMP" "$SOURCE_DATE_EPOCH" \
-    "$(grep -m1 '^version' "$HERE/../Cargo.toml" | cut -d'"' -f2)" $WANT <<'PY'
+    "$(grep -m1 '^version' "$HERE/../Cargo.toml" | cut -d'"' -f2)" "${WANT[@]}" <<'PY'
 import hashlib, json, os, sys
 out, kver, kdeb, bdeb, comp, sde, agent = sys.argv[1:8]
 def art(name):

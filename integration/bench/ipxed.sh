@@ -9,19 +9,23 @@
 # Every machine is Registered, so every answer is the heaviest path: store read, token minted,
 # agent script rendered, BootDecided published (to a nats-server when one is installed).
 # Binary: $IPXED_BIN, else target/release/dragonfly-ipxed; the seeding example is built here.
+# Installs what it needs (packaging/deps.sh bench; root or sudo only for that).
 set -euo pipefail
 
-for tool in wrk curl; do
-    command -v "$tool" >/dev/null || { echo "$0: $tool missing (apt-get install wrk curl)" >&2; exit 2; }
-done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=packaging/deps.sh
+. "$repo/packaging/deps.sh"
+deps_install build run bench
+deps_cargo
 machines=${MACHINES:-10000}
 duration=${DURATION:-10s}
 connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 log_level=${LOG_LEVEL:-info}
 
-(cd "$repo" && cargo build --release -p dragonfly-ipxed --bins --examples >&2)
+(cd "$repo" && cargo build --release --locked -p dragonfly-ipxed --bins --examples >&2 &&
+    cargo build --release --locked -p dragonfly-integration --bin dragonfly-lab >&2)
+lab=$repo/target/release/dragonfly-lab
 bin=${IPXED_BIN:-$repo/target/release/dragonfly-ipxed}
 seed=$repo/target/release/examples/seed-machines
 
@@ -51,20 +55,9 @@ if command -v nats-server >/dev/null; then
     nats_url=nats://127.0.0.1:$nport
 fi
 port=$(free_port)
-cat > "$work/dragonfly.toml" <<TOML
-[store]
-path = "$work/dragonfly.db"
-[nats]
-url = "$nats_url"
-[log]
-level = "$log_level"
-[ipxed]
-listen = "127.0.0.1:$port"
-public_url = "http://127.0.0.1:$port"
-apid_url = "http://127.0.0.1:3000"
-agent_dir = "$work/agent"
-boot_token_key_file = "$work/key"
-TOML
+"$lab" config --out "$work/dragonfly.toml" --store "$work/dragonfly.db" --nats "$nats_url" \
+    --log-level "$log_level" --boot-token-key "$work/key" --ipxed "127.0.0.1:$port" \
+    --public-url "http://127.0.0.1:$port" --apid-url http://127.0.0.1:3000 --agent-dir "$work/agent"
 
 run=()
 if [ "$(id -u)" -eq 0 ]; then

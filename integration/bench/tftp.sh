@@ -1,7 +1,9 @@
 #!/bin/bash
-# TFTP benchmark: dragonfly-tftpd (release) against tftpd-hpa and dnsmasq, side by side, over a
-# veth between two network namespaces. Prints a table; asserts nothing about speed (figures
-# drift between runs and machines: compare ratios from one run). Needs root.
+# TFTP benchmark: dragonfly-tftpd (release) against tftpd-hpa and dnsmasq, side by side, in a
+# lab network (dragonfly-lab: the server namespace's bridge, a client namespace joined to it by
+# a veth). Prints a table; asserts nothing about speed (figures drift between runs and
+# machines: compare ratios from one run). Needs root; installs what it needs
+# (packaging/deps.sh bench).
 #
 #   integration/bench/tftp.sh            # everything (about 5 minutes: the peers are slow on loss)
 #   LOSSY_PEERS=0 integration/bench/tftp.sh   # skip the peers' lossy runs (their figures are
@@ -17,41 +19,36 @@
 set -euo pipefail
 
 [ "$(id -u)" -eq 0 ] || { echo "$0: must run as root (network namespaces)" >&2; exit 2; }
-for tool in ip nft curl atftp in.tftpd dnsmasq setpriv cmp; do
-    command -v "$tool" >/dev/null || { echo "$0: $tool missing (apt-get install iproute2 nftables curl atftp tftpd-hpa dnsmasq-base util-linux diffutils)" >&2; exit 2; }
-done
-
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+# shellcheck source=packaging/deps.sh
+. packaging/deps.sh
+deps_install build run lab bench
+deps_cargo
+cargo build --release --locked -p dragonfly-integration --bin dragonfly-lab >&2
+lab=$repo/target/release/dragonfly-lab
 bin=${TFTPD_BIN:-$repo/target/release/dragonfly-tftpd}
 if [ ! -x "$bin" ]; then
-    (cd "$repo" && cargo build --release -p dragonfly-tftpd >&2)
+    cargo build --release --locked -p dragonfly-tftpd >&2
 fi
 lossy_peers=${LOSSY_PEERS:-1}
 limit=240   # seconds any single client may take
 
 tag=$$
-S=dfb${tag}s C=dfb${tag}c VS=dfb${tag}vs VC=dfb${tag}vc
+S=dfb${tag}s C=dfb${tag}c
 tmp=$(mktemp -d /tmp/dragonfly-tftp-bench.XXXXXX)
 chmod 755 "$tmp"
 server_pid=
 
 cleanup() {
     [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
-    for ns in "$S" "$C"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    "$lab" down "$S" || true
     rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-ip netns add "$S"; ip netns add "$C"
-ip link add "$VS" netns "$S" type veth peer name "$VC" netns "$C"
-ip -n "$S" addr add 10.201.0.1/24 dev "$VS"; ip -n "$C" addr add 10.201.0.2/24 dev "$VC"
-for ns in "$S" "$C"; do ip -n "$ns" link set lo up; done
-ip -n "$S" link set "$VS" up; ip -n "$C" link set "$VC" up
-# Our daemon runs as nobody; let it bind port 69 inside its own namespace.
-ip netns exec "$S" sysctl -qw net.ipv4.ip_unprivileged_port_start=0
+# Our daemon runs as nobody and binds port 69 itself inside the server namespace.
+"$lab" up "$S" --addr 10.201.0.1/24 --no-ula --peer "$C=10.201.0.2/24" --unprivileged-ports
 
 root=$tmp/root
 mkdir -p "$root" "$tmp/out"
@@ -59,16 +56,8 @@ head -c $((32 << 20)) /dev/urandom > "$root/big.bin"
 head -c $((1 << 20)) /dev/urandom > "$root/small.bin"
 head -c 100 /dev/urandom > "$root/tiny.bin"
 chmod -R a+rX "$root"; chmod 777 "$tmp/out"
-cat > "$tmp/dragonfly.toml" <<TOML
-[nats]
-url = "nats://127.0.0.1:1"
-[log]
-level = "warn"
-[tftpd]
-listen = "10.201.0.1:69"
-roots = ["$root"]
-TOML
-chmod 644 "$tmp/dragonfly.toml"
+"$lab" config --out "$tmp/dragonfly.toml" --nats nats://127.0.0.1:1 --log-level warn \
+    --tftp-root "$root" --tftpd-listen 10.201.0.1:69
 
 start() {
     case $1 in
@@ -146,10 +135,11 @@ for s in ours hpa dnsmasq; do
     stop
 done
 
-for pair in "$S $VS" "$C $VC"; do
-    set -- $pair
-    printf 'table netdev loss {\n chain in {\n  type filter hook ingress device "%s" priority 0;\n  numgen random mod 100 < 10 counter drop\n }\n}\n' "$2" |
-        ip netns exec "$1" nft -f -
+# On what each side receives: the server's veth port on br0, the client's eth0.
+for pair in "$S peer0" "$C eth0"; do
+    read -r ns dev <<<"$pair"
+    printf 'table netdev loss {\n chain in {\n  type filter hook ingress device "%s" priority 0;\n  numgen random mod 100 < 10 counter drop\n }\n}\n' "$dev" |
+        ip netns exec "$ns" nft -f -
 done
 for s in ours hpa dnsmasq; do
     r[$s,lossy]=skipped

@@ -1,4 +1,13 @@
-//! [`Lab`]: one private network namespace per test, and the processes inside it.
+//! [`Lab`]: one private network namespace per test, and the processes inside it; [`Network`]:
+//! the shape of a lab's network, the one place a namespace, bridge, tap or veth is made.
+//!
+//! Why it exists: the end-to-end tests ([`Lab`]), the demo (`packaging/local/run.sh`) and the
+//! benchmarks (`integration/bench/`) all need a private network; they all build it here, the
+//! scripts through `dragonfly-lab up` and `down` (`src/bin/dragonfly-lab.rs`).
+//!
+//! What it must never do: touch an interface of the host's namespace. Every link it makes
+//! lives in a namespace it created (a veth is created with both ends already inside), and
+//! [`destroy_network`] deletes only a namespace it is named and the peers joined to it.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -21,6 +30,260 @@ pub const BRIDGE_ADDR: &str = "10.99.0.1";
 /// Set (to anything) to keep every lab's directory (logs, serial console) after the test.
 pub const KEEP_ENV: &str = "DRAGONFLY_E2E_KEEP";
 
+/// Why a lab network could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A namespace of that name exists with processes inside it or its peers (another run
+    /// still going?).
+    #[error("network namespace {0} is in use (another run still going?)")]
+    InUse(String),
+    /// `ip` (or `sysctl` inside the namespace) failed.
+    #[error("{command}: {stderr}")]
+    Command { command: String, stderr: String },
+    /// `ip` could not be run at all.
+    #[error("running ip (package iproute2)")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A tap on `br0` for a QEMU NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    /// Interface name inside the namespace (e.g. `tap0`).
+    pub name: String,
+    /// The user who may open it besides root, e.g. the user QEMU becomes.
+    pub owner: Option<String>,
+}
+
+/// A namespace of its own joined to `br0` by a veth: a client machine for benchmarks.
+/// Its end of the veth is `eth0`; the lab's end is `peer<N>` (N: its place in
+/// [`Network::peers`]), a port of `br0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's namespace name.
+    pub namespace: String,
+    /// `eth0`'s address with its prefix, in `br0`'s subnet (e.g. `10.200.0.2/16`).
+    pub addr: String,
+}
+
+/// The shape of a lab's network: a namespace holding a bridge `br0` (no STP delay) with an
+/// IPv4 address, taps on it for VMs, and peer namespaces joined to it by veths; nothing
+/// joins it to the host. [`create`](Self::create) makes it; [`destroy_network`] removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// The namespace's name.
+    pub name: String,
+    /// `br0`'s IPv4 address with its prefix.
+    pub bridge_addr: String,
+    /// `fd99::1/64` on `br0`, only so that router advertisements can be sent: iPXE waits
+    /// 13–16 s for one otherwise (lab pitfall 1).
+    pub ula: bool,
+    pub taps: Vec<Tap>,
+    pub peers: Vec<Peer>,
+    /// Lets processes without privileges bind ports below 1024 inside the namespace (for a
+    /// benchmark's server that binds its own port instead of being handed it).
+    pub unprivileged_ports: bool,
+}
+
+impl Network {
+    /// The tests' and the demo's shape: `br0` 10.99.0.1/24 with the ULA, `tap0` for root,
+    /// no peers.
+    pub fn new(name: impl Into<String>) -> Network {
+        Network {
+            name: name.into(),
+            bridge_addr: format!("{BRIDGE_ADDR}/24"),
+            ula: true,
+            taps: vec![Tap {
+                name: "tap0".into(),
+                owner: None,
+            }],
+            peers: Vec::new(),
+            unprivileged_ports: false,
+        }
+    }
+
+    /// Makes the namespace and everything in it. A namespace of the same name with nothing
+    /// running inside it or its peers (left by a run that was killed) is removed first; one
+    /// with processes is [`LabError::InUse`]. On failure, whatever was made is removed again.
+    pub fn create(&self) -> Result<(), LabError> {
+        if namespace_exists(&self.name) {
+            let mut namespaces = peers_of(&self.name);
+            namespaces.push(self.name.clone());
+            if namespaces.iter().any(|ns| !namespace_pids(ns).is_empty()) {
+                return Err(LabError::InUse(self.name.clone()));
+            }
+            destroy_network(&self.name)?;
+        }
+        ip(&["netns", "add", &self.name])?;
+        let mut made = Vec::new();
+        self.build(&mut made).inspect_err(|_| {
+            // Only what this call made: a peer name that was taken is someone else's.
+            for ns in made.iter().chain([&self.name]) {
+                let _ = destroy_network(ns);
+            }
+        })
+    }
+
+    /// Everything inside the namespace; each peer namespace it makes goes into `made`.
+    fn build(&self, made: &mut Vec<String>) -> Result<(), LabError> {
+        let n = self.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&["-n", n, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        ip(&["-n", n, "addr", "add", &self.bridge_addr, "dev", "br0"])?;
+        if self.ula {
+            ip(&["-n", n, "addr", "add", "fd99::1/64", "dev", "br0", "nodad"])?;
+        }
+        ip(&["-n", n, "link", "set", "br0", "up"])?;
+        for tap in &self.taps {
+            add_tap(n, tap)?;
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            let port = format!("peer{i}");
+            let p = peer.namespace.as_str();
+            ip(&["netns", "add", p])?;
+            made.push(p.to_owned());
+            ip(&["-n", p, "link", "set", "lo", "up"])?;
+            // Both ends are made inside their namespaces: the host's never sees either.
+            ip(&[
+                "link", "add", &port, "netns", n, "type", "veth", "peer", "name", "eth0", "netns",
+                p,
+            ])?;
+            ip(&["-n", n, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", n, "link", "set", &port, "up"])?;
+            ip(&["-n", p, "addr", "add", &peer.addr, "dev", "eth0"])?;
+            ip(&["-n", p, "link", "set", "eth0", "up"])?;
+        }
+        if self.unprivileged_ports {
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                n,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_unprivileged_port_start=0",
+            ]))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the namespace `name` and every peer namespace joined to it by a veth: kills every
+/// process inside (SIGKILL), then deletes them. A namespace that does not exist is no error.
+pub fn destroy_network(name: &str) -> Result<(), LabError> {
+    if !namespace_exists(name) {
+        return Ok(());
+    }
+    let mut namespaces = peers_of(name);
+    namespaces.push(name.to_owned());
+    for ns in &namespaces {
+        kill_all(ns);
+        if namespace_exists(ns) {
+            ip(&["netns", "del", ns])?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills every process in namespace `name`, until none is left (at most a second).
+fn kill_all(name: &str) {
+    for _ in 0..50 {
+        let pids = namespace_pids(name);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn namespace_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+fn namespace_pids(name: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The namespaces at the other end of `name`'s veths (`ip -o link` prints `link-netns
+/// NAME` for a peer in a named namespace).
+fn peers_of(name: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", name, "-o", "link", "show", "type", "veth"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut peers = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == "link-netns"
+                && let Some(peer) = words.next()
+                && !peers.iter().any(|p| p == peer)
+            {
+                peers.push(peer.to_owned());
+            }
+        }
+    }
+    peers
+}
+
+fn add_tap(namespace: &str, tap: &Tap) -> Result<(), LabError> {
+    let mut args = vec![
+        "netns", "exec", namespace, "ip", "tuntap", "add", "dev", &tap.name, "mode", "tap",
+    ];
+    if let Some(owner) = &tap.owner {
+        args.extend(["user", owner]);
+    }
+    ip(&args)?;
+    ip(&["-n", namespace, "link", "set", &tap.name, "master", "br0"])?;
+    ip(&["-n", namespace, "link", "set", &tap.name, "up"])
+}
+
+fn ip(args: &[&str]) -> Result<(), LabError> {
+    run(Command::new("ip").args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<(), LabError> {
+    let out = cmd.output().map_err(LabError::Spawn)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut command = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        command.push(' ');
+        command.push_str(&arg.to_string_lossy());
+    }
+    Err(LabError::Command {
+        command,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
 /// A socket a daemon receives through `systemd-socket-activate`, as in production.
 #[derive(Debug, Clone, Copy)]
 pub enum Socket<'a> {
@@ -30,13 +293,14 @@ pub enum Socket<'a> {
     Tcp { addr: &'a str, name: &'a str },
 }
 
-/// A network namespace with a bridge `br0` (10.99.0.1/24 and fd99::1/64, no STP delay) and
-/// a tap `tap0` on it for QEMU; no link to the host. Processes started through it run inside
-/// the namespace with stdout and stderr in `<label>.log` in [`dir`](Self::dir).
+/// A lab [`Network`] of its own for one test (by default [`Network::new`]'s shape: a bridge
+/// `br0` 10.99.0.1/24 and fd99::1/64, and a tap `tap0` on it for QEMU). Processes started
+/// through it run inside the namespace with stdout and stderr in `<label>.log` in
+/// [`dir`](Self::dir).
 ///
-/// Drop kills every process in the namespace (SIGKILL), then deletes it. When dropped during
-/// a panic it prints every log to stderr and keeps the directory (also kept when
-/// [`KEEP_ENV`] is set).
+/// Drop kills every process in the namespace and its peers (SIGKILL), then deletes them.
+/// When dropped during a panic it prints every log to stderr and keeps the directory (also
+/// kept when [`KEEP_ENV`] is set).
 #[derive(Debug)]
 pub struct Lab {
     name: String,
@@ -51,13 +315,21 @@ impl Lab {
     /// # Panics
     /// When any `ip` command fails (not root, or `iproute2` missing).
     pub fn new() -> Lab {
+        Lab::with_network(|_| {})
+    }
+
+    /// Creates a lab whose network is [`Network::new`]'s shape after `shape` changed it
+    /// (another address, peers …); the name is chosen here, unique per process and lab.
+    ///
+    /// # Panics
+    /// When any `ip` command fails (not root, or `iproute2` missing).
+    pub fn with_network(shape: impl FnOnce(&mut Network)) -> Lab {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "dfe{}x{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        assert!(name.len() <= 15, "namespace name {name} too long");
         let dir = tempfile::Builder::new()
             .prefix("dragonfly-e2e-")
             .tempdir()
@@ -65,43 +337,17 @@ impl Lab {
         // Daemons run as nobody and must reach their config and state in here.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod lab dir");
-        ip(&["netns", "add", &name]);
-        let lab = Lab {
+        let mut network = Network::new(name.clone());
+        shape(&mut network);
+        network
+            .create()
+            .unwrap_or_else(|e| panic!("creating lab network {name}: {e}"));
+        Lab {
             name,
             dir: Some(dir),
             children: Vec::new(),
             store: None,
-        };
-        let n = lab.name.clone();
-        for args in [
-            vec!["-n", &n, "link", "set", "lo", "up"],
-            vec!["-n", &n, "link", "add", "br0", "type", "bridge"],
-            vec![
-                "-n",
-                &n,
-                "link",
-                "set",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-            vec!["-n", &n, "addr", "add", "10.99.0.1/24", "dev", "br0"],
-            // Only so that router advertisements can be sent (iPXE waits for one).
-            vec!["-n", &n, "addr", "add", "fd99::1/64", "dev", "br0", "nodad"],
-            vec!["-n", &n, "link", "set", "br0", "up"],
-            vec![
-                "netns", "exec", &n, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
-            ],
-            vec!["-n", &n, "link", "set", "tap0", "master", "br0"],
-            vec!["-n", &n, "link", "set", "tap0", "up"],
-        ] {
-            ip(&args);
         }
-        lab
     }
 
     /// Adds a default route out of `br0`, as most real hosts have one. Off by default, so
@@ -109,7 +355,8 @@ impl Lab {
     /// (instead of the interface the request came in on) fails here rather than on a
     /// multi-homed host.
     pub fn add_default_route(&self) {
-        ip(&["-n", &self.name, "route", "add", "default", "dev", "br0"]);
+        ip(&["-n", &self.name, "route", "add", "default", "dev", "br0"])
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The namespace's name (unique per test: pid and a counter).
@@ -122,12 +369,11 @@ impl Lab {
     /// # Panics
     /// When `ip` fails (e.g. the name is taken).
     pub fn add_tap(&self, name: &str) {
-        let n = &self.name;
-        ip(&[
-            "netns", "exec", n, "ip", "tuntap", "add", "dev", name, "mode", "tap",
-        ]);
-        ip(&["-n", n, "link", "set", name, "master", "br0"]);
-        ip(&["-n", n, "link", "set", name, "up"]);
+        let tap = Tap {
+            name: name.to_owned(),
+            owner: None,
+        };
+        add_tap(&self.name, &tap).unwrap_or_else(|e| panic!("adding {name}: {e}"));
     }
 
     /// Runs `f` on a thread that has entered the namespace, so that every socket it opens
@@ -308,9 +554,7 @@ impl Lab {
         let state = self.dir().join("state");
         std::fs::create_dir(&state).expect("mkdir state");
         let path = state.join("dragonfly.db");
-        let mut conn = dragonfly_store::open_connection(&path, true).expect("creating the store");
-        dragonfly_store::migrate(&mut conn).expect("migrating the store");
-        drop(conn);
+        dragonfly_store::migrate_file(&path).expect("creating the store");
         dragonfly_testkit::chown_for_unprivileged(&state).expect("chown state for nobody");
         self.store = Some(path.clone());
         path
@@ -326,20 +570,18 @@ impl Lab {
         let mac: MacAddr = mac.parse().expect("a valid MAC");
         let report = HardwareReport {
             macs: vec![mac],
-            smbios_uuid: None,
-            hostname: None,
-            cpu: None,
-            memory_bytes: None,
-            disks: Vec::new(),
-            nics: Vec::new(),
-            bmc: None,
             ..Default::default()
         };
-        let mut conn = dragonfly_store::open_connection(&path, false).expect("opening the store");
-        let registered =
-            dragonfly_store::machines::register(&mut conn, &report, jiff::Timestamp::now())
-                .expect("registering the machine");
-        drop(conn);
+        let store = dragonfly_store::BlockingDb::open(&path).expect("opening the store");
+        let registered = store
+            .block_on(
+                store
+                    .db()
+                    .machines()
+                    .register(report, jiff::Timestamp::now()),
+            )
+            .expect("registering the machine");
+        drop(store);
         dragonfly_testkit::chown_for_unprivileged(path.parent().expect("state dir"))
             .expect("chown state for nobody");
         registered.machine().name.to_string()
@@ -415,29 +657,22 @@ impl Lab {
         self.spawn(label, cmd)
     }
 
+    #[allow(
+        clippy::print_stderr,
+        reason = "called by Drop, which has nowhere else to report"
+    )]
     fn kill_everything(&mut self) {
         for (_, child) in &mut self.children {
             let _ = child.kill();
         }
-        for _ in 0..50 {
-            let out = Command::new("ip")
-                .args(["netns", "pids", &self.name])
-                .output();
-            let pids: Vec<i32> = out
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .filter_map(|p| p.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if pids.is_empty() {
-                break;
+        if let Err(e) = destroy_network(&self.name) {
+            let mut chain = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                let _ = write!(chain, ": {cause}");
+                source = cause.source();
             }
-            for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            eprintln!("removing lab network {}: {chain}", self.name);
         }
         for (_, child) in &mut self.children {
             let _ = child.wait();
@@ -458,9 +693,6 @@ impl Drop for Lab {
     )]
     fn drop(&mut self) {
         self.kill_everything();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
         let keep = std::env::var_os(KEEP_ENV).is_some();
         if std::thread::panicking() {
             eprintln!("===== logs of lab {} =====\n{}", self.name, self.logs());
@@ -478,17 +710,4 @@ fn enter_namespace(path: &str) {
     let file = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .unwrap_or_else(|e| panic!("entering {path}: {e}"));
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip (package iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

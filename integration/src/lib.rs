@@ -17,8 +17,13 @@
 //!
 //! Everything here needs root (namespaces, taps, binding ports 67/69): tests call
 //! `dragonfly_testkit::require_root()` and `require_binary(…)` first.
+//!
+//! It is also the one lab of the scripts: `dragonfly-lab` (`src/bin/dragonfly-lab.rs`) makes
+//! the demo's and the benchmarks' networks with [`Network`] and writes their configuration
+//! with [`LabConfig`], the one place the lab spells the daemons' configuration keys.
 
 mod api;
+mod config;
 mod image;
 mod lab;
 pub mod load;
@@ -27,8 +32,9 @@ mod vm;
 use std::path::PathBuf;
 
 pub use api::{EventWatcher, list_machines};
+pub use config::{ApidConfig, DhcpdConfig, IpxedConfig, LabConfig, SubnetConfig, TftpdConfig};
 pub use image::{TestImage, test_image};
-pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, Socket};
+pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
 pub use vm::{
     BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig, VmLock,
 };

@@ -79,7 +79,6 @@ unset JOURNAL_STREAM NOTIFY_SOCKET LISTEN_PID LISTEN_FDS LISTEN_FDNAMES CREDENTI
     WATCHDOG_USEC WATCHDOG_PID RUST_LOG
 
 die() { echo "$0: $*" >&2; exit 1; }
-die_install() { printf '%s\n' "$@" >&2; exit 2; }
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 if [ $demo = 1 ] && ! is_root; then
@@ -88,53 +87,19 @@ if [ $demo = 1 ] && ! is_root; then
 fi
 
 # --- What it needs --------------------------------------------------------------------------
-# nats-server (Debian's), util-linux (setpriv, setsid), curl (health check), gcc and libc6-dev
-# (C parts of crates). The demo also: iproute2 (namespace), systemd (systemd-socket-activate,
-# systemd-socket-proxyd), qemu-system-x86 with its firmware (seabios, ipxe-qemu NIC ROMs),
-# ipxe (undionly.kpxe, ipxe.efi for tftpd), dnsmasq-base (router advertisements only: not
-# "dnsmasq", which starts a DNS service), sqlite3 (to see the machine appear), python3 and
-# zstd (agent-image/build.sh), ovmf (--uefi).
-pkgs=(nats-server util-linux curl gcc libc6-dev)
+# packaging/deps.sh says what each group holds and why: a build, and NATS with setpriv and
+# curl; the demo also the lab network and its VM, and what builds the agent image.
+# shellcheck source=packaging/deps.sh
+. packaging/deps.sh
 if [ $demo = 1 ]; then
-    pkgs+=(iproute2 systemd qemu-system-x86 seabios ipxe-qemu ipxe dnsmasq-base sqlite3 python3 zstd)
-    [ $uefi = 0 ] || pkgs+=(ovmf)
-fi
-missing=()
-for pkg in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
-        missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    is_root || die_install "$0: missing Debian packages: ${missing[*]}" \
-        "install them as root (apt-get install -y ${missing[*]}), or run this script with sudo"
-    echo "==> installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=300 update -qq
-    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
-    if [[ " ${missing[*]} " == *" nats-server "* ]]; then
-        # Debian's package enables and starts its own server on :4222 where systemd runs; we
-        # start our own on 14222, so switch that one off again.
-        if [ -d /run/systemd/system ]; then
-            systemctl disable --now nats-server.service >/dev/null 2>&1 || true
-        fi
-        service nats-server stop >/dev/null 2>&1 || true
-    fi
+    deps_install build run lab image
+    # agent-image/build.sh downloads a Debian kernel package (apt-get download).
+    deps_apt_lists
+else
+    deps_install build run
 fi
 nats_server=/usr/sbin/nats-server
-
-if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
-    PATH=$HOME/.cargo/bin:$PATH
-fi
-if ! command -v cargo >/dev/null; then
-    msg=("$0: cargo not found. Install Rust with rustup (https://rustup.rs) for this user:"
-        "    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --default-toolchain none"
-        "    . \"\$HOME/.cargo/env\" && rustup toolchain install   # in this repository: reads rust-toolchain.toml"
-        "then run this script again.")
-    if [ -n "${SUDO_USER:-}" ]; then
-        msg+=("(Under sudo, cargo must be root's: sudo keeps neither your PATH nor your ~/.rustup.)")
-    fi
-    die_install "${msg[@]}"
-fi
+deps_cargo
 
 # Where apid is reached for the health check and the printed URL: a wildcard address is
 # reached on loopback.
@@ -159,18 +124,13 @@ if [ $demo = 0 ]; then
 fi
 port_in_use "$probe_host" "$listen_port" &&
     die "$listen is taken (another run of this script still going? or set DRAGONFLY_LISTEN)"
-if [ $demo = 1 ] && ip netns pids "$ns" >/dev/null 2>&1; then
-    [ -z "$(ip netns pids "$ns")" ] ||
-        die "network namespace $ns is in use (another run of this script still going?)"
-    # Left by a run that was killed (SIGKILL): nothing runs in it, so it is only in the way.
-    ip netns del "$ns"
-    echo "==> deleted the leftover network namespace $ns"
-fi
 
 # --- Build ----------------------------------------------------------------------------------
 echo "==> cargo build --release --locked --bins"
 cargo build --release --locked --bins
 bin=$repo/target/release
+# The lab network and the configuration file, made by the code the end-to-end tests use.
+lab=$bin/dragonfly-lab
 daemons=(dragonfly-apid dragonfly-migrate)
 if [ $demo = 1 ]; then
     daemons+=(dragonfly-dhcpd dragonfly-tftpd dragonfly-ipxed)
@@ -241,59 +201,25 @@ else
 fi
 
 config=$state/dragonfly.toml
-cat >"$config" <<EOF
-# Written by packaging/local/run.sh on every start: edit the script, not this file.
-# Format and defaults: packaging/dragonfly.toml.example.
-
-[store]
-path = "$state/dragonfly.db"
-
-[nats]
-# The script's own nats-server, on a port of its own so it never meets a system one on 4222.
-url = "nats://$nats_host:$nats_port"
-
-[log]
-level = "info"
-
-[apid]
-listen = "$apid_listen"
-boot_token_key_file = "$key"
-# The local run serves plain HTTP, and clients may drop a session cookie marked Secure there
-# (it is meant only for HTTPS). Keep the default (true) wherever apid is reached over HTTPS.
-secure_cookies = false
-EOF
+config_args=(--out "$config"
+    --header "Written by packaging/local/run.sh on every start: edit the script, not this file."
+    --header "Format and defaults: packaging/dragonfly.toml.example."
+    --store "$state/dragonfly.db"
+    # The script's own nats-server, on a port of its own so it never meets a system one on 4222.
+    --nats "nats://$nats_host:$nats_port"
+    --boot-token-key "$key" --apid "$apid_listen")
 if [ $demo = 1 ]; then
-    cat >>"$config" <<EOF
-
-# The demo's lab network: br0 $lab_ip/24 inside the network namespace $ns. To serve a real
-# network, see "Serving a real network" in README.md.
-
-[ipxed]
-listen = "$lab_ip:8080"
-# How booting machines reach ipxed, and how the agent reaches apid.
-public_url = "http://$lab_ip:8080"
-apid_url = "http://$lab_ip:3000"
-agent_dir = "$state/agent"
-kernel_cmdline_extra = "console=tty0 console=ttyS0,115200 quiet"
-boot_token_key_file = "$key"
-
-[tftpd]
-roots = ["$state/tftp"]
-
-[dhcpd]
-# Dragonfly hands out the addresses itself: right for a network of its own. Beside another
-# DHCP server, use mode = "autoproxy" (boot answers only, no addresses) and no subnets.
-mode = "reservation"
-server_ip = "$lab_ip"
-ipxed = "$lab_ip:8080"
-
-[[dhcpd.subnets]]
-network = "10.99.0.0/24"
-pool_start = "10.99.0.100"
-pool_end = "10.99.0.200"
-router = "$lab_ip"
-EOF
+    config_args+=(
+        --header ""
+        --header "The demo's lab network: br0 $lab_ip/24 inside the network namespace $ns."
+        --header "To serve a real network, see \"Serving a real network\" in README.md."
+        --ipxed "$lab_ip:8080" --public-url "http://$lab_ip:8080" --apid-url "http://$lab_ip:3000"
+        --agent-dir "$state/agent" --kernel-cmdline-extra "console=tty0 console=ttyS0,115200 quiet"
+        --tftp-root "$state/tftp"
+        --dhcpd reservation --server-ip "$lab_ip" --dhcpd-ipxed "$lab_ip:8080"
+        --subnet "10.99.0.0/24,10.99.0.100,10.99.0.200,$lab_ip")
 fi
+"$lab" config "${config_args[@]}"
 chmod 0644 "$config"
 
 if is_root; then
@@ -312,7 +238,7 @@ fi
 names=()
 pids=()
 follower=
-ns_made=0
+lab_made=0
 
 alive() { # PID: running, not a zombie
     local stat
@@ -322,7 +248,7 @@ alive() { # PID: running, not a zombie
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    local rc=$? i pid n left
+    local rc=$? i pid n
     trap '' INT TERM
     [ -z "$follower" ] || { kill "$follower" 2>/dev/null || true; wait "$follower" 2>/dev/null || true; }
     # Newest first: the VM before the daemons, apid before the nats-server it publishes to.
@@ -339,17 +265,9 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
         echo "==> stopped ${names[i]} (pid $pid)"
     done
-    if [ "$ns_made" = 1 ]; then
+    if [ "$lab_made" = 1 ]; then
         # Anything still inside (nothing, normally) goes with the namespace.
-        for ((n = 0; n < 50; n++)); do
-            left=$(ip netns pids "$ns" 2>/dev/null) || break
-            [ -n "$left" ] || break
-            # shellcheck disable=SC2086 # one PID a word
-            kill -KILL $left 2>/dev/null || true
-            sleep 0.1
-        done
-        ip netns del "$ns" 2>/dev/null || true
-        echo "==> deleted network namespace $ns"
+        "$lab" down "$ns" && echo "==> deleted network namespace $ns"
     fi
     exit "$rc"
 }
@@ -421,21 +339,12 @@ if [ $demo = 0 ]; then
 else
     check_config "${daemons[@]}"
 
-    # The lab network, as the integration tests build it (integration/src/lab.rs): a bridge
+    # The lab network, as the end-to-end tests build it (integration/src/lab.rs): a bridge
     # with no STP delay, a ULA address only so that router advertisements can be sent, and a
-    # tap owned by the daemon user, which QEMU becomes.
+    # tap the daemon user may open (QEMU becomes that user).
     echo "==> creating network namespace $ns: br0 $lab_ip/24, tap0 for the VM"
-    ip netns add "$ns"
-    ns_made=1
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link add br0 type bridge
-    ip -n "$ns" link set br0 type bridge stp_state 0 forward_delay 0
-    ip -n "$ns" addr add "$lab_ip/24" dev br0
-    ip -n "$ns" addr add fd99::1/64 dev br0 nodad
-    ip -n "$ns" link set br0 up
-    ip netns exec "$ns" ip tuntap add dev tap0 mode tap user "$daemon_user" group "$daemon_user"
-    ip -n "$ns" link set tap0 master br0
-    ip -n "$ns" link set tap0 up
+    "$lab" up "$ns" --addr "$lab_ip/24" --tap "tap0:$daemon_user"
+    lab_made=1
 
     in_ns=(ip netns exec "$ns")
     # Inside the namespace, as the daemon user with no capabilities at all.

@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use dragonfly_integration::{BootReport, Lab, TestImage, Vm, VmConfig};
+use dragonfly_integration::{
+    ApidConfig, BootReport, DhcpdConfig, IpxedConfig, Lab, LabConfig, TestImage, TftpdConfig, Vm,
+    VmConfig,
+};
 use dragonfly_testkit::{require_binary, require_root};
 
 /// Root and every tool a VM boot needs; `false` (after printing `SKIP:`) outside CI when one
@@ -124,20 +127,20 @@ pub(crate) struct Stack {
 }
 
 /// Dragonfly's boot path with the test image as the agent (see [`start_dragonfly_with`]).
-pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd_toml: &str) -> Stack {
-    start_dragonfly_with(lab, &image.dir, dhcpd_toml, false)
+pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd: DhcpdConfig) -> Stack {
+    start_dragonfly_with(lab, &image.dir, dhcpd, false)
 }
 
 /// Dragonfly's own boot path in `lab`: a NATS server and a migrated store inside the
-/// namespace, then dhcpd (`dhcpd_toml`: the body of its `[dhcpd]` section, plus any
-/// `[[dhcpd.…]]` tables), tftpd (root: Debian's iPXE binaries), ipxed (serving the agent
-/// kernel and initrd in `agent_dir`) and, when `apid`, apid on 10.99.0.1:3000 — each as
+/// namespace, then dhcpd (configured by `dhcpd`), tftpd (root: Debian's iPXE binaries),
+/// ipxed (serving the agent kernel and initrd in `agent_dir`) and, when `apid`, apid on
+/// 10.99.0.1:3000 — each as
 /// nobody through socket activation, as in production. One config file for all, as on a
 /// real host; ipxed and apid share the boot-token key file.
 pub(crate) fn start_dragonfly_with(
     lab: &mut Lab,
     agent_dir: &Path,
-    dhcpd_toml: &str,
+    dhcpd: DhcpdConfig,
     apid: bool,
 ) -> Stack {
     use dragonfly_integration::{Socket, daemon_binary};
@@ -165,44 +168,31 @@ pub(crate) fn start_dragonfly_with(
     // ipxed refuses a secret others can read.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     dragonfly_testkit::chown_for_unprivileged(&key).unwrap();
-    let config = lab.write_file(
-        "dragonfly.toml",
-        &format!(
-            r#"[store]
-path = "{store}"
-
-[nats]
-url = "{nats}"
-
-[log]
-level = "debug"
-
-[tftpd]
-roots = ["{tftp}"]
-
-[ipxed]
-listen = "10.99.0.1:8080"
-public_url = "http://10.99.0.1:8080"
-apid_url = "http://10.99.0.1:3000"
-agent_dir = "{agent}"
-kernel_cmdline_extra = "console=ttyS0 quiet panic=-1"
-boot_token_key_file = "{key}"
-
-[apid]
-listen = "10.99.0.1:3000"
-boot_token_key_file = "{key}"
-# Plain HTTP in the lab: a Secure cookie would never be sent back.
-secure_cookies = false
-
-[dhcpd]
-{dhcpd_toml}
-"#,
-            store = store.display(),
-            tftp = tftp.display(),
-            agent = agent_dir.display(),
-            key = key.display(),
-        ),
-    );
+    let config = lab.dir().join("dragonfly.toml");
+    LabConfig {
+        store: Some(store),
+        log_level: "debug".into(),
+        tftpd: Some(TftpdConfig {
+            roots: vec![tftp],
+            listen: None,
+        }),
+        ipxed: Some(IpxedConfig {
+            listen: "10.99.0.1:8080".into(),
+            public_url: "http://10.99.0.1:8080".into(),
+            apid_url: "http://10.99.0.1:3000".into(),
+            agent_dir: agent_dir.to_owned(),
+            kernel_cmdline_extra: Some("console=ttyS0 quiet panic=-1".into()),
+            boot_token_key_file: key.clone(),
+        }),
+        apid: Some(ApidConfig {
+            listen: "10.99.0.1:3000".into(),
+            boot_token_key_file: key,
+        }),
+        dhcpd: Some(dhcpd),
+        ..LabConfig::new(&nats)
+    }
+    .write(&config)
+    .unwrap();
     let args = [
         std::ffi::OsString::from("--config"),
         config.clone().into_os_string(),

@@ -16,23 +16,12 @@ use std::time::Duration;
 use dragonfly_core::MacAddr;
 use dragonfly_core::names::memorable_name;
 use dragonfly_integration::{
-    Disk, DiskBus, EventWatcher, ExtraNic, Firmware, Lab, Nic, NicRom, Vm, VmConfig, VmLock,
-    cache_dir, list_machines,
+    DhcpdConfig, Disk, DiskBus, EventWatcher, ExtraNic, Firmware, Lab, Nic, NicRom, Vm, VmConfig,
+    VmLock, cache_dir, list_machines,
 };
 use serde_json::{Value, json};
 
 use crate::common::{Stack, require_vm_tools, start_dragonfly_with};
-
-const DHCPD: &str = r#"mode = "reservation"
-server_ip = "10.99.0.1"
-ipxed = "10.99.0.1:8080"
-
-[[dhcpd.subnets]]
-network = "10.99.0.0/24"
-pool_start = "10.99.0.100"
-pool_end = "10.99.0.200"
-router = "10.99.0.1"
-"#;
 
 const ADMIN: &str = "admin";
 const PASSWORD: &str = "e2e-correct-horse-battery";
@@ -113,7 +102,7 @@ fn full_lab() -> Option<(Lab, Stack, EventWatcher)> {
     let agent = agent_image(&lab);
     lab.answer_router_solicitations();
     create_admin(&mut lab);
-    let stack = start_dragonfly_with(&mut lab, &agent, DHCPD, true);
+    let stack = start_dragonfly_with(&mut lab, &agent, DhcpdConfig::lab("reservation"), true);
     let watcher = EventWatcher::start(&lab, &stack.nats);
     warm_up(&lab, stack.apid.as_deref().unwrap());
     Some((lab, stack, watcher))
@@ -123,10 +112,13 @@ fn full_lab() -> Option<(Lab, Stack, EventWatcher)> {
 fn create_admin(lab: &mut Lab) {
     let path = lab.store();
     let hash = dragonfly_apid::auth::hash_password(PASSWORD).unwrap();
-    let mut conn = dragonfly_store::open_connection(&path, false).unwrap();
-    dragonfly_store::auth::create_user(&mut conn, ADMIN, &hash, true, jiff::Timestamp::now())
-        .unwrap();
-    drop(conn);
+    let store = dragonfly_store::BlockingDb::open(&path).unwrap();
+    let create = store
+        .db()
+        .auth()
+        .create_user(ADMIN, &hash, true, jiff::Timestamp::now());
+    store.block_on(create).unwrap();
+    drop(store);
     dragonfly_testkit::chown_for_unprivileged(path.parent().unwrap()).unwrap();
 }
 
@@ -425,7 +417,7 @@ fn five_hundred_agents_register_and_poll_at_once() {
     let agent = lab.dir().join("agent");
     std::fs::create_dir_all(&agent).unwrap();
     create_admin(&mut lab);
-    let stack = start_dragonfly_with(&mut lab, &agent, DHCPD, true);
+    let stack = start_dragonfly_with(&mut lab, &agent, DhcpdConfig::lab("reservation"), true);
     let base = stack.apid.clone().unwrap();
     warm_up(&lab, &base);
     let key = std::fs::read(lab.dir().join("boot-token-key")).unwrap();
@@ -453,12 +445,12 @@ fn five_hundred_agents_register_and_poll_at_once() {
     );
     assert_eq!(report.register.count(201), AGENTS, "{}", report.register);
     assert_eq!(report.poll.count(200), AGENTS, "{}", report.poll);
-    let conn = dragonfly_store::open_connection(&lab.store(), false).unwrap();
+    let store = dragonfly_store::BlockingDb::open(lab.store()).unwrap();
     assert_eq!(
-        dragonfly_store::machines::count(&conn).unwrap(),
+        store.block_on(store.db().machines().count()).unwrap(),
         AGENTS as u64
     );
-    drop(conn);
+    drop(store);
     let mut macs: Vec<String> = list_machines(&lab, &stack.apid.unwrap(), ADMIN, PASSWORD)
         .unwrap()
         .iter()

@@ -3,14 +3,9 @@
 //! PXE part (ProxyDHCP on 67 and 4011) for machines it knows (`proxy`), or for every PXE
 //! client (`autoproxy`, so that unknown machines boot into discovery).
 
-use dragonfly_integration::{Firmware, Lab, Nic, NicRom, VmConfig, test_image};
+use dragonfly_integration::{DhcpdConfig, Firmware, Lab, Nic, NicRom, VmConfig, test_image};
 
 use crate::common::{boot_and_check, require_vm_tools, start_dragonfly};
-
-/// `[dhcpd]` for `mode`.
-fn dhcpd(mode: &str) -> String {
-    format!("mode = \"{mode}\"\nserver_ip = \"10.99.0.1\"\nipxed = \"10.99.0.1:8080\"\n")
-}
 
 /// Boots one VM with dnsmasq handing out addresses and dhcpd in `mode`; registers the
 /// machine first when `register`.
@@ -35,7 +30,7 @@ fn boot(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str, mode: &str, regist
     if register {
         lab.register_machine(mac);
     }
-    start_dragonfly(&mut lab, &image, &dhcpd(mode));
+    start_dragonfly(&mut lab, &image, DhcpdConfig::lab(mode));
     boot_and_check(&mut lab, VmConfig::new(firmware, nic, rom, mac));
 }
 

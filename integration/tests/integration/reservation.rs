@@ -1,19 +1,8 @@
 //! Reservation mode: Dragonfly's dhcpd hands out the addresses itself.
 
-use dragonfly_integration::{Firmware, Lab, Nic, NicRom, VmConfig, test_image};
+use dragonfly_integration::{DhcpdConfig, Firmware, Lab, Nic, NicRom, VmConfig, test_image};
 
 use crate::common::{boot_and_check, require_vm_tools, start_dragonfly};
-
-const DHCPD: &str = r#"mode = "reservation"
-server_ip = "10.99.0.1"
-ipxed = "10.99.0.1:8080"
-
-[[dhcpd.subnets]]
-network = "10.99.0.0/24"
-pool_start = "10.99.0.100"
-pool_end = "10.99.0.200"
-router = "10.99.0.1"
-"#;
 
 fn boot(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) {
     if !require_vm_tools() || dragonfly_testkit::require_nats_servers().is_empty() {
@@ -22,7 +11,7 @@ fn boot(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) {
     let image = test_image();
     let mut lab = Lab::new();
     lab.answer_router_solicitations();
-    start_dragonfly(&mut lab, &image, DHCPD);
+    start_dragonfly(&mut lab, &image, DhcpdConfig::lab("reservation"));
     boot_and_check(&mut lab, VmConfig::new(firmware, nic, rom, mac));
 }
 

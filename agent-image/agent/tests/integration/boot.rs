@@ -291,11 +291,14 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
     let db = state.join("dragonfly.db");
     let password = "correct-horse-battery";
     {
-        let mut c = dragonfly_store::open_connection(&db, true).unwrap();
-        dragonfly_store::migrate(&mut c).unwrap();
+        dragonfly_store::migrate_file(&db).unwrap();
+        let store = dragonfly_store::BlockingDb::open(&db).unwrap();
         let hash = dragonfly_apid::auth::hash_password(password).unwrap();
-        dragonfly_store::auth::create_user(&mut c, "admin", &hash, true, jiff::Timestamp::now())
-            .unwrap();
+        let create = store
+            .db()
+            .auth()
+            .create_user("admin", &hash, true, jiff::Timestamp::now());
+        store.block_on(create).unwrap();
     }
     let key = state.join("boot-token-key");
     fs::write(&key, KEY).unwrap();

@@ -10,6 +10,7 @@ use dragonfly_core::boot_token::{self, BootClaims};
 use dragonfly_runtime::Secret;
 use dragonfly_runtime::config::DaemonConfig;
 use dragonfly_store::Db;
+use dragonfly_store::testing::TestDb;
 
 /// The boot-token key the test server uses.
 pub const KEY: [u8; 32] = [0x5a; 32];
@@ -20,25 +21,27 @@ pub struct Server {
     /// What agents shipped with `POST /api/agent/log`.
     pub agent_logs: std::sync::Arc<dragonfly_apid::routes::agent::AgentLogs>,
     pub rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
+    _store: TestDb,
 }
 
 impl Server {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dragonfly.db");
-        let mut conn = dragonfly_store::open_connection(&path, true).unwrap();
-        dragonfly_store::migrate(&mut conn).unwrap();
-        drop(conn);
+        let store = TestDb::new();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let cfg = ApidConfig::validate(dragonfly_apid::config::RawApid::default()).unwrap();
-        let (db, addr, agent_logs) = rt.block_on(async {
-            let db = Db::open(&path).await.unwrap();
-            let state = AppState::new(db.clone(), None, cfg, Secret::new(KEY.to_vec()));
+        let db = store.db.clone();
+        let (addr, agent_logs) = rt.block_on(async {
+            let state = AppState::new(
+                db.clone(),
+                None,
+                dragonfly_bus::Publisher::disabled(),
+                cfg,
+                Secret::new(KEY.to_vec()),
+            );
             let agent_logs = state.agent_logs.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -50,21 +53,19 @@ impl Server {
                 .await
                 .unwrap();
             });
-            (db, addr, agent_logs)
+            (addr, agent_logs)
         });
         Self {
             base: format!("http://{addr}"),
             db,
             agent_logs,
             rt,
-            _dir: dir,
+            _store: store,
         }
     }
 
     pub fn machine_count(&self) -> u64 {
-        self.rt
-            .block_on(self.db.run(|c| dragonfly_store::machines::count(c)))
-            .unwrap()
+        self.rt.block_on(self.db.machines().count()).unwrap()
     }
 }
 

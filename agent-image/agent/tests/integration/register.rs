@@ -173,11 +173,7 @@ fn the_whole_agent_registers_and_keeps_a_heartbeat() {
         let version = || {
             server
                 .rt
-                .block_on(
-                    server
-                        .db
-                        .run(|c| dragonfly_store::machines::list(c, &Default::default(), None, 10)),
-                )
+                .block_on(server.db.machines().list(Default::default(), None, 10))
                 .unwrap()
                 .items
                 .first()
@@ -198,11 +194,7 @@ fn the_whole_agent_registers_and_keeps_a_heartbeat() {
     let lines = console.lines().join("\n");
     let name = server
         .rt
-        .block_on(
-            server
-                .db
-                .run(|c| dragonfly_store::machines::list(c, &Default::default(), None, 10)),
-        )
+        .block_on(server.db.machines().list(Default::default(), None, 10))
         .unwrap()
         .items[0]
         .name
@@ -253,17 +245,18 @@ fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
             std::thread::sleep(Duration::from_millis(20));
         }
         // What an operator's assignment will do once workflows exist: state and workflow.
-        server
-            .rt
-            .block_on(server.db.run(|c| {
-                c.execute(
-                    "UPDATE machines SET state = 'OsAssigned', \
-                     workflow_id = '0196d6a2-0000-7000-8000-0000000000aa'",
-                    [],
-                )?;
-                Ok(())
-            }))
-            .unwrap();
+        server.rt.block_on(async {
+            let page = server.db.machines().list(Default::default(), None, 1).await;
+            let id = page.unwrap().items[0].id;
+            let wf = "0196d6a2-0000-7000-8000-0000000000aa".parse().unwrap();
+            dragonfly_store::testing::set_state(
+                &server.db,
+                id,
+                dragonfly_core::MachineState::OsAssigned,
+                Some(wf),
+            )
+            .await
+        });
         let assigned = Instant::now();
         while !console
             .lines()
@@ -293,11 +286,7 @@ fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
     // Everything the console showed also reached apid, in order.
     let machine = server
         .rt
-        .block_on(
-            server
-                .db
-                .run(|c| dragonfly_store::machines::list(c, &Default::default(), None, 1)),
-        )
+        .block_on(server.db.machines().list(Default::default(), None, 1))
         .unwrap()
         .items[0]
         .id;

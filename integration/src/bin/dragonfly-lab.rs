@@ -1,0 +1,254 @@
+//! `dragonfly-lab`: the lab network and the lab's `dragonfly.toml` for scripts — the demo
+//! (`packaging/local/run.sh`) and the benchmarks (`integration/bench/`) — made by the code
+//! the end-to-end tests use (`dragonfly_integration::Network` and `LabConfig`), so there is
+//! one lab, not one per script.
+//!
+//! ```text
+//! dragonfly-lab up NAME [--addr CIDR] [--no-ula] [--tap TAP[:USER]]… [--peer NS=CIDR]… [--unprivileged-ports]
+//! dragonfly-lab down NAME
+//! dragonfly-lab config --out FILE --nats URL [--apid …] [--ipxed …] [--tftp-root …] [--dhcpd …]
+//! ```
+//!
+//! `up` and `down` need root. Exit codes: 0 done; 1 failed (the cause on stderr); 2 bad usage.
+#![allow(clippy::print_stderr, reason = "errors go to the caller's terminal")]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use dragonfly_integration::{
+    ApidConfig, DhcpdConfig, IpxedConfig, LabConfig, Network, Peer, SubnetConfig, Tap, TftpdConfig,
+    destroy_network,
+};
+
+/// The lab network and configuration, for scripts.
+#[derive(Debug, Parser)]
+#[command(name = "dragonfly-lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates the network namespace NAME with a bridge br0 (no STP delay) holding ADDR, and
+    /// the taps and peers asked for; nothing joins it to the host. A namespace NAME with
+    /// nothing running inside (left by a killed run) is replaced; one in use is an error.
+    Up(Box<Up>),
+    /// Kills every process in namespace NAME and in the peers joined to it, and deletes them
+    /// all. Nothing to do is no error.
+    Down {
+        /// The namespace.
+        name: String,
+    },
+    /// Writes the dragonfly.toml of a lab: the shared sections, and one section per daemon
+    /// asked for.
+    Config(Box<Config>),
+}
+
+#[derive(Debug, Args)]
+struct Up {
+    /// The namespace's name.
+    name: String,
+    /// br0's IPv4 address and prefix.
+    #[arg(long, default_value = "10.99.0.1/24")]
+    addr: String,
+    /// No fd99::1/64 on br0 (it is there so that router advertisements can be sent).
+    #[arg(long)]
+    no_ula: bool,
+    /// A tap on br0 for a VM, which USER may open (root always can).
+    #[arg(long, value_name = "TAP[:USER]", value_parser = parse_tap)]
+    tap: Vec<Tap>,
+    /// A namespace NS of its own, its eth0 holding CIDR, joined to br0 by a veth.
+    #[arg(long, value_name = "NS=CIDR", value_parser = parse_peer)]
+    peer: Vec<Peer>,
+    /// Lets unprivileged processes bind ports below 1024 inside the namespace.
+    #[arg(long)]
+    unprivileged_ports: bool,
+}
+
+#[derive(Debug, Args)]
+struct Config {
+    /// Where to write it (replaced whole, mode 0644).
+    #[arg(long)]
+    out: PathBuf,
+    /// A comment line at the top (repeatable).
+    #[arg(long, value_name = "LINE")]
+    header: Vec<String>,
+    /// The bus (nats.url).
+    #[arg(long, value_name = "URL")]
+    nats: String,
+    /// The database (store.path; the daemons' default when absent).
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// The log level (log.level).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// The boot-token key file, for apid and ipxed.
+    #[arg(long, value_name = "PATH")]
+    boot_token_key: Option<PathBuf>,
+    /// Adds apid's section: listening on ADDR when not socket-activated.
+    #[arg(long, value_name = "ADDR", requires = "boot_token_key")]
+    apid: Option<String>,
+    /// Adds ipxed's section: listening on ADDR when not socket-activated.
+    #[arg(long, value_name = "ADDR",
+          requires_all = ["public_url", "apid_url", "agent_dir", "boot_token_key"])]
+    ipxed: Option<String>,
+    /// How booting machines reach ipxed.
+    #[arg(long, value_name = "URL", requires = "ipxed")]
+    public_url: Option<String>,
+    /// How the agent reaches apid.
+    #[arg(long, value_name = "URL", requires = "ipxed")]
+    apid_url: Option<String>,
+    /// What ipxed serves as the agent.
+    #[arg(long, value_name = "DIR", requires = "ipxed")]
+    agent_dir: Option<PathBuf>,
+    /// Added to the agent's kernel command line.
+    #[arg(long, value_name = "ARGS", requires = "ipxed")]
+    kernel_cmdline_extra: Option<String>,
+    /// Adds tftpd's section, serving DIR (repeatable).
+    #[arg(long, value_name = "DIR")]
+    tftp_root: Vec<PathBuf>,
+    /// tftpd's address when not socket-activated.
+    #[arg(long, value_name = "ADDR", requires = "tftp_root")]
+    tftpd_listen: Option<String>,
+    /// Adds dhcpd's section, in MODE (reservation, proxy, autoproxy).
+    #[arg(long, value_name = "MODE")]
+    dhcpd: Option<String>,
+    /// dhcpd's own address in its answers.
+    #[arg(long, value_name = "IP", requires = "dhcpd")]
+    server_ip: Option<String>,
+    /// ipxed's IP:PORT, where dhcpd sends iPXE.
+    #[arg(long, value_name = "ADDR", requires = "dhcpd")]
+    dhcpd_ipxed: Option<String>,
+    /// Lease time (e.g. 1h).
+    #[arg(long, value_name = "TIME", requires = "dhcpd")]
+    lease_time: Option<String>,
+    /// The PXE port's address; "" turns it off.
+    #[arg(long, value_name = "ADDR", requires = "dhcpd")]
+    pxe_listen: Option<String>,
+    /// A relay agent dhcpd accepts relayed requests from (repeatable).
+    #[arg(long, value_name = "IP", requires = "dhcpd")]
+    relay: Vec<String>,
+    /// New clients per second (and burst) per relay/interface; dhcpd's default otherwise.
+    #[arg(long, value_name = "N", requires = "dhcpd")]
+    new_clients: Option<u32>,
+    /// A subnet dhcpd serves (repeatable).
+    #[arg(long, value_name = "NETWORK,POOL_START,POOL_END,ROUTER",
+          value_parser = parse_subnet, requires = "dhcpd")]
+    subnet: Vec<SubnetConfig>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dragonfly-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(up) => {
+            let up = *up;
+            let network = Network {
+                name: up.name,
+                bridge_addr: up.addr,
+                ula: !up.no_ula,
+                taps: up.tap,
+                peers: up.peer,
+                unprivileged_ports: up.unprivileged_ports,
+            };
+            network
+                .create()
+                .with_context(|| format!("creating lab network {}", network.name))
+        }
+        Command::Down { name } => {
+            destroy_network(&name).with_context(|| format!("removing lab network {name}"))
+        }
+        Command::Config(c) => lab_config(&c)
+            .write(&c.out)
+            .with_context(|| format!("writing {}", c.out.display())),
+    }
+}
+
+/// The sections the flags ask for (clap has checked that each one's flags are complete).
+fn lab_config(c: &Config) -> LabConfig {
+    let key = c.boot_token_key.clone().unwrap_or_default();
+    LabConfig {
+        header: c.header.clone(),
+        store: c.store.clone(),
+        log_level: c.log_level.clone(),
+        apid: c.apid.clone().map(|listen| ApidConfig {
+            listen,
+            boot_token_key_file: key.clone(),
+        }),
+        ipxed: c.ipxed.clone().map(|listen| IpxedConfig {
+            listen,
+            public_url: c.public_url.clone().unwrap_or_default(),
+            apid_url: c.apid_url.clone().unwrap_or_default(),
+            agent_dir: c.agent_dir.clone().unwrap_or_default(),
+            kernel_cmdline_extra: c.kernel_cmdline_extra.clone(),
+            boot_token_key_file: key.clone(),
+        }),
+        tftpd: (!c.tftp_root.is_empty()).then(|| TftpdConfig {
+            roots: c.tftp_root.clone(),
+            listen: c.tftpd_listen.clone(),
+        }),
+        dhcpd: c.dhcpd.clone().map(|mode| DhcpdConfig {
+            mode,
+            server_ip: c.server_ip.clone(),
+            ipxed: c.dhcpd_ipxed.clone(),
+            lease_time: c.lease_time.clone(),
+            pxe_listen: c.pxe_listen.clone(),
+            relays: c.relay.clone(),
+            new_clients: c.new_clients,
+            subnets: c.subnet.clone(),
+        }),
+        ..LabConfig::new(c.nats.clone())
+    }
+}
+
+fn parse_tap(value: &str) -> Result<Tap, String> {
+    let (name, owner) = match value.split_once(':') {
+        Some((name, owner)) => (name, Some(owner.to_owned())),
+        None => (value, None),
+    };
+    if name.is_empty() || name.len() > 15 || owner.as_deref() == Some("") {
+        return Err(format!(
+            "expected TAP[:USER] with TAP at most 15 characters, got {value:?}"
+        ));
+    }
+    Ok(Tap {
+        name: name.to_owned(),
+        owner,
+    })
+}
+
+fn parse_peer(value: &str) -> Result<Peer, String> {
+    match value.split_once('=') {
+        Some((ns, addr)) if !ns.is_empty() && addr.contains('/') => Ok(Peer {
+            namespace: ns.to_owned(),
+            addr: addr.to_owned(),
+        }),
+        _ => Err(format!("expected NS=ADDR/PREFIX, got {value:?}")),
+    }
+}
+
+fn parse_subnet(value: &str) -> Result<SubnetConfig, String> {
+    match value.split(',').collect::<Vec<_>>()[..] {
+        [network, pool_start, pool_end, router] => Ok(SubnetConfig {
+            network: network.to_owned(),
+            pool_start: pool_start.to_owned(),
+            pool_end: pool_end.to_owned(),
+            router: router.to_owned(),
+        }),
+        _ => Err(format!(
+            "expected NETWORK,POOL_START,POOL_END,ROUTER, got {value:?}"
+        )),
+    }
+}
