@@ -1,23 +1,40 @@
 #!/bin/bash
-# Boot Dragonfly's units under a real systemd, in a container, and check they work.
+# Boot Dragonfly's units under a real systemd, in a container, and check that every daemon
+# runs steadily there and serves a real client.
 #
 #   units/nspawn-test.sh [BIN_DIR]     # BIN_DIR, else $DRAGONFLY_BIN_DIR, else target/release
 #
-# units/check.sh checks the unit files statically; this runs them. It needs root,
-# debootstrap and systemd-nspawn (package systemd-container), and the Debian mirror once:
+# units/check.sh checks the unit files statically; this runs them. A unit setting the code
+# does not honour (WatchdogSec= without WATCHDOG=1, Type=notify without READY=1, a sandbox
+# that forbids what the daemon does) shows up only here. It needs root, debootstrap,
+# systemd-nspawn (package systemd-container), ip, curl and busybox, and the Debian mirror once:
 #
 # 1. Builds (once, cached in target/nspawn-root/base, ~250 MB, ~1 min) a Debian bookworm
 #    minbase root with systemd and nats-server (whose package enables its service on
 #    127.0.0.1:4222).
 # 2. Mounts a throwaway overlay on it and installs the binaries and units with
-#    packaging/install.sh, so every run starts clean and the cached root stays pristine.
-# 3. Boots it: `systemd-nspawn --keep-unit --register=no --private-network -b` (this host's
-#    PID 1 is not systemd, so no machined: the container is driven with `nsenter -t PID1 -a`).
-# 4. As a package's post-install would: systemd-sysusers, systemd-tmpfiles --create,
-#    daemon-reload; then `systemctl start dragonfly.target` and checks that the migration ran,
-#    the socket listens, GET /api/health answers 200, that a stopped apid is started again by
-#    the next connection (socket activation), each daemon runs as its own user, and the
-#    database files are group "dragonfly", group-writable.
+#    packaging/install.sh, so every run starts clean and the cached root stays pristine; writes
+#    a lab config into it (a /24 on the container's veth).
+# 3. Makes two network namespaces joined by a veth: the container's and the clients'. Nothing
+#    leaves them.
+# 4. Boots the container in the first: `systemd-nspawn --keep-unit --register=no -b` (this
+#    host's PID 1 is not systemd, so no machined: the container is driven with
+#    `nsenter -t PID1 -a`).
+# 5. As a package's post-install would: systemd-sysusers, systemd-tmpfiles --create,
+#    daemon-reload; then `systemctl start dragonfly.target`.
+# 6. From the clients' namespace, as an operator's machines would: a DHCP lease from
+#    dragonfly-dhcpd (busybox udhcpc), a TFTP download from dragonfly-tftpd (curl tftp://),
+#    an iPXE script from dragonfly-ipxed (GET /boot/{mac}), GET /api/health from apid. The
+#    socket-activated daemons start on that first packet or connection.
+# 7. Leaves everything running for $DRAGONFLY_NSPAWN_SOAK seconds (default 95: three periods of
+#    the units' WatchdogSec=30s), asks every daemon again, and fails on any restart
+#    (NRestarts), any watchdog kill in the journal, or any unit not active.
+# 8. Checks socket activation (a stopped apid is started again by the next connection), that
+#    each daemon runs as its own user, the database files' group and mode; then stops each
+#    service with `systemctl stop`: each must exit with status 0, within 10 s.
+#
+# DRAGONFLY_NSPAWN_HOLD=1 keeps the container up after the checks, until Ctrl-C, to look
+# around in it: `nsenter -t $(cat target/nspawn-root/run/pid1) -a journalctl -u 'dragonfly*'`.
 #
 # Skips (exit 0) when not root, without the tools, or without the built binaries.
 set -euo pipefail
@@ -26,11 +43,16 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin_dir=${1:-${DRAGONFLY_BIN_DIR:-$repo/target/release}}
 cache=$repo/target/nspawn-root
 base=$cache/base
+soak=${DRAGONFLY_NSPAWN_SOAK:-95}
+daemons=(apid ipxed dhcpd tftpd)
 
 skip() { echo "SKIP: $*"; exit 0; }
 [ "$(id -u)" -eq 0 ] || skip "needs root (systemd-nspawn)"
 command -v systemd-nspawn >/dev/null || skip "systemd-nspawn not installed (package systemd-container)"
-for b in dragonfly-apid dragonfly-migrate; do
+for tool in ip curl busybox; do
+    command -v "$tool" >/dev/null || skip "$tool not installed (packaging/deps.sh lab test)"
+done
+for b in dragonfly-migrate "${daemons[@]/#/dragonfly-}"; do
     [ -x "$bin_dir/$b" ] || skip "$bin_dir/$b not built (cargo build --release)"
 done
 
@@ -47,6 +69,10 @@ fi
 
 run=$cache/run
 root=$run/merged
+# The container's network namespace and the clients', made and removed by this script.
+ns_ct=dragonfly-nspawn-ct
+ns_cl=dragonfly-nspawn-cl
+net=10.231.7
 nspawn_pid=
 cleanup() {
     if [ -n "$nspawn_pid" ]; then
@@ -62,6 +88,8 @@ cleanup() {
     fi
     if mountpoint -q "$root"; then umount "$root"; fi
     rm -rf "$run" /run/systemd/nspawn  # nspawn leaves the latter behind (/run is not a tmpfs here)
+    ip netns del "$ns_ct" 2>/dev/null || true
+    ip netns del "$ns_cl" 2>/dev/null || true
 }
 trap cleanup EXIT
 cleanup
@@ -70,8 +98,52 @@ mount -t overlay overlay -o "lowerdir=$base,upperdir=$run/upper,workdir=$run/wor
 
 DRAGONFLY_BIN_DIR=$bin_dir "$repo/packaging/install.sh" "$root" > /dev/null
 
-systemd-nspawn --keep-unit --register=no --private-network -D "$root" -b \
-    > "$run/console.log" 2>&1 < /dev/null &
+# A lab's config: dhcpd hands out $net.100-200 on the container's veth, ipxed's scripts point
+# there. The agent files and the TFTP file are stand-ins: this checks that the daemons run and
+# serve under their units, not the agent image.
+cat > "$root/etc/dragonfly/dragonfly.toml" <<EOF
+[apid]
+secure_cookies = false
+
+[ipxed]
+public_url = "http://$net.1:8080"
+apid_url = "http://$net.1:3000"
+agent_dir = "/var/lib/dragonfly/agent"
+
+[dhcpd]
+mode = "reservation"
+
+[[dhcpd.subnets]]
+network = "$net.0/24"
+pool_start = "$net.100"
+pool_end = "$net.200"
+router = "$net.1"
+
+[tftpd]
+roots = ["/var/lib/dragonfly/tftp"]
+EOF
+mkdir -p "$root/var/lib/dragonfly/agent" "$root/var/lib/dragonfly/tftp"
+echo "stand-in kernel" > "$root/var/lib/dragonfly/agent/vmlinuz"
+echo "stand-in initrd" > "$root/var/lib/dragonfly/agent/initrd.img"
+head -c 200000 /dev/urandom > "$root/var/lib/dragonfly/tftp/undionly.kpxe"
+chmod -R a+rX "$root/var/lib/dragonfly/agent" "$root/var/lib/dragonfly/tftp"
+
+ip netns add "$ns_ct"
+ip netns add "$ns_cl"
+ip link add dfn-ct type veth peer name dfn-cl
+ip link set dfn-ct netns "$ns_ct"
+ip link set dfn-cl netns "$ns_cl"
+ip -n "$ns_ct" addr add "$net.1/24" dev dfn-ct
+for ns in "$ns_ct" "$ns_cl"; do ip -n "$ns" link set lo up; done
+ip -n "$ns_ct" link set dfn-ct up
+ip -n "$ns_cl" link set dfn-cl up
+# The clients' own address, outside dhcpd's pool (udhcpc below only reports its lease).
+ip -n "$ns_cl" addr add "$net.50/24" dev dfn-cl
+client_mac=$(ip -n "$ns_cl" -o link show dfn-cl | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+cl() { ip netns exec "$ns_cl" "$@"; }
+
+systemd-nspawn --keep-unit --register=no --network-namespace-path="/run/netns/$ns_ct" \
+    -D "$root" -b > "$run/console.log" 2>&1 < /dev/null &
 nspawn_pid=$!
 
 # The container's PID 1: nspawn's child once it has exec'd systemd (before that, the child is
@@ -86,12 +158,14 @@ for _ in $(seq 200); do
 done
 [ -n "$pid1" ] || { cat "$run/console.log" >&2; echo "container did not start" >&2; exit 1; }
 
+echo "$pid1" > "$run/pid1"
 ct() { nsenter -t "$pid1" -a "$@"; }
 failed=0
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; failed=1; }
 # check DESCRIPTION COMMAND...: PASS/FAIL on the command's status.
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
+prop() { ct systemctl show --value -p "$2" "$1"; }
 
 # Until systemd has its private bus up, systemctl fails ("Failed to connect to bus"); then
 # --wait waits for the boot to finish.
@@ -109,35 +183,66 @@ ct systemd-tmpfiles --create /usr/lib/tmpfiles.d/dragonfly.conf
 ct systemctl daemon-reload
 
 ct systemctl start dragonfly.target || true
-for _ in $(seq 300); do   # up to 30 s: a real apid may wait for NATS before READY=1
-    [ "$(ct systemctl is-active dragonfly-apid.service)" = active ] && break
+for _ in $(seq 300); do   # up to 30 s: a daemon may wait for NATS before READY=1
+    all=1
+    for d in "${daemons[@]}"; do
+        [ "$(ct systemctl is-active "dragonfly-$d.service")" = active ] || all=0
+    done
+    [ "$all" = 1 ] && break
     sleep 0.1
 done
 
 check "dragonfly-migrate.service ran and succeeded" \
-    test "$(ct systemctl show --value -p ActiveState dragonfly-migrate.service),$(ct systemctl show --value -p Result dragonfly-migrate.service)" = "active,success"
-check "dragonfly-apid.socket is active" ct systemctl -q is-active dragonfly-apid.socket
-check "dragonfly-apid.service is active (READY=1 received)" ct systemctl -q is-active dragonfly-apid.service
+    test "$(prop dragonfly-migrate.service ActiveState),$(prop dragonfly-migrate.service Result)" = "active,success"
+for unit in dragonfly-apid.socket dragonfly-ipxed.socket dragonfly-dhcpd.socket \
+            dragonfly-dhcpd-pxe.socket dragonfly-tftpd.socket; do
+    check "$unit is active" ct systemctl -q is-active "$unit"
+done
+for d in "${daemons[@]}"; do
+    check "dragonfly-$d.service is active (READY=1 received)" \
+        ct systemctl -q is-active "dragonfly-$d.service"
+done
 
-# HTTP GET inside the container with bash's /dev/tcp (minbase has no curl).
-http_status() {
-    ct timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/3000 &&
-        printf "GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" >&3 &&
-        head -1 <&3' 2>/dev/null | tr -d '\r'
+# ask_all LABEL: each daemon answers a real client, from the clients' namespace.
+ask_all() {
+    local label=$1 out status lease
+    status=$(cl curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$net.1:3000/api/health" || true)
+    check "$label: apid GET /api/health: $status" test "$status" = 200
+    out=$(cl curl -s --max-time 10 "http://$net.1:8080/boot/$client_mac" || true)
+    check "$label: ipxed GET /boot/$client_mac serves an iPXE script" grep -q '^#!ipxe' <<< "$out"
+    rm -f "$run/tftp.out"
+    cl curl -s --max-time 20 -o "$run/tftp.out" "tftp://$net.1/undionly.kpxe" || true
+    check "$label: tftpd serves undionly.kpxe intact" \
+        cmp -s "$run/tftp.out" "$root/var/lib/dragonfly/tftp/undionly.kpxe"
+    out=$(cl timeout 30 busybox udhcpc -i dfn-cl -n -q -f -t 5 -T 2 -s /bin/true 2>&1 || true)
+    lease=$(sed -n 's/.*lease of \([0-9.]*\) obtained.*/\1/p' <<< "$out")
+    check "$label: dhcpd leases ${lease:-nothing} to udhcpc" grep -q "^$net\\.[0-9]*$" <<< "$lease"
 }
-status=$(http_status || true)
-check "GET /api/health: $status" grep -q '^HTTP/1\.[01] 200' <<< "$status"
+ask_all "first request"
+
+echo "leaving every daemon running for ${soak}s (WatchdogSec=30s)"
+sleep "$soak"
+for d in "${daemons[@]}"; do
+    unit=dragonfly-$d.service
+    check "$unit still active after ${soak}s, restarts: $(prop "$unit" NRestarts)" \
+        test "$(prop "$unit" ActiveState),$(prop "$unit" NRestarts)" = "active,0"
+done
+kills=$(ct journalctl --no-pager -u 'dragonfly*' | grep -c -i 'watchdog timeout' || true)
+check "no watchdog kill in the journal ($kills)" test "$kills" = 0
+ask_all "after ${soak}s"
 
 ct systemctl stop dragonfly-apid.service 2>/dev/null   # warns that the socket can start it again: yes
 check "apid stopped, socket still listening" \
     test "$(ct systemctl is-active dragonfly-apid.service dragonfly-apid.socket | paste -sd,)" = "inactive,active"
-status=$(http_status || true)
-check "socket activation: GET /api/health after stop: $status" grep -q '^HTTP/1\.[01] 200' <<< "$status"
+status=$(cl curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$net.1:3000/api/health" || true)
+check "socket activation: GET /api/health after stop: $status" test "$status" = 200
 check "socket activation started apid again" ct systemctl -q is-active dragonfly-apid.service
 
-main_pid=$(ct systemctl show -P MainPID dragonfly-apid.service)
-user=$(ct stat -c %U "/proc/$main_pid" 2>/dev/null || echo "?")
-check "apid runs as dragonfly-apid (pid $main_pid: $user)" test "$user" = dragonfly-apid
+for d in "${daemons[@]}"; do
+    main_pid=$(prop "dragonfly-$d.service" MainPID)
+    user=$(ct stat -c %U "/proc/$main_pid" 2>/dev/null || echo "?")
+    check "$d runs as dragonfly-$d (pid $main_pid: $user)" test "$user" = "dragonfly-$d"
+done
 db=/var/lib/dragonfly/dragonfly.db
 owner=$(ct stat -c '%U:%G %a' "$db" 2>/dev/null || echo "missing")
 check "$db created by dragonfly-migrate, group-writable: $owner" test "$owner" = "dragonfly-migrate:dragonfly 660"
@@ -147,11 +252,31 @@ for f in "$db-wal" "$db-shm"; do
         check "$f is group dragonfly, group-writable: $mode" test "$mode" = "dragonfly 660"
     fi
 done
+
+# A clean stop: SIGTERM, drained within TimeoutStopSec (30 s) with a wide margin, exit 0.
+for d in "${daemons[@]}"; do
+    unit=dragonfly-$d.service
+    started=$(date +%s%N)
+    ct systemctl stop "$unit" 2>/dev/null
+    took=$(( ($(date +%s%N) - started) / 1000000 ))
+    result="$(prop "$unit" Result) code=$(prop "$unit" ExecMainCode) status=$(prop "$unit" ExecMainStatus)"
+    # ExecMainCode 1 is CLD_EXITED: the process exited by itself rather than being killed.
+    check "systemctl stop $unit: $result in ${took} ms" \
+        test "$result,$((took < 10000))" = "success code=1 status=0,1"
+done
+
 live=$(ct systemd-analyze security dragonfly-apid.service 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
 echo "live exposure of dragonfly-apid.service (running manager): ${live:-?}"
 
 if [ "$failed" -ne 0 ]; then
     echo "--- journal of the dragonfly units"
-    ct journalctl --no-pager -o short-monotonic -u 'dragonfly*' | tail -60
+    ct journalctl --no-pager -o short-monotonic -u 'dragonfly*' | tail -80
+    echo "--- warnings and errors, with their fields (reason, error, …)"
+    ct journalctl --no-pager -o verbose -p warning -u 'dragonfly*' |
+        grep -E '^[A-Z]|^    (MESSAGE|F_[A-Z_]+)=' | tail -80
+fi
+if [ -n "${DRAGONFLY_NSPAWN_HOLD:-}" ]; then
+    echo "holding the container (PID 1 is $pid1) until Ctrl-C"
+    sleep infinity
 fi
 exit "$failed"
