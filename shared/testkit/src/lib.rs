@@ -9,6 +9,7 @@
 //! skipped test is visible in `cargo test -- --nocapture` output.
 
 mod activate;
+mod fuzz;
 mod nats;
 mod privilege;
 mod require;
@@ -17,6 +18,7 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::Duration;
 
 pub use activate::SocketActivated;
+pub use fuzz::replay_kept_inputs;
 pub use nats::{NATS_SERVER_ENV, NatsBinary, NatsServer, nats_server_binaries};
 pub use privilege::{
     UNPRIVILEGED_GROUP, UNPRIVILEGED_USER, chown_for_unprivileged, is_root, unprivileged,
