@@ -141,9 +141,28 @@ pub enum Reason {
         "must not contain credentials: the config file is not secret, load them with LoadCredential="
     )]
     CredentialsInUrl,
+    /// A key with no default was left out.
+    #[error("is required: there is no default")]
+    Required,
     /// An empty string where a value is needed.
     #[error("must not be empty")]
     Empty,
+    /// Not an IPv4 address.
+    #[error("invalid IPv4 address {value:?}: expected four decimal numbers, e.g. 10.0.0.1")]
+    Ipv4 {
+        /// What was written.
+        value: String,
+    },
+    /// A string too short or too long. The value is not shown: it may be long.
+    #[error("is {len} bytes long: must be {min} to {max} bytes")]
+    Length {
+        /// Its length in bytes.
+        len: usize,
+        /// Fewest bytes accepted.
+        min: usize,
+        /// Most bytes accepted.
+        max: usize,
+    },
     /// A relative path where an absolute one is needed.
     #[error("must be an absolute path, got {0:?}")]
     RelativePath(PathBuf),
@@ -184,6 +203,18 @@ pub enum Reason {
     /// A daemon-specific reason; shown with its whole cause chain.
     #[error("{}", ChainDisplay(.0.as_ref()))]
     Custom(Box<dyn StdError + Send + Sync>),
+}
+
+impl Reason {
+    /// `value` is outside `min..=max`; all three written as the operator would write them
+    /// (`"90s"`, not `Duration { secs: 90, .. }`).
+    pub fn out_of_range(value: impl ToString, min: impl ToString, max: impl ToString) -> Self {
+        Self::OutOfRange {
+            value: value.to_string(),
+            min: min.to_string(),
+            max: max.to_string(),
+        }
+    }
 }
 
 /// Renders an error and its sources on one line, so a custom [`Reason`] loses nothing even though
@@ -230,6 +261,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "interface: binding eth9: no such interface"
+        );
+    }
+
+    #[test]
+    fn out_of_range_says_what_is_allowed() {
+        let err = Invalid::new("max_transfers", Reason::out_of_range(0, 1, 65_536));
+        assert_eq!(
+            err.to_string(),
+            "max_transfers: 0 is out of range: must be between 1 and 65536"
         );
     }
 

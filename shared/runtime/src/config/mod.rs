@@ -22,9 +22,10 @@
 //! - `error`: [`ConfigError`], [`Invalid`] and the [`Reason`]s a value is refused for;
 //! - `file`: TOML parsing, section checks, and the line, column and dotted key of an error;
 //! - `sections`: the shared `[store]`, `[nats]` and `[log]` sections;
-//! - `values`: the value types and validators every section uses ([`ListenConfig`],
-//!   [`parse_duration`], …), so a duration or an address is checked and explained alike
-//!   everywhere.
+//! - `values`: the value types and validators every section of every daemon uses
+//!   ([`ListenConfig`], [`duration_between`], [`count_between`], [`ipv4`], [`http_url`], …), so
+//!   a duration or an address is checked and explained alike everywhere. A daemon's own
+//!   `config.rs` keeps only the rules that are its own.
 
 mod error;
 mod file;
@@ -40,7 +41,10 @@ pub use sections::{
     DEFAULT_LOG_LEVEL, DEFAULT_NATS_CONNECT_TIMEOUT, DEFAULT_NATS_URL, DEFAULT_STORE_PATH,
     LogConfig, NatsConfig, RawLogConfig, RawNatsConfig, RawStoreConfig, StoreConfig,
 };
-pub use values::{ListenConfig, parse_duration};
+pub use values::{
+    ListenConfig, absolute_path, count_between, duration_between, file_name, http_url, ipv4,
+    length_between, parse_duration, required,
+};
 
 /// Where the daemons look for their configuration unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/dragonfly.toml";

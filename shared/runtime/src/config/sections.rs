@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Invalid, Reason, parse_duration};
+use super::values::url_authority;
+use super::{Invalid, Reason, absolute_path, duration_between};
 
 /// Default database location for [`StoreConfig`].
 pub const DEFAULT_STORE_PATH: &str = "/var/lib/dragonfly/dragonfly.db";
@@ -45,16 +46,12 @@ impl TryFrom<RawStoreConfig> for StoreConfig {
     type Error = Invalid;
 
     fn try_from(raw: RawStoreConfig) -> Result<Self, Invalid> {
-        let Some(path) = raw.path else {
-            return Ok(Self::default());
-        };
-        if path.as_os_str().is_empty() {
-            return Err(Invalid::new("path", Reason::Empty));
+        match raw.path {
+            None => Ok(Self::default()),
+            Some(path) => Ok(Self {
+                path: absolute_path("path", path)?,
+            }),
         }
-        if !path.is_absolute() {
-            return Err(Invalid::new("path", Reason::RelativePath(path)));
-        }
-        Ok(Self { path })
     }
 }
 
@@ -102,24 +99,12 @@ impl TryFrom<RawNatsConfig> for NatsConfig {
             Some(url) => validate_nats_url(url)?,
         };
         let name_prefix = raw.name_prefix.map(validate_name_prefix).transpose()?;
-        let connect_timeout = match raw.connect_timeout {
-            None => defaults.connect_timeout,
-            Some(text) => {
-                let timeout = parse_duration("connect_timeout", &text)?;
-                let (min, max) = (Duration::from_millis(1), Duration::from_secs(300));
-                if !(min..=max).contains(&timeout) {
-                    return Err(Invalid::new(
-                        "connect_timeout",
-                        Reason::OutOfRange {
-                            value: text,
-                            min: "1ms".to_owned(),
-                            max: "300s".to_owned(),
-                        },
-                    ));
-                }
-                timeout
-            }
-        };
+        let connect_timeout = duration_between(
+            "connect_timeout",
+            raw.connect_timeout.as_deref(),
+            defaults.connect_timeout,
+            Duration::from_millis(1)..=Duration::from_secs(300),
+        )?;
         Ok(Self {
             url,
             name_prefix,
@@ -130,24 +115,9 @@ impl TryFrom<RawNatsConfig> for NatsConfig {
 
 fn validate_nats_url(url: String) -> Result<String, Invalid> {
     const EXPECTED: &str = "nats://HOST:PORT or tls://HOST:PORT";
-    let rest = url
-        .strip_prefix("nats://")
-        .or_else(|| url.strip_prefix("tls://"));
-    let Some(rest) = rest else {
-        return Err(Invalid::new(
-            "url",
-            Reason::Url {
-                value: url,
-                expected: EXPECTED,
-            },
-        ));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        // Do not echo the value: it contains a password.
-        return Err(Invalid::new("url", Reason::CredentialsInUrl));
-    }
-    if authority.is_empty() || authority.contains(char::is_whitespace) || authority.contains(',') {
+    let authority = url_authority("url", &url, &["nats", "tls"], EXPECTED)?;
+    // One server per URL: a comma-separated server list is not supported.
+    if authority.contains(',') {
         return Err(Invalid::new(
             "url",
             Reason::Url {
