@@ -45,6 +45,52 @@ pub(super) fn parse_raw<R: DeserializeOwned + Default>(
         .map_err(|error| parse_error(path, text, &error))
 }
 
+/// The keys a section's raw struct accepts, exactly as its `#[derive(Deserialize)]` lists them,
+/// or `None` when `R` is not a plain struct (a map, or a struct using `#[serde(flatten)]`).
+///
+/// Why it exists: the shipped example file must mention every key of every section, and a list
+/// written by hand next to each `Raw…` struct is one more thing to forget when a key is added.
+/// Asking serde instead means the struct *is* the list. It never reads a file or a value: it
+/// hands `R` a deserializer that notes the field names serde offers and stops.
+pub fn accepted_keys<R: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    let mut fields = None;
+    // Always an error: the probe stops deserialisation once it has the names.
+    let _stopped: Result<R, de::value::Error> = R::deserialize(FieldsProbe {
+        fields: &mut fields,
+    });
+    fields
+}
+
+/// A deserializer that answers every request with an error, after noting the field list of a
+/// struct request.
+struct FieldsProbe<'a> {
+    fields: &'a mut Option<&'static [&'static str]>,
+}
+
+impl<'de> Deserializer<'de> for FieldsProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.fields = Some(fields);
+        Err(de::Error::custom("field names noted"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
 /// Refuse unknown top-level keys up front, pointing at the key itself (serde would only know
 /// the position of the whole document).
 fn check_sections(path: &Path, text: &str, own: &str) -> Result<(), ConfigError> {
@@ -310,6 +356,53 @@ mod tests {
         let inside = text.find('é').unwrap() + 1;
         assert_eq!(line_column(text, inside), (2, 6));
         assert_eq!(line_column(text, 999), (3, 2));
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only the field names are used")]
+    struct RawEvery {
+        plain: Option<String>,
+        #[serde(default)]
+        listed: Vec<String>,
+        #[serde(rename = "renamed-key")]
+        renamed: Option<u32>,
+        nested: Option<RawOwn>,
+    }
+
+    #[test]
+    fn accepted_keys_are_the_struct_s_fields() {
+        let keys = accepted_keys::<RawEvery>().unwrap();
+        assert_eq!(keys, ["plain", "listed", "renamed-key", "nested"]);
+        assert_eq!(accepted_keys::<RawStoreConfig>().unwrap(), ["path"]);
+        assert_eq!(
+            accepted_keys::<RawNatsConfig>().unwrap(),
+            ["url", "name_prefix", "connect_timeout"]
+        );
+        assert_eq!(
+            accepted_keys::<std::collections::HashMap<String, u32>>(),
+            None
+        );
+        assert_eq!(accepted_keys::<u32>(), None);
+    }
+
+    /// The list agrees with what `deny_unknown_fields` lets through: every listed key is
+    /// accepted, and a key not listed is refused.
+    #[test]
+    fn accepted_keys_match_what_the_parser_accepts() {
+        let keys = accepted_keys::<RawEvery>().unwrap();
+        let all: String = keys
+            .iter()
+            .map(|key| match *key {
+                "listed" => "listed = []\n".to_owned(),
+                "renamed-key" => "renamed-key = 1\n".to_owned(),
+                "nested" => "nested = {}\n".to_owned(),
+                other => format!("{other} = \"x\"\n"),
+            })
+            .collect();
+        assert!(toml::from_str::<RawEvery>(&all).is_ok(), "{all}");
+        let err = toml::from_str::<RawEvery>(&format!("{all}bogus = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!
 //! - this module: the [`DaemonConfig`] contract, [`Loaded`], [`load`] and [`parse_str`];
 //! - `error`: [`ConfigError`], [`Invalid`] and the [`Reason`]s a value is refused for;
-//! - `file`: TOML parsing, section checks, and the line, column and dotted key of an error;
+//! - `file`: TOML parsing, section checks, the line, column and dotted key of an error, and
+//!   [`accepted_keys`] (the key names a section's raw struct accepts);
 //! - `sections`: the shared `[store]`, `[nats]` and `[log]` sections;
 //! - `values`: the value types and validators every section of every daemon uses
 //!   ([`ListenConfig`], [`duration_between`], [`count_between`], [`ipv4`], [`http_url`], …), so
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use error::{ConfigError, Invalid, Location, Reason};
+pub use file::accepted_keys;
 pub use sections::{
     DEFAULT_LOG_LEVEL, DEFAULT_NATS_CONNECT_TIMEOUT, DEFAULT_NATS_URL, DEFAULT_STORE_PATH,
     LogConfig, NatsConfig, RawLogConfig, RawNatsConfig, RawStoreConfig, StoreConfig,
