@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use dragonfly_runtime::config::{
+    DaemonConfig, Invalid, ListenConfig, absolute_path, count_between, duration_between,
+};
 use serde::Deserialize;
 
 /// `[apid]` as written in the file.
@@ -37,6 +39,12 @@ pub struct ApidConfig {
 
 /// The default port: the web UI and API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// How long a browser session lasts unless configured.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Largest request body accepted unless configured: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Login attempts allowed per client address per minute unless configured.
+pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 
 impl DaemonConfig for ApidConfig {
     const SECTION: &'static str = "apid";
@@ -45,48 +53,36 @@ impl DaemonConfig for ApidConfig {
     fn validate(raw: RawApid) -> Result<Self, Invalid> {
         let listen =
             ListenConfig::parse("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
-        let session_lifetime = match raw.session_lifetime.as_deref() {
-            Some(s) => parse_duration("session_lifetime", s)?,
-            None => Duration::from_secs(12 * 3600),
-        };
-        if session_lifetime < Duration::from_secs(60)
-            || session_lifetime > Duration::from_secs(30 * 86400)
-        {
-            return Err(Invalid::new(
-                "session_lifetime",
-                range(raw.session_lifetime.unwrap_or_default(), "1m", "720h"),
-            ));
-        }
-        let max_body_bytes = raw.max_body_bytes.unwrap_or(1 << 20);
-        if !(1024..=64 << 20).contains(&max_body_bytes) {
-            return Err(Invalid::new(
-                "max_body_bytes",
-                range(max_body_bytes, 1024, 64 << 20),
-            ));
-        }
-        let login_attempts_per_minute = raw.login_attempts_per_minute.unwrap_or(10);
-        if login_attempts_per_minute == 0 {
-            return Err(Invalid::new(
-                "login_attempts_per_minute",
-                range(0, 1, 10_000),
-            ));
-        }
+        let session_lifetime = duration_between(
+            "session_lifetime",
+            raw.session_lifetime.as_deref(),
+            DEFAULT_SESSION_LIFETIME,
+            Duration::from_secs(60)..=Duration::from_secs(720 * 3600),
+        )?;
+        let max_body_bytes = count_between(
+            "max_body_bytes",
+            raw.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            1024..=64 << 20,
+        )?;
+        let login_attempts_per_minute = count_between(
+            "login_attempts_per_minute",
+            raw.login_attempts_per_minute,
+            DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
+            1..=10_000,
+        )?;
+        let boot_token_key_file = raw
+            .boot_token_key_file
+            .map(|path| absolute_path("boot_token_key_file", path))
+            .transpose()?;
         Ok(Self {
             listen,
-            boot_token_key_file: raw.boot_token_key_file,
+            boot_token_key_file,
             session_lifetime,
             secure_cookies: raw.secure_cookies.unwrap_or(true),
             max_body_bytes,
             login_attempts_per_minute,
         })
-    }
-}
-
-fn range(value: impl ToString, min: impl ToString, max: impl ToString) -> Reason {
-    Reason::OutOfRange {
-        value: value.to_string(),
-        min: min.to_string(),
-        max: max.to_string(),
     }
 }
 
@@ -114,6 +110,13 @@ mod tests {
             ),
             (
                 RawApid {
+                    boot_token_key_file: Some("boot-token-key".into()),
+                    ..Default::default()
+                },
+                "boot_token_key_file",
+            ),
+            (
+                RawApid {
                     session_lifetime: Some("5s".into()),
                     ..Default::default()
                 },
@@ -133,9 +136,36 @@ mod tests {
                 },
                 "login_attempts_per_minute",
             ),
+            (
+                RawApid {
+                    login_attempts_per_minute: Some(10_001),
+                    ..Default::default()
+                },
+                "login_attempts_per_minute",
+            ),
         ];
         for (raw, key) in cases {
             assert_eq!(ApidConfig::validate(raw).unwrap_err().key(), key);
         }
+    }
+
+    #[test]
+    fn range_errors_say_what_is_allowed() {
+        let raw = RawApid {
+            session_lifetime: Some("5s".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ApidConfig::validate(raw).unwrap_err().to_string(),
+            "session_lifetime: 5s is out of range: must be between 1m and 720h"
+        );
+        let raw = RawApid {
+            max_body_bytes: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            ApidConfig::validate(raw).unwrap_err().to_string(),
+            "max_body_bytes: 1 is out of range: must be between 1024 and 67108864"
+        );
     }
 }

@@ -7,10 +7,14 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use dragonfly_core::MacAddr;
-use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use dragonfly_runtime::config::{
+    DaemonConfig, Invalid, ListenConfig, Reason, count_between, duration_between, http_url, ipv4,
+    length_between,
+};
 use serde::Deserialize;
 
 /// `[dhcpd]` as written.
@@ -210,8 +214,6 @@ pub const DEFAULT_IPXE_SCRIPT_URL: &str = "http://{ipxed}/boot/${mac}?platform=$
 pub enum DhcpdConfigError {
     #[error("unknown mode {0:?}: expected reservation, proxy or autoproxy")]
     Mode(String),
-    #[error("invalid IPv4 address {0:?}")]
-    Ip(String),
     #[error(
         "invalid network {0:?}: expected ADDRESS/PREFIX with host bits zero, e.g. 10.99.0.0/24"
     )]
@@ -224,53 +226,50 @@ pub enum DhcpdConfigError {
     NoSubnet,
     #[error("{0} is reserved twice")]
     Duplicate(String),
-    #[error("must be an http:// or https:// URL")]
-    Url,
     #[error("{0} cannot be a relay agent's address")]
     Relay(Ipv4Addr),
 }
 
-fn ip(key: &str, s: &str) -> Result<Ipv4Addr, Invalid> {
-    s.trim()
-        .parse()
-        .map_err(|_| Invalid::custom(key, DhcpdConfigError::Ip(s.to_owned())))
+/// Lease times and holds: a second to a year.
+const DURATIONS: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(365 * 86400);
+
+/// Offers are held briefly: every DISCOVER from a new MAC holds an address this long, so
+/// the longer the hold, the fewer DISCOVERs a second it takes to fill a pool. Ten seconds
+/// outlasts any client's wait between OFFER and REQUEST (PXE ROMs collect offers for up to
+/// 4 s); a REQUEST after the hold is still granted when the address is free.
+const OFFER_HOLDS: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(60);
+
+/// Default lease time, for subnets that set none.
+pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(3600);
+/// Default hold on an offered address.
+pub const DEFAULT_OFFER_HOLD: Duration = Duration::from_secs(10);
+/// Default quarantine of an address a client DECLINEd (it found the address in use).
+pub const DEFAULT_DECLINE_HOLD: Duration = Duration::from_secs(600);
+/// Default boot file for BIOS PXE firmware (iPXE's UNDI build).
+pub const DEFAULT_BIOS_FILE: &str = "undionly.kpxe";
+/// Default boot file for x86-64 UEFI PXE firmware.
+pub const DEFAULT_UEFI_X64_FILE: &str = "ipxe.efi";
+/// Default boot file for arm64 UEFI PXE firmware.
+pub const DEFAULT_UEFI_ARM64_FILE: &str = "ipxe-arm64.efi";
+
+/// A boot file name for the DHCP `file` field: 128 bytes including the terminating NUL.
+fn boot_file(key: &str, value: Option<String>, default: &str) -> Result<String, Invalid> {
+    let file = value.unwrap_or_else(|| default.to_owned());
+    length_between(key, &file, 1..=127)?;
+    Ok(file)
 }
 
-fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, Invalid> {
-    let d = v.map_or(Ok(default), |s| parse_duration(key, s))?;
-    if d < Duration::from_secs(1) || d > Duration::from_secs(365 * 86400) {
-        return Err(Invalid::new(
-            key,
-            Reason::OutOfRange {
-                value: v.unwrap_or_default().to_owned(),
-                min: "1s".into(),
-                max: "8760h".into(),
-            },
-        ));
-    }
-    Ok(d)
-}
-
-fn count(key: &str, v: Option<u32>, default: u32) -> Result<u32, Invalid> {
-    let n = v.unwrap_or(default);
-    if !(1..=1_000_000).contains(&n) {
-        return Err(Invalid::new(
-            key,
-            Reason::OutOfRange {
-                value: n.to_string(),
-                min: "1".into(),
-                max: "1000000".into(),
-            },
-        ));
-    }
-    Ok(n)
+/// An optional `http://` or `https://` URL.
+fn optional_url(key: &str, value: Option<&str>) -> Result<Option<String>, Invalid> {
+    value.map(|url| http_url(key, url)).transpose()
 }
 
 fn relays(raw: &[String]) -> Result<Vec<Ipv4Addr>, Invalid> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let key = format!("relays[{i}]");
-        let a = ip(&key, r)?;
+        let a = ipv4(&key, r)?;
         if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
             return Err(Invalid::custom(key, DhcpdConfigError::Relay(a)));
         }
@@ -279,50 +278,6 @@ fn relays(raw: &[String]) -> Result<Vec<Ipv4Addr>, Invalid> {
     out.sort_unstable();
     out.dedup();
     Ok(out)
-}
-
-/// Offers are held briefly: every DISCOVER from a new MAC holds an address this long, so
-/// the longer the hold, the fewer DISCOVERs a second it takes to fill a pool. Ten seconds
-/// outlasts any client's wait between OFFER and REQUEST (PXE ROMs collect offers for up to
-/// 4 s); a REQUEST after the hold is still granted when the address is free.
-fn offer_hold(v: Option<&str>) -> Result<Duration, Invalid> {
-    let d = duration("offer_hold", v, Duration::from_secs(10))?;
-    if d > Duration::from_secs(60) {
-        return Err(Invalid::new(
-            "offer_hold",
-            Reason::OutOfRange {
-                value: v.unwrap_or_default().to_owned(),
-                min: "1s".into(),
-                max: "60s".into(),
-            },
-        ));
-    }
-    Ok(d)
-}
-
-fn url(key: &str, v: Option<String>) -> Result<Option<String>, Invalid> {
-    match v {
-        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-            Err(Invalid::custom(key, DhcpdConfigError::Url))
-        }
-        other => Ok(other),
-    }
-}
-
-fn file(key: &str, v: Option<String>, default: &str) -> Result<String, Invalid> {
-    let f = v.unwrap_or_else(|| default.to_owned());
-    // The DHCP `file` field is 128 bytes including the terminating NUL.
-    if f.is_empty() || f.len() > 127 {
-        return Err(Invalid::new(
-            key,
-            Reason::OutOfRange {
-                value: f,
-                min: "1 byte".into(),
-                max: "127 bytes".into(),
-            },
-        ));
-    }
-    Ok(f)
 }
 
 fn subnet(raw: RawSubnet, default_lease: Duration) -> Result<Subnet, Invalid> {
@@ -342,19 +297,29 @@ fn subnet(raw: RawSubnet, default_lease: Duration) -> Result<Subnet, Invalid> {
         network,
         prefix,
         pool: None,
-        router: raw.router.as_deref().map(|r| ip("router", r)).transpose()?,
+        router: raw
+            .router
+            .as_deref()
+            .map(|r| ipv4("router", r))
+            .transpose()?,
         dns: raw
             .dns
             .iter()
-            .map(|d| ip("dns", d))
+            .enumerate()
+            .map(|(i, d)| ipv4(&format!("dns[{i}]"), d))
             .collect::<Result<_, _>>()?,
         domain_name: raw.domain_name.filter(|d| !d.is_empty()),
-        lease_time: duration("lease_time", raw.lease_time.as_deref(), default_lease)?,
+        lease_time: duration_between(
+            "lease_time",
+            raw.lease_time.as_deref(),
+            default_lease,
+            DURATIONS,
+        )?,
     };
     s.pool = match (raw.pool_start, raw.pool_end) {
         (None, None) => None,
         (Some(a), Some(b)) => {
-            let (a, b) = (ip("pool_start", &a)?, ip("pool_end", &b)?);
+            let (a, b) = (ipv4("pool_start", &a)?, ipv4("pool_end", &b)?);
             if a > b || !s.contains(a) || !s.contains(b) {
                 return Err(Invalid::custom("pool_start", DhcpdConfigError::Pool));
             }
@@ -389,10 +354,11 @@ impl DaemonConfig for DhcpdConfig {
                 other.unwrap_or("0.0.0.0:4011"),
             )?),
         };
-        let lease_time = duration(
+        let lease_time = duration_between(
             "lease_time",
             raw.lease_time.as_deref(),
-            Duration::from_secs(3600),
+            DEFAULT_LEASE_TIME,
+            DURATIONS,
         )?;
         let subnets = raw
             .subnets
@@ -407,7 +373,7 @@ impl DaemonConfig for DhcpdConfig {
         for (i, r) in raw.reservations.iter().enumerate() {
             let key = |k: &str| format!("reservations[{i}].{k}");
             let mac: MacAddr = r.mac.parse().map_err(|e| Invalid::custom(key("mac"), e))?;
-            let addr = ip(&key("ip"), &r.ip)?;
+            let addr = ipv4(&key("ip"), &r.ip)?;
             if !subnets.iter().any(|s| s.contains(addr)) {
                 return Err(Invalid::custom(key("ip"), DhcpdConfigError::Outside(addr)));
             }
@@ -423,14 +389,12 @@ impl DaemonConfig for DhcpdConfig {
         {
             return Err(Invalid::new("ipxed", Reason::Empty));
         }
-        let ipxe_script_url = url(
+        let ipxe_script_url = http_url(
             "ipxe_script_url",
-            Some(
-                raw.ipxe_script_url
-                    .unwrap_or_else(|| DEFAULT_IPXE_SCRIPT_URL.to_owned()),
-            ),
-        )?
-        .unwrap_or_default();
+            raw.ipxe_script_url
+                .as_deref()
+                .unwrap_or(DEFAULT_IPXE_SCRIPT_URL),
+        )?;
         Ok(Self {
             mode,
             listen,
@@ -438,38 +402,53 @@ impl DaemonConfig for DhcpdConfig {
             server_ip: raw
                 .server_ip
                 .as_deref()
-                .map(|s| ip("server_ip", s))
+                .map(|s| ipv4("server_ip", s))
                 .transpose()?,
             tftp_server: raw
                 .tftp_server
                 .as_deref()
-                .map(|s| ip("tftp_server", s))
+                .map(|s| ipv4("tftp_server", s))
                 .transpose()?,
-            bios_file: file("bios_file", raw.bios_file, "undionly.kpxe")?,
-            uefi_x64_file: file("uefi_x64_file", raw.uefi_x64_file, "ipxe.efi")?,
-            uefi_arm64_file: file("uefi_arm64_file", raw.uefi_arm64_file, "ipxe-arm64.efi")?,
-            http_boot_x64_url: url("http_boot_x64_url", raw.http_boot_x64_url)?,
-            http_boot_arm64_url: url("http_boot_arm64_url", raw.http_boot_arm64_url)?,
+            bios_file: boot_file("bios_file", raw.bios_file, DEFAULT_BIOS_FILE)?,
+            uefi_x64_file: boot_file("uefi_x64_file", raw.uefi_x64_file, DEFAULT_UEFI_X64_FILE)?,
+            uefi_arm64_file: boot_file(
+                "uefi_arm64_file",
+                raw.uefi_arm64_file,
+                DEFAULT_UEFI_ARM64_FILE,
+            )?,
+            http_boot_x64_url: optional_url("http_boot_x64_url", raw.http_boot_x64_url.as_deref())?,
+            http_boot_arm64_url: optional_url(
+                "http_boot_arm64_url",
+                raw.http_boot_arm64_url.as_deref(),
+            )?,
             ipxed: raw.ipxed,
             ipxe_script_url,
             lease_time,
-            offer_hold: offer_hold(raw.offer_hold.as_deref())?,
-            decline_hold: duration(
+            offer_hold: duration_between(
+                "offer_hold",
+                raw.offer_hold.as_deref(),
+                DEFAULT_OFFER_HOLD,
+                OFFER_HOLDS,
+            )?,
+            decline_hold: duration_between(
                 "decline_hold",
                 raw.decline_hold.as_deref(),
-                Duration::from_secs(600),
+                DEFAULT_DECLINE_HOLD,
+                DURATIONS,
             )?,
             relays: relays(&raw.relays)?,
             new_clients: RateLimit {
-                per_second: count(
+                per_second: count_between(
                     "new_clients_per_second",
                     raw.new_clients_per_second,
                     DEFAULT_NEW_CLIENTS.per_second,
+                    1..=1_000_000,
                 )?,
-                burst: count(
+                burst: count_between(
                     "new_clients_burst",
                     raw.new_clients_burst,
                     DEFAULT_NEW_CLIENTS.burst,
+                    1..=1_000_000,
                 )?,
             },
             subnets,
@@ -618,6 +597,40 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_value_and_what_is_allowed() {
+        let error = |tweak: fn(&mut RawDhcpd)| {
+            let mut raw = lab();
+            tweak(&mut raw);
+            DhcpdConfig::validate(raw).unwrap_err().to_string()
+        };
+        assert_eq!(
+            error(|r| r.subnets[0].router = Some("10.99.0".into())),
+            "subnets[0].router: invalid IPv4 address \"10.99.0\": expected four decimal numbers, \
+             e.g. 10.0.0.1"
+        );
+        assert_eq!(
+            error(|r| r.offer_hold = Some("61s".into())),
+            "offer_hold: 61s is out of range: must be between 1s and 1m"
+        );
+        assert_eq!(
+            error(|r| r.lease_time = Some("0s".into())),
+            "lease_time: 0s is out of range: must be between 1s and 8760h"
+        );
+        assert_eq!(
+            error(|r| r.new_clients_burst = Some(0)),
+            "new_clients_burst: 0 is out of range: must be between 1 and 1000000"
+        );
+        assert_eq!(
+            error(|r| r.bios_file = Some(String::new())),
+            "bios_file: is 0 bytes long: must be 1 to 127 bytes"
+        );
+        assert!(
+            error(|r| r.ipxe_script_url = Some("tftp://x".into()))
+                .starts_with("ipxe_script_url: invalid URL \"tftp://x\": expected http://"),
+        );
+    }
+
+    #[test]
     fn proxy_needs_no_subnet() {
         let raw = RawDhcpd {
             mode: Some("proxy".into()),
@@ -671,6 +684,27 @@ mod tests {
                 Box::new(|r| r.ipxe_script_url = Some("tftp://x".into())),
                 "ipxe_script_url",
             ),
+            (
+                Box::new(|r| r.ipxe_script_url = Some("http://".into())),
+                "ipxe_script_url",
+            ),
+            (
+                Box::new(|r| r.http_boot_arm64_url = Some("http://a b/ipxe.efi".into())),
+                "http_boot_arm64_url",
+            ),
+            (
+                Box::new(|r| r.subnets[0].dns.push("dns.example".into())),
+                "subnets[0].dns[1]",
+            ),
+            (
+                Box::new(|r| r.uefi_x64_file = Some("x".repeat(128))),
+                "uefi_x64_file",
+            ),
+            (
+                Box::new(|r| r.decline_hold = Some("8761h".into())),
+                "decline_hold",
+            ),
+            (Box::new(|r| r.server_ip = Some("::1".into())), "server_ip"),
             (Box::new(|r| r.bios_file = Some(String::new())), "bios_file"),
             (Box::new(|r| r.listen = Some("nope".into())), "listen"),
             (

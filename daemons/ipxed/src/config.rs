@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use dragonfly_runtime::config::{
+    DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, duration_between, file_name,
+    http_url, length_between, required,
+};
 use serde::Deserialize;
 
 /// `[ipxed]` as written in the file.
@@ -63,11 +66,16 @@ pub const DEFAULT_CMDLINE_EXTRA: &str = "console=tty0 console=ttyS0,115200";
 /// How long a boot token lives unless configured.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-const URL_EXPECTED: &str = "http://HOST[:PORT][/PATH] or https://…, without spaces or quotes";
-const NAME_ALLOWED: &str =
-    "a plain file name: letters, digits, '.', '_', '-', not starting with '.'";
-const CMDLINE_ALLOWED: &str =
-    "printable ASCII without quotes, backslashes or newlines, at most 1024 bytes";
+/// Default agent kernel, in `agent_dir`.
+pub const DEFAULT_AGENT_KERNEL: &str = "vmlinuz";
+/// Default agent initrd, in `agent_dir`.
+pub const DEFAULT_AGENT_INITRD: &str = "initrd.img";
+/// Longest `kernel_cmdline_extra`, in bytes.
+pub const MAX_CMDLINE_EXTRA: usize = 1024;
+
+const SCRIPT_URL_EXPECTED: &str = "http://HOST[:PORT][/PATH] or https://…, without spaces, quotes, \
+     backslashes, '$', '{' or '}' (iPXE would expand them)";
+const CMDLINE_ALLOWED: &str = "printable ASCII without quotes, backslashes or newlines";
 
 impl DaemonConfig for IpxedConfig {
     const SECTION: &'static str = "ipxed";
@@ -76,21 +84,20 @@ impl DaemonConfig for IpxedConfig {
     fn validate(raw: RawIpxed) -> Result<Self, Invalid> {
         let listen =
             ListenConfig::parse("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
-        let public_url = http_url("public_url", raw.public_url)?;
-        let apid_url = http_url("apid_url", raw.apid_url)?;
-        let agent_dir = raw
-            .agent_dir
-            .ok_or_else(|| Invalid::new("agent_dir", Reason::Empty))?;
-        if !agent_dir.is_absolute() {
-            return Err(Invalid::new("agent_dir", Reason::RelativePath(agent_dir)));
-        }
-        let agent_kernel = raw.agent_kernel.unwrap_or_else(|| "vmlinuz".to_owned());
-        let agent_initrd = raw.agent_initrd.unwrap_or_else(|| "initrd.img".to_owned());
+        let public_url = script_url("public_url", raw.public_url)?;
+        let apid_url = script_url("apid_url", raw.apid_url)?;
+        let agent_dir = absolute_path("agent_dir", required("agent_dir", raw.agent_dir)?)?;
+        let agent_kernel = raw
+            .agent_kernel
+            .unwrap_or_else(|| DEFAULT_AGENT_KERNEL.to_owned());
+        let agent_initrd = raw
+            .agent_initrd
+            .unwrap_or_else(|| DEFAULT_AGENT_INITRD.to_owned());
         let agent_files = raw
             .agent_files
             .unwrap_or_else(|| vec![agent_kernel.clone(), agent_initrd.clone()]);
-        for name in &agent_files {
-            file_name("agent_files", name)?;
+        for (i, name) in agent_files.iter().enumerate() {
+            file_name(&format!("agent_files[{i}]"), name)?;
         }
         for (key, name) in [
             ("agent_kernel", &agent_kernel),
@@ -110,11 +117,13 @@ impl DaemonConfig for IpxedConfig {
         let kernel_cmdline_extra = raw
             .kernel_cmdline_extra
             .unwrap_or_else(|| DEFAULT_CMDLINE_EXTRA.to_owned());
-        if kernel_cmdline_extra.len() > 1024
-            || !kernel_cmdline_extra
-                .bytes()
-                .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\'' | b'\\'))
-        {
+        length_between(
+            "kernel_cmdline_extra",
+            &kernel_cmdline_extra,
+            0..=MAX_CMDLINE_EXTRA,
+        )?;
+        let cmdline_safe = |b: u8| (b' '..=b'~').contains(&b) && !matches!(b, b'"' | b'\'' | b'\\');
+        if !kernel_cmdline_extra.bytes().all(cmdline_safe) {
             return Err(Invalid::new(
                 "kernel_cmdline_extra",
                 Reason::Characters {
@@ -123,20 +132,16 @@ impl DaemonConfig for IpxedConfig {
                 },
             ));
         }
-        let token_ttl = match raw.token_ttl.as_deref() {
-            Some(s) => parse_duration("token_ttl", s)?,
-            None => DEFAULT_TOKEN_TTL,
-        };
-        if token_ttl < Duration::from_secs(60) || token_ttl > Duration::from_secs(30 * 86400) {
-            return Err(Invalid::new(
-                "token_ttl",
-                Reason::OutOfRange {
-                    value: raw.token_ttl.unwrap_or_default(),
-                    min: "1m".to_owned(),
-                    max: "720h".to_owned(),
-                },
-            ));
-        }
+        let token_ttl = duration_between(
+            "token_ttl",
+            raw.token_ttl.as_deref(),
+            DEFAULT_TOKEN_TTL,
+            Duration::from_secs(60)..=Duration::from_secs(720 * 3600),
+        )?;
+        let boot_token_key_file = raw
+            .boot_token_key_file
+            .map(|path| absolute_path("boot_token_key_file", path))
+            .transpose()?;
         Ok(Self {
             listen,
             public_url,
@@ -147,62 +152,26 @@ impl DaemonConfig for IpxedConfig {
             agent_initrd,
             kernel_cmdline_extra: kernel_cmdline_extra.trim().to_owned(),
             token_ttl,
-            boot_token_key_file: raw.boot_token_key_file,
+            boot_token_key_file,
         })
     }
 }
 
-/// An `http://` or `https://` URL without credentials, safe to put in a script word.
-fn http_url(key: &str, value: Option<String>) -> Result<String, Invalid> {
-    let Some(value) = value else {
-        return Err(Invalid::new(key, Reason::Empty));
-    };
-    let bad = |value: String| {
-        Invalid::new(
+/// A required `http://` or `https://` URL that is safe as a word of an iPXE script: beyond
+/// the shared URL rules, no `$`, `{` or `}`, which iPXE would expand. Without a trailing slash,
+/// so paths can be appended.
+fn script_url(key: &str, value: Option<String>) -> Result<String, Invalid> {
+    let value = http_url(key, &required(key, value)?)?;
+    if value.contains(['$', '{', '}']) {
+        return Err(Invalid::new(
             key,
             Reason::Url {
                 value,
-                expected: URL_EXPECTED,
+                expected: SCRIPT_URL_EXPECTED,
             },
-        )
-    };
-    let Some(rest) = value
-        .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
-    else {
-        return Err(bad(value));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        // Do not echo the value: it holds a password.
-        return Err(Invalid::new(key, Reason::CredentialsInUrl));
-    }
-    let safe =
-        |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\' | b'$' | b'{' | b'}');
-    if authority.is_empty() || authority.starts_with(':') || !value.bytes().all(safe) {
-        return Err(bad(value));
+        ));
     }
     Ok(value.trim_end_matches('/').to_owned())
-}
-
-fn file_name(key: &str, name: &str) -> Result<(), Invalid> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            key,
-            Reason::Characters {
-                value: name.to_owned(),
-                allowed: NAME_ALLOWED,
-            },
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -245,13 +214,16 @@ mod tests {
             (|r| r.agent_dir = Some("rel".into()), "agent_dir"),
             (
                 |r| r.agent_files = Some(vec!["../etc/passwd".into()]),
-                "agent_files",
+                "agent_files[0]",
             ),
             (
-                |r| r.agent_files = Some(vec![".hidden".into()]),
-                "agent_files",
+                |r| r.agent_files = Some(vec!["vmlinuz".into(), ".hidden".into()]),
+                "agent_files[1]",
             ),
-            (|r| r.agent_files = Some(vec!["a/b".into()]), "agent_files"),
+            (
+                |r| r.agent_files = Some(vec!["a/b".into()]),
+                "agent_files[0]",
+            ),
             (
                 |r| {
                     r.agent_files = Some(vec!["vmlinuz".into(), "initrd.img".into()]);
@@ -270,6 +242,14 @@ mod tests {
             (|r| r.token_ttl = Some("10s".into()), "token_ttl"),
             (|r| r.token_ttl = Some("1000h".into()), "token_ttl"),
             (|r| r.listen = Some("nope".into()), "listen"),
+            (
+                |r| r.kernel_cmdline_extra = Some("x".repeat(1025)),
+                "kernel_cmdline_extra",
+            ),
+            (
+                |r| r.boot_token_key_file = Some("key".into()),
+                "boot_token_key_file",
+            ),
         ];
         for (tweak, key) in cases {
             let mut r = raw();
@@ -279,6 +259,35 @@ mod tests {
                 .map_err(|e| e.key().to_owned());
             assert_eq!(got, Err(key.to_owned()));
         }
+    }
+
+    #[test]
+    fn errors_say_what_is_wanted() {
+        let error = |tweak: fn(&mut RawIpxed)| {
+            let mut r = raw();
+            tweak(&mut r);
+            IpxedConfig::validate(r).unwrap_err().to_string()
+        };
+        assert_eq!(
+            error(|r| r.public_url = None),
+            "public_url: is required: there is no default"
+        );
+        assert_eq!(
+            error(|r| r.agent_dir = None),
+            "agent_dir: is required: there is no default"
+        );
+        assert!(
+            error(|r| r.apid_url = Some("http://h/${x}".into())).contains("'$', '{' or '}'"),
+            "the iPXE rule is named"
+        );
+        assert_eq!(
+            error(|r| r.token_ttl = Some("10s".into())),
+            "token_ttl: 10s is out of range: must be between 1m and 720h"
+        );
+        assert_eq!(
+            error(|r| r.kernel_cmdline_extra = Some("x".repeat(1025))),
+            "kernel_cmdline_extra: is 1025 bytes long: must be 0 to 1024 bytes"
+        );
     }
 
     #[test]

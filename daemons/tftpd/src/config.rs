@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dragonfly_runtime::config::{DaemonConfig, Invalid, ListenConfig, Reason, parse_duration};
+use dragonfly_runtime::config::{
+    DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, count_between, duration_between,
+};
 use serde::Deserialize;
 
 use crate::packet::{DEFAULT_BLKSIZE, MAX_BLKSIZE};
@@ -60,6 +62,22 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:69";
 pub const DEFAULT_ROOTS: [&str; 2] = ["/usr/lib/ipxe", "/var/lib/dragonfly/tftp"];
 /// 1500 (Ethernet MTU) - 20 (IPv4) - 8 (UDP) - 4 (TFTP header): no IP fragmentation.
 pub const DEFAULT_MAX_BLKSIZE: u16 = 1468;
+/// Transfers in progress at once unless configured.
+pub const DEFAULT_MAX_TRANSFERS: usize = 256;
+/// Transfers in progress from one client unless configured (at most `max_transfers`).
+pub const DEFAULT_MAX_TRANSFERS_PER_CLIENT: usize = 64;
+/// Unacknowledged transfers from one client unless configured (at most
+/// `max_transfers_per_client`).
+pub const DEFAULT_MAX_UNACKED_PER_CLIENT: usize = 4;
+/// Largest `windowsize` granted unless configured.
+pub const DEFAULT_MAX_WINDOWSIZE: u16 = 64;
+/// Retransmission ceiling unless the client negotiates `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// No acknowledged progress for this long abandons a transfer, unless configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// No acknowledgement at all this long after the start abandons a transfer, unless configured
+/// (at most `idle_timeout`).
+pub const DEFAULT_FIRST_ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl DaemonConfig for TftpdConfig {
     const SECTION: &'static str = "tftpd";
@@ -68,60 +86,62 @@ impl DaemonConfig for TftpdConfig {
     fn validate(raw: RawTftpd) -> Result<Self, Invalid> {
         let listen =
             ListenConfig::parse("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
-        let roots = raw
-            .roots
-            .unwrap_or_else(|| DEFAULT_ROOTS.iter().map(PathBuf::from).collect());
-        if roots.is_empty() {
-            return Err(Invalid::new("roots", Reason::Empty));
-        }
-        for root in &roots {
-            if !root.is_absolute() {
-                return Err(Invalid::new("roots", Reason::RelativePath(root.clone())));
-            }
-        }
-        let max_transfers = raw.max_transfers.unwrap_or(256);
-        if !(1..=65_536).contains(&max_transfers) {
-            return Err(Invalid::new(
-                "max_transfers",
-                range(max_transfers, 1, 65_536),
-            ));
-        }
-        let max_transfers_per_client = raw
-            .max_transfers_per_client
-            .unwrap_or(max_transfers.min(64));
-        if !(1..=max_transfers).contains(&max_transfers_per_client) {
-            return Err(Invalid::new(
-                "max_transfers_per_client",
-                range(max_transfers_per_client, 1, max_transfers),
-            ));
-        }
-        let max_unacked_per_client = raw
-            .max_unacked_per_client
-            .unwrap_or(max_transfers_per_client.min(4));
-        if !(1..=max_transfers_per_client).contains(&max_unacked_per_client) {
-            return Err(Invalid::new(
-                "max_unacked_per_client",
-                range(max_unacked_per_client, 1, max_transfers_per_client),
-            ));
-        }
-        let max_blksize = raw.max_blksize.unwrap_or(DEFAULT_MAX_BLKSIZE);
-        if !(DEFAULT_BLKSIZE..=MAX_BLKSIZE).contains(&max_blksize) {
-            return Err(Invalid::new(
-                "max_blksize",
-                range(max_blksize, DEFAULT_BLKSIZE, MAX_BLKSIZE),
-            ));
-        }
-        let max_windowsize = raw.max_windowsize.unwrap_or(64);
-        if max_windowsize == 0 {
-            return Err(Invalid::new("max_windowsize", range(0, 1, u16::MAX)));
-        }
-        let timeout = duration("timeout", raw.timeout.as_deref(), 1, (1, 255))?;
-        let idle_timeout = duration("idle_timeout", raw.idle_timeout.as_deref(), 10, (1, 3600))?;
-        let first_ack_timeout = duration(
+        let roots = match raw.roots {
+            None => DEFAULT_ROOTS.iter().map(PathBuf::from).collect(),
+            Some(roots) if roots.is_empty() => return Err(Invalid::new("roots", Reason::Empty)),
+            Some(roots) => roots
+                .into_iter()
+                .enumerate()
+                .map(|(i, root)| absolute_path(&format!("roots[{i}]"), root))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let max_transfers = count_between(
+            "max_transfers",
+            raw.max_transfers,
+            DEFAULT_MAX_TRANSFERS,
+            1..=65_536,
+        )?;
+        let max_transfers_per_client = count_between(
+            "max_transfers_per_client",
+            raw.max_transfers_per_client,
+            max_transfers.min(DEFAULT_MAX_TRANSFERS_PER_CLIENT),
+            1..=max_transfers,
+        )?;
+        let max_unacked_per_client = count_between(
+            "max_unacked_per_client",
+            raw.max_unacked_per_client,
+            max_transfers_per_client.min(DEFAULT_MAX_UNACKED_PER_CLIENT),
+            1..=max_transfers_per_client,
+        )?;
+        let max_blksize = count_between(
+            "max_blksize",
+            raw.max_blksize,
+            DEFAULT_MAX_BLKSIZE,
+            DEFAULT_BLKSIZE..=MAX_BLKSIZE,
+        )?;
+        let max_windowsize = count_between(
+            "max_windowsize",
+            raw.max_windowsize,
+            DEFAULT_MAX_WINDOWSIZE,
+            1..=u16::MAX,
+        )?;
+        let timeout = duration_between(
+            "timeout",
+            raw.timeout.as_deref(),
+            DEFAULT_TIMEOUT,
+            Duration::from_secs(1)..=Duration::from_secs(255),
+        )?;
+        let idle_timeout = duration_between(
+            "idle_timeout",
+            raw.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+            Duration::from_secs(1)..=Duration::from_secs(3600),
+        )?;
+        let first_ack_timeout = duration_between(
             "first_ack_timeout",
             raw.first_ack_timeout.as_deref(),
-            3,
-            (1, idle_timeout.as_secs()),
+            DEFAULT_FIRST_ACK_TIMEOUT.min(idle_timeout),
+            Duration::from_secs(1)..=idle_timeout,
         )?;
         Ok(Self {
             listen,
@@ -135,34 +155,6 @@ impl DaemonConfig for TftpdConfig {
             idle_timeout,
             first_ack_timeout,
         })
-    }
-}
-
-/// A duration in whole seconds within `min..=max` seconds.
-fn duration(
-    key: &str,
-    text: Option<&str>,
-    default_secs: u64,
-    (min, max): (u64, u64),
-) -> Result<Duration, Invalid> {
-    let Some(text) = text else {
-        return Ok(Duration::from_secs(default_secs));
-    };
-    let value = parse_duration(key, text)?;
-    if value < Duration::from_secs(min) || value > Duration::from_secs(max) {
-        return Err(Invalid::new(
-            key,
-            range(text, format!("{min}s"), format!("{max}s")),
-        ));
-    }
-    Ok(value)
-}
-
-fn range(value: impl ToString, min: impl ToString, max: impl ToString) -> Reason {
-    Reason::OutOfRange {
-        value: value.to_string(),
-        min: min.to_string(),
-        max: max.to_string(),
     }
 }
 
@@ -209,10 +201,10 @@ mod tests {
             ),
             (
                 RawTftpd {
-                    roots: Some(vec!["relative/dir".into()]),
+                    roots: Some(vec!["/srv/tftp".into(), "relative/dir".into()]),
                     ..Default::default()
                 },
-                "roots",
+                "roots[1]",
             ),
             (
                 RawTftpd {
@@ -276,5 +268,39 @@ mod tests {
         for (raw, key) in cases {
             assert_eq!(TftpdConfig::validate(raw).unwrap_err().key(), key);
         }
+    }
+
+    #[test]
+    fn limits_that_depend_on_others_say_so() {
+        let raw = RawTftpd {
+            max_transfers: Some(10),
+            max_transfers_per_client: Some(11),
+            ..Default::default()
+        };
+        assert_eq!(
+            TftpdConfig::validate(raw).unwrap_err().to_string(),
+            "max_transfers_per_client: 11 is out of range: must be between 1 and 10"
+        );
+        let raw = RawTftpd {
+            idle_timeout: Some("5s".into()),
+            first_ack_timeout: Some("6s".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            TftpdConfig::validate(raw).unwrap_err().to_string(),
+            "first_ack_timeout: 6s is out of range: must be between 1s and 5s"
+        );
+        // Lowering a ceiling lowers the defaults below it rather than refusing them.
+        let c = TftpdConfig::validate(RawTftpd {
+            max_transfers: Some(2),
+            idle_timeout: Some("2s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.max_transfers_per_client, c.max_unacked_per_client),
+            (2, 2)
+        );
+        assert_eq!(c.first_ack_timeout, Duration::from_secs(2));
     }
 }

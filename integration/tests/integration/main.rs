@@ -2,9 +2,12 @@
 //! namespace, first against stand-ins (dnsmasq + busybox httpd, proving the harness), then
 //! against Dragonfly's own dhcpd, tftpd and ipxed.
 //!
-//! Every test needs root, QEMU and the lab's packages (see `dragonfly_integration`); VMs run
-//! one at a time (a file lock in `target/e2e-cache/`). Run with `--nocapture` to see each
+//! Every boot test needs root, QEMU and the lab's packages (see `dragonfly_integration`); VMs
+//! run one at a time (a file lock in `target/e2e-cache/`). Run with `--nocapture` to see each
 //! boot's timeline. `cargo build --workspace --bins` must have run first.
+//!
+//! Besides the boots, `example_config` holds the shipped example configuration to every
+//! daemon's config types: this crate is the one that sees all the daemons. It needs nothing.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +20,7 @@
 
 mod common;
 mod discovery;
+mod example_config;
 mod proxy;
 mod reservation;
 mod standin;

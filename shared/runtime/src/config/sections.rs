@@ -1,0 +1,342 @@
+//! The sections every daemon reads: `[store]`, `[nats]` and `[log]`, each as written (`Raw…`,
+//! serde) and validated (a pure `TryFrom`). The frame validates them for every daemon, so a
+//! daemon never re-reads or re-checks them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::values::url_authority;
+use super::{Invalid, Reason, absolute_path, duration_between};
+
+/// Default database location for [`StoreConfig`].
+pub const DEFAULT_STORE_PATH: &str = "/var/lib/dragonfly/dragonfly.db";
+/// Default NATS server for [`NatsConfig`].
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default NATS connect timeout for [`NatsConfig`].
+pub const DEFAULT_NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default log level for [`LogConfig`].
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// `[store]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreConfig {
+    /// SQLite database file.
+    pub path: Option<PathBuf>,
+}
+
+/// `[store]`: where the SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Absolute path of the database file.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+        }
+    }
+}
+
+impl TryFrom<RawStoreConfig> for StoreConfig {
+    type Error = Invalid;
+
+    fn try_from(raw: RawStoreConfig) -> Result<Self, Invalid> {
+        match raw.path {
+            None => Ok(Self::default()),
+            Some(path) => Ok(Self {
+                path: absolute_path("path", path)?,
+            }),
+        }
+    }
+}
+
+/// `[nats]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNatsConfig {
+    /// `nats://host:port` or `tls://host:port`.
+    pub url: Option<String>,
+    /// Prefix of the client connection name.
+    pub name_prefix: Option<String>,
+    /// E.g. `"5s"`.
+    pub connect_timeout: Option<String>,
+}
+
+/// `[nats]`: how to reach the message bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URL, scheme `nats://` or `tls://`, without credentials.
+    pub url: String,
+    /// Prefix of the client connection name (the daemon appends `-<daemon>`), so
+    /// `nats server report connections` shows which host and daemon each client is.
+    pub name_prefix: Option<String>,
+    /// How long to wait for the first connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_NATS_URL.to_owned(),
+            name_prefix: None,
+            connect_timeout: DEFAULT_NATS_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+impl TryFrom<RawNatsConfig> for NatsConfig {
+    type Error = Invalid;
+
+    fn try_from(raw: RawNatsConfig) -> Result<Self, Invalid> {
+        let defaults = Self::default();
+        let url = match raw.url {
+            None => defaults.url,
+            Some(url) => validate_nats_url(url)?,
+        };
+        let name_prefix = raw.name_prefix.map(validate_name_prefix).transpose()?;
+        let connect_timeout = duration_between(
+            "connect_timeout",
+            raw.connect_timeout.as_deref(),
+            defaults.connect_timeout,
+            Duration::from_millis(1)..=Duration::from_secs(300),
+        )?;
+        Ok(Self {
+            url,
+            name_prefix,
+            connect_timeout,
+        })
+    }
+}
+
+fn validate_nats_url(url: String) -> Result<String, Invalid> {
+    const EXPECTED: &str = "nats://HOST:PORT or tls://HOST:PORT";
+    let authority = url_authority("url", &url, &["nats", "tls"], EXPECTED)?;
+    // One server per URL: a comma-separated server list is not supported.
+    if authority.contains(',') {
+        return Err(Invalid::new(
+            "url",
+            Reason::Url {
+                value: url,
+                expected: EXPECTED,
+            },
+        ));
+    }
+    Ok(url)
+}
+
+fn validate_name_prefix(prefix: String) -> Result<String, Invalid> {
+    if prefix.is_empty() {
+        return Err(Invalid::new("name_prefix", Reason::Empty));
+    }
+    let ok = prefix.len() <= 64
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(Invalid::new(
+            "name_prefix",
+            Reason::Characters {
+                value: prefix,
+                allowed: "at most 64 of A-Z a-z 0-9 - _ .",
+            },
+        ));
+    }
+    Ok(prefix)
+}
+
+/// `[log]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogConfig {
+    /// A level or `tracing` filter directives.
+    pub level: Option<String>,
+}
+
+/// `[log]`: the default log filter (`RUST_LOG` overrides it; see [`crate::logging`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `info`, or directives such as `info,dragonfly_dhcpd=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+impl TryFrom<RawLogConfig> for LogConfig {
+    type Error = Invalid;
+
+    fn try_from(raw: RawLogConfig) -> Result<Self, Invalid> {
+        let Some(level) = raw.level else {
+            return Ok(Self::default());
+        };
+        let refuse = || {
+            Invalid::new(
+                "level",
+                Reason::LogFilter {
+                    value: level.clone(),
+                },
+            )
+        };
+        if !is_plausible_filter(&level) {
+            return Err(refuse());
+        }
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&level)
+            .map_err(|_| refuse())?;
+        Ok(Self { level })
+    }
+}
+
+/// `EnvFilter` reads a bare word as a *target* name, so a typo like `infoo` would silently mean
+/// "trace everything under target `infoo`". Only bare level names are accepted without `=`.
+fn is_plausible_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    !filter.trim().is_empty()
+        && filter.split(',').all(|directive| {
+            let directive = directive.trim();
+            directive.contains('=') || LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(path: &str) -> Result<StoreConfig, String> {
+        let raw = RawStoreConfig {
+            path: Some(path.into()),
+        };
+        StoreConfig::try_from(raw).map_err(|e| e.to_string())
+    }
+
+    fn nats(
+        url: Option<&str>,
+        prefix: Option<&str>,
+        timeout: Option<&str>,
+    ) -> Result<NatsConfig, String> {
+        let raw = RawNatsConfig {
+            url: url.map(str::to_owned),
+            name_prefix: prefix.map(str::to_owned),
+            connect_timeout: timeout.map(str::to_owned),
+        };
+        NatsConfig::try_from(raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn absent_keys_are_the_defaults() {
+        assert_eq!(
+            StoreConfig::try_from(RawStoreConfig::default()).unwrap(),
+            StoreConfig::default()
+        );
+        assert_eq!(nats(None, None, None).unwrap(), NatsConfig::default());
+        assert_eq!(
+            LogConfig::try_from(RawLogConfig::default()).unwrap(),
+            LogConfig::default()
+        );
+    }
+
+    #[test]
+    fn store_path_must_be_absolute() {
+        assert_eq!(
+            store("/srv/df.db").unwrap().path,
+            PathBuf::from("/srv/df.db")
+        );
+        assert_eq!(
+            store("db.sqlite").unwrap_err(),
+            "path: must be an absolute path, got \"db.sqlite\""
+        );
+        assert_eq!(store("").unwrap_err(), "path: must not be empty");
+    }
+
+    #[test]
+    fn nats_url_scheme_is_checked() {
+        assert_eq!(
+            nats(Some("tls://bus.example:4222"), None, None)
+                .unwrap()
+                .url,
+            "tls://bus.example:4222"
+        );
+        let text = nats(Some("http://127.0.0.1:4222"), None, None).unwrap_err();
+        assert!(text.starts_with("url: invalid URL"), "{text}");
+        assert!(
+            text.contains("nats://HOST:PORT or tls://HOST:PORT"),
+            "{text}"
+        );
+        for bad in ["nats://", "nats://a b:1", "nats://a:1,b:2"] {
+            assert!(
+                nats(Some(bad), None, None)
+                    .unwrap_err()
+                    .starts_with("url: "),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nats_url_with_password_is_refused_without_echoing_it() {
+        let text = nats(Some("nats://bob:hunter2@bus:4222"), None, None).unwrap_err();
+        assert!(text.contains("url: must not contain credentials"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn nats_timeout_and_prefix_are_checked() {
+        let good = nats(None, Some("rack-7"), Some("250ms")).unwrap();
+        assert_eq!(good.name_prefix.as_deref(), Some("rack-7"));
+        assert_eq!(good.connect_timeout, Duration::from_millis(250));
+        assert!(
+            nats(None, None, Some("5"))
+                .unwrap_err()
+                .starts_with("connect_timeout: invalid duration")
+        );
+        assert!(
+            nats(None, None, Some("0s"))
+                .unwrap_err()
+                .starts_with("connect_timeout: 0s is out of range")
+        );
+        assert!(
+            nats(None, Some("a b"), None)
+                .unwrap_err()
+                .starts_with("name_prefix: invalid value")
+        );
+        assert!(
+            nats(None, Some(""), None)
+                .unwrap_err()
+                .starts_with("name_prefix: must not be empty")
+        );
+    }
+
+    #[test]
+    fn log_level_typos_are_refused() {
+        let level = |level: &str| {
+            LogConfig::try_from(RawLogConfig {
+                level: Some(level.to_owned()),
+            })
+        };
+        assert!(
+            level("infoo")
+                .unwrap_err()
+                .to_string()
+                .starts_with("level: invalid log filter")
+        );
+        assert_eq!(level("").unwrap_err().key(), "level");
+        for good in [
+            "debug",
+            "WARN",
+            "info,hyper=warn",
+            "dragonfly_dhcpd[lease]=trace",
+        ] {
+            assert!(level(good).is_ok(), "{good}");
+        }
+    }
+}
