@@ -52,9 +52,9 @@ pub async fn register(
     let m = outcome.machine().clone();
     tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");
     state.events.publish(&MachineRegistered {
-        machine_id: m.id.0,
+        machine_id: m.id,
         name: m.name.clone(),
-        macs: m.macs().iter().map(ToString::to_string).collect(),
+        macs: m.macs().to_vec(),
         created,
     });
     let status = if created {
@@ -250,7 +250,7 @@ pub async fn patch(
     let updated = state.db.machines().patch(m.id, version, p, now).await?;
     tracing::info!(machine = %updated.name, by = %who.user.username, ?changed, "machine updated");
     state.events.publish(&MachineUpdated {
-        machine_id: updated.id.0,
+        machine_id: updated.id,
         name: updated.name.clone(),
         resource_version: updated.resource_version,
         changed,
@@ -282,7 +282,7 @@ pub async fn delete(
     let gone = state.db.machines().delete(m.id, q.resource_version).await?;
     tracing::info!(machine = %gone.name, by = %who.user.username, "machine deleted");
     state.events.publish(&MachineDeleted {
-        machine_id: gone.id.0,
+        machine_id: gone.id,
         name: gone.name,
     });
     Ok(StatusCode::NO_CONTENT)
