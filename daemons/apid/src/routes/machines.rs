@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
+use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
 use dragonfly_store::machines::{Filter, Patch, Registered};
@@ -22,7 +23,7 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 /// that machine instead of creating another. The agent authenticates with the per-boot token
 /// from its kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the
 /// report's MACs; an operator's credentials are accepted too.
-#[utoipa::path(post, path = "/api/machines/register", tag = "machines",
+#[utoipa::path(post, path = agent_api::REGISTER_PATH, tag = "machines",
     request_body = HardwareReport,
     security(("bootToken" = []), ("bearer" = []), ("session" = [])),
     responses(
