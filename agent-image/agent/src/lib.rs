@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use dragonfly_core::agent_api::{AgentLog, Instructions, LOG_PATH};
+use dragonfly_core::{BootFate, DiscoveryReason};
+
 pub use cmdline::{BootParams, Mode};
 
 /// Where the agent's words go: the console, for the operator at the crash cart.
@@ -56,8 +59,6 @@ impl std::fmt::Debug for Shipping<'_> {
 
 /// Lines waiting to be shipped, at most.
 const PENDING_LINES: usize = 500;
-/// Lines per request (apid accepts up to 100).
-const LINES_PER_REQUEST: usize = 100;
 
 impl<'a> Shipping<'a> {
     pub fn new(inner: &'a dyn Console) -> Self {
@@ -70,21 +71,25 @@ impl<'a> Shipping<'a> {
     /// Sends what is pending; lines that could not be sent stay for the next call.
     pub fn flush(&self, base: &http::Url, token: &str, timeout: Duration) {
         loop {
-            let batch: Vec<String> = {
-                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let n = p.len().min(LINES_PER_REQUEST);
-                p.drain(..n).collect()
+            let batch = AgentLog {
+                lines: {
+                    let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = p.len().min(AgentLog::MAX_LINES);
+                    p.drain(..n).collect()
+                },
             };
-            if batch.is_empty() {
+            if batch.lines.is_empty() {
                 return;
             }
-            let body = serde_json::json!({ "lines": batch }).to_string();
-            let sent = http::post_json(base, "/api/agent/log", token, body.as_bytes(), timeout)
-                .is_ok_and(|r| r.status == 204);
+            // Encoding a list of strings cannot fail; if it did, the lines wait like unsent ones.
+            let sent = serde_json::to_vec(&batch).is_ok_and(|body| {
+                http::post_json(base, LOG_PATH, token, &body, timeout)
+                    .is_ok_and(|r| r.status == 204)
+            });
             if !sent {
                 // Put them back in front, keeping the newest if that overflows.
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                for line in batch.into_iter().rev() {
+                for line in batch.lines.into_iter().rev() {
                     p.push_front(line);
                 }
                 while p.len() > PENDING_LINES {
@@ -226,7 +231,7 @@ fn follow_instructions(
 ) -> bool {
     use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
-    let mut last: Option<instructions::Instructions> = None;
+    let mut last: Option<Instructions> = None;
     let mut failing = false;
     while started.elapsed() < cfg.heartbeat {
         let wait = match instructions::ask(base, &params.token, cfg.timing.request_timeout) {
@@ -235,18 +240,17 @@ fn follow_instructions(
                 let wait = cfg
                     .poll
                     .min(Duration::from_secs(u64::from(i.poll_after_seconds.max(1))));
-                let changed = last
-                    .as_ref()
-                    .is_none_or(|l| (&l.fate, &l.reason) != (&i.fate, &i.reason));
+                let changed = last.as_ref().is_none_or(|l| l.fate != i.fate);
                 // Waiting for an assignment was already said when the agent registered.
                 let already_said = last.is_none()
-                    && i.fate == "discovery"
-                    && i.reason.as_deref() == Some("awaitingAssignment");
+                    && i.fate
+                        == (BootFate::Discovery {
+                            reason: DiscoveryReason::AwaitingAssignment,
+                        });
                 if changed && !already_said {
                     console.say(&instructions::describe(&i));
                 }
-                let elsewhere = i.fate == "localDisk"
-                    || (i.fate == "imaging" && params.mode == Mode::Discovery);
+                let elsewhere = instructions::wants_elsewhere(&i.fate, params.mode);
                 if changed && elsewhere && cfg.reboot_when_told {
                     // The server decides what the next boot does; this agent's job is done.
                     let _ = std::process::Command::new("reboot").arg("-f").status();

@@ -10,6 +10,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use dragonfly_core::agent_api::{ErrorBody, REGISTER_PATH};
 use dragonfly_core::{HardwareReport, Machine};
 
 use crate::Console;
@@ -59,15 +60,14 @@ pub fn attempt(base: &Url, token: &str, report: &HardwareReport, timeout: Durati
         Ok(b) => b,
         Err(e) => return Attempt::Transient(format!("cannot encode the report: {e}")),
     };
-    let resp = match http::post_json(base, "/api/machines/register", token, &body, timeout) {
+    let resp = match http::post_json(base, REGISTER_PATH, token, &body, timeout) {
         Ok(r) => r,
         Err(e) => return Attempt::Transient(error_chain(&e)),
     };
     let message = || {
-        serde_json::from_slice::<serde_json::Value>(&resp.body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| {
+        serde_json::from_slice::<ErrorBody>(&resp.body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| {
                 String::from_utf8_lossy(&resp.body)
                     .chars()
                     .take(200)

@@ -21,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dragonfly_core::agent_api;
 use dragonfly_store::auth::User;
 use sha2::{Digest, Sha256};
 
@@ -38,9 +39,9 @@ pub const API_TOKEN_PREFIX: &str = "dft_";
 pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/api/health"),
     (Method::POST, "/api/auth/login"),
-    (Method::POST, "/api/machines/register"),
-    (Method::GET, "/api/agent/instructions"),
-    (Method::POST, "/api/agent/log"),
+    (Method::POST, agent_api::REGISTER_PATH),
+    (Method::GET, agent_api::INSTRUCTIONS_PATH),
+    (Method::POST, agent_api::LOG_PATH),
     (Method::GET, "/"),
     (Method::GET, "/ui/app.js"),
 ];

@@ -11,16 +11,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use dragonfly_store::StoreError;
 use serde::Serialize;
-use utoipa::ToSchema;
 
-/// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// Stable, machine-readable code, e.g. `not_found`.
-    pub error: &'static str,
-    /// Human-readable explanation.
-    pub message: String,
-}
+/// The body of every error response: defined in core, where the agent reads it too.
+pub use dragonfly_core::agent_api::ErrorBody;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +68,7 @@ impl IntoResponse for ApiError {
             _ => tracing::info!(%status, "request refused: {self}"),
         }
         let body = ErrorBody {
-            error: code,
+            error: code.to_owned(),
             message: self.to_string(),
         };
         let mut resp = (status, Json(body)).into_response();

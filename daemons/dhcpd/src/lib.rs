@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dragonfly_bus::Publisher;
-use dragonfly_bus::events::LeaseEnded;
+use dragonfly_bus::events::{LeaseEndReason, LeaseEnded};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::sockets::{SocketError, Sockets as PassedSockets};
 use dragonfly_runtime::{BEAT_EVERY, Context, Daemon, Health};
@@ -106,7 +106,7 @@ const MAX_BATCH: usize = 128;
 /// bound: an ACK seconds late is useless to a client that gave up, and the queue would grow
 /// the daemon's memory without limit.
 const MAX_QUEUED: usize = 16_384;
-/// How often expired leases are removed (and `LeaseEnded { reason: "expired" }` published).
+/// How often expired leases are removed (and `LeaseEnded` with reason `Expired` published).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Rate limit for each kind of drop log line.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -122,7 +122,7 @@ enum After {
         reply: Option<Box<(Reply, Vec<u8>)>>,
         event: Option<LeaseEvent>,
     },
-    /// The expiry sweep: publish `LeaseEnded { reason: "expired" }` for what it removed.
+    /// The expiry sweep: publish `LeaseEnded` (reason `Expired`) for what it removed.
     Sweep,
 }
 
@@ -438,9 +438,9 @@ fn committed(
             for l in ended {
                 if let Some(mac) = l.mac {
                     events.publish(&LeaseEnded {
-                        mac: mac.to_string(),
-                        ip: l.ip.to_string(),
-                        reason: "expired".into(),
+                        mac,
+                        ip: l.ip,
+                        reason: LeaseEndReason::Expired,
                     });
                 }
             }

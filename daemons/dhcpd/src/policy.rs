@@ -32,8 +32,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
-use dragonfly_bus::events::{LeaseEnded, LeaseGranted, PxeAnswered};
-use dragonfly_core::MacAddr;
+use dragonfly_bus::events::{LeaseEndReason, LeaseEnded, LeaseGranted, PxeAnswered};
+use dragonfly_core::{MacAddr, MachineId};
 use dragonfly_store::leases::LeaseWrite;
 use uuid::Uuid;
 
@@ -517,12 +517,12 @@ fn bind(c: &Client<'_>, leases: &mut Leases, ip: Ipv4Addr) -> Outcome {
         expires_at: timestamp(expires_ms),
     });
     out.lease_event = Some(LeaseEvent::Granted(LeaseGranted {
-        mac: c.mac.to_string(),
-        ip: ip.to_string(),
+        mac: c.mac,
+        ip,
         lease_seconds: u32::try_from(c.subnet.lease_time.as_secs()).unwrap_or(u32::MAX),
         reserved,
-        machine_id: c.known.machine_id,
-        relay: (!giaddr.is_unspecified()).then(|| giaddr.to_string()),
+        machine_id: c.known.machine_id.map(MachineId),
+        relay: (!giaddr.is_unspecified()).then_some(giaddr),
     }));
     out
 }
@@ -542,7 +542,7 @@ fn decline(c: &Client<'_>, leases: &mut Leases) -> Outcome {
     ended(
         c.mac,
         ip,
-        "declined",
+        LeaseEndReason::Declined,
         LeaseWrite::Decline {
             ip,
             until: timestamp(until),
@@ -559,7 +559,7 @@ fn release(c: &Client<'_>, leases: &mut Leases) -> Outcome {
             ended(
                 c.mac,
                 ciaddr,
-                "released",
+                LeaseEndReason::Released,
                 LeaseWrite::Free {
                     ip: ciaddr,
                     mac: c.mac,
@@ -591,14 +591,10 @@ fn inform(c: &Client<'_>, leases: &Leases, gate: &mut Gate<'_>) -> Outcome {
     }
 }
 
-fn ended(mac: MacAddr, ip: Ipv4Addr, reason: &str, write: LeaseWrite) -> Outcome {
+fn ended(mac: MacAddr, ip: Ipv4Addr, reason: LeaseEndReason, write: LeaseWrite) -> Outcome {
     Outcome {
         write: Some(write),
-        lease_event: Some(LeaseEvent::Ended(LeaseEnded {
-            mac: mac.to_string(),
-            ip: ip.to_string(),
-            reason: reason.to_owned(),
-        })),
+        lease_event: Some(LeaseEvent::Ended(LeaseEnded { mac, ip, reason })),
         ..Outcome::default()
     }
 }
@@ -784,12 +780,12 @@ fn add_boot(
         },
     }
     Some(PxeAnswered {
-        mac: req.mac.to_string(),
+        mac: req.mac,
         arch: arch_name(req.arch).to_owned(),
         client: client.as_str().to_owned(),
         boot,
         mode: cfg.mode.as_str().to_owned(),
-        machine_id: known.machine_id,
+        machine_id: known.machine_id.map(MachineId),
     })
 }
 

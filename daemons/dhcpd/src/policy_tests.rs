@@ -206,8 +206,8 @@ fn dora_binds_and_emits_a_granted_event() {
         panic!("no event")
     };
     assert_eq!(
-        (g.ip.as_str(), g.lease_seconds, g.reserved, g.relay),
-        ("10.99.0.100", 600, false, None)
+        (g.ip, g.lease_seconds, g.reserved, g.relay),
+        (Ipv4Addr::new(10, 99, 0, 100), 600, false, None)
     );
     assert!(lab.leases.binding(MacAddr::new(mac(1))).unwrap().bound);
 }
@@ -358,7 +358,9 @@ fn release_and_decline() {
             mac: MacAddr::new(mac(1))
         })
     );
-    assert!(matches!(out.lease_event, Some(LeaseEvent::Ended(ref e)) if e.reason == "released"));
+    assert!(
+        matches!(out.lease_event, Some(LeaseEvent::Ended(ref e)) if e.reason == LeaseEndReason::Released)
+    );
     assert!(lab.leases.binding(MacAddr::new(mac(1))).is_none());
     assert!(
         lab.ask(&rel).write.is_none(),
@@ -371,7 +373,9 @@ fn release_and_decline() {
     dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
     let out = lab.ask(&dec);
     assert!(matches!(out.write, Some(LeaseWrite::Decline { ip: d, .. }) if d == ip));
-    assert!(matches!(out.lease_event, Some(LeaseEvent::Ended(ref e)) if e.reason == "declined"));
+    assert!(
+        matches!(out.lease_event, Some(LeaseEvent::Ended(ref e)) if e.reason == LeaseEndReason::Declined)
+    );
     // The declined address is skipped by the next client until decline_hold passes.
     assert_ne!(lab.dora(mac(2)), ip);
     let mut bogus = msg(MessageType::Decline, mac(7));
@@ -605,7 +609,7 @@ fn proxy_answers_known_pxe_clients_only_and_never_leases() {
     assert!(opt(&r.msg, OptionCode::AddressLeaseTime).is_none());
     assert!(opt(&r.msg, OptionCode::SubnetMask).is_none());
     assert_eq!(r.msg.fname_str().unwrap().unwrap(), "undionly.kpxe");
-    assert_eq!(out.pxe.unwrap().machine_id, Some(Uuid::nil()));
+    assert_eq!(out.pxe.unwrap().machine_id, Some(MachineId(Uuid::nil())));
     // Boot server on 4011: REQUEST → ACK, unicast back to the sender.
     let mut r4011 = pxe(MessageType::Request, mac(1), "PXEClient:Arch:00007", 7);
     r4011.set_ciaddr(Ipv4Addr::new(10, 99, 0, 150));

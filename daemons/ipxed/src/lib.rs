@@ -27,7 +27,7 @@ use dragonfly_bus::Publisher;
 use dragonfly_bus::events::BootDecided;
 use dragonfly_core::boot::{self, BootView};
 use dragonfly_core::boot_token::{self, BootClaims};
-use dragonfly_core::{BootFate, MacAddr};
+use dragonfly_core::{BootFate, MacAddr, MachineId};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::sockets::{SocketError, Sockets};
 use dragonfly_runtime::{Context, CredentialSpec, CredentialsError, Daemon, Health, Secret};
@@ -286,11 +286,9 @@ async fn boot_script(
         "boot decided"
     );
     state.events.publish(&BootDecided {
-        mac: mac.to_string(),
-        fate: script::fate_str(&fate).to_owned(),
-        reason: reason.map(str::to_owned),
-        machine_id: view.id,
-        workflow_id,
+        mac,
+        machine_id: view.id.map(MachineId),
+        fate,
     });
     script_response(StatusCode::OK, body)
 }

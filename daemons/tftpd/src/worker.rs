@@ -750,7 +750,7 @@ impl Worker {
         };
         let event = TftpTransferred {
             file: filename,
-            client: client.to_string(),
+            client,
             bytes: if error.is_none() { size } else { bytes },
             duration_ms,
             complete: error.is_none(),

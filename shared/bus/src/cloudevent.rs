@@ -171,9 +171,11 @@ mod tests {
 
     fn registered() -> MachineRegistered {
         MachineRegistered {
-            machine_id: Uuid::now_v7(),
+            machine_id: dragonfly_core::MachineId(Uuid::now_v7()),
             name: "rack1-node07".to_owned(),
-            macs: vec!["52:54:00:12:34:56".to_owned()],
+            macs: vec![dragonfly_core::MacAddr::new([
+                0x52, 0x54, 0, 0x12, 0x34, 0x56,
+            ])],
             created: true,
         }
     }

@@ -6,7 +6,7 @@
 //! as the only copy of a fact — it reconciles from the store at start and after every
 //! (re)connect, which [`Bus::connection_events`] announces.
 //!
-//! - Subjects are `dragonfly.<kind>.<event>`; every event type lives in [`events`].
+//! - Subjects are `dragonfly.<kind>.<event>`; every event type is declared in [`events`].
 //! - An [`Event`] is published as a [`CloudEvent`] (JSON format) on `E::SUBJECT`; a
 //!   [`Subscription`] yields decoded events, and an error item (never the end of the stream)
 //!   for a message that does not decode.
@@ -42,7 +42,10 @@ pub use follow::{Change, Follower, ReconcileReason};
 pub use publisher::{DEFAULT_CAPACITY, Publisher, PublisherStats, PublisherTask};
 
 /// A payload published on the bus as the `data` of a [`CloudEvent`].
-pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+///
+/// Sealed: only the events declared in [`events`] implement it, so every event is in
+/// [`events::ALL_SUBJECTS`] and in the docs tests.
+pub trait Event: sealed::Sealed + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The NATS subject, `dragonfly.<kind>.<event>`.
     const SUBJECT: &'static str;
     /// The CloudEvents `type`: `computer.` followed by the subject.
@@ -51,6 +54,11 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn subject(&self) -> Option<String> {
         None
     }
+}
+
+mod sealed {
+    /// Implemented by the `events!` macro only.
+    pub trait Sealed {}
 }
 
 /// A request answered by one instance of a service ([`Bus::serve`]); sent with

@@ -341,7 +341,7 @@ mod tests {
         let p = Publisher::disabled();
         p.publish(&crate::events::TftpTransferred {
             file: "x".into(),
-            client: "127.0.0.1:1".into(),
+            client: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
             bytes: 1,
             duration_ms: 1,
             complete: true,

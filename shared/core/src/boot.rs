@@ -20,6 +20,7 @@ pub struct BootView {
 
 /// What the machine should boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(tag = "fate", rename_all = "camelCase")]
 pub enum BootFate {
     /// Boot the agent in discovery mode: report hardware, then wait. Writes nothing to disk.
@@ -35,6 +36,7 @@ pub enum BootFate {
 
 /// Why a machine is sent to discovery, for logs and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum DiscoveryReason {
     /// No machine has this MAC.

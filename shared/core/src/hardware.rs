@@ -6,7 +6,6 @@
 //! [`ReportError`] to a 4xx.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::MacAddr;
@@ -20,7 +19,8 @@ pub const MAX_TEXT: usize = 256;
 ///
 /// Fields beyond `macs` are optional, so older agents and hand-written reports stay valid;
 /// new fields are only ever added as optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HardwareReport {
     /// Every MAC address of the machine's NICs; at least one. The set identifies the machine.
@@ -57,7 +57,8 @@ pub struct HardwareReport {
 }
 
 /// SMBIOS system identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SystemInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,7 +70,8 @@ pub struct SystemInfo {
 }
 
 /// Firmware boot mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
     Bios,
@@ -77,7 +79,8 @@ pub enum Firmware {
 }
 
 /// Processor summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Cpu {
     pub model: String,
@@ -86,7 +89,8 @@ pub struct Cpu {
 }
 
 /// One block device.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Disk {
     /// Kernel name, e.g. `sda`, `nvme0n1`.
@@ -105,7 +109,8 @@ pub struct Disk {
 }
 
 /// One network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Nic {
     /// Kernel name, e.g. `eno1`.
@@ -121,7 +126,8 @@ pub struct Nic {
 }
 
 /// How the machine's baseboard management controller is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BmcKind {
     Ipmi,
@@ -129,7 +135,8 @@ pub enum BmcKind {
 }
 
 /// The machine's BMC, if it has one. Credentials are never part of a report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Bmc {
     /// IP address or host name of the BMC.

@@ -5,8 +5,13 @@
 //! one place and can be tested exhaustively without a database, a socket or a clock.
 //!
 //! It must never do I/O: no files, no network, no reading the system time. Callers pass the
-//! current time in where a value needs one.
+//! current time in where a value needs one. It also holds the wire contracts both sides of a
+//! conversation must agree on ([`agent_api`]), so each is defined once.
+//!
+//! The netboot agent links this crate into a small static binary: OpenAPI schemas (utoipa)
+//! are derived only with the `utoipa` feature, which apid enables.
 
+pub mod agent_api;
 pub mod boot;
 pub mod boot_token;
 pub mod hardware;

@@ -117,6 +117,7 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+#[cfg(feature = "utoipa")]
 impl utoipa::PartialSchema for MacAddr {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
@@ -130,6 +131,7 @@ impl utoipa::PartialSchema for MacAddr {
     }
 }
 
+#[cfg(feature = "utoipa")]
 impl utoipa::ToSchema for MacAddr {}
 
 #[cfg(test)]

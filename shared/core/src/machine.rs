@@ -5,17 +5,15 @@ use std::fmt;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{HardwareReport, MacAddr, MachineState};
 
 /// A machine's stable identity: assigned once, never reused.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(transparent)]
-#[schema(value_type = String, format = Uuid)]
+#[cfg_attr(feature = "utoipa", schema(value_type = String, format = Uuid))]
 pub struct MachineId(pub Uuid);
 
 impl fmt::Display for MachineId {
@@ -25,7 +23,8 @@ impl fmt::Display for MachineId {
 }
 
 /// A machine record, as stored and as served by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
     pub id: MachineId,
@@ -44,11 +43,11 @@ pub struct Machine {
     pub os_template: Option<String>,
     /// The workflow currently provisioning the machine, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = Uuid)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, format = Uuid))]
     pub workflow_id: Option<Uuid>,
-    #[schema(value_type = String, format = DateTime)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
-    #[schema(value_type = String, format = DateTime)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
     /// Optimistic-concurrency token: bumped on every write; an update naming a stale
     /// version is refused instead of silently overwriting someone else's change.

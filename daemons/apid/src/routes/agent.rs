@@ -2,15 +2,17 @@
 //!
 //! The agent cannot read the inventory (that is operators' data); it may only ask what the
 //! server wants from the one machine its token names. Polling this is how an operator's OS
-//! assignment reaches a machine waiting in discovery within seconds.
+//! assignment reaches a machine waiting in discovery within seconds. The bodies are
+//! [`dragonfly_core::agent_api`]'s, which the agent parses: never a copy of them here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use dragonfly_core::boot::{self, BootFate, BootView};
-use dragonfly_core::{MacAddr, MachineState, boot_token};
+use dragonfly_core::agent_api::{self, AgentLog, Instructions};
+use dragonfly_core::boot::{self, BootView};
+use dragonfly_core::{MacAddr, boot_token};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -44,29 +46,9 @@ impl axum::extract::FromRequestParts<AppState> for Agent {
     }
 }
 
-/// What the server wants from the machine now.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Instructions {
-    #[schema(value_type = String, format = Uuid)]
-    pub machine_id: uuid::Uuid,
-    pub name: String,
-    pub state: MachineState,
-    /// `discovery` (stay and wait), `imaging` (boot into the workflow), or `localDisk`.
-    pub fate: &'static str,
-    /// Why discovery, when it is: `awaitingAssignment`, `awaitingWorkflow`, `heldAfterError`…
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = Uuid)]
-    pub workflow_id: Option<uuid::Uuid>,
-    /// Ask again after this many seconds.
-    pub poll_after_seconds: u32,
-}
-
 /// Tells the agent what to do next. 404 means the machine is unknown (never registered, or
 /// deleted by an operator): register again.
-#[utoipa::path(get, path = "/api/agent/instructions", tag = "machines",
+#[utoipa::path(get, path = agent_api::INSTRUCTIONS_PATH, tag = "machines",
     security(("bootToken" = [])),
     responses((status = 200, body = Instructions), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
@@ -84,32 +66,15 @@ pub async fn instructions(
         state: info.state,
         workflow_id: info.workflow_id,
     }));
-    let (fate_name, reason, workflow_id) = match fate {
-        BootFate::Discovery { reason } => (
-            "discovery",
-            serde_json::to_value(reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned)),
-            None,
-        ),
-        BootFate::Imaging { workflow_id } => ("imaging", None, Some(workflow_id)),
-        BootFate::LocalDisk => ("localDisk", None, None),
-    };
     Ok(ApiJson(Instructions {
-        machine_id: info.id.0,
+        machine_id: info.id,
         name: info.name,
         state: info.state,
-        fate: fate_name,
-        reason,
-        workflow_id,
+        fate,
         poll_after_seconds: POLL_AFTER_SECONDS,
     }))
 }
 
-/// Most lines one request may carry.
-pub const MAX_LINES_PER_REQUEST: usize = 100;
-/// Longest line kept (longer ones are cut).
-pub const MAX_LINE_CHARS: usize = 1000;
 /// Lines kept per machine (the newest).
 pub const LINES_KEPT: usize = 500;
 /// Machines whose lines are kept; beyond it the quietest machine's lines are dropped.
@@ -168,17 +133,9 @@ impl AgentLogs {
     }
 }
 
-/// Body of `POST /api/agent/log`.
-#[derive(Debug, serde::Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AgentLog {
-    /// Console lines, oldest first; at most 100, each cut to 1000 characters.
-    pub lines: Vec<String>,
-}
-
 /// Receives the agent's console lines: they go to apid's log with the machine's name and
 /// into a per-machine buffer operators read with `GET /api/machines/{id}/agent-log`.
-#[utoipa::path(post, path = "/api/agent/log", tag = "machines", request_body = AgentLog,
+#[utoipa::path(post, path = agent_api::LOG_PATH, tag = "machines", request_body = AgentLog,
     security(("bootToken" = [])),
     responses((status = 204, description = "Stored"), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -187,9 +144,10 @@ pub async fn log(
     Agent(mac): Agent,
     ApiJson(body): ApiJson<AgentLog>,
 ) -> Result<StatusCode, ApiError> {
-    if body.lines.len() > MAX_LINES_PER_REQUEST {
+    if body.lines.len() > AgentLog::MAX_LINES {
         return Err(ApiError::Unprocessable(format!(
-            "lines: at most {MAX_LINES_PER_REQUEST} per request"
+            "lines: at most {} per request",
+            AgentLog::MAX_LINES
         )));
     }
     let info = state
@@ -205,7 +163,7 @@ pub async fn log(
             // Control characters (escape sequences) never reach a terminal reading the log.
             l.chars()
                 .filter(|c| !c.is_control() || *c == '\t')
-                .take(MAX_LINE_CHARS)
+                .take(AgentLog::MAX_LINE_CHARS)
                 .collect()
         })
         .collect();

@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
+use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
 use dragonfly_store::machines::{Filter, Patch, Registered};
@@ -22,7 +23,7 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 /// that machine instead of creating another. The agent authenticates with the per-boot token
 /// from its kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the
 /// report's MACs; an operator's credentials are accepted too.
-#[utoipa::path(post, path = "/api/machines/register", tag = "machines",
+#[utoipa::path(post, path = agent_api::REGISTER_PATH, tag = "machines",
     request_body = HardwareReport,
     security(("bootToken" = []), ("bearer" = []), ("session" = [])),
     responses(
@@ -52,9 +53,9 @@ pub async fn register(
     let m = outcome.machine().clone();
     tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");
     state.events.publish(&MachineRegistered {
-        machine_id: m.id.0,
+        machine_id: m.id,
         name: m.name.clone(),
-        macs: m.macs().iter().map(ToString::to_string).collect(),
+        macs: m.macs().to_vec(),
         created,
     });
     let status = if created {
@@ -250,7 +251,7 @@ pub async fn patch(
     let updated = state.db.machines().patch(m.id, version, p, now).await?;
     tracing::info!(machine = %updated.name, by = %who.user.username, ?changed, "machine updated");
     state.events.publish(&MachineUpdated {
-        machine_id: updated.id.0,
+        machine_id: updated.id,
         name: updated.name.clone(),
         resource_version: updated.resource_version,
         changed,
@@ -282,7 +283,7 @@ pub async fn delete(
     let gone = state.db.machines().delete(m.id, q.resource_version).await?;
     tracing::info!(machine = %gone.name, by = %who.user.username, "machine deleted");
     state.events.publish(&MachineDeleted {
-        machine_id: gone.id.0,
+        machine_id: gone.id,
         name: gone.name,
     });
     Ok(StatusCode::NO_CONTENT)

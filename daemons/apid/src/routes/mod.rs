@@ -11,6 +11,7 @@ pub mod ui;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use dragonfly_core::agent_api;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
@@ -35,9 +36,9 @@ pub fn router(state: AppState) -> Router {
             "/api/tokens/{id}",
             axum::routing::delete(session::delete_token),
         )
-        .route("/api/machines/register", post(machines::register))
-        .route("/api/agent/instructions", get(agent::instructions))
-        .route("/api/agent/log", post(agent::log))
+        .route(agent_api::REGISTER_PATH, post(machines::register))
+        .route(agent_api::INSTRUCTIONS_PATH, get(agent::instructions))
+        .route(agent_api::LOG_PATH, post(agent::log))
         .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
         .route(

@@ -86,11 +86,11 @@ async fn raw_flush(raw: &async_nats::Client) {
 
 fn registered(name: &str) -> MachineRegistered {
     MachineRegistered {
-        machine_id: Uuid::now_v7(),
+        machine_id: dragonfly_core::MachineId(Uuid::now_v7()),
         name: name.to_owned(),
         macs: vec![
-            "52:54:00:00:00:01".to_owned(),
-            "52:54:00:00:00:02".to_owned(),
+            dragonfly_core::MacAddr::new([0x52, 0x54, 0, 0, 0, 1]),
+            dragonfly_core::MacAddr::new([0x52, 0x54, 0, 0, 0, 2]),
         ],
         created: true,
     }

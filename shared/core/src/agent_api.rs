@@ -1,0 +1,150 @@
+//! The HTTP contract between the agent (mage) and apid, defined once for both sides.
+//!
+//! The agent runs from a netboot initramfs, possibly built at another time than the apid it
+//! talks to; when each side kept its own copy of these bodies, the agent matched the boot fate
+//! as a string and nothing noticed when the two drifted. Every path the agent calls and every
+//! body either side sends is declared here; apid serves these types and the agent parses them.
+//!
+//! - `POST` [`REGISTER_PATH`]: the agent sends its [`HardwareReport`](crate::HardwareReport)
+//!   and gets the [`Machine`](crate::Machine) back (201 new, 200 known).
+//! - `GET` [`INSTRUCTIONS_PATH`]: [`Instructions`], polled while the agent waits; 404 when the
+//!   server does not know the machine (register again).
+//! - `POST` [`LOG_PATH`]: the agent's console lines, [`AgentLog`]; 204 when kept.
+//! - Any refusal: [`ErrorBody`], whose message the agent shows on the console.
+//!
+//! All three authenticate with the per-boot token (`Authorization: Bearer dfb1.…`).
+//!
+//! This module must stay plain serde types: the agent links it into a small static binary,
+//! so nothing here may pull in an HTTP stack, a runtime or (without the `utoipa` feature, which
+//! only apid enables) the OpenAPI machinery.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BootFate, MachineId, MachineState};
+
+/// Registration: the body is a `HardwareReport`, the answer a `Machine`.
+pub const REGISTER_PATH: &str = "/api/machines/register";
+/// What the server wants from the machine now: answers [`Instructions`].
+pub const INSTRUCTIONS_PATH: &str = "/api/agent/instructions";
+/// The agent's console lines: the body is an [`AgentLog`].
+pub const LOG_PATH: &str = "/api/agent/log";
+
+/// What the server wants from the machine now (the answer to `GET /api/agent/instructions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Instructions {
+    pub machine_id: MachineId,
+    pub name: String,
+    pub state: MachineState,
+    /// Flattened: `fate` is `discovery` (stay and wait, with a `reason`), `imaging` (boot into
+    /// the workflow `workflowId`) or `localDisk`.
+    #[serde(flatten)]
+    pub fate: BootFate,
+    /// Ask again after this many seconds.
+    pub poll_after_seconds: u32,
+}
+
+/// The agent's console lines (the body of `POST /api/agent/log`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AgentLog {
+    /// Console lines, oldest first; at most 100 per request, each cut to 1000 characters by
+    /// the server.
+    pub lines: Vec<String>,
+}
+
+impl AgentLog {
+    /// Most lines one request may carry; the server refuses more (422). (In the OpenAPI
+    /// description of `lines` too.)
+    pub const MAX_LINES: usize = 100;
+    /// Longest line the server keeps; longer ones are cut.
+    pub const MAX_LINE_CHARS: usize = 1000;
+}
+
+/// The body of every error answer apid gives, to agents and operators alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// Stable, machine-readable code, e.g. `not_found`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::DiscoveryReason;
+
+    fn pin<T>(value: &T, json: &str)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        assert_eq!(serde_json::to_string(value).unwrap(), json);
+        assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value);
+    }
+
+    #[test]
+    fn instructions_keep_their_wire_shape() {
+        let machine_id = MachineId(Uuid::from_u128(0x0196d6a2_0000_7000_8000_000000000001));
+        let with = |fate| Instructions {
+            machine_id,
+            name: "HungryDynamicHybridSwear".into(),
+            state: MachineState::Registered,
+            fate,
+            poll_after_seconds: 10,
+        };
+        pin(
+            &with(BootFate::Discovery {
+                reason: DiscoveryReason::AwaitingAssignment,
+            }),
+            r#"{"machineId":"0196d6a2-0000-7000-8000-000000000001","name":"HungryDynamicHybridSwear","state":"Registered","fate":"discovery","reason":"awaitingAssignment","pollAfterSeconds":10}"#,
+        );
+        pin(
+            &with(BootFate::Imaging {
+                workflow_id: Uuid::from_u128(0x0196d6a2_0000_7000_8000_0000000000aa),
+            }),
+            r#"{"machineId":"0196d6a2-0000-7000-8000-000000000001","name":"HungryDynamicHybridSwear","state":"Registered","fate":"imaging","workflowId":"0196d6a2-0000-7000-8000-0000000000aa","pollAfterSeconds":10}"#,
+        );
+        pin(
+            &with(BootFate::LocalDisk),
+            r#"{"machineId":"0196d6a2-0000-7000-8000-000000000001","name":"HungryDynamicHybridSwear","state":"Registered","fate":"localDisk","pollAfterSeconds":10}"#,
+        );
+    }
+
+    #[test]
+    fn instructions_refuse_a_fate_without_its_detail() {
+        for json in [
+            r#"{"machineId":"0196d6a2-0000-7000-8000-000000000001","name":"N","state":"Registered","fate":"imaging","pollAfterSeconds":10}"#,
+            r#"{"machineId":"0196d6a2-0000-7000-8000-000000000001","name":"N","state":"Registered","fate":"discovery","pollAfterSeconds":10}"#,
+            r#"{"machineId":"0196d6a2-0000-7000-8000-000000000001","name":"N","state":"Registered","fate":"reboot","pollAfterSeconds":10}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Instructions>(json).is_err(),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_and_error_bodies_keep_their_wire_shape() {
+        pin(
+            &AgentLog {
+                lines: vec!["starting".into(), "registered".into()],
+            },
+            r#"{"lines":["starting","registered"]}"#,
+        );
+        assert!(serde_json::from_str::<AgentLog>(r#"{"lines":[],"extra":1}"#).is_err());
+        pin(
+            &ErrorBody {
+                error: "not_found".into(),
+                message: "machine not found".into(),
+            },
+            r#"{"error":"not_found","message":"machine not found"}"#,
+        );
+    }
+}
