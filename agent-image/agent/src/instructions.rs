@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use dragonfly_core::Chain;
 use serde::Deserialize;
 
 use crate::http::{self, Url};
@@ -40,11 +41,14 @@ pub fn ask(base: &Url, token: &str, timeout: Duration) -> Poll {
     match http::get(base, "/api/agent/instructions", token, timeout) {
         Ok(r) if r.status == 200 => match serde_json::from_slice(&r.body) {
             Ok(i) => Poll::Answer(i),
-            Err(e) => Poll::Failed(format!("the server's answer is not understood: {e}")),
+            Err(e) => Poll::Failed(format!(
+                "the server's answer is not understood: {}",
+                Chain(&e)
+            )),
         },
         Ok(r) if r.status == 404 => Poll::Unknown,
         Ok(r) => Poll::Failed(format!("the server answered HTTP {}", r.status)),
-        Err(e) => Poll::Failed(e.to_string()),
+        Err(e) => Poll::Failed(Chain(&e).to_string()),
     }
 }
 

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use dragonfly_core::Chain;
+
 pub use cmdline::{BootParams, Mode};
 
 /// Where the agent's words go: the console, for the operator at the crash cart.
@@ -173,12 +175,15 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
     let report = inventory.report(params.mac);
     if let Err(e) = report.validate() {
         // Cannot happen for a report built by `Inventory::report`; shown rather than hidden.
-        console.say(&format!("PROBLEM: the hardware report is not valid: {e}"));
+        console.say(&format!(
+            "PROBLEM: the hardware report is not valid: {}",
+            Chain(&e)
+        ));
     }
     let base = match http::Url::parse(&params.url) {
         Ok(u) => u,
         Err(e) => {
-            console.say(&format!("PROBLEM: {e}"));
+            console.say(&format!("PROBLEM: {}", Chain(&e)));
             return;
         }
     };

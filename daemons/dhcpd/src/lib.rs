@@ -426,7 +426,7 @@ fn committed(
                 && let (reply, bytes) = *boxed
                 && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)
             {
-                send_failed.hit(&format_args!("to {}: {e}", reply.dest));
+                send_failed.hit(&format_args!("to {}: {}", reply.dest, Chain(&e)));
             }
             match event {
                 Some(LeaseEvent::Granted(g)) => events.publish(&g),

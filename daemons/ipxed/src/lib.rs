@@ -175,7 +175,7 @@ fn error_response(state: &AppState, status: StatusCode, message: &'static str) -
     match state.renderer.render_error(message) {
         Ok(body) => script_response(status, body),
         Err(e) => {
-            tracing::error!(error = %e, "cannot render the error script");
+            tracing::error!(error = %Chain(&e), "cannot render the error script");
             status.into_response()
         }
     }
@@ -248,7 +248,7 @@ async fn boot_script(
         BootFate::Discovery { .. } | BootFate::Imaging { .. } => match mint(&state, mac) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(%mac, error = %e, "cannot mint a boot token");
+                tracing::error!(%mac, error = %Chain(&e), "cannot mint a boot token");
                 return error_response(
                     &state,
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -263,7 +263,7 @@ async fn boot_script(
     {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(%mac, error = %e, "cannot render the boot script");
+            tracing::error!(%mac, error = %Chain(&e), "cannot render the boot script");
             return error_response(
                 &state,
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,9 +6,13 @@
 //!
 //! It must never do I/O: no files, no network, no reading the system time. Callers pass the
 //! current time in where a value needs one.
+//!
+//! Being the lowest crate, it also holds the one way to print an error with its causes
+//! ([`Chain`]), so every crate above logs errors alike.
 
 pub mod boot;
 pub mod boot_token;
+pub mod chain;
 pub mod hardware;
 pub mod labels;
 pub mod lifecycle;
@@ -20,6 +24,7 @@ pub mod template;
 pub mod workflow;
 
 pub use boot::{BootFate, DiscoveryReason};
+pub use chain::Chain;
 pub use hardware::{
     Bmc, BmcKind, Cpu, Disk, Firmware, HardwareReport, Nic, ReportError, SystemInfo,
 };

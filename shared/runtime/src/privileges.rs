@@ -21,6 +21,7 @@
 use std::fmt;
 
 use caps::{CapSet, Capability, CapsHashSet};
+use dragonfly_core::Chain;
 
 /// Why privileges could not be locked down. Every variant means "do not start".
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +244,7 @@ fn thread_count() -> Option<usize> {
     match std::fs::read_dir("/proc/self/task") {
         Ok(entries) => Some(entries.count()),
         Err(error) => {
-            tracing::debug!(%error, "cannot count threads; assuming lock_down runs single-threaded");
+            tracing::debug!(error = %Chain(&error), "cannot count threads; assuming lock_down runs single-threaded");
             None
         }
     }

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use dragonfly_core::boot::{self, BootFate, BootView};
 use dragonfly_core::{MacAddr, MachineState, boot_token};
+use dragonfly_runtime::cli::Chain;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -38,7 +39,7 @@ impl axum::extract::FromRequestParts<AppState> for Agent {
         boot_token::verify(state.boot_token_key.expose(), token, jiff::Timestamp::now())
             .map(|claims| Agent(claims.mac))
             .map_err(|e| {
-                tracing::info!(error = %e, "agent request refused");
+                tracing::info!(error = %Chain(&e), "agent request refused");
                 ApiError::Unauthorized
             })
     }
