@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use dragonfly_core::{HardwareReport, MacAddr};
+use dragonfly_core::{Chain, HardwareReport, MacAddr};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -341,7 +341,7 @@ impl Lab {
         shape(&mut network);
         network
             .create()
-            .unwrap_or_else(|e| panic!("creating lab network {name}: {e}"));
+            .unwrap_or_else(|e| panic!("creating lab network {name}: {}", Chain(&e)));
         Lab {
             name,
             dir: Some(dir),
@@ -356,7 +356,7 @@ impl Lab {
     /// multi-homed host.
     pub fn add_default_route(&self) {
         ip(&["-n", &self.name, "route", "add", "default", "dev", "br0"])
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{}", Chain(&e)));
     }
 
     /// The namespace's name (unique per test: pid and a counter).
@@ -373,7 +373,7 @@ impl Lab {
             name: name.to_owned(),
             owner: None,
         };
-        add_tap(&self.name, &tap).unwrap_or_else(|e| panic!("adding {name}: {e}"));
+        add_tap(&self.name, &tap).unwrap_or_else(|e| panic!("adding {name}: {}", Chain(&e)));
     }
 
     /// Runs `f` on a thread that has entered the namespace, so that every socket it opens
@@ -666,13 +666,7 @@ impl Lab {
             let _ = child.kill();
         }
         if let Err(e) = destroy_network(&self.name) {
-            let mut chain = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                let _ = write!(chain, ": {cause}");
-                source = cause.source();
-            }
-            eprintln!("removing lab network {}: {chain}", self.name);
+            eprintln!("removing lab network {}: {}", self.name, Chain(&e));
         }
         for (_, child) in &mut self.children {
             let _ = child.wait();

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use dragonfly_core::Chain;
 use dragonfly_core::agent_api::{INSTRUCTIONS_PATH, Instructions};
 use dragonfly_core::{BootFate, DiscoveryReason};
 
@@ -27,11 +28,14 @@ pub fn ask(base: &Url, token: &str, timeout: Duration) -> Poll {
     match http::get(base, INSTRUCTIONS_PATH, token, timeout) {
         Ok(r) if r.status == 200 => match serde_json::from_slice(&r.body) {
             Ok(i) => Poll::Answer(i),
-            Err(e) => Poll::Failed(format!("the server's answer is not understood: {e}")),
+            Err(e) => Poll::Failed(format!(
+                "the server's answer is not understood: {}",
+                Chain(&e)
+            )),
         },
         Ok(r) if r.status == 404 => Poll::Unknown,
         Ok(r) => Poll::Failed(format!("the server answered HTTP {}", r.status)),
-        Err(e) => Poll::Failed(e.to_string()),
+        Err(e) => Poll::Failed(Chain(&e).to_string()),
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use dragonfly_core::agent_api::{AgentLog, Instructions, LOG_PATH};
-use dragonfly_core::{BootFate, DiscoveryReason};
+use dragonfly_core::{BootFate, Chain, DiscoveryReason};
 
 pub use cmdline::{BootParams, Mode};
 
@@ -178,12 +178,15 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
     let report = inventory.report(params.mac);
     if let Err(e) = report.validate() {
         // Cannot happen for a report built by `Inventory::report`; shown rather than hidden.
-        console.say(&format!("PROBLEM: the hardware report is not valid: {e}"));
+        console.say(&format!(
+            "PROBLEM: the hardware report is not valid: {}",
+            Chain(&e)
+        ));
     }
     let base = match http::Url::parse(&params.url) {
         Ok(u) => u,
         Err(e) => {
-            console.say(&format!("PROBLEM: {e}"));
+            console.say(&format!("PROBLEM: {}", Chain(&e)));
             return;
         }
     };

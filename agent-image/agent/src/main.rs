@@ -5,13 +5,17 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use dragonfly_agent::{AgentConfig, Console, Stdout, cmdline, run};
+use dragonfly_core::Chain;
 
 fn main() -> ExitCode {
     let console = Stdout;
     let text = match std::fs::read_to_string("/proc/cmdline") {
         Ok(t) => t,
         Err(e) => {
-            console.say(&format!("PROBLEM: cannot read /proc/cmdline: {e}"));
+            console.say(&format!(
+                "PROBLEM: cannot read /proc/cmdline: {}",
+                Chain(&e)
+            ));
             return ExitCode::from(2);
         }
     };
@@ -19,7 +23,8 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             console.say(&format!(
-                "PROBLEM: {e}. This machine was not booted by Dragonfly."
+                "PROBLEM: {}. This machine was not booted by Dragonfly.",
+                Chain(&e)
             ));
             return ExitCode::from(2);
         }

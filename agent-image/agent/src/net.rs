@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use dragonfly_core::MacAddr;
+use dragonfly_core::{Chain, MacAddr};
 
 use crate::Console;
 use crate::register::sleep_unless_stopped;
@@ -40,7 +40,7 @@ fn run(console: &dyn Console, program: &str, args: &[&str]) -> bool {
             false
         }
         Err(e) => {
-            console.say(&format!("cannot run {program}: {e}"));
+            console.say(&format!("cannot run {program}: {}", Chain(&e)));
             false
         }
     }

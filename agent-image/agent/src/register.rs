@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dragonfly_core::agent_api::{ErrorBody, REGISTER_PATH};
-use dragonfly_core::{HardwareReport, Machine};
+use dragonfly_core::{Chain, HardwareReport, Machine};
 
 use crate::Console;
 use crate::http::{self, Url};
@@ -58,11 +58,11 @@ pub enum Attempt {
 pub fn attempt(base: &Url, token: &str, report: &HardwareReport, timeout: Duration) -> Attempt {
     let body = match serde_json::to_vec(report) {
         Ok(b) => b,
-        Err(e) => return Attempt::Transient(format!("cannot encode the report: {e}")),
+        Err(e) => return Attempt::Transient(format!("cannot encode the report: {}", Chain(&e))),
     };
     let resp = match http::post_json(base, REGISTER_PATH, token, &body, timeout) {
         Ok(r) => r,
-        Err(e) => return Attempt::Transient(error_chain(&e)),
+        Err(e) => return Attempt::Transient(Chain(&e).to_string()),
     };
     let message = || {
         serde_json::from_slice::<ErrorBody>(&resp.body)
@@ -80,7 +80,10 @@ pub fn attempt(base: &Url, token: &str, report: &HardwareReport, timeout: Durati
                 machine: Box::new(m),
                 created: resp.status == 201,
             },
-            Err(e) => Attempt::Transient(format!("the server's answer is not a machine: {e}")),
+            Err(e) => Attempt::Transient(format!(
+                "the server's answer is not a machine: {}",
+                Chain(&e)
+            )),
         },
         401 => Attempt::Refused {
             status: 401,
@@ -99,17 +102,6 @@ pub fn attempt(base: &Url, token: &str, report: &HardwareReport, timeout: Durati
         },
         s => Attempt::Transient(format!("the server answered {s}: {}", message())),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The delay before retry number `n` (0-based) after a transient failure: exponential from

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use dragonfly_runtime::cli::Chain;
 use dragonfly_store::StoreError;
 use serde::Serialize;
 
@@ -63,7 +64,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         match &self {
-            Self::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
+            Self::Internal(e) => tracing::error!(error = %Chain(e.as_ref()), "request failed"),
             Self::Unauthorized | Self::NotFound(_) => tracing::debug!(%status, "{self}"),
             _ => tracing::info!(%status, "request refused: {self}"),
         }

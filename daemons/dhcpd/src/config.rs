@@ -6,7 +6,7 @@
 //! with these at start, once the API has an endpoint for it.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -480,15 +480,6 @@ impl DhcpdConfig {
 
     pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
         self.reservations.by_ip.contains_key(&ip)
-    }
-
-    /// Address to bind for `name` when systemd passed no such socket.
-    pub fn fallback(&self, name: &str) -> Option<SocketAddr> {
-        match name {
-            "dhcp" => Some(self.listen.addr),
-            "pxe" => self.pxe_listen.map(|l| l.addr),
-            _ => None,
-        }
     }
 }
 

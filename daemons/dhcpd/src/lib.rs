@@ -84,14 +84,20 @@ pub struct Sockets {
 /// Why dhcpd stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpdError {
-    #[error("opening the store")]
-    Store(#[from] StoreError),
+    /// The bound and declined leases could not be read at start (the frame opened the store).
+    #[error("loading the lease table")]
+    LoadLeases(#[source] StoreError),
+    /// The lease writer's connection or thread could not be started.
+    #[error("starting the lease writer")]
+    StartWriter(#[source] StoreError),
+    /// A passed or bound socket could not be configured.
     #[error("setting up socket {name:?}")]
     Socket {
         name: &'static str,
         #[source]
         source: std::io::Error,
     },
+    /// The lease writer thread ended while dhcpd still served.
     #[error("the lease writer stopped")]
     Writer,
 }
@@ -155,7 +161,7 @@ pub async fn run(
     let dhcp = Arc::new(socket("dhcp", sockets.dhcp)?);
     let pxe = sockets.pxe.map(|s| socket("pxe", s)).transpose()?;
 
-    let rows = db.leases().all().await?;
+    let rows = db.leases().all().await.map_err(DhcpdError::LoadLeases)?;
     let mut table = leases::Leases::from_store(rows);
     tracing::info!(
         leases = table.len(),
@@ -175,7 +181,8 @@ pub async fn run(
             .group_writer(config, move |after, result| {
                 committed(after, result, &dhcp, &events, &mut send_failed);
             })
-            .await?
+            .await
+            .map_err(DhcpdError::StartWriter)?
     };
 
     let addr = dhcp.local_addr().ok();
@@ -426,7 +433,7 @@ fn committed(
                 && let (reply, bytes) = *boxed
                 && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)
             {
-                send_failed.hit(&format_args!("to {}: {e}", reply.dest));
+                send_failed.hit(&format_args!("to {}: {}", reply.dest, Chain(&e)));
             }
             match event {
                 Some(LeaseEvent::Granted(g)) => events.publish(&g),

@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use dragonfly_runtime::cli::Chain;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -127,7 +128,7 @@ pub(crate) async fn agent_file(
             (StatusCode::NOT_FOUND, "not found\n").into_response()
         }
         Err(e) => {
-            tracing::error!(file = %allowed, error = %e, "cannot serve agent file");
+            tracing::error!(file = %allowed, error = %Chain(&e), "cannot serve agent file");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }

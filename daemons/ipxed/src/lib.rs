@@ -175,7 +175,7 @@ fn error_response(state: &AppState, status: StatusCode, message: &'static str) -
     match state.renderer.render_error(message) {
         Ok(body) => script_response(status, body),
         Err(e) => {
-            tracing::error!(error = %e, "cannot render the error script");
+            tracing::error!(error = %Chain(&e), "cannot render the error script");
             status.into_response()
         }
     }
@@ -248,7 +248,7 @@ async fn boot_script(
         BootFate::Discovery { .. } | BootFate::Imaging { .. } => match mint(&state, mac) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(%mac, error = %e, "cannot mint a boot token");
+                tracing::error!(%mac, error = %Chain(&e), "cannot mint a boot token");
                 return error_response(
                     &state,
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -263,7 +263,7 @@ async fn boot_script(
     {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!(%mac, error = %e, "cannot render the boot script");
+            tracing::error!(%mac, error = %Chain(&e), "cannot render the boot script");
             return error_response(
                 &state,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -296,11 +296,7 @@ async fn boot_script(
 fn mint(state: &AppState, mac: MacAddr) -> Result<String, boot_token::TokenError> {
     let mut nonce = [0u8; 16];
     rand::fill(&mut nonce);
-    let ttl = jiff::SignedDuration::try_from(state.config.token_ttl)
-        .map_err(|_| boot_token::TokenError::Malformed)?;
-    let expires = jiff::Timestamp::now()
-        .checked_add(ttl)
-        .map_err(|_| boot_token::TokenError::Malformed)?;
+    let expires = expiry(jiff::Timestamp::now(), state.config.token_ttl)?;
     boot_token::mint(
         state.boot_token_key.expose(),
         &BootClaims {
@@ -309,6 +305,18 @@ fn mint(state: &AppState, mac: MacAddr) -> Result<String, boot_token::TokenError
             expires,
         },
     )
+}
+
+/// When a token minted at `now` stops working. A lifetime past the calendar's end is the
+/// server's problem (its configuration), not a malformed token.
+fn expiry(
+    now: jiff::Timestamp,
+    ttl: std::time::Duration,
+) -> Result<jiff::Timestamp, boot_token::TokenError> {
+    jiff::SignedDuration::try_from(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add(ttl).ok())
+        .ok_or(boot_token::TokenError::ExpiryOutOfRange)
 }
 
 /// Serves boot scripts and agent files on `listener` until `shutdown` is cancelled.
@@ -359,5 +367,24 @@ mod tests {
         assert!(client_from("52:54:00:aa:bb:01", q(Some("linux"), None)).is_err());
         assert!(client_from("52:54:00:aa:bb:01", q(None, Some("x 86\nboot"))).is_err());
         assert!(client_from("52:54:00:aa:bb:01", None).is_err());
+    }
+
+    #[test]
+    fn token_expiry_is_now_plus_ttl_or_out_of_range() {
+        let now: jiff::Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            expiry(now, std::time::Duration::from_secs(3600)),
+            Ok("2026-11-21T13:00:00Z".parse().unwrap())
+        );
+        for ttl in [
+            std::time::Duration::from_secs(400 * 365 * 86_400 * 100),
+            std::time::Duration::MAX,
+        ] {
+            assert_eq!(
+                expiry(now, ttl),
+                Err(boot_token::TokenError::ExpiryOutOfRange),
+                "{ttl:?}"
+            );
+        }
     }
 }

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(path = %path.display(), error = format!("{e:#}"), "migration failed");
+            tracing::error!(path = %path.display(), error = %cli::Chain(e.as_ref()), "migration failed");
             cli::exit_code_for(e.as_ref())
         }
     }

@@ -5,7 +5,10 @@
 //! path: it belongs to neither crate.
 //!
 //! It must never hold anything but the targets' bodies: what they do here is what is fuzzed.
-#![allow(dead_code, reason = "each fuzz target calls one of these; the replay test calls all")]
+#![allow(
+    dead_code,
+    reason = "each fuzz target calls one of these; the replay test calls all"
+)]
 
 use std::time::{Duration, Instant};
 

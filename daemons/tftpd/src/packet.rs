@@ -195,9 +195,6 @@ pub enum ParseError {
     /// An option name without a value.
     #[error("option without a value")]
     DanglingOption,
-    /// Bytes after the last field of a fixed-size packet.
-    #[error("trailing bytes")]
-    Trailing,
 }
 
 /// Parses one datagram. Never panics; work is linear in `bytes.len()`.
@@ -211,9 +208,8 @@ pub fn parse(bytes: &[u8]) -> Result<Packet<'_>, ParseError> {
             Ok(Packet::Data { block, data })
         }
         OP_ACK => {
-            let (block, rest) = split_u16(rest)?;
-            // Some clients pad ACKs; tolerate trailing bytes rather than stall a transfer.
-            let _ = rest;
+            // Some clients pad ACKs: trailing bytes are ignored rather than stall a transfer.
+            let (block, _padding) = split_u16(rest)?;
             Ok(Packet::Ack { block })
         }
         OP_ERROR => {
@@ -488,6 +484,15 @@ mod tests {
             parse(b"\x00\x01undionly.kpxe\x00../../etc/passwd\x00octet\x00"),
             Err(ParseError::UnknownMode)
         );
+    }
+
+    #[test]
+    fn padded_acks_are_accepted() {
+        assert_eq!(
+            parse(b"\x00\x04\x00\x07\x00\x00"),
+            Ok(Packet::Ack { block: 7 })
+        );
+        assert_eq!(parse(b"\x00\x04\x00"), Err(ParseError::TooShort));
     }
 
     #[test]

@@ -512,7 +512,7 @@ impl Worker {
             live.blocked = false;
             let mut event = EpollEvent::new(EpollFlags::EPOLLIN, key);
             if let Err(errno) = self.epoll.modify(&live.socket, &mut event) {
-                let why = format!("socket error: {errno}");
+                let why = format!("cannot watch the transfer socket: {errno}");
                 return self.finish(key, failed(why), now);
             }
         }
@@ -577,7 +577,7 @@ impl Worker {
                     let mut event =
                         EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, key);
                     if let Err(errno) = self.epoll.modify(&live.socket, &mut event) {
-                        let why = format!("socket error: {errno}");
+                        let why = format!("cannot watch the transfer socket: {errno}");
                         return self.finish(key, failed(why), now);
                     }
                 }

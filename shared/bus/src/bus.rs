@@ -4,7 +4,6 @@
 //! subject string or payload. Nothing here may block a caller indefinitely: publishes and
 //! requests are bounded by timeouts even while NATS is unreachable.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -14,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, Message, RequestErrorKind};
+use dragonfly_core::Chain;
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -405,7 +405,7 @@ fn decode_event<E: Event>(msg: &Message) -> Result<CloudEvent<E>, BusError> {
         .map_err(|source| {
             warn!(
                 subject = %msg.subject,
-                error = %log_chain(&source),
+                error = %Chain(&source),
                 "received a malformed event"
             );
             BusError::Decode {
@@ -431,12 +431,12 @@ where
     let request: R = match serde_json::from_slice(&msg.payload) {
         Ok(request) => request,
         Err(err) => {
-            warn!(subject = R::SUBJECT, error = %err, "rejecting a malformed request");
+            warn!(subject = R::SUBJECT, error = %Chain(&err), "rejecting a malformed request");
             return reject(
                 &client,
                 reply_to,
                 R::SUBJECT,
-                &format!("malformed request: {err}"),
+                &format!("malformed request: {}", Chain(&err)),
             )
             .await;
         }
@@ -445,11 +445,11 @@ where
     match serde_json::to_vec(&reply) {
         Ok(body) => {
             if let Err(err) = client.publish(reply_to, body.into()).await {
-                warn!(subject = R::SUBJECT, error = %log_chain(&err), "sending a reply");
+                warn!(subject = R::SUBJECT, error = %Chain(&err), "sending a reply");
             }
         }
         Err(err) => {
-            error!(subject = R::SUBJECT, error = %err, "encoding a reply");
+            error!(subject = R::SUBJECT, error = %Chain(&err), "encoding a reply");
             reject(
                 &client,
                 reply_to,
@@ -473,13 +473,13 @@ async fn reject(client: &Client, reply_to: async_nats::Subject, subject: &str, r
         .publish_with_headers(reply_to, headers, Vec::new().into())
         .await
     {
-        warn!(subject, error = %log_chain(&err), "sending a rejection");
+        warn!(subject, error = %Chain(&err), "sending a rejection");
     }
 }
 
 fn log_join(subject: &str, joined: Result<(), tokio::task::JoinError>) {
     if let Err(err) = joined {
-        error!(subject, error = %err, "a request handler panicked");
+        error!(subject, error = %Chain(&err), "a request handler panicked");
     }
 }
 
@@ -536,7 +536,9 @@ fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
         ),
         E::LameDuckMode => warn!("NATS server entered lame duck mode"),
         E::Draining => debug!("NATS client draining"),
-        E::ServerError(err) => warn!(error = %err, "NATS server error"),
+        E::ServerError(err) => warn!(error = %Chain(&err), "NATS server error"),
+        // `ClientError` is not a `std::error::Error`: async-nats flattens its causes into the
+        // text, so its `Display` is already the whole chain.
         // While disconnected every failed reconnect attempt reports an I/O error; the
         // disconnect was already logged once, so repeating it would only flood the journal.
         E::ClientError(err) if *state.borrow() != ConnectionState::Connected => {
@@ -544,18 +546,6 @@ fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
         }
         E::ClientError(err) => warn!(error = %err, "NATS client error"),
     }
-}
-
-/// An error and its causes, `: `-separated, for a log line.
-pub(crate) fn log_chain(err: &dyn StdError) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -582,7 +572,7 @@ mod tests {
             },
         };
         assert_eq!(
-            log_chain(&err),
+            Chain(&err).to_string(),
             "decoding a message on dragonfly.machine.registered: \
              unsupported CloudEvents specversion 0.3 (expected \"1.0\")"
         );

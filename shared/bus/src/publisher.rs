@@ -23,12 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::Client;
+use dragonfly_core::Chain;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::Event;
-use crate::bus::{Bus, ConnectionState, cloud_event_bytes, log_chain};
+use crate::bus::{Bus, ConnectionState, cloud_event_bytes};
 
 /// Events waiting for NATS at most. A boot storm of 1 000 machines produces a few thousand.
 pub const DEFAULT_CAPACITY: usize = 8192;
@@ -172,7 +173,7 @@ impl Inner {
         if let Some(since) = log.due(Instant::now()) {
             match error {
                 Some(e) => {
-                    tracing::warn!(subject, dropped_total = total, dropped_since_last = since, error = %log_chain(e), why)
+                    tracing::warn!(subject, dropped_total = total, dropped_since_last = since, error = %Chain(e), why)
                 }
                 None => tracing::warn!(
                     subject,
@@ -287,7 +288,7 @@ async fn send_loop(
             }
             Ok(Err(e)) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(subject = out.subject, error = %log_chain(&e), "event not published");
+                tracing::warn!(subject = out.subject, error = %Chain(&e), "event not published");
             }
             Err(_) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);

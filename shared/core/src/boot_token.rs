@@ -46,6 +46,10 @@ pub enum TokenError {
     Expired,
     #[error("boot token key is shorter than {MIN_KEY_LEN} bytes")]
     WeakKey,
+    /// Minting only: the expiry cannot be carried (before 1970, or a lifetime that overflows
+    /// the calendar). A server-side problem, not a malformed token.
+    #[error("boot token expiry is out of range")]
+    ExpiryOutOfRange,
 }
 
 fn tag(key: &[u8], payload: &[u8]) -> Result<[u8; 32], TokenError> {
@@ -63,7 +67,8 @@ pub fn mint(key: &[u8], claims: &BootClaims) -> Result<String, TokenError> {
     let mut payload = [0u8; PAYLOAD_LEN];
     payload[..6].copy_from_slice(&claims.mac.octets());
     payload[6..22].copy_from_slice(&claims.nonce);
-    let secs = u64::try_from(claims.expires.as_second()).map_err(|_| TokenError::Malformed)?;
+    let secs =
+        u64::try_from(claims.expires.as_second()).map_err(|_| TokenError::ExpiryOutOfRange)?;
     payload[22..].copy_from_slice(&secs.to_be_bytes());
     let t = tag(key, &payload)?;
     Ok(format!(
@@ -166,6 +171,13 @@ mod tests {
             assert!(verify(&KEY, bad, now()).is_err(), "{bad:?}");
         }
         assert_eq!(mint(&[1; 16], &claims()), Err(TokenError::WeakKey));
+    }
+
+    #[test]
+    fn an_expiry_before_1970_is_out_of_range_not_malformed() {
+        let mut old = claims();
+        old.expires = "1969-12-31T23:59:59Z".parse().unwrap();
+        assert_eq!(mint(&KEY, &old), Err(TokenError::ExpiryOutOfRange));
     }
 
     proptest! {

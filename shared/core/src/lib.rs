@@ -10,10 +10,14 @@
 //!
 //! The netboot agent links this crate into a small static binary: OpenAPI schemas (utoipa)
 //! are derived only with the `utoipa` feature, which apid enables.
+//!
+//! Being the lowest crate, it also holds the one way to print an error with its causes
+//! ([`Chain`]), so every crate above logs errors alike.
 
 pub mod agent_api;
 pub mod boot;
 pub mod boot_token;
+pub mod chain;
 pub mod hardware;
 pub mod labels;
 pub mod lifecycle;
@@ -25,6 +29,7 @@ pub mod template;
 pub mod workflow;
 
 pub use boot::{BootFate, DiscoveryReason};
+pub use chain::Chain;
 pub use hardware::{
     Bmc, BmcKind, Cpu, Disk, Firmware, HardwareReport, Nic, ReportError, SystemInfo,
 };

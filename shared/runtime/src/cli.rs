@@ -16,7 +16,6 @@
 //! prints configuration values.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -113,22 +112,9 @@ fn report<C>(
     }
 }
 
-/// Displays an error followed by each of its sources, `: `-separated, on one line — what
-/// `anyhow`'s `{:#}` does, for code that holds a plain `dyn Error`.
-#[derive(Debug, Clone, Copy)]
-pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
+/// Displays an error with every cause (`error = %Chain(&e)`); defined in `dragonfly_core`, the
+/// lowest crate, so the store and the bus print errors the same way.
+pub use dragonfly_core::Chain;
 
 #[cfg(test)]
 mod tests {

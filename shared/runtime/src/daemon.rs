@@ -46,7 +46,7 @@ use dragonfly_bus::{Bus, ConnectOptions, Publisher};
 use dragonfly_store::{Db, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{self, CommonArgs};
+use crate::cli::{self, Chain, CommonArgs};
 use crate::config::{DaemonConfig, Loaded, NatsConfig, StoreConfig};
 use crate::credentials::{CredentialError, Secret, load_credential};
 use crate::notify::{self, Heartbeat};
@@ -378,7 +378,7 @@ pub fn serve<D: Daemon>(args: &CommonArgs) -> ExitCode {
     match start::<D>(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
+            tracing::error!(error = %Chain(e.as_ref()), "exiting");
             cli::exit_code_for(e.as_ref())
         }
     }
@@ -489,7 +489,7 @@ fn spawn_watchdog<D: Daemon>(health: Health, ctx: &Context<D>, stop: Cancellatio
                 match tokio::time::timeout(STORE_CHECK_EVERY, db.check()).await {
                     Ok(Ok(())) => store_ok.beat(),
                     Ok(Err(e)) => tracing::error!(
-                        error = format!("{:#}", anyhow::Error::new(e)),
+                        error = %Chain(&e),
                         "store self-check failed; not feeding the watchdog"
                     ),
                     Err(_) => tracing::error!(

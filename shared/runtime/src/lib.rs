@@ -1,9 +1,8 @@
 //! The frame every Dragonfly daemon lives in.
 //!
-//! `apid`, `dhcpd`, `tftpd`, `ipxed`, … each are a library with a `run(config, sockets,
-//! shutdown)` function plus a thin `main`. Everything that is the same in all of those `main`s
-//! — and that systemd expects a well-behaved service to do — lives here, once, so the daemons
-//! start, stop and fail alike.
+//! `apid`, `dhcpd`, `tftpd`, `ipxed`, … each are a library with a `run(ctx, sockets,
+//! shutdown)` function plus a one-line `main`. Everything else — all that systemd expects a
+//! well-behaved service to do — lives here, once, so the daemons start, stop and fail alike.
 //!
 //! # The frame
 //!

@@ -12,6 +12,7 @@
 
 use std::io::IsTerminal;
 
+use dragonfly_core::Chain;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -56,7 +57,7 @@ pub fn init(log: &LogConfig, daemon: &str) -> LogTarget {
     let target = result.unwrap_or(LogTarget::AlreadyInitialised);
     if target != LogTarget::AlreadyInitialised {
         if let Some(error) = journald_error {
-            tracing::warn!(%error, "cannot reach journald; logging to stderr");
+            tracing::warn!(error = %Chain(&error), "cannot reach journald; logging to stderr");
         }
         if let Some(value) = bad_rust_log {
             tracing::warn!(rust_log = %value, level = %log.level, "ignoring invalid RUST_LOG");

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dragonfly_core::Chain;
 use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(states) {
-        tracing::warn!(%error, "could not notify the service manager");
+        tracing::warn!(error = %Chain(&error), "could not notify the service manager");
     }
 }
 
@@ -52,7 +53,7 @@ pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(error) => {
-            tracing::warn!(%error, "could not read the monotonic clock");
+            tracing::warn!(error = %Chain(&error), "could not read the monotonic clock");
             send(&[NotifyState::Reloading]);
         }
     }
@@ -101,7 +102,7 @@ pub fn spawn_self_checked_watchdog<F, Fut, E>(
 ) where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send,
-    E: std::fmt::Display,
+    E: std::error::Error,
 {
     let heartbeat = Heartbeat::new();
     let _ = spawn_watchdog(stop.clone(), heartbeat.progressed());
@@ -115,7 +116,7 @@ pub fn spawn_self_checked_watchdog<F, Fut, E>(
             match check().await {
                 Ok(()) => heartbeat.beat(),
                 Err(e) => {
-                    tracing::error!(error = %e, "self-check failed; not feeding the watchdog")
+                    tracing::error!(error = %Chain(&e), "self-check failed; not feeding the watchdog")
                 }
             }
         }
@@ -204,7 +205,7 @@ mod tests {
                 if n.is_multiple_of(2) {
                     Ok(())
                 } else {
-                    Err("store did not answer")
+                    Err(std::io::Error::other("store did not answer"))
                 }
             }
         });

@@ -119,16 +119,38 @@ pub async fn drain<F: Future>(
     grace: Duration,
     work: F,
 ) -> Result<F::Output, GraceElapsed> {
+    drain_reporting(shutdown, grace, work, || {
+        notify::stopping();
+        notify::status("draining");
+    })
+    .await
+}
+
+/// [`drain`], with what tells systemd that the stop began passed in (for tests).
+async fn drain_reporting<F: Future>(
+    shutdown: CancellationToken,
+    grace: Duration,
+    work: F,
+    stopping: impl FnOnce(),
+) -> Result<F::Output, GraceElapsed> {
     let mut work = std::pin::pin!(work);
     // Cancellation first: work that stops the moment it sees the token must still be reported
     // to systemd as stopping, not as having simply finished.
-    tokio::select! {
+    let finished = tokio::select! {
         biased;
-        () = shutdown.cancelled() => {}
-        output = &mut work => return Ok(output),
+        () = shutdown.cancelled() => None,
+        output = &mut work => Some(output),
+    };
+    if let Some(output) = finished {
+        // The token can be cancelled (on another thread) after the first branch was polled and
+        // before the work saw it: work that ended because of the shutdown is a stop all the
+        // same. (The demo's test caught STOPPING=1 missing this way under load.)
+        if shutdown.is_cancelled() {
+            stopping();
+        }
+        return Ok(output);
     }
-    notify::stopping();
-    notify::status("draining");
+    stopping();
     tracing::info!(?grace, "waiting for in-flight work to finish");
     match tokio::time::timeout(grace, work).await {
         Ok(output) => Ok(output),
@@ -199,11 +221,39 @@ mod tests {
         assert!(matches!(shutdown_token(), Err(SignalError::NoRuntime)));
     }
 
+    /// `drain_reporting` and whether it reported a stop.
+    async fn drained<F: Future>(
+        token: CancellationToken,
+        grace: Duration,
+        work: F,
+    ) -> (Result<F::Output, GraceElapsed>, bool) {
+        let mut stopped = false;
+        let out = drain_reporting(token, grace, work, || stopped = true).await;
+        (out, stopped)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn work_finishing_first_returns_its_output() {
         let token = CancellationToken::new();
-        let out = drain(token, Duration::from_secs(5), async { 7 }).await;
-        assert_eq!(out, Ok(7));
+        let out = drained(token, Duration::from_secs(5), async { 7 }).await;
+        assert_eq!(out, (Ok(7), false), "no shutdown, so no stop to report");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_sees_a_cancellation_the_select_missed_is_still_a_stop() {
+        // The race the frame hit: the token is cancelled after drain polled its branch, before
+        // the work polled the token. Cancelling inside the work reproduces it exactly.
+        let token = CancellationToken::new();
+        let work = {
+            let token = token.clone();
+            async move {
+                token.cancel();
+                token.cancelled().await;
+                8
+            }
+        };
+        let out = drained(token, Duration::from_secs(5), work).await;
+        assert_eq!(out, (Ok(8), true));
     }
 
     #[tokio::test(start_paused = true)]
@@ -223,7 +273,8 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(10)).await;
             canceller.cancel();
         });
-        assert_eq!(drain(token, Duration::from_secs(5), work).await, Ok("done"));
+        let out = drained(token, Duration::from_secs(5), work).await;
+        assert_eq!(out, (Ok("done"), true));
         assert_eq!(start.elapsed(), Duration::from_secs(13));
     }
 

@@ -128,19 +128,3 @@ pub(crate) fn open_error(path: &std::path::Path, e: rusqlite::Error) -> StoreErr
         source: SqliteError(e),
     }
 }
-
-/// Displays an error and each of its sources, `: `-separated (what the daemons' `Chain`
-/// does; the store logs from its own threads and does not depend on the daemon runtime).
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}

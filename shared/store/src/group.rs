@@ -23,12 +23,12 @@
 
 use std::time::{Duration, Instant};
 
+use dragonfly_core::Chain;
 use jiff::Timestamp;
 use rusqlite::Transaction;
 use tokio::sync::mpsc;
 
 use crate::db::write;
-use crate::error::Chain;
 use crate::schema::Schema;
 use crate::{Db, StoreError};
 

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use dragonfly_core::agent_api::{self, AgentLog, Instructions};
 use dragonfly_core::boot::{self, BootView};
 use dragonfly_core::{MacAddr, boot_token};
+use dragonfly_runtime::cli::Chain;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -40,7 +41,7 @@ impl axum::extract::FromRequestParts<AppState> for Agent {
         boot_token::verify(state.boot_token_key.expose(), token, jiff::Timestamp::now())
             .map(|claims| Agent(claims.mac))
             .map_err(|e| {
-                tracing::info!(error = %e, "agent request refused");
+                tracing::info!(error = %Chain(&e), "agent request refused");
                 ApiError::Unauthorized
             })
     }

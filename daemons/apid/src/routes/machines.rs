@@ -9,6 +9,7 @@ use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
 use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
+use dragonfly_runtime::cli::Chain;
 use dragonfly_store::machines::{Filter, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -88,7 +89,7 @@ impl axum::extract::FromRequestParts<AppState> for Registrant {
             return boot_token::verify(state.boot_token_key.expose(), token, now)
                 .map(|claims| Registrant::Agent(claims.mac))
                 .map_err(|e| {
-                    tracing::info!(error = %e, "agent registration refused");
+                    tracing::info!(error = %Chain(&e), "agent registration refused");
                     ApiError::Unauthorized
                 });
         }

@@ -240,8 +240,7 @@ fn create_admin_reads_the_password_from_stdin_and_refuses_weak_ones() {
 
 #[test]
 fn refuses_to_run_as_root() {
-    if !dragonfly_testkit::is_root() {
-        eprintln!("SKIP: refuses_to_run_as_root: not running as root");
+    if !dragonfly_testkit::require_root() {
         return;
     }
     let db = TestDb::new();

@@ -78,7 +78,9 @@ impl InProcess {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let store = dragonfly_store::Db::open(&path).await?;
+            let store = dragonfly_store::Db::open(&path)
+                .await
+                .expect("opening the test database");
             let ctx = Context::<Dhcpd>::new(dhcpd, store, None, Credentials::default());
             dragonfly_dhcpd::run(ctx, sockets, token).await
         });

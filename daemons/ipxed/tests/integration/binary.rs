@@ -138,8 +138,7 @@ fn check_config_exits_0_or_2_naming_the_key() {
 
 #[test]
 fn refuses_to_run_as_root() {
-    if !dragonfly_testkit::is_root() {
-        eprintln!("SKIP: refuses_to_run_as_root: not running as root");
+    if !dragonfly_testkit::require_root() {
         return;
     }
     let fx = Fixture::new();

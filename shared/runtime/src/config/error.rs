@@ -201,7 +201,7 @@ pub enum Reason {
         value: String,
     },
     /// A daemon-specific reason; shown with its whole cause chain.
-    #[error("{}", ChainDisplay(.0.as_ref()))]
+    #[error("{}", dragonfly_core::Chain(.0.as_ref()))]
     Custom(Box<dyn StdError + Send + Sync>),
 }
 
@@ -214,22 +214,6 @@ impl Reason {
             min: min.to_string(),
             max: max.to_string(),
         }
-    }
-}
-
-/// Renders an error and its sources on one line, so a custom [`Reason`] loses nothing even though
-/// it is displayed (not chained) by [`Invalid`].
-struct ChainDisplay<'a>(&'a (dyn StdError + 'static));
-
-impl fmt::Display for ChainDisplay<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
     }
 }
 

@@ -5,21 +5,18 @@
 //! through `setpriv` (util-linux); as a normal user they start it directly.
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use dragonfly_testkit::{free_port, unprivileged};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_dragonfly-demo");
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// A config file readable by `nobody`, in a directory that is removed afterwards.
 struct Config {
@@ -34,31 +31,6 @@ fn config(text: &str) -> Config {
     std::fs::write(&path, text).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     Config { _dir: dir, path }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `program args…`, as `nobody` when we are root.
-fn unprivileged(program: &str) -> Command {
-    if is_root() {
-        let mut command = Command::new("setpriv");
-        command.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-            program,
-        ]);
-        command
-    } else {
-        Command::new(program)
-    }
 }
 
 fn demo_output(args: &[&str]) -> Output {
@@ -211,8 +183,9 @@ fn bad_usage_exits_2() {
 
 #[test]
 fn running_as_root_is_refused_with_exit_1() {
-    if !is_root() {
-        return; // Only root can be refused; the unprivileged path is covered above.
+    // Only root can be refused; the unprivileged path is covered above.
+    if !dragonfly_testkit::require_root() {
+        return;
     }
     let cfg = config("[demo]\nlisten = \"127.0.0.1:0\"\n");
     let out = demo_output(&["--config", path_str(&cfg.path)]);
