@@ -16,7 +16,7 @@
 //!    root work (Debian's `/usr/lib/ipxe/*.rom -> qemu/…`); absolute symlinks are refused even
 //!    when they point back inside, which is what `RESOLVE_BENEATH` means.
 //!    Where `openat2` answers `ENOSYS`, the same rules are applied by walking the path one
-//!    component at a time ([`walk_beneath`]): this is the case under our own unit, because
+//!    component at a time (`walk_beneath`): this is the case under our own unit, because
 //!    systemd's `RestrictSUIDSGID=` cannot inspect `openat2`'s arguments with seccomp and so
 //!    refuses the call with `ENOSYS`, expecting callers to fall back (units/nspawn-test.sh
 //!    found it); also on kernels before 5.6 and under some container runtimes' filters.
