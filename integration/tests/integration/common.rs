@@ -8,6 +8,10 @@ use dragonfly_integration::{
 };
 use dragonfly_testkit::{require_binary, require_root};
 
+/// The operator every lab with apid has (see [`create_admin`]).
+pub(crate) const ADMIN: &str = "admin";
+pub(crate) const PASSWORD: &str = "e2e-correct-horse-battery";
+
 /// Root and every tool a VM boot needs; `false` (after printing `SKIP:`) outside CI when one
 /// is missing.
 pub(crate) fn require_vm_tools() -> bool {
@@ -270,4 +274,18 @@ pub(crate) fn start_dragonfly_with(
         nats,
         apid: apid.then(|| "http://10.99.0.1:3000".to_owned()),
     }
+}
+
+/// The first operator, straight into the store (as `dragonfly-apid create-admin` would).
+pub(crate) fn create_admin(lab: &mut Lab) {
+    let path = lab.store();
+    let hash = dragonfly_apid::auth::hash_password(PASSWORD).unwrap();
+    let store = dragonfly_store::BlockingDb::open(&path).unwrap();
+    let create = store
+        .db()
+        .auth()
+        .create_user(ADMIN, &hash, true, jiff::Timestamp::now());
+    store.block_on(create).unwrap();
+    drop(store);
+    dragonfly_testkit::chown_for_unprivileged(path.parent().unwrap()).unwrap();
 }

@@ -21,10 +21,8 @@ use dragonfly_integration::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{Stack, require_vm_tools, start_dragonfly_with};
+use crate::common::{ADMIN, PASSWORD, Stack, create_admin, require_vm_tools, start_dragonfly_with};
 
-const ADMIN: &str = "admin";
-const PASSWORD: &str = "e2e-correct-horse-battery";
 const CPUS: u32 = 2;
 const MEM_MIB: u32 = 1536;
 const VIRTIO_BYTES: u64 = 4 << 30;
@@ -106,20 +104,6 @@ fn full_lab() -> Option<(Lab, Stack, EventWatcher)> {
     let watcher = EventWatcher::start(&lab, &stack.nats);
     warm_up(&lab, stack.apid.as_deref().unwrap());
     Some((lab, stack, watcher))
-}
-
-/// The first operator, straight into the store (as `dragonfly-apid create-admin` would).
-fn create_admin(lab: &mut Lab) {
-    let path = lab.store();
-    let hash = dragonfly_apid::auth::hash_password(PASSWORD).unwrap();
-    let store = dragonfly_store::BlockingDb::open(&path).unwrap();
-    let create = store
-        .db()
-        .auth()
-        .create_user(ADMIN, &hash, true, jiff::Timestamp::now());
-    store.block_on(create).unwrap();
-    drop(store);
-    dragonfly_testkit::chown_for_unprivileged(path.parent().unwrap()).unwrap();
 }
 
 /// apid is socket-activated (it starts on the first connection): start it now, as a running

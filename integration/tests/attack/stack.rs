@@ -1,0 +1,158 @@
+//! The attacked stack: every daemon in a lab namespace, an attacker's namespace beside it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dragonfly_integration::{DhcpdConfig, Lab, Peer};
+
+use crate::common::{create_admin, start_dragonfly_with};
+
+/// The attacker's address on the lab's bridge (`br0` is 10.99.0.1/24).
+pub(crate) const ATTACKER_ADDR: &str = "10.99.0.66";
+
+/// The running stack and where to reach it.
+pub(crate) struct AttackLab {
+    pub(crate) lab: Lab,
+    /// The lab's NATS URL, as seen from inside the lab's namespace.
+    pub(crate) nats: String,
+    /// apid's base URL, e.g. `http://10.99.0.1:3000`.
+    pub(crate) apid: String,
+    /// ipxed's base URL, `http://10.99.0.1:8080`.
+    pub(crate) ipxed: String,
+    /// The attacker's namespace (a peer of the lab's bridge at [`ATTACKER_ADDR`]).
+    pub(crate) attacker: String,
+}
+
+impl AttackLab {
+    /// Starts everything, `None` (after `SKIP:`) when root, `nats-server` or a daemon binary
+    /// is missing outside CI. dhcpd runs in reservation mode with the lab's pool.
+    pub(crate) fn start() -> Option<AttackLab> {
+        if !dragonfly_testkit::require_root()
+            || dragonfly_testkit::require_nats_servers().is_empty()
+        {
+            return None;
+        }
+        let mut attacker = String::new();
+        let mut lab = Lab::with_network(|n| {
+            attacker = format!("{}a", n.name);
+            n.peers.push(Peer {
+                namespace: attacker.clone(),
+                addr: format!("{ATTACKER_ADDR}/24"),
+            });
+        });
+        // ipxed serves the agent's files from here; no VM boots them in this suite.
+        let agent: PathBuf = lab.dir().join("agent");
+        std::fs::create_dir_all(&agent).unwrap();
+        for name in ["vmlinuz", "initrd.img"] {
+            std::fs::write(agent.join(name), b"not a kernel").unwrap();
+        }
+        create_admin(&mut lab);
+        let stack = start_dragonfly_with(&mut lab, &agent, DhcpdConfig::lab("reservation"), true);
+        let apid = stack.apid.clone().unwrap();
+        let this = AttackLab {
+            nats: stack.nats,
+            lab,
+            apid,
+            ipxed: "http://10.99.0.1:8080".to_owned(),
+            attacker,
+        };
+        this.wait_until_serving();
+        Some(this)
+    }
+
+    /// Runs `f` on a thread inside the attacker's namespace: every socket it opens is the
+    /// attacker's.
+    pub(crate) fn as_attacker<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_namespace(&self.attacker, f)
+    }
+
+    /// Runs `f` inside the lab's namespace: a legitimate client on the daemons' own host.
+    pub(crate) fn as_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.lab.in_namespace(f)
+    }
+
+    /// A command run in the attacker's namespace (`ip netns exec`).
+    pub(crate) fn attacker_command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.attacker, program]);
+        cmd
+    }
+
+    /// apid and ipxed are socket-activated: start both with a first request, from the
+    /// attacker's side (which also proves the attacker reaches them).
+    fn wait_until_serving(&self) {
+        let urls = [
+            format!("{}/api/health", self.apid),
+            format!("{}/healthz", self.ipxed),
+        ];
+        self.as_attacker(|| {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            for url in &urls {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    match client.get(url).send() {
+                        Ok(r) if r.status().is_success() => break,
+                        other => {
+                            assert!(
+                                std::time::Instant::now() < deadline,
+                                "{url} never answered: {other:?}"
+                            );
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs `f` on a thread that entered the network namespace `name`.
+pub(crate) fn in_namespace<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsFd;
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// The harness itself: the stack starts, both HTTP daemons answer the attacker, and an
+/// operator can log in from the lab.
+#[test]
+fn the_attacked_stack_starts_and_serves_both_sides() {
+    let Some(lab) = AttackLab::start() else {
+        return;
+    };
+    let apid = lab.apid.clone();
+    let status = lab.as_client(|| {
+        reqwest::blocking::Client::new()
+            .post(format!("{apid}/api/auth/login"))
+            .json(&serde_json::json!({"username": crate::common::ADMIN, "password": crate::common::PASSWORD}))
+            .send()
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "operator login: {status}");
+    let out = lab
+        .attacker_command("ip")
+        .args(["-4", "-o", "addr", "show", "eth0"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(ATTACKER_ADDR),
+        "the attacker's eth0: {shown}"
+    );
+    println!(
+        "stack up: apid {}, ipxed {}, NATS {}",
+        lab.apid, lab.ipxed, lab.nats
+    );
+}
