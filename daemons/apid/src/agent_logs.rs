@@ -49,6 +49,8 @@ pub struct AgentLogLimits {
     pub requests_per_minute: u32,
     /// Lines per machine per minute copied into apid's own log.
     pub journal_lines_per_minute: u32,
+    /// Lines of all machines together per minute copied into apid's own log.
+    pub journal_lines_per_minute_total: u32,
 }
 
 /// Tokens whose request rate is tracked at most; past it, full (idle) buckets are dropped,
@@ -74,6 +76,8 @@ struct Buffers {
     by_last_write: BTreeMap<u64, uuid::Uuid>,
     next_seq: u64,
     bytes: usize,
+    /// The journal allowance of all machines together.
+    journal: Option<JournalWindow>,
 }
 
 #[derive(Debug)]
@@ -106,6 +110,9 @@ pub struct ToJournal {
     pub suppressed_before: u64,
     /// Lines of this push that were not logged.
     pub suppressed_now: usize,
+    /// Lines of all machines in the previous window that were not logged for being over the
+    /// total allowance (reported once, by the first push of the next window).
+    pub suppressed_total_before: u64,
 }
 
 impl AgentLogs {
@@ -178,6 +185,19 @@ impl AgentLogs {
         log.last_write = seq;
 
         let mut out = ToJournal::default();
+        let total = all.journal.get_or_insert(JournalWindow {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.saturating_duration_since(total.started) >= JOURNAL_WINDOW {
+            out.suppressed_total_before = total.suppressed;
+            *total = JournalWindow {
+                started: now,
+                logged: 0,
+                suppressed: 0,
+            };
+        }
         if now.saturating_duration_since(log.journal.started) >= JOURNAL_WINDOW {
             out.suppressed_before = log.journal.suppressed;
             log.journal = JournalWindow {
@@ -187,12 +207,16 @@ impl AgentLogs {
             };
         }
         for mut line in lines {
-            if log.journal.logged < self.limits.journal_lines_per_minute {
-                log.journal.logged += 1;
-                out.lines.push(line.clone());
-            } else {
+            if log.journal.logged >= self.limits.journal_lines_per_minute {
                 log.journal.suppressed += 1;
                 out.suppressed_now += 1;
+            } else if total.logged >= self.limits.journal_lines_per_minute_total {
+                total.suppressed += 1;
+                out.suppressed_now += 1;
+            } else {
+                log.journal.logged += 1;
+                total.logged += 1;
+                out.lines.push(line.clone());
             }
             line.shrink_to_fit();
             let kept = LogLine { received_at, line };
@@ -259,6 +283,7 @@ mod tests {
             total_bytes: 30 * 1024,
             requests_per_minute: 6,
             journal_lines_per_minute: 3,
+            journal_lines_per_minute_total: 5,
         }
     }
 
@@ -368,11 +393,15 @@ mod tests {
         let second = logs.push(id(1), lines(5, 1, "b"), t, t0 + Duration::from_secs(30));
         assert!(second.lines.is_empty());
         assert_eq!(second.suppressed_now, 5);
-        // Another machine has its own allowance.
+        // Another machine has its own allowance, within the total (5 a minute).
         assert_eq!(logs.push(id(2), lines(1, 1, "c"), t, t0).lines.len(), 1);
+        let over_total = logs.push(id(3), lines(3, 1, "d"), t, t0);
+        assert_eq!(over_total.lines.len(), 1);
+        assert_eq!(over_total.suppressed_now, 2);
         // The next window reports what the last one left out, and logs again.
         let third = logs.push(id(1), lines(1, 1, "c"), t, t0 + Duration::from_secs(61));
         assert_eq!(third.suppressed_before, 7);
+        assert_eq!(third.suppressed_total_before, 2);
         assert_eq!(third.lines.len(), 1);
     }
 }

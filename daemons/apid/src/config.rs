@@ -34,6 +34,8 @@ pub struct RawApid {
     pub agent_log_requests_per_minute: Option<u32>,
     /// Agent lines per machine per minute copied into apid's own log.
     pub agent_log_journal_lines_per_minute: Option<u32>,
+    /// Agent lines of all machines together per minute copied into apid's own log.
+    pub agent_log_journal_lines_per_minute_total: Option<u32>,
 }
 
 /// `[apid]`, validated.
@@ -67,6 +69,8 @@ pub const DEFAULT_AGENT_LOG_BYTES_TOTAL: usize = 32 << 20;
 pub const DEFAULT_AGENT_LOG_REQUESTS_PER_MINUTE: u32 = 30;
 /// Agent lines per machine per minute copied into apid's own log unless configured.
 pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE: u32 = 60;
+/// Agent lines of all machines per minute copied into apid's own log unless configured.
+pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL: u32 = 3_000;
 
 impl DaemonConfig for ApidConfig {
     const SECTION: &'static str = "apid";
@@ -118,6 +122,12 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE,
             0..=100_000,
         )?;
+        let agent_log_journal_lines_per_minute_total = count_between(
+            "agent_log_journal_lines_per_minute_total",
+            raw.agent_log_journal_lines_per_minute_total,
+            DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL,
+            0..=1_000_000,
+        )?;
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -134,6 +144,7 @@ impl DaemonConfig for ApidConfig {
                 total_bytes: agent_log_bytes_total,
                 requests_per_minute: agent_log_requests_per_minute,
                 journal_lines_per_minute: agent_log_journal_lines_per_minute,
+                journal_lines_per_minute_total: agent_log_journal_lines_per_minute_total,
             },
         })
     }

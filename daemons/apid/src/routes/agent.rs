@@ -126,6 +126,10 @@ pub async fn log(
             suppressed = journal.suppressed_before,
             "agent lines of the last minute not logged here (over the sampling limit)");
     }
+    if journal.suppressed_total_before > 0 {
+        tracing::info!(target: "agent", suppressed = journal.suppressed_total_before,
+            "agent lines of the last minute not logged here (over the total sampling limit)");
+    }
     for line in &journal.lines {
         tracing::info!(target: "agent", machine = %info.name, %mac, "{line}");
     }
