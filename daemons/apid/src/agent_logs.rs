@@ -382,6 +382,33 @@ mod tests {
     }
 
     #[test]
+    fn a_full_rate_table_never_locks_a_new_agent_out() {
+        let logs = AgentLogs::new(limits());
+        let t0 = Instant::now();
+        for i in 0..MAX_TRACKED_MACS {
+            let [_, _, _, _, a, b, c, d] = (i as u64).to_be_bytes();
+            logs.admit(MacAddr::new([0x02, 0, a, b, c, d]), t0).unwrap();
+        }
+        // Every tracked MAC is busy: a new one is let through untracked, again and again.
+        let newcomer: MacAddr = "52:54:00:aa:bb:cc".parse().unwrap();
+        for _ in 0..10 {
+            logs.admit(newcomer, t0).unwrap();
+        }
+        // Once the others are idle (their buckets full again) they make room, and the
+        // newcomer is counted like everyone else.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..6 {
+            logs.admit(newcomer, later).unwrap();
+        }
+        assert!(logs.admit(newcomer, later).is_err());
+        assert_eq!(
+            logs.rates.lock().unwrap().len(),
+            1,
+            "the idle buckets were dropped"
+        );
+    }
+
+    #[test]
     fn the_journal_gets_a_sample_and_a_count() {
         let logs = AgentLogs::new(limits());
         let t = jiff::Timestamp::now();
