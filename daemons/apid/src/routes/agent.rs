@@ -42,6 +42,30 @@ impl axum::extract::FromRequestParts<AppState> for Agent {
     }
 }
 
+/// An agent that may send console lines now: its token is valid and its MAC is within
+/// `[apid] agent_log_requests_per_minute`. An extractor, so the check runs before the body is
+/// read and parsed: a refused flood costs a table look-up per request, not a JSON parse.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggingAgent(pub MacAddr);
+
+impl axum::extract::FromRequestParts<AppState> for LoggingAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let Agent(mac) = Agent::from_request_parts(parts, state).await?;
+        state
+            .agent_logs
+            .admit(mac, std::time::Instant::now())
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            })?;
+        Ok(Self(mac))
+    }
+}
+
 /// Tells the agent what to do next. 404 means the machine is unknown (never registered, or
 /// deleted by an operator): register again.
 #[utoipa::path(get, path = agent_api::INSTRUCTIONS_PATH, tag = "machines",
@@ -83,15 +107,9 @@ pub use crate::agent_logs::{AgentLogs, LogLine};
         (status = 429, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
-    Agent(mac): Agent,
+    LoggingAgent(mac): LoggingAgent,
     ApiJson(body): ApiJson<AgentLog>,
 ) -> Result<StatusCode, ApiError> {
-    // First, before any work: a flood costs one table look-up per request.
-    if let Err(wait) = state.agent_logs.admit(mac, std::time::Instant::now()) {
-        return Err(ApiError::RateLimited {
-            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-        });
-    }
     if body.lines.len() > AgentLog::MAX_LINES {
         return Err(ApiError::Unprocessable(format!(
             "lines: at most {} per request",

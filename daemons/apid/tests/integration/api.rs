@@ -771,6 +771,17 @@ async fn a_chatty_agent_is_told_when_to_come_back() {
         .parse()
         .unwrap();
     assert!((1..=20).contains(&wait), "Retry-After: {wait}");
+    // Refused before the body is read: not even parsed.
+    let garbage = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(mac(1)))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 429);
     // The limit is the token's (its MAC's), not everyone's: another agent is still heard
     // (404: it has not registered, which is checked after the rate).
     assert_eq!(send(2).await.unwrap().status(), 404);
