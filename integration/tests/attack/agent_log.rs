@@ -106,6 +106,45 @@ fn post_lines(
         .unwrap()
 }
 
+/// An operator's session cookie.
+fn operator_cookie(client: &reqwest::blocking::Client, apid: &str) -> String {
+    let login = client
+        .post(format!("{apid}/api/auth/login"))
+        .json(&serde_json::json!({"username": crate::common::ADMIN, "password": crate::common::PASSWORD}))
+        .send()
+        .unwrap();
+    assert!(login.status().is_success(), "login: {}", login.status());
+    login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The lines an operator reads for `machine`.
+fn operator_reads(
+    client: &reqwest::blocking::Client,
+    apid: &str,
+    cookie: &str,
+    machine: &str,
+) -> Vec<String> {
+    let r = client
+        .get(format!("{apid}/api/machines/{machine}/agent-log"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "reading the log: {}", r.status());
+    r.json::<serde_json::Value>()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["line"].as_str().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
     let Some(mut lab) = AttackLab::start() else {
@@ -133,7 +172,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
     let body_len = serde_json::to_vec(&flood).unwrap().len();
     let started = Instant::now();
     let done = std::sync::atomic::AtomicBool::new(false);
-    let (legit_statuses, last_legit) = std::thread::scope(|s| {
+    let (legit_statuses, unseen, last_legit) = std::thread::scope(|s| {
         let attack = s.spawn(|| {
             lab.as_attacker(|| {
                 std::thread::scope(|s| {
@@ -163,24 +202,30 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
             done.store(true, Ordering::Relaxed);
         });
         // Meanwhile a legitimate agent, on the lab's side, reports its progress every second
-        // (a real one flushes after each poll, every 10 s).
+        // (a real one flushes after each poll, every 10 s), and an operator reads each line
+        // back right after it was sent.
         let legit = lab.as_client(|| {
             let client = reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap();
+            let cookie = operator_cookie(&client, &apid);
             let mut statuses = Vec::new();
+            let mut unseen = Vec::new();
             let mut last = String::new();
             for i in 0.. {
                 last = format!("legit step {i}");
                 let line = serde_json::json!({ "lines": [&last] });
                 statuses.push(post_lines(&client, &apid, &legit_token, &line).status());
+                if !operator_reads(&client, &apid, &cookie, &legit_name).contains(&last) {
+                    unseen.push(last.clone());
+                }
                 if done.load(Ordering::Relaxed) {
                     break;
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
-            (statuses, last)
+            (statuses, unseen, last)
         });
         attack.join().unwrap();
         legit
@@ -190,36 +235,12 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
     std::thread::sleep(Duration::from_millis(500));
     let after = rss(pid);
 
-    // An operator reads the legitimate machine's console meanwhile.
-    let read = lab.as_client(|| {
+    // And after the flood.
+    let legit_lines = lab.as_client(|| {
         let client = reqwest::blocking::Client::new();
-        let login = client
-            .post(format!("{apid}/api/auth/login"))
-            .json(&serde_json::json!({"username": crate::common::ADMIN, "password": crate::common::PASSWORD}))
-            .send()
-            .unwrap();
-        assert!(login.status().is_success(), "login: {}", login.status());
-        let cookie = login
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let r = client
-            .get(format!("{apid}/api/machines/{legit_name}/agent-log"))
-            .header("cookie", cookie)
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "reading the log: {}", r.status());
-        r.json::<serde_json::Value>().unwrap()
+        let cookie = operator_cookie(&client, &apid);
+        operator_reads(&client, &apid, &cookie, &legit_name)
     });
-    let legit_lines: Vec<&str> = read
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|l| l["line"].as_str())
-        .collect();
 
     // The rate: one token sending as fast as it can is told to wait.
     let (ok, too_many, retry_after) = lab.as_attacker(|| {
@@ -254,7 +275,8 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
     println!(
         "log flood: {} machines × {REQUESTS_EACH} requests of 100 × 1 000 characters \
          ({:.0} MiB sent) in {:.1} s: {} accepted, {} refused; apid RSS {:.1} → {:.1} MiB \
-         (+{:.1} MiB; budget 32 MiB); legitimate agent {:?}, {} of its lines readable; \
+         (+{:.1} MiB; budget 32 MiB); legitimate agent {:?}, each line read back by an operator during the flood \
+         ({} not), {} readable after; \
          one token's 40 quick requests: {ok} accepted, {too_many} × 429 (Retry-After {:?}); \
          {journal_lines} flood lines in apid's log of {} sent",
         ATTACKER_MACHINES,
@@ -269,6 +291,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
             .iter()
             .map(reqwest::StatusCode::as_u16)
             .collect::<Vec<_>>(),
+        unseen.len(),
         legit_lines.len(),
         retry_after,
         accepted.load(Ordering::Relaxed) * 100,
@@ -278,11 +301,15 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
         "{journal_lines} flood lines reached apid's log"
     );
     assert!(
+        unseen.is_empty(),
+        "the operator did not see, right after they were sent: {unseen:?}"
+    );
+    assert!(
         legit_statuses.iter().all(|s| s.as_u16() == 204),
         "the legitimate agent was refused: {legit_statuses:?}"
     );
     assert!(
-        legit_lines.contains(&last_legit.as_str()),
+        legit_lines.contains(&last_legit),
         "the operator sees the legitimate agent's newest line: {legit_lines:?}"
     );
     // The total budget (32 MiB) and what the flood's requests cost in flight, with room for
