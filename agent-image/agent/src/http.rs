@@ -134,65 +134,191 @@ fn request(
     read_response(BufReader::new(stream))
 }
 
+/// Longest status or header line accepted, with its CRLF.
+pub const MAX_LINE: usize = 8 * 1024;
+/// Most header lines accepted.
+pub const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line's hex digits: 8 are enough for anything under [`MAX_BODY`].
+const MAX_CHUNK_DIGITS: usize = 8;
+
 /// Reads one response (status line, headers, then a `Content-Length`, chunked or
 /// until-close body).
+///
+/// The server is on a network an attacker shares, so nothing it sends can make this allocate
+/// without bound, loop forever on a finite stream, or overflow: lines are at most
+/// [`MAX_LINE`], headers at most [`MAX_HEADERS`], the body at most `MAX_BODY` (1 MiB) however
+/// it is framed, and every size is parsed strictly (digits only) and added with checks.
+/// Anything else is [`HttpError::Protocol`].
 pub fn read_response(mut r: impl BufRead) -> Result<Response, HttpError> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| HttpError::Protocol(line.trim().chars().take(80).collect()))?;
+    let protocol = |what: &str| HttpError::Protocol(what.to_owned());
+    let mut line = Vec::new();
+    read_line(&mut r, &mut line)?;
+    let status = parse_status(&line).ok_or_else(|| {
+        HttpError::Protocol(
+            String::from_utf8_lossy(&line)
+                .trim()
+                .chars()
+                .take(80)
+                .collect(),
+        )
+    })?;
     let mut length = None;
     let mut chunked = false;
+    let mut headers = 0usize;
     loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(HttpError::Protocol("headers cut short".into()));
+        if read_line(&mut r, &mut line)? == 0 {
+            return Err(protocol("headers cut short"));
         }
-        let l = line.trim_end();
+        let l = trim_crlf(&line);
         if l.is_empty() {
             break;
         }
-        if let Some((k, v)) = l.split_once(':') {
-            let v = v.trim();
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.parse::<usize>().ok();
-            } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = v.eq_ignore_ascii_case("chunked");
+        headers += 1;
+        if headers > MAX_HEADERS {
+            return Err(protocol("too many headers"));
+        }
+        let Some(colon) = l.iter().position(|&b| b == b':') else {
+            return Err(protocol("a header line without a colon"));
+        };
+        let (name, value) = (&l[..colon], l[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_decimal(value).ok_or_else(|| protocol("bad Content-Length"))?;
+            // Two different lengths: which one frames the body is the server's secret.
+            if length.is_some_and(|m| m != n) {
+                return Err(protocol("conflicting Content-Length headers"));
             }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(protocol("unsupported Transfer-Encoding"));
+            }
+            chunked = true;
         }
     }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| HttpError::Protocol("bad chunk size".into()))?;
-            if size == 0 {
-                break;
+    let body = match (chunked, length) {
+        (true, Some(_)) => return Err(protocol("both chunked and Content-Length")),
+        (true, None) => read_chunked(&mut r, &mut line)?,
+        (false, Some(n)) => {
+            if n > MAX_BODY as u64 {
+                return Err(protocol("response too large"));
             }
-            if body.len() + size > MAX_BODY {
-                return Err(HttpError::Protocol("response too large".into()));
+            let mut body = Vec::new();
+            (&mut r).take(n).read_to_end(&mut body)?;
+            if body.len() as u64 != n {
+                return Err(protocol("body cut short"));
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..])?;
-            line.clear();
-            r.read_line(&mut line)?;
+            body
         }
-    } else if let Some(n) = length {
-        if n > MAX_BODY {
-            return Err(HttpError::Protocol("response too large".into()));
+        (false, None) => {
+            let mut body = Vec::new();
+            (&mut r).take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
+            if body.len() > MAX_BODY {
+                return Err(protocol("response too large"));
+            }
+            body
         }
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else {
-        r.take(MAX_BODY as u64).read_to_end(&mut body)?;
-    }
+    };
     Ok(Response { status, body })
+}
+
+fn read_chunked(r: &mut impl BufRead, line: &mut Vec<u8>) -> Result<Vec<u8>, HttpError> {
+    let protocol = |what: &str| HttpError::Protocol(what.to_owned());
+    let mut body = Vec::new();
+    loop {
+        if read_line(r, line)? == 0 {
+            return Err(protocol("chunked body cut short"));
+        }
+        let l = trim_crlf(line);
+        let digits = l
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let size = parse_hex(digits).ok_or_else(|| protocol("bad chunk size"))?;
+        if size == 0 {
+            // Trailers are not read: the connection closes after this response.
+            return Ok(body);
+        }
+        let total = (body.len() as u64)
+            .checked_add(size)
+            .filter(|&t| t <= MAX_BODY as u64)
+            .ok_or_else(|| protocol("response too large"))?;
+        (&mut *r).take(size).read_to_end(&mut body)?;
+        if body.len() as u64 != total {
+            return Err(protocol("chunk cut short"));
+        }
+        read_line(r, line)?;
+        if !trim_crlf(line).is_empty() {
+            return Err(protocol("chunk longer than its size"));
+        }
+    }
+}
+
+/// Reads one line (through `\n`) into `out`, replacing what it held; `Ok(0)` at the end of
+/// the stream. A line longer than [`MAX_LINE`] is an error before it is all read.
+fn read_line(r: &mut impl BufRead, out: &mut Vec<u8>) -> Result<usize, HttpError> {
+    out.clear();
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(out.len());
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if out.len().saturating_add(take) > MAX_LINE {
+            return Err(HttpError::Protocol("header line too long".into()));
+        }
+        out.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            return Ok(out.len());
+        }
+    }
+}
+
+fn trim_crlf(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// `HTTP/1.x NNN[ reason]`.
+fn parse_status(line: &[u8]) -> Option<u16> {
+    let rest = trim_crlf(line).strip_prefix(b"HTTP/1.")?;
+    let (&minor, rest) = rest.split_first()?;
+    let rest = rest.strip_prefix(b" ")?;
+    if !minor.is_ascii_digit() || rest.len() < 3 || rest.get(3).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    let code = &rest[..3];
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// Decimal digits only (no sign, no spaces), at most 19 of them so it fits a `u64`.
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Hex digits only, at most [`MAX_CHUNK_DIGITS`] after leading zeros.
+fn parse_hex(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let significant = &v[v.iter().position(|&b| b != b'0').unwrap_or(v.len())..];
+    if significant.len() > MAX_CHUNK_DIGITS {
+        return None;
+    }
+    if significant.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(significant).ok()?, 16).ok()
 }
 
 #[cfg(test)]
@@ -240,5 +366,207 @@ mod tests {
         assert_eq!((r.status, r.body.as_slice()), (401, &b"no"[..]));
         assert!(read_response(&b"SSH-2.0-OpenSSH\r\n"[..]).is_err());
         assert!(read_response(&b"HTTP/1.1 200 OK\r\ncontent-len"[..]).is_err());
+        let r = read_response(&b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"[..]);
+        assert_eq!(r.unwrap().status, 204);
+        let r = read_response(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok"[..],
+        );
+        assert_eq!(r.unwrap().body, b"ok", "the same length twice is fine");
+    }
+
+    fn refused(response: &[u8]) -> String {
+        match read_response(response) {
+            Err(HttpError::Protocol(why)) => why,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(response)),
+        }
+    }
+
+    /// A reader that sends `head` and then `tail` forever: a server that never stops.
+    fn endless(head: &'static [u8], tail: &'static [u8]) -> impl BufRead {
+        BufReader::new(head.chain(Endless(tail, 0)))
+    }
+
+    struct Endless(&'static [u8], usize);
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            for b in buf.iter_mut() {
+                *b = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+            }
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn endless_streams_end_in_an_error() {
+        let cases: [(&[u8], &[u8], &str); 5] = [
+            (b"", b"H", "header line too long"),
+            (b"HTTP/1.1 200 OK\r\nX-A: ", b"a", "header line too long"),
+            (b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n", "too many headers"),
+            (b"HTTP/1.1 200 OK\r\n\r\n", b"body", "response too large"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"3\r\nabcdef\r\n",
+                "chunk longer than its size",
+            ),
+        ];
+        for (head, tail, why) in cases {
+            match read_response(endless(head, tail)) {
+                Err(HttpError::Protocol(got)) => assert_eq!(got, why),
+                other => panic!("{head:?}+{tail:?}…: {other:?}"),
+            }
+        }
+        // Chunks that each are fine but add up past the bound.
+        let many = read_response(endless(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"8\r\nabcdefgh\r\n",
+        ));
+        assert!(
+            matches!(&many, Err(HttpError::Protocol(w)) if w == "response too large"),
+            "{many:?}"
+        );
+    }
+
+    #[test]
+    fn sizes_are_parsed_strictly_and_never_overflow() {
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for size in [
+            "ffffffffffffffff",
+            "10000000000000000",
+            "+5",
+            "-1",
+            "0x5",
+            "",
+            " ",
+            "fffff000",
+        ] {
+            let why = refused(format!("{chunked}{size}\r\nabcde\r\n0\r\n\r\n").as_bytes());
+            assert!(
+                why == "bad chunk size" || why == "response too large",
+                "{size:?}: {why}"
+            );
+        }
+        // Leading zeros are still a small number.
+        let r = read_response(format!("{chunked}00000003\r\nabc\r\n0\r\n\r\n").as_bytes());
+        assert_eq!(r.unwrap().body, b"abc");
+        for length in [
+            "+5",
+            "-1",
+            "5 5",
+            "5, 5",
+            "0x5",
+            "",
+            "18446744073709551616",
+            "99999999999999999999",
+        ] {
+            let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nabcde");
+            assert_eq!(
+                refused(response.as_bytes()),
+                "bad Content-Length",
+                "{length:?}"
+            );
+        }
+        // Large but well-formed: refused before anything is allocated for it.
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nContent-Length: 9999999999999999999\r\n\r\n"),
+            "response too large"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"),
+            "conflicting Content-Length headers"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            "both chunked and Content-Length"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            "unsupported Transfer-Encoding"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+            "body cut short"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"),
+            "chunk cut short"
+        );
+    }
+
+    #[test]
+    fn status_lines_are_strict() {
+        for bad in [
+            "HTTP/1.1 20 OK",
+            "HTTP/1.1 2000 OK",
+            "HTTP/1.1  200 OK",
+            "HTTP/1.x 200 OK",
+            "HTTP/1.1 +20 OK",
+            "HTTP/2 200",
+        ] {
+            assert!(
+                read_response(format!("{bad}\r\n\r\n").as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            read_response(&b"HTTP/1.1 200\r\n\r\n"[..]).unwrap().status,
+            200
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the server sends, the client returns (never panics) and never hands back
+        /// more than the bound.
+        #[test]
+        fn hostile_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            if let Ok(r) = read_response(&bytes[..]) {
+                proptest::prop_assert!(r.body.len() <= MAX_BODY);
+            }
+        }
+
+        /// Hostile but HTTP-shaped: random header lines and chunk sizes around the limits.
+        #[test]
+        fn hostile_framing_never_panics(
+            headers in proptest::collection::vec("[A-Za-z-]{1,20}: [ -~]{0,40}", 0..8),
+            sizes in proptest::collection::vec("[0-9a-fA-F+ -]{0,20}", 0..6),
+        ) {
+            let mut text = String::from("HTTP/1.1 200 OK\r\n");
+            for h in &headers {
+                text.push_str(h);
+                text.push_str("\r\n");
+            }
+            text.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            for size in &sizes {
+                text.push_str(size);
+                text.push_str("\r\nxyz\r\n");
+            }
+            if let Ok(r) = read_response(text.as_bytes()) {
+                proptest::prop_assert!(r.body.len() <= MAX_BODY);
+            }
+        }
+
+        /// A well-formed chunked body, cut anywhere, reads back whole.
+        #[test]
+        fn chunked_bodies_read_back(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+            cuts in proptest::collection::vec(1usize..300, 0..20),
+        ) {
+            let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let mut rest = &body[..];
+            for cut in cuts.iter().chain(std::iter::repeat(&300)) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+                wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+                rest = tail;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let r = read_response(&wire[..]).unwrap();
+            proptest::prop_assert_eq!(r.body, body);
+        }
     }
 }

@@ -8,6 +8,8 @@ use dragonfly_runtime::config::{
 };
 use serde::Deserialize;
 
+use crate::agent_logs::AgentLogLimits;
+
 /// `[apid]` as written in the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,16 @@ pub struct RawApid {
     pub max_body_bytes: Option<usize>,
     /// Failed-or-not login attempts allowed per client address per minute.
     pub login_attempts_per_minute: Option<u32>,
+    /// Bytes of agent log lines kept per machine.
+    pub agent_log_bytes_per_machine: Option<usize>,
+    /// Bytes of agent log lines kept for all machines together.
+    pub agent_log_bytes_total: Option<usize>,
+    /// Log requests one agent token (MAC) may make per minute.
+    pub agent_log_requests_per_minute: Option<u32>,
+    /// Agent lines per machine per minute copied into apid's own log.
+    pub agent_log_journal_lines_per_minute: Option<u32>,
+    /// Agent lines of all machines together per minute copied into apid's own log.
+    pub agent_log_journal_lines_per_minute_total: Option<u32>,
 }
 
 /// `[apid]`, validated.
@@ -35,6 +47,8 @@ pub struct ApidConfig {
     pub secure_cookies: bool,
     pub max_body_bytes: usize,
     pub login_attempts_per_minute: u32,
+    /// The agent log buffer's budgets.
+    pub agent_logs: AgentLogLimits,
 }
 
 /// The default port: the web UI and API.
@@ -45,6 +59,18 @@ pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Login attempts allowed per client address per minute unless configured.
 pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
+/// Agent log bytes kept per machine unless configured: 32 KiB, a few hundred console lines.
+pub const DEFAULT_AGENT_LOG_BYTES_PER_MACHINE: usize = 32 << 10;
+/// Agent log bytes kept in all unless configured: 32 MiB, a full buffer for each of 1 000
+/// machines (a rack powered on together).
+pub const DEFAULT_AGENT_LOG_BYTES_TOTAL: usize = 32 << 20;
+/// Agent log requests per token per minute unless configured. The agent sends what it has
+/// after each poll (every 10 s), in batches of 100 lines: 30 a minute is ample.
+pub const DEFAULT_AGENT_LOG_REQUESTS_PER_MINUTE: u32 = 30;
+/// Agent lines per machine per minute copied into apid's own log unless configured.
+pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE: u32 = 60;
+/// Agent lines of all machines per minute copied into apid's own log unless configured.
+pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL: u32 = 3_000;
 
 impl DaemonConfig for ApidConfig {
     const SECTION: &'static str = "apid";
@@ -71,6 +97,37 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
             1..=10_000,
         )?;
+        let agent_log_bytes_per_machine = count_between(
+            "agent_log_bytes_per_machine",
+            raw.agent_log_bytes_per_machine,
+            DEFAULT_AGENT_LOG_BYTES_PER_MACHINE,
+            // At least one longest line (1 000 characters of up to 4 bytes each).
+            8 << 10..=16 << 20,
+        )?;
+        let agent_log_bytes_total = count_between(
+            "agent_log_bytes_total",
+            raw.agent_log_bytes_total,
+            DEFAULT_AGENT_LOG_BYTES_TOTAL,
+            agent_log_bytes_per_machine..=4 << 30,
+        )?;
+        let agent_log_requests_per_minute = count_between(
+            "agent_log_requests_per_minute",
+            raw.agent_log_requests_per_minute,
+            DEFAULT_AGENT_LOG_REQUESTS_PER_MINUTE,
+            1..=100_000,
+        )?;
+        let agent_log_journal_lines_per_minute = count_between(
+            "agent_log_journal_lines_per_minute",
+            raw.agent_log_journal_lines_per_minute,
+            DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE,
+            0..=100_000,
+        )?;
+        let agent_log_journal_lines_per_minute_total = count_between(
+            "agent_log_journal_lines_per_minute_total",
+            raw.agent_log_journal_lines_per_minute_total,
+            DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL,
+            0..=1_000_000,
+        )?;
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -82,6 +139,13 @@ impl DaemonConfig for ApidConfig {
             secure_cookies: raw.secure_cookies.unwrap_or(true),
             max_body_bytes,
             login_attempts_per_minute,
+            agent_logs: AgentLogLimits {
+                per_machine_bytes: agent_log_bytes_per_machine,
+                total_bytes: agent_log_bytes_total,
+                requests_per_minute: agent_log_requests_per_minute,
+                journal_lines_per_minute: agent_log_journal_lines_per_minute,
+                journal_lines_per_minute_total: agent_log_journal_lines_per_minute_total,
+            },
         })
     }
 }
@@ -96,6 +160,9 @@ mod tests {
         assert_eq!(c.listen.addr.to_string(), DEFAULT_LISTEN);
         assert!(c.secure_cookies);
         assert_eq!(c.session_lifetime, Duration::from_secs(12 * 3600));
+        // A rack of 1 000 machines fits the total with a full buffer each, in tens of MiB.
+        assert!(c.agent_logs.total_bytes >= 1000 * c.agent_logs.per_machine_bytes);
+        assert!(c.agent_logs.total_bytes <= 64 << 20);
     }
 
     #[test]
@@ -142,6 +209,35 @@ mod tests {
                     ..Default::default()
                 },
                 "login_attempts_per_minute",
+            ),
+            (
+                RawApid {
+                    agent_log_bytes_per_machine: Some(100),
+                    ..Default::default()
+                },
+                "agent_log_bytes_per_machine",
+            ),
+            (
+                RawApid {
+                    agent_log_bytes_per_machine: Some(1 << 20),
+                    agent_log_bytes_total: Some(512 << 10),
+                    ..Default::default()
+                },
+                "agent_log_bytes_total",
+            ),
+            (
+                RawApid {
+                    agent_log_requests_per_minute: Some(0),
+                    ..Default::default()
+                },
+                "agent_log_requests_per_minute",
+            ),
+            (
+                RawApid {
+                    agent_log_journal_lines_per_minute: Some(100_001),
+                    ..Default::default()
+                },
+                "agent_log_journal_lines_per_minute",
             ),
         ];
         for (raw, key) in cases {

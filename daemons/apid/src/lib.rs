@@ -10,6 +10,7 @@
 //! it never binds anything itself.
 
 pub mod admin;
+pub mod agent_logs;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -89,7 +90,7 @@ pub struct AppState {
     pub boot_token_key: Arc<Secret>,
     pub login_limiter: Arc<auth::RateLimiter>,
     /// Agents' recent console lines.
-    pub agent_logs: Arc<routes::agent::AgentLogs>,
+    pub agent_logs: Arc<agent_logs::AgentLogs>,
 }
 
 impl AppState {
@@ -102,6 +103,7 @@ impl AppState {
         boot_token_key: Secret,
     ) -> Self {
         let login_limiter = Arc::new(auth::RateLimiter::new(config.login_attempts_per_minute));
+        let agent_logs = Arc::new(agent_logs::AgentLogs::new(config.agent_logs));
         Self {
             db,
             bus,
@@ -109,7 +111,7 @@ impl AppState {
             config: Arc::new(config),
             boot_token_key: Arc::new(boot_token_key),
             login_limiter,
-            agent_logs: Arc::default(),
+            agent_logs,
         }
     }
 }

@@ -27,6 +27,7 @@
     reason = "each attack prints its measured effect"
 )]
 
+mod agent_log;
 #[path = "../integration/common.rs"]
 #[allow(
     dead_code,

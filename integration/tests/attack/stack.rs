@@ -71,6 +71,23 @@ impl AttackLab {
         self.lab.in_namespace(f)
     }
 
+    /// A valid boot token for `mac`, minted with the lab's key as ipxed would (an hour long).
+    pub(crate) fn agent_token(&self, mac: &str) -> String {
+        let key = std::fs::read(self.lab.dir().join("boot-token-key")).unwrap();
+        let mac: dragonfly_core::MacAddr = mac.parse().unwrap();
+        let mut nonce = [0u8; 16];
+        nonce[..6].copy_from_slice(&mac.octets());
+        dragonfly_core::boot_token::mint(
+            &key,
+            &dragonfly_core::boot_token::BootClaims {
+                mac,
+                nonce,
+                expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+            },
+        )
+        .unwrap()
+    }
+
     /// A command run in the attacker's namespace (`ip netns exec`).
     pub(crate) fn attacker_command(&self, program: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new("ip");

@@ -71,6 +71,65 @@ pub struct ConnectOptions {
     pub source: String,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
+    /// How this client proves who it is.
+    pub auth: BusAuth,
+    /// TLS towards the server.
+    pub tls: BusTls,
+}
+
+/// How the bus proves who it is to NATS. `Debug` never shows a secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum BusAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A user and its password.
+    UserPassword {
+        /// The NATS user.
+        user: String,
+        /// Its password.
+        password: String,
+    },
+    /// An nkey seed (`SU…`): the server's nonce is signed with it.
+    NkeySeed(String),
+    /// The text of a `.creds` file: a user JWT and its nkey seed.
+    Creds(String),
+}
+
+impl fmt::Debug for BusAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"[redacted]")
+                .finish(),
+            Self::NkeySeed(_) => f.write_str("NkeySeed([redacted])"),
+            Self::Creds(_) => f.write_str("Creds([redacted])"),
+        }
+    }
+}
+
+/// TLS towards NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusTls {
+    /// Refuse to talk to a server without TLS (also implied by a `tls://` URL).
+    pub required: bool,
+    /// CA certificates (PEM) that verify the server, instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The client's certificate and private key (PEM files), for a server that asks.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// An nkey user seed: `SU` and 56 more base32 characters. Checked before connecting, so a
+/// truncated credential is a clear error at start rather than "failed signing nonce" forever.
+fn is_plausible_nkey_seed(seed: &str) -> bool {
+    seed.len() == 58
+        && seed.starts_with("SU")
+        && seed
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
 }
 
 impl ConnectOptions {
@@ -86,6 +145,8 @@ impl ConnectOptions {
             },
             source: format!("/dragonfly/{daemon}"),
             connect_timeout: Duration::from_secs(5),
+            auth: BusAuth::None,
+            tls: BusTls::default(),
         }
     }
 }
@@ -114,13 +175,49 @@ impl Bus {
     /// retried forever (backoff capped at 2 s, each attempt bounded by
     /// [`ConnectOptions::connect_timeout`]), and messages wait in a buffer meanwhile.
     ///
+    /// Credentials and TLS are as [`ConnectOptions::auth`] and [`ConnectOptions::tls`] say. A
+    /// server that refuses them (or whose certificate does not verify) is retried like an
+    /// unreachable one, and said so in the log at `error` level once per distinct failure:
+    /// the daemon keeps serving without the bus meanwhile.
+    ///
     /// # Errors
-    /// [`BusError::Connect`] when the URL does not parse.
+    /// [`BusError::Connect`] when the URL does not parse; [`BusError::Credentials`] when the
+    /// credentials are malformed.
     pub async fn connect(options: ConnectOptions) -> Result<Bus, BusError> {
         let (state_tx, state) = watch::channel(ConnectionState::Connecting);
         let state_tx = Arc::new(state_tx);
+        let last_failure = Arc::new(std::sync::Mutex::new(None::<String>));
         let url = options.url;
-        let client = async_nats::ConnectOptions::new()
+        let mut nats = match options.auth {
+            BusAuth::None => async_nats::ConnectOptions::new(),
+            BusAuth::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(user, password)
+            }
+            BusAuth::NkeySeed(seed) => {
+                if !is_plausible_nkey_seed(&seed) {
+                    return Err(BusError::Credentials(
+                        "the nkey seed is not a user seed (SU followed by 56 base32 characters)",
+                    ));
+                }
+                async_nats::ConnectOptions::with_nkey(seed)
+            }
+            BusAuth::Creds(text) => {
+                async_nats::ConnectOptions::with_credentials(&text).map_err(|_| {
+                    // The error's text may quote the file: never log it.
+                    BusError::Credentials("the .creds file has no user JWT and nkey seed")
+                })?
+            }
+        };
+        if options.tls.required {
+            nats = nats.require_tls(true);
+        }
+        if let Some(ca) = options.tls.ca_file {
+            nats = nats.add_root_certificates(ca);
+        }
+        if let Some((cert, key)) = options.tls.client_cert {
+            nats = nats.add_client_certificate(cert, key);
+        }
+        let client = nats
             .name(&options.client_name)
             .connection_timeout(options.connect_timeout)
             .retry_on_initial_connect()
@@ -128,7 +225,8 @@ impl Bus {
             .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
                 let state_tx = Arc::clone(&state_tx);
-                async move { on_event(&state_tx, event) }
+                let last_failure = Arc::clone(&last_failure);
+                async move { on_event(&state_tx, &last_failure, event) }
             })
             .connect(url.as_str())
             .await
@@ -515,10 +613,32 @@ fn reconnect_delay(attempts: usize) -> Duration {
     (Duration::from_millis(100) * 2u32.pow(exponent)).min(MAX_RECONNECT_DELAY)
 }
 
-fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
+/// A failed connection attempt that retrying will not cure: the operator must act.
+fn needs_operator(error: &str) -> Option<&'static str> {
+    if error.contains("authorization violation") || error.contains("failed signing nonce") {
+        Some(
+            "NATS refused this daemon's credentials: check [nats] auth/user and the credential \
+             (LoadCredential=); serving without the bus meanwhile",
+        )
+    } else if error.contains("TLS error") {
+        Some(
+            "TLS to NATS failed (the server's certificate, [nats] tls_ca_file, or the client \
+             certificate and key); serving without the bus meanwhile",
+        )
+    } else {
+        None
+    }
+}
+
+fn on_event(
+    state: &watch::Sender<ConnectionState>,
+    last_failure: &std::sync::Mutex<Option<String>>,
+    event: async_nats::Event,
+) {
     use async_nats::Event as E;
     match event {
         E::Connected => {
+            *last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
             info!("connected to NATS");
             state.send_replace(ConnectionState::Connected);
         }
@@ -542,7 +662,17 @@ fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
         // While disconnected every failed reconnect attempt reports an I/O error; the
         // disconnect was already logged once, so repeating it would only flood the journal.
         E::ClientError(err) if *state.borrow() != ConnectionState::Connected => {
-            debug!(error = %err, "NATS reconnect attempt failed");
+            let text = err.to_string();
+            let mut last = last_failure.lock().unwrap_or_else(|p| p.into_inner());
+            // Credentials and certificates do not fix themselves: say so once, loudly (and
+            // again only if the failure changes); every attempt after that at debug.
+            match needs_operator(&text) {
+                Some(what) if last.as_deref() != Some(text.as_str()) => {
+                    error!(error = %text, "{what}");
+                    *last = Some(text);
+                }
+                _ => debug!(error = %text, "NATS reconnect attempt failed"),
+            }
         }
         E::ClientError(err) => warn!(error = %err, "NATS client error"),
     }
@@ -551,6 +681,63 @@ fn on_event(state: &watch::Sender<ConnectionState>, event: async_nats::Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_print() {
+        let auth = BusAuth::UserPassword {
+            user: "dragonfly".into(),
+            password: "hunter2".into(),
+        };
+        let shown = format!("{auth:?}");
+        assert!(
+            shown.contains("dragonfly") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        let seed = "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4";
+        for auth in [BusAuth::NkeySeed(seed.into()), BusAuth::Creds(seed.into())] {
+            assert!(!format!("{auth:?}").contains(seed));
+        }
+    }
+
+    #[test]
+    fn nkey_seeds_are_checked_before_connecting() {
+        assert!(is_plausible_nkey_seed(
+            "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4"
+        ));
+        assert!(!is_plausible_nkey_seed("SUAIBDPBAUTW"));
+        assert!(!is_plausible_nkey_seed(
+            "UAAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4"
+        ));
+        assert!(!is_plausible_nkey_seed(
+            "SUaIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4"
+        ));
+    }
+
+    #[tokio::test]
+    async fn malformed_credentials_are_refused_without_quoting_them() {
+        for auth in [
+            BusAuth::NkeySeed("SUtruncated".into()),
+            BusAuth::Creds("not a creds file: hunter2".into()),
+        ] {
+            let mut options = ConnectOptions::new("nats://127.0.0.1:1", "test", None);
+            options.auth = auth;
+            let err = Bus::connect(options).await.unwrap_err();
+            let text = Chain(&err).to_string();
+            assert!(matches!(err, BusError::Credentials(_)), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("SUtruncated"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_an_operator_must_fix_are_told_apart() {
+        assert!(needs_operator("nats: authorization violation").is_some());
+        assert!(needs_operator("nats: TLS error").is_some());
+        assert!(needs_operator("nats: IO error").is_none());
+        assert!(needs_operator("nats: timed out").is_none());
+    }
 
     #[test]
     fn reconnect_backoff_is_capped_at_two_seconds() {

@@ -18,6 +18,10 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The credentials given to [`Bus::connect`](crate::Bus::connect) are unusable (a
+    /// malformed `.creds` file or nkey seed). Never carries the secret.
+    #[error("the NATS credentials: {0}")]
+    Credentials(&'static str),
     /// A payload could not be serialized.
     #[error("encoding a message for {subject}")]
     Encode {

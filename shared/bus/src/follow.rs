@@ -12,6 +12,10 @@
 //! subscription (a round trip), so any event published after the daemon's store read is
 //! delivered to it — nothing falls between the read and the subscription.
 //!
+//! Events are hints for a second reason: whoever can publish on the bus can forge one. NATS
+//! credentials and TLS ([`crate::BusAuth`], [`crate::BusTls`]) limit who can publish, and
+//! re-reading the store limits what a forged or replayed event can do to one wasted read.
+//!
 //! This module must never treat an event's payload as state that is not also in the store.
 
 use std::time::Duration;

@@ -18,8 +18,15 @@
 //!   buffer and go out on connect; reconnects never stop, with backoff capped at 2 s, and the
 //!   client re-creates its subscriptions on the new connection.
 //!
+//! # Credentials and TLS
+//! [`ConnectOptions`] carries how the client authenticates ([`BusAuth`]: user and password,
+//! an nkey seed, or a `.creds` file; the frame reads them from systemd credentials, never from
+//! the config file) and TLS ([`BusTls`]: a CA file to verify the server, a client certificate).
+//! A server that refuses them is retried like an unreachable one and logged once at `error`:
+//! the daemon keeps serving without the bus, as it does while NATS is down.
+//!
 //! # TLS: exactly one rustls crypto provider
-//! async-nats is built with `default-features = false, features = ["ring"]`. rustls picks its
+//! async-nats is built with `default-features = false, features = ["ring", "nkeys"]`. rustls picks its
 //! provider from crate features only when exactly one of `ring` / `aws-lc-rs` is compiled in;
 //! with both (say, another dependency enabling `aws-lc-rs`) async-nats panics when it sets up
 //! TLS for a `tls://` URL. Keep `ring` the only provider in the workspace; a daemon that cannot
@@ -35,7 +42,7 @@ mod publisher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use bus::{Bus, ConnectOptions, ConnectionState, Subscription};
+pub use bus::{Bus, BusAuth, BusTls, ConnectOptions, ConnectionState, Subscription};
 pub use cloudevent::{CloudEvent, DecodeError, JSON_CONTENT_TYPE, SpecVersion};
 pub use error::BusError;
 pub use follow::{Change, Follower, ReconcileReason};

@@ -146,6 +146,26 @@ pub fn load_credential_from(
     })
 }
 
+/// Where credential `name` is (as [`load_credential`] finds it, checked private the same
+/// way), for a library that insists on reading the file itself, such as a TLS client key
+/// given to the NATS client by path.
+pub fn credential_path(name: &str, fallback: Option<&Path>) -> Result<PathBuf, CredentialError> {
+    let directory = std::env::var_os("CREDENTIALS_DIRECTORY");
+    let tried = candidates(name, directory.as_deref(), fallback)?;
+    for path in &tried {
+        match read_private(path) {
+            Err(CredentialError::Read { source, .. })
+                if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(path.clone()),
+        }
+    }
+    Err(CredentialError::NotFound {
+        name: name.to_owned(),
+        tried,
+    })
+}
+
 /// Where to look, in order. Pure.
 fn candidates(
     name: &str,

@@ -15,7 +15,8 @@
 //! 4. Takes the daemon's sockets by name from systemd, or binds them from the config
 //!    ([`Daemon::sockets`]), while it might still hold the right to; unused passed sockets
 //!    are reported.
-//! 5. Loads the daemon's credentials ([`Daemon::credentials`]); a missing or weak one exits 1.
+//! 5. Loads the daemon's credentials ([`Daemon::credentials`]) and the NATS credentials the
+//!    `[nats]` section asks for ([`nats_connect_options`]); a missing or weak one exits 1.
 //! 6. Locks down: refuses root, sets `no_new_privs`, drops every capability. Still
 //!    single-threaded, so every later thread inherits the reduced set.
 //! 7. Builds the tokio runtime and installs SIGTERM/SIGINT handling.
@@ -42,13 +43,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args as _, FromArgMatches as _};
-use dragonfly_bus::{Bus, ConnectOptions, Publisher};
+use dragonfly_bus::{Bus, BusAuth, BusTls, ConnectOptions, Publisher};
 use dragonfly_store::{Db, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{self, Chain, CommonArgs};
-use crate::config::{DaemonConfig, Loaded, NatsConfig, StoreConfig};
-use crate::credentials::{CredentialError, Secret, load_credential};
+use crate::config::{
+    DaemonConfig, Loaded, NATS_CLIENT_KEY_CREDENTIAL, NATS_CREDS_CREDENTIAL, NATS_NKEY_CREDENTIAL,
+    NATS_PASSWORD_CREDENTIAL, NatsAuth, NatsConfig, StoreConfig,
+};
+use crate::credentials::{CredentialError, Secret, credential_path, load_credential};
 use crate::notify::{self, Heartbeat};
 use crate::sockets::{SocketError, Sockets};
 use crate::{logging, privileges, signals};
@@ -397,6 +401,7 @@ fn start<D: Daemon>(loaded: Loaded<D::Config>) -> anyhow::Result<()> {
         // Dropping `passed` reports sockets systemd passed that we did not take.
     };
     let credentials = Credentials::load(&D::credentials(&config))?;
+    let nats = nats_connect_options(&nats, D::NAME)?;
     privileges::lock_down(&[])?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
@@ -413,7 +418,7 @@ fn start<D: Daemon>(loaded: Loaded<D::Config>) -> anyhow::Result<()> {
 async fn lifetime<D: Daemon>(
     config: D::Config,
     store: StoreConfig,
-    nats: NatsConfig,
+    nats: ConnectOptions,
     sockets: D::Sockets,
     credentials: Credentials,
 ) -> anyhow::Result<()> {
@@ -430,7 +435,7 @@ async fn lifetime<D: Daemon>(
     let db = D::Store::open(&store)
         .await
         .with_context(|| format!("opening the store at {}", store.path.display()))?;
-    let bus = Bus::connect(connect_options(&nats, D::NAME)).await?;
+    let bus = Bus::connect(nats).await?;
     let (events, publisher) = Publisher::start(&bus, dragonfly_bus::DEFAULT_CAPACITY);
     let ctx = Context::<D>::with_publisher(config, db.clone(), Some(bus), events, credentials);
 
@@ -455,11 +460,79 @@ async fn lifetime<D: Daemon>(
     }
 }
 
-/// The bus options from the whole `[nats]` section.
-fn connect_options(nats: &NatsConfig, daemon: &str) -> ConnectOptions {
+/// Why the `[nats]` credentials could not be used (the secrets themselves never appear).
+#[derive(Debug, thiserror::Error)]
+pub enum NatsCredentialsError {
+    /// The credential is missing, unreadable or readable by others.
+    #[error("loading NATS credential {name:?}")]
+    Load {
+        /// The credential.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: CredentialError,
+    },
+    /// The credential is not text.
+    #[error("NATS credential {name:?} is not UTF-8 text")]
+    NotText {
+        /// The credential.
+        name: &'static str,
+    },
+}
+
+/// The bus options from the whole `[nats]` section, with its credentials read from systemd's
+/// `$CREDENTIALS_DIRECTORY` (or the configured fallback files): never from the config itself.
+///
+/// # Errors
+/// A credential the section asks for is missing, too open, or not text.
+pub fn nats_connect_options(
+    nats: &NatsConfig,
+    daemon: &str,
+) -> Result<ConnectOptions, NatsCredentialsError> {
     let mut options = ConnectOptions::new(nats.url.clone(), daemon, nats.name_prefix.as_deref());
     options.connect_timeout = nats.connect_timeout;
-    options
+    let secret_text = |name: &'static str| {
+        let secret = load_credential(name, nats.credential_file.as_deref())
+            .map_err(|source| NatsCredentialsError::Load { name, source })?;
+        std::str::from_utf8(secret.expose())
+            .map(str::to_owned)
+            .map_err(|_| NatsCredentialsError::NotText { name })
+    };
+    options.auth = match &nats.auth {
+        NatsAuth::None => BusAuth::None,
+        NatsAuth::UserPassword { user } => {
+            let text = secret_text(NATS_PASSWORD_CREDENTIAL)?;
+            // A file written with `echo` ends in a newline that is not part of the password.
+            let password = text.strip_suffix('\n').unwrap_or(&text);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            BusAuth::UserPassword {
+                user: user.clone(),
+                password: password.to_owned(),
+            }
+        }
+        NatsAuth::Nkey => BusAuth::NkeySeed(secret_text(NATS_NKEY_CREDENTIAL)?.trim().to_owned()),
+        NatsAuth::Creds => BusAuth::Creds(secret_text(NATS_CREDS_CREDENTIAL)?),
+    };
+    let client_cert = match &nats.tls.client_cert_file {
+        None => None,
+        Some(cert) => {
+            let key = credential_path(
+                NATS_CLIENT_KEY_CREDENTIAL,
+                nats.tls.client_key_file.as_deref(),
+            )
+            .map_err(|source| NatsCredentialsError::Load {
+                name: NATS_CLIENT_KEY_CREDENTIAL,
+                source,
+            })?;
+            Some((cert.clone(), key))
+        }
+    };
+    options.tls = BusTls {
+        required: nats.tls.required,
+        ca_file: nats.tls.ca_file.clone(),
+        client_cert,
+    };
+    Ok(options)
 }
 
 /// Feeds systemd's watchdog while `health` holds: the store answers (checked every 5 s) and/or

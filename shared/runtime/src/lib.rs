@@ -39,8 +39,8 @@ pub use config::{
 };
 pub use credentials::{CredentialError, Secret, load_credential};
 pub use daemon::{
-    BEAT_EVERY, Context, CredentialSpec, Credentials, CredentialsError, Daemon, Health, NoStore,
-    StoreAccess, main, serve,
+    BEAT_EVERY, Context, CredentialSpec, Credentials, CredentialsError, Daemon, Health,
+    NatsCredentialsError, NoStore, StoreAccess, main, nats_connect_options, serve,
 };
 pub use privileges::{PrivilegeError, lock_down};
 pub use signals::{GraceElapsed, SignalError, drain, shutdown_token};

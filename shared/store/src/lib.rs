@@ -3,7 +3,8 @@
 //! One database file (`/var/lib/dragonfly/dragonfly.db` by default) is opened by several
 //! processes at once, each as its own user in the `dragonfly` group. That works because of
 //! how every connection is set up here: WAL journaling so readers never block the writer,
-//! `synchronous=NORMAL`, foreign keys on, a busy timeout, and every write transaction begun
+//! `synchronous=NORMAL` (and `FULL` for the commit of a write acknowledged to an agent, such as
+//! a registration, which must survive power loss), foreign keys on, a busy timeout, and every write transaction begun
 //! `IMMEDIATE` so two writers queue on the lock instead of failing mid-transaction with
 //! `SQLITE_BUSY` on upgrade.
 //!

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use uuid::Uuid;
 
-use crate::db::write;
+use crate::db::{write, write_durable};
 use crate::error::Sql;
 use crate::schema::Shared;
 use crate::time::{from_column, to_column};
@@ -312,7 +312,8 @@ fn register(
     report: &HardwareReport,
     now: Timestamp,
 ) -> Result<Registered, StoreError> {
-    write(conn, |tx| {
+    // Acknowledged to the agent, which will not send it again: on disk before the answer.
+    write_durable(conn, |tx| {
         let smbios = report.trusted_smbios_uuid().map(|u| u.to_string());
         let mut ids: Vec<String> = Vec::new();
         {

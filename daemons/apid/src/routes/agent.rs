@@ -5,17 +5,12 @@
 //! assignment reaches a machine waiting in discovery within seconds. The bodies are
 //! [`dragonfly_core::agent_api`]'s, which the agent parses: never a copy of them here.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use dragonfly_core::agent_api::{self, AgentLog, Instructions};
 use dragonfly_core::boot::{self, BootView};
 use dragonfly_core::{MacAddr, boot_token};
 use dragonfly_runtime::cli::Chain;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth;
@@ -44,6 +39,30 @@ impl axum::extract::FromRequestParts<AppState> for Agent {
                 tracing::info!(error = %Chain(&e), "agent request refused");
                 ApiError::Unauthorized
             })
+    }
+}
+
+/// An agent that may send console lines now: its token is valid and its MAC is within
+/// `[apid] agent_log_requests_per_minute`. An extractor, so the check runs before the body is
+/// read and parsed: a refused flood costs a table look-up per request, not a JSON parse.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggingAgent(pub MacAddr);
+
+impl axum::extract::FromRequestParts<AppState> for LoggingAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let Agent(mac) = Agent::from_request_parts(parts, state).await?;
+        state
+            .agent_logs
+            .admit(mac, std::time::Instant::now())
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            })?;
+        Ok(Self(mac))
     }
 }
 
@@ -76,73 +95,19 @@ pub async fn instructions(
     }))
 }
 
-/// Lines kept per machine (the newest).
-pub const LINES_KEPT: usize = 500;
-/// Machines whose lines are kept; beyond it the quietest machine's lines are dropped.
-pub const MACHINES_KEPT: usize = 10_000;
+pub use crate::agent_logs::{AgentLogs, LogLine};
 
-/// The agents' recent console lines, per machine, in memory.
-///
-/// They also go to apid's own log (the journal) with the machine's name, which is where they
-/// persist; this buffer lets an operator read a booting machine's console through the API
-/// without a crash cart. Bounded in lines per machine and in machines.
-#[derive(Debug, Default)]
-pub struct AgentLogs {
-    by_machine: Mutex<HashMap<uuid::Uuid, VecDeque<LogLine>>>,
-}
-
-/// One line an agent said.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LogLine {
-    /// When apid received it.
-    #[schema(value_type = String, format = DateTime)]
-    pub received_at: jiff::Timestamp,
-    pub line: String,
-}
-
-impl AgentLogs {
-    fn push(&self, machine: uuid::Uuid, lines: Vec<String>, now: jiff::Timestamp) {
-        let mut all = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
-        if !all.contains_key(&machine) && all.len() >= MACHINES_KEPT {
-            let quietest = all
-                .iter()
-                .min_by_key(|(_, l)| l.back().map(|x| x.received_at))
-                .map(|(k, _)| *k);
-            if let Some(k) = quietest {
-                all.remove(&k);
-            }
-        }
-        let buf = all.entry(machine).or_default();
-        for line in lines {
-            if buf.len() == LINES_KEPT {
-                buf.pop_front();
-            }
-            buf.push_back(LogLine {
-                received_at: now,
-                line,
-            });
-        }
-    }
-
-    /// The lines kept for `machine`, oldest first.
-    pub fn get(&self, machine: uuid::Uuid) -> Vec<LogLine> {
-        let all = self.by_machine.lock().unwrap_or_else(|p| p.into_inner());
-        all.get(&machine)
-            .map(|b| b.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
-/// Receives the agent's console lines: they go to apid's log with the machine's name and
-/// into a per-machine buffer operators read with `GET /api/machines/{id}/agent-log`.
+/// Receives the agent's console lines: they go into a per-machine buffer operators read with
+/// `GET /api/machines/{id}/agent-log`, within byte budgets, and a sample of them to apid's log
+/// with the machine's name. A token sending too often is told 429 with `Retry-After`.
 #[utoipa::path(post, path = agent_api::LOG_PATH, tag = "machines", request_body = AgentLog,
     security(("bootToken" = [])),
     responses((status = 204, description = "Stored"), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
-    Agent(mac): Agent,
+    LoggingAgent(mac): LoggingAgent,
     ApiJson(body): ApiJson<AgentLog>,
 ) -> Result<StatusCode, ApiError> {
     if body.lines.len() > AgentLog::MAX_LINES {
@@ -168,16 +133,29 @@ pub async fn log(
                 .collect()
         })
         .collect();
-    for line in &lines {
+    let journal = state.agent_logs.push(
+        info.id.0,
+        lines,
+        jiff::Timestamp::now(),
+        std::time::Instant::now(),
+    );
+    if journal.suppressed_before > 0 {
+        tracing::info!(target: "agent", machine = %info.name, %mac,
+            suppressed = journal.suppressed_before,
+            "agent lines of the last minute not logged here (over the sampling limit)");
+    }
+    if journal.suppressed_total_before > 0 {
+        tracing::info!(target: "agent", suppressed = journal.suppressed_total_before,
+            "agent lines of the last minute not logged here (over the total sampling limit)");
+    }
+    for line in &journal.lines {
         tracing::info!(target: "agent", machine = %info.name, %mac, "{line}");
     }
-    state
-        .agent_logs
-        .push(info.id.0, lines, jiff::Timestamp::now());
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The machine's agent's recent console lines (kept in memory, newest 500).
+/// The machine's agent's recent console lines (kept in memory, the newest that fit its budget,
+/// `[apid] agent_log_bytes_per_machine`).
 #[utoipa::path(get, path = "/api/machines/{id}/agent-log", tag = "machines",
     params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
     responses((status = 200, body = Vec<LogLine>), (status = 401, body = ErrorBody),

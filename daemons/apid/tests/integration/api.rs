@@ -746,3 +746,43 @@ async fn agents_ship_console_lines_that_operators_read() {
         "control characters are dropped"
     );
 }
+
+#[tokio::test]
+async fn a_chatty_agent_is_told_when_to_come_back() {
+    let s = Server::start_with(config(|c| c.agent_log_requests_per_minute = Some(3))).await;
+    register(&s, &[1]).await;
+    let url = s.url("/api/agent/log");
+    let lines = json!({"lines": ["hello"]});
+    let send = |m: u8| {
+        s.http
+            .post(&url)
+            .bearer_auth(token_for(mac(m)))
+            .json(&lines)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(send(1).await.unwrap().status(), 204);
+    }
+    let refused = send(1).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "Retry-After: {wait}");
+    // Refused before the body is read: not even parsed.
+    let garbage = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(mac(1)))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 429);
+    // The limit is the token's (its MAC's), not everyone's: another agent is still heard
+    // (404: it has not registered, which is checked after the rate).
+    assert_eq!(send(2).await.unwrap().status(), 404);
+}

@@ -377,7 +377,17 @@ mod tests {
         assert_eq!(accepted_keys::<RawStoreConfig>().unwrap(), ["path"]);
         assert_eq!(
             accepted_keys::<RawNatsConfig>().unwrap(),
-            ["url", "name_prefix", "connect_timeout"]
+            [
+                "url",
+                "name_prefix",
+                "connect_timeout",
+                "auth",
+                "user",
+                "credential_file",
+                "tls_ca_file",
+                "tls_client_cert_file",
+                "tls_client_key_file"
+            ]
         );
         assert_eq!(
             accepted_keys::<std::collections::HashMap<String, u32>>(),

@@ -41,7 +41,9 @@ pub use error::{ConfigError, Invalid, Location, Reason};
 pub use file::accepted_keys;
 pub use sections::{
     DEFAULT_LOG_LEVEL, DEFAULT_NATS_CONNECT_TIMEOUT, DEFAULT_NATS_URL, DEFAULT_STORE_PATH,
-    LogConfig, NatsConfig, RawLogConfig, RawNatsConfig, RawStoreConfig, StoreConfig,
+    LogConfig, NATS_CLIENT_KEY_CREDENTIAL, NATS_CREDS_CREDENTIAL, NATS_NKEY_CREDENTIAL,
+    NATS_PASSWORD_CREDENTIAL, NatsAuth, NatsConfig, NatsTls, RawLogConfig, RawNatsConfig,
+    RawStoreConfig, StoreConfig,
 };
 pub use values::{
     ListenConfig, absolute_path, count_between, duration_between, file_name, http_url, ipv4,

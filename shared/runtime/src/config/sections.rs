@@ -65,6 +65,18 @@ pub struct RawNatsConfig {
     pub name_prefix: Option<String>,
     /// E.g. `"5s"`.
     pub connect_timeout: Option<String>,
+    /// `"user-password"`, `"nkey"` or `"creds"`; unset: no credentials.
+    pub auth: Option<String>,
+    /// The NATS user, with `auth = "user-password"` (the password is a credential).
+    pub user: Option<String>,
+    /// Outside systemd: where to read the auth credential.
+    pub credential_file: Option<PathBuf>,
+    /// CA certificates (PEM) that verify the server; setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// The client's certificate (PEM), when the server asks for one.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Outside systemd: where to read the client's private key (a credential).
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 /// `[nats]`: how to reach the message bus.
@@ -77,6 +89,66 @@ pub struct NatsConfig {
     pub name_prefix: Option<String>,
     /// How long to wait for the first connection.
     pub connect_timeout: Duration,
+    /// How the daemon proves who it is to NATS; the secret itself is a credential.
+    pub auth: NatsAuth,
+    /// Outside systemd: where to read the auth credential (and only then).
+    pub credential_file: Option<PathBuf>,
+    /// TLS towards the server.
+    pub tls: NatsTls,
+}
+
+/// How a daemon authenticates to NATS. The secret is never in the config file: it is the
+/// systemd credential [`NatsAuth::credential`] names (`LoadCredential=`), or outside systemd
+/// the file `[nats] credential_file` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (a NATS that trusts its network: a lab).
+    #[default]
+    None,
+    /// A user and password; the credential holds the password.
+    UserPassword {
+        /// The NATS user.
+        user: String,
+    },
+    /// An nkey; the credential holds its seed (`SU…`).
+    Nkey,
+    /// A `.creds` file (a user JWT and its nkey seed, as `nsc` writes them).
+    Creds,
+}
+
+impl NatsAuth {
+    /// The systemd credential holding the secret, if any.
+    pub fn credential(&self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::UserPassword { .. } => Some(NATS_PASSWORD_CREDENTIAL),
+            Self::Nkey => Some(NATS_NKEY_CREDENTIAL),
+            Self::Creds => Some(NATS_CREDS_CREDENTIAL),
+        }
+    }
+}
+
+/// The credential with the NATS password (`auth = "user-password"`).
+pub const NATS_PASSWORD_CREDENTIAL: &str = "nats-password";
+/// The credential with the nkey seed (`auth = "nkey"`).
+pub const NATS_NKEY_CREDENTIAL: &str = "nats-nkey";
+/// The credential with the `.creds` file (`auth = "creds"`).
+pub const NATS_CREDS_CREDENTIAL: &str = "nats.creds";
+/// The credential with the TLS client's private key (`tls_client_cert_file` set).
+pub const NATS_CLIENT_KEY_CREDENTIAL: &str = "nats-client-key";
+
+/// TLS towards NATS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// Refuse a connection without TLS: the URL is `tls://` or a CA file is set.
+    pub required: bool,
+    /// CA certificates (PEM) that verify the server, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The client's certificate (PEM); its key is the credential
+    /// [`NATS_CLIENT_KEY_CREDENTIAL`].
+    pub client_cert_file: Option<PathBuf>,
+    /// Outside systemd: where the client's key is read.
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for NatsConfig {
@@ -85,8 +157,20 @@ impl Default for NatsConfig {
             url: DEFAULT_NATS_URL.to_owned(),
             name_prefix: None,
             connect_timeout: DEFAULT_NATS_CONNECT_TIMEOUT,
+            auth: NatsAuth::None,
+            credential_file: None,
+            tls: NatsTls::default(),
         }
     }
+}
+
+/// A `[nats]` key that only makes sense with another.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NeedsOther(&'static str);
+
+fn needs(key: &str, why: &'static str) -> Invalid {
+    Invalid::new(key, Reason::Custom(Box::new(NeedsOther(why))))
 }
 
 impl TryFrom<RawNatsConfig> for NatsConfig {
@@ -105,10 +189,80 @@ impl TryFrom<RawNatsConfig> for NatsConfig {
             defaults.connect_timeout,
             Duration::from_millis(1)..=Duration::from_secs(300),
         )?;
+        let auth = match raw.auth.as_deref() {
+            None | Some("none") => NatsAuth::None,
+            Some("user-password") => {
+                let user = raw
+                    .user
+                    .clone()
+                    .ok_or(Invalid::new("user", Reason::Required))?;
+                if user.is_empty()
+                    || user.len() > 256
+                    || user.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
+                    return Err(Invalid::new(
+                        "user",
+                        Reason::Characters {
+                            value: user,
+                            allowed: "1 to 256 characters, no spaces or control characters",
+                        },
+                    ));
+                }
+                NatsAuth::UserPassword { user }
+            }
+            Some("nkey") => NatsAuth::Nkey,
+            Some("creds") => NatsAuth::Creds,
+            Some(other) => {
+                return Err(Invalid::new(
+                    "auth",
+                    Reason::Characters {
+                        value: other.to_owned(),
+                        allowed: "expected \"none\", \"user-password\", \"nkey\" or \"creds\"",
+                    },
+                ));
+            }
+        };
+        if raw.user.is_some() && !matches!(auth, NatsAuth::UserPassword { .. }) {
+            return Err(needs("user", "is used only with auth = \"user-password\""));
+        }
+        let credential_file = raw
+            .credential_file
+            .map(|p| absolute_path("credential_file", p))
+            .transpose()?;
+        if credential_file.is_some() && auth == NatsAuth::None {
+            return Err(needs("credential_file", "is used only with an auth method"));
+        }
+        let ca_file = raw
+            .tls_ca_file
+            .map(|p| absolute_path("tls_ca_file", p))
+            .transpose()?;
+        let client_cert_file = raw
+            .tls_client_cert_file
+            .map(|p| absolute_path("tls_client_cert_file", p))
+            .transpose()?;
+        let client_key_file = raw
+            .tls_client_key_file
+            .map(|p| absolute_path("tls_client_key_file", p))
+            .transpose()?;
+        if client_key_file.is_some() && client_cert_file.is_none() {
+            return Err(needs(
+                "tls_client_key_file",
+                "is used only with tls_client_cert_file",
+            ));
+        }
+        let required = url.starts_with("tls://") || ca_file.is_some() || client_cert_file.is_some();
         Ok(Self {
             url,
             name_prefix,
             connect_timeout,
+            auth,
+            credential_file,
+            tls: NatsTls {
+                required,
+                ca_file,
+                client_cert_file,
+                client_key_file,
+            },
         })
     }
 }
@@ -228,6 +382,7 @@ mod tests {
             url: url.map(str::to_owned),
             name_prefix: prefix.map(str::to_owned),
             connect_timeout: timeout.map(str::to_owned),
+            ..Default::default()
         };
         NatsConfig::try_from(raw).map_err(|e| e.to_string())
     }
@@ -279,6 +434,99 @@ mod tests {
                     .starts_with("url: "),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn nats_auth_and_tls_are_checked() {
+        let check = |raw: RawNatsConfig| NatsConfig::try_from(raw);
+        let ok = check(RawNatsConfig {
+            auth: Some("user-password".into()),
+            user: Some("dragonfly".into()),
+            tls_ca_file: Some("/etc/dragonfly/nats-ca.pem".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            ok.auth,
+            NatsAuth::UserPassword {
+                user: "dragonfly".into()
+            }
+        );
+        assert_eq!(ok.auth.credential(), Some(NATS_PASSWORD_CREDENTIAL));
+        assert!(ok.tls.required, "a CA file means TLS is required");
+        let tls_url = check(RawNatsConfig {
+            url: Some("tls://bus:4222".into()),
+            auth: Some("nkey".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(tls_url.tls.required);
+        assert_eq!(tls_url.auth.credential(), Some(NATS_NKEY_CREDENTIAL));
+        assert!(!check(RawNatsConfig::default()).unwrap().tls.required);
+
+        let cases = [
+            (
+                RawNatsConfig {
+                    auth: Some("password".into()),
+                    ..Default::default()
+                },
+                "auth",
+            ),
+            (
+                RawNatsConfig {
+                    auth: Some("user-password".into()),
+                    ..Default::default()
+                },
+                "user",
+            ),
+            (
+                RawNatsConfig {
+                    auth: Some("user-password".into()),
+                    user: Some("a b".into()),
+                    ..Default::default()
+                },
+                "user",
+            ),
+            (
+                RawNatsConfig {
+                    user: Some("bob".into()),
+                    ..Default::default()
+                },
+                "user",
+            ),
+            (
+                RawNatsConfig {
+                    credential_file: Some("/etc/x".into()),
+                    ..Default::default()
+                },
+                "credential_file",
+            ),
+            (
+                RawNatsConfig {
+                    auth: Some("creds".into()),
+                    credential_file: Some("nats.creds".into()),
+                    ..Default::default()
+                },
+                "credential_file",
+            ),
+            (
+                RawNatsConfig {
+                    tls_ca_file: Some("ca.pem".into()),
+                    ..Default::default()
+                },
+                "tls_ca_file",
+            ),
+            (
+                RawNatsConfig {
+                    tls_client_key_file: Some("/etc/key.pem".into()),
+                    ..Default::default()
+                },
+                "tls_client_key_file",
+            ),
+        ];
+        for (raw, key) in cases {
+            assert_eq!(check(raw).unwrap_err().key(), key);
         }
     }
 

@@ -7,3 +7,5 @@
 mod demo;
 #[cfg(test)]
 mod logging;
+#[cfg(test)]
+mod nats_auth;
