@@ -44,3 +44,7 @@ pub use config::{
 };
 pub use serve::{ACCEPT_BACKOFF, ServeError, Server};
 pub use tls::{Tls, TlsError};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
+mod tests;
