@@ -34,9 +34,13 @@ pub struct LabConfig {
 /// `[apid]`. Always plain HTTP in a lab, so the session cookie is not marked Secure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApidConfig {
-    /// Used when apid binds its own socket (not socket-activated).
+    /// The operators' listener, used when apid binds its own socket (not socket-activated).
     pub listen: String,
+    /// The agents' listener, likewise.
+    pub agent_listen: String,
     pub boot_token_key_file: PathBuf,
+    /// `[apid.http] header_timeout`; apid's default when `None`.
+    pub header_timeout: Option<String>,
 }
 
 /// `[ipxed]`.
@@ -52,6 +56,8 @@ pub struct IpxedConfig {
     pub agent_dir: PathBuf,
     pub kernel_cmdline_extra: Option<String>,
     pub boot_token_key_file: PathBuf,
+    /// `[ipxed.http] header_timeout`; ipxed's default when `None`.
+    pub header_timeout: Option<String>,
 }
 
 /// `[tftpd]`.
@@ -150,13 +156,17 @@ impl LabConfig {
         if let Some(apid) = &self.apid {
             let _ = write!(
                 out,
-                "\n[apid]\nlisten = {}\nboot_token_key_file = {}\n\
+                "\n[apid]\nlisten = {}\nagent_listen = {}\nboot_token_key_file = {}\n\
                  # Plain HTTP in a lab: a client may drop a cookie marked Secure (it is meant\n\
-                 # for HTTPS only). Keep the default (true) wherever apid is reached over HTTPS.\n\
+                 # for HTTPS only). Behind a proxy that terminates TLS, set it to true.\n\
                  secure_cookies = false\n",
                 quote(&apid.listen),
+                quote(&apid.agent_listen),
                 path(&apid.boot_token_key_file),
             );
+            if let Some(timeout) = &apid.header_timeout {
+                let _ = writeln!(out, "\n[apid.http]\nheader_timeout = {}", quote(timeout));
+            }
         }
         if let Some(ipxed) = &self.ipxed {
             let _ = write!(
@@ -177,6 +187,9 @@ impl LabConfig {
                 "boot_token_key_file = {}",
                 path(&ipxed.boot_token_key_file)
             );
+            if let Some(timeout) = &ipxed.header_timeout {
+                let _ = writeln!(out, "\n[ipxed.http]\nheader_timeout = {}", quote(timeout));
+            }
         }
         if let Some(tftpd) = &self.tftpd {
             let roots: Vec<String> = tftpd.roots.iter().map(|r| path(r)).collect();
@@ -273,15 +286,18 @@ mod tests {
             log_level: "debug".into(),
             apid: Some(ApidConfig {
                 listen: "10.99.0.1:3000".into(),
+                agent_listen: "10.99.0.1:3001".into(),
                 boot_token_key_file: key.clone(),
+                header_timeout: Some("2s".into()),
             }),
             ipxed: Some(IpxedConfig {
                 listen: "10.99.0.1:8080".into(),
                 public_url: "http://10.99.0.1:8080".into(),
-                apid_url: "http://10.99.0.1:3000".into(),
+                apid_url: "http://10.99.0.1:3001".into(),
                 agent_dir: "/lab/agent \"quoted\" \\ dir".into(),
                 kernel_cmdline_extra: Some("console=ttyS0\tquiet".into()),
                 boot_token_key_file: key,
+                header_timeout: None,
             }),
             tftpd: Some(TftpdConfig {
                 roots: vec!["/lab/tftp".into(), "/lab/more".into()],
@@ -308,6 +324,9 @@ mod tests {
         assert_eq!(doc["nats"]["url"].as_str(), Some("nats://127.0.0.1:4222"));
         assert_eq!(doc["log"]["level"].as_str(), Some("debug"));
         assert_eq!(doc["apid"]["secure_cookies"].as_bool(), Some(false));
+        assert_eq!(doc["apid"]["agent_listen"].as_str(), Some("10.99.0.1:3001"));
+        assert_eq!(doc["apid"]["http"]["header_timeout"].as_str(), Some("2s"));
+        assert!(doc["ipxed"].get("http").is_none());
         assert_eq!(
             doc["ipxed"]["agent_dir"].as_str(),
             Some("/lab/agent \"quoted\" \\ dir")

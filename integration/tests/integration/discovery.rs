@@ -402,7 +402,7 @@ fn five_hundred_agents_register_and_poll_at_once() {
     std::fs::create_dir_all(&agent).unwrap();
     create_admin(&mut lab);
     let stack = start_dragonfly_with(&mut lab, &agent, DhcpdConfig::lab("reservation"), true);
-    let base = stack.apid.clone().unwrap();
+    let base = stack.apid_agent.clone().unwrap();
     warm_up(&lab, &base);
     let key = std::fs::read(lab.dir().join("boot-token-key")).unwrap();
     let config = dragonfly_integration::load::LoadConfig {
