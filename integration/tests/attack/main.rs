@@ -28,6 +28,7 @@
 )]
 
 mod agent_log;
+mod slowloris;
 #[path = "../integration/common.rs"]
 #[allow(
     dead_code,
