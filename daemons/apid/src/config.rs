@@ -100,12 +100,14 @@ impl DaemonConfig for ApidConfig {
             "agent_listen",
             raw.agent_listen.as_deref().unwrap_or(DEFAULT_AGENT_LISTEN),
         )?;
-        let http = HttpConfig::validate(raw.http.unwrap_or_default())
-            .map_err(|e| e.within("http"))?;
+        let http =
+            HttpConfig::validate(raw.http.unwrap_or_default()).map_err(|e| e.within("http"))?;
         // Cookies follow TLS. A TLS listener that sent a cookie without `Secure` would let a
         // browser send it back over plain HTTP: refused rather than obeyed.
         let secure_cookies = match (raw.secure_cookies, http.tls.is_some()) {
-            (Some(false), true) => return Err(Invalid::custom("secure_cookies", InsecureCookiesOverTls)),
+            (Some(false), true) => {
+                return Err(Invalid::custom("secure_cookies", InsecureCookiesOverTls));
+            }
             (Some(set), _) => set,
             (None, tls) => tls,
         };

@@ -157,7 +157,9 @@ pub fn app(state: AppState) -> Router {
         .route("/boot/{mac}", get(boot_script))
         .route("/agent/{file}", get(files::agent_file))
         .route("/healthz", get(healthz))
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.http.max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.http.max_body_bytes,
+        ))
         .with_state(state)
 }
 

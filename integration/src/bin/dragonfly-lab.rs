@@ -92,7 +92,12 @@ struct Config {
     #[arg(long, value_name = "ADDR", requires = "boot_token_key")]
     apid: Option<String>,
     /// apid's agents' listener when not socket-activated.
-    #[arg(long, value_name = "ADDR", requires = "apid", default_value = "0.0.0.0:3001")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "apid",
+        default_value = "0.0.0.0:3001"
+    )]
     apid_agent: String,
     /// Adds ipxed's section: listening on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR",

@@ -28,11 +28,11 @@
 )]
 
 mod agent_log;
-mod slowloris;
 #[path = "../integration/common.rs"]
 #[allow(
     dead_code,
     reason = "shared with the boot tests; the attack suite uses only the stack and the admin"
 )]
 mod common;
+mod slowloris;
 mod stack;

@@ -133,7 +133,10 @@ fn attack(target: &Target, give_up: Duration, opened_all: &AtomicBool) -> Seen {
         {
             seen.held_after_grace = slots
                 .iter()
-                .filter(|s| s.closed.is_none_or(|c| c.duration_since(s.opened) >= Duration::from_millis(1500)))
+                .filter(|s| {
+                    s.closed
+                        .is_none_or(|c| c.duration_since(s.opened) >= Duration::from_millis(1500))
+                })
                 .count();
             counted_grace = true;
         }
@@ -254,7 +257,9 @@ fn slowloris_is_cut_at_the_header_timeout_and_bounded_per_client() {
     });
 
     // Idle: how long the legitimate requests take without an attack.
-    let idle: Vec<_> = (0..2).map(|_| lab.as_client(|| legit_round(&client, &lab))).collect();
+    let idle: Vec<_> = (0..2)
+        .map(|_| lab.as_client(|| legit_round(&client, &lab)))
+        .collect();
 
     let targets = targets();
     let opened_all: Vec<AtomicBool> = targets.iter().map(|_| AtomicBool::new(false)).collect();
@@ -310,8 +315,10 @@ fn slowloris_is_cut_at_the_header_timeout_and_bounded_per_client() {
             seen.failed,
             seen.held_after_grace,
             ms(seen.longest),
-            seen.cleared_after
-                .map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            seen.cleared_after.map_or_else(
+                || "never".to_owned(),
+                |d| format!("{:.1} s", d.as_secs_f64())
+            ),
         );
     }
     println!(
@@ -327,7 +334,11 @@ fn slowloris_is_cut_at_the_header_timeout_and_bounded_per_client() {
     );
 
     for (target, seen) in targets.iter().zip(&seen) {
-        assert!(seen.opened > PER_CLIENT, "{}: the attack never got going", target.name);
+        assert!(
+            seen.opened > PER_CLIENT,
+            "{}: the attack never got going",
+            target.name
+        );
         assert!(
             seen.held_after_grace <= PER_CLIENT,
             "{}: {} connections held, beyond the per-client cap",
@@ -345,7 +356,11 @@ fn slowloris_is_cut_at_the_header_timeout_and_bounded_per_client() {
             target.name,
             seen.longest
         );
-        assert!(seen.cleared_after.is_some(), "{}: never cleared", target.name);
+        assert!(
+            seen.cleared_after.is_some(),
+            "{}: never cleared",
+            target.name
+        );
     }
     // apid: two listeners' worth of kept connections; ipxed one. A little slack for the
     // legitimate client's own and for NATS reconnecting.
@@ -358,7 +373,13 @@ fn slowloris_is_cut_at_the_header_timeout_and_bounded_per_client() {
         "ipxed held {ipxed_peak} sockets"
     );
     for (boot, operator) in &during {
-        assert!(*boot <= BOUND, "a boot script took {boot:?} during the attack");
-        assert!(*operator <= BOUND, "login and list took {operator:?} during the attack");
+        assert!(
+            *boot <= BOUND,
+            "a boot script took {boot:?} during the attack"
+        );
+        assert!(
+            *operator <= BOUND,
+            "login and list took {operator:?} during the attack"
+        );
     }
 }

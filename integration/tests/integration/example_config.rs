@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use dragonfly_apid::config::{ApidConfig, RawApid};
-use dragonfly_http::RawHttpConfig;
 use dragonfly_dhcpd::config::{DhcpdConfig, RawDhcpd, RawReservation, RawSubnet};
+use dragonfly_http::RawHttpConfig;
 use dragonfly_ipxed::config::{IpxedConfig, RawIpxed};
 use dragonfly_migrate::{MigrateConfig, RawMigrate};
 use dragonfly_runtime::config::{

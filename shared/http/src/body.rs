@@ -78,4 +78,3 @@ where
         self.inner.size_hint()
     }
 }
-

@@ -222,10 +222,7 @@ mod tests {
                 "max_connections_per_client",
             ),
             (|r| r.max_body_bytes = Some(1), "max_body_bytes"),
-            (
-                |r| r.tls_key_file = Some("/k".into()),
-                "tls_key_file",
-            ),
+            (|r| r.tls_key_file = Some("/k".into()), "tls_key_file"),
             (
                 |r| {
                     r.tls = Some(true);
@@ -237,7 +234,9 @@ mod tests {
         for (tweak, key) in cases {
             let mut raw = RawHttpConfig::default();
             tweak(&mut raw);
-            let got = HttpConfig::validate(raw).map(|_| ()).map_err(|e| e.key().to_owned());
+            let got = HttpConfig::validate(raw)
+                .map(|_| ())
+                .map_err(|e| e.key().to_owned());
             assert_eq!(got, Err(key.to_owned()));
         }
     }

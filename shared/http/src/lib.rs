@@ -46,5 +46,8 @@ pub use serve::{ACCEPT_BACKOFF, ServeError, Server};
 pub use tls::{Tls, TlsError};
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
 mod tests;

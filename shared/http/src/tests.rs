@@ -103,7 +103,9 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 async fn half_sent_headers_are_cut_at_the_header_timeout() {
     let r = start(config(|c| c.header_timeout = Some("300ms".into())), None).await;
     let mut slow = connect_from("127.0.0.1", r.addr).await;
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
     // A header line now and then does not reset the clock.
     tokio::time::sleep(Duration::from_millis(150)).await;
     slow.write_all(b"X-A: b\r\n").await.unwrap();
@@ -152,12 +154,17 @@ async fn a_trickled_body_is_cut_at_the_body_timeout() {
     );
     // A prompt body is fine.
     let mut s = connect_from("127.0.0.1", r.addr).await;
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with('3'), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with('3'),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -207,7 +214,11 @@ async fn connections_beyond_the_per_client_cap_are_closed_at_once() {
     for s in &mut held {
         assert_eq!(closed_within(s, Duration::from_millis(50)).await, None);
     }
-    assert!(get_text("127.0.0.3", r.addr, "/peer").await.ends_with("127.0.0.3"));
+    assert!(
+        get_text("127.0.0.3", r.addr, "/peer")
+            .await
+            .ends_with("127.0.0.3")
+    );
     // Once they go, their places are free again.
     drop(held);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -247,7 +258,9 @@ async fn shutdown_lets_requests_in_flight_finish_and_stops_accepting() {
     let in_flight = tokio::spawn(async move { get_text("127.0.0.1", addr, "/slow").await });
     // An idle keep-alive connection does not hold the drain up.
     let mut idle = connect_from("127.0.0.1", addr).await;
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 1024];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
@@ -259,7 +272,11 @@ async fn shutdown_lets_requests_in_flight_finish_and_stops_accepting() {
         .expect("drained")
         .unwrap()
         .unwrap();
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(in_flight.await.unwrap().ends_with("slow"));
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
@@ -270,7 +287,11 @@ async fn tls_serves_a_client_that_trusts_the_certificate() {
     let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
     let tls = Tls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
-    let r = start(config(|c| c.header_timeout = Some("500ms".into())), Some(tls)).await;
+    let r = start(
+        config(|c| c.header_timeout = Some("500ms".into())),
+        Some(tls),
+    )
+    .await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).unwrap();
@@ -289,7 +310,10 @@ async fn tls_serves_a_client_that_trusts_the_certificate() {
         .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
-    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+        "{out}"
+    );
 
     // Plain HTTP to the TLS port gets nothing useful, and a silent client is cut at the
     // header timeout, handshake included.
@@ -319,5 +343,8 @@ fn tls_material_is_checked() {
         Err(crate::TlsError::Key(_))
     ));
     let mismatch = Tls::from_pem(cert.pem().as_bytes(), other.serialize_pem().as_bytes());
-    assert!(matches!(mismatch, Err(crate::TlsError::Config(_))), "{mismatch:?}");
+    assert!(
+        matches!(mismatch, Err(crate::TlsError::Config(_))),
+        "{mismatch:?}"
+    );
 }

@@ -91,7 +91,10 @@ fn accept_backs_off_when_out_of_descriptors_and_serves_everyone_after() {
     for s in &mut clients {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out:?}");
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+            "{out:?}"
+        );
         served += 1;
     }
     let took = start.elapsed();

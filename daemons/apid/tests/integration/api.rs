@@ -78,7 +78,8 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
             max_body_bytes: Some(4096),
             ..Default::default()
         });
-    })).await;
+    }))
+    .await;
     let url = s.url("/api/machines/register");
     let token = token_for(mac(1));
     let mut unknown_field = report(&[1]);

@@ -56,7 +56,10 @@ async fn start() -> Running {
     let agent = TcpListener::bind("127.0.0.1:0").unwrap();
     operator.set_nonblocking(true).unwrap();
     agent.set_nonblocking(true).unwrap();
-    let operator_url = format!("https://localhost:{}", operator.local_addr().unwrap().port());
+    let operator_url = format!(
+        "https://localhost:{}",
+        operator.local_addr().unwrap().port()
+    );
     let agent_url = format!("http://{}", agent.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(dragonfly_apid::run(
@@ -120,7 +123,14 @@ async fn agents_and_operators_are_served_apart_and_operators_over_tls() {
         .await
         .unwrap();
     assert_eq!(instructions.status(), StatusCode::OK);
-    assert!(http.get(agent("/api/health")).send().await.unwrap().status().is_success());
+    assert!(
+        http.get(agent("/api/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     // Nothing of the operators': not the UI, not the inventory, not a login.
     for (method, path) in [
         ("GET", "/"),
@@ -144,10 +154,22 @@ async fn agents_and_operators_are_served_apart_and_operators_over_tls() {
     assert_eq!(status, 200, "{body}");
     // A plain-HTTP request to it gets no answer.
     let plain = r.operator.replace("https://localhost", "http://127.0.0.1");
-    assert!(http.get(format!("{plain}/api/health")).send().await.is_err());
+    assert!(
+        http.get(format!("{plain}/api/health"))
+            .send()
+            .await
+            .is_err()
+    );
     // Agent-only routes are not here, and a boot token is refused on every route.
     let token = format!("Authorization: Bearer {}", token_for(mac(1)));
-    let (status, _) = curl(&r, &["-H", &token, &format!("{}/api/agent/instructions", r.operator)]);
+    let (status, _) = curl(
+        &r,
+        &[
+            "-H",
+            &token,
+            &format!("{}/api/agent/instructions", r.operator),
+        ],
+    );
     assert!(status == 401 || status == 403, "{status}");
     let (status, _) = curl(&r, &[&format!("{}/api/agent/instructions", r.operator)]);
     assert!(status == 404 || status == 401, "{status}");

@@ -7,5 +7,5 @@
 mod api;
 mod auth_walk;
 mod binary;
-mod listeners;
 mod common;
+mod listeners;
