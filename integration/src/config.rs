@@ -39,8 +39,8 @@ pub struct ApidConfig {
     /// The agents' listener, likewise.
     pub agent_listen: String,
     pub boot_token_key_file: PathBuf,
-    /// `[apid.http] header_timeout`; apid's default when `None`.
-    pub header_timeout: Option<String>,
+    /// `[apid.http]`.
+    pub http: HttpSettings,
 }
 
 /// `[ipxed]`.
@@ -56,8 +56,33 @@ pub struct IpxedConfig {
     pub agent_dir: PathBuf,
     pub kernel_cmdline_extra: Option<String>,
     pub boot_token_key_file: PathBuf,
-    /// `[ipxed.http] header_timeout`; ipxed's default when `None`.
+    /// `[ipxed.http]`.
+    pub http: HttpSettings,
+}
+
+/// The few `[<daemon>.http]` keys a lab changes; the daemon's default for each `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// `header_timeout`, e.g. `5s`: the attack suite shortens it.
     pub header_timeout: Option<String>,
+    /// `max_connections_per_client`: a load generator plays many machines from one address.
+    pub max_connections_per_client: Option<usize>,
+}
+
+impl HttpSettings {
+    /// `[<section>.http]` with the keys that are set, or nothing when none is.
+    fn render(&self, section: &str, out: &mut String) {
+        if *self == Self::default() {
+            return;
+        }
+        let _ = writeln!(out, "\n[{section}.http]");
+        if let Some(timeout) = &self.header_timeout {
+            let _ = writeln!(out, "header_timeout = {}", quote(timeout));
+        }
+        if let Some(n) = self.max_connections_per_client {
+            let _ = writeln!(out, "max_connections_per_client = {n}");
+        }
+    }
 }
 
 /// `[tftpd]`.
@@ -164,9 +189,7 @@ impl LabConfig {
                 quote(&apid.agent_listen),
                 path(&apid.boot_token_key_file),
             );
-            if let Some(timeout) = &apid.header_timeout {
-                let _ = writeln!(out, "\n[apid.http]\nheader_timeout = {}", quote(timeout));
-            }
+            apid.http.render("apid", &mut out);
         }
         if let Some(ipxed) = &self.ipxed {
             let _ = write!(
@@ -187,9 +210,7 @@ impl LabConfig {
                 "boot_token_key_file = {}",
                 path(&ipxed.boot_token_key_file)
             );
-            if let Some(timeout) = &ipxed.header_timeout {
-                let _ = writeln!(out, "\n[ipxed.http]\nheader_timeout = {}", quote(timeout));
-            }
+            ipxed.http.render("ipxed", &mut out);
         }
         if let Some(tftpd) = &self.tftpd {
             let roots: Vec<String> = tftpd.roots.iter().map(|r| path(r)).collect();
@@ -288,7 +309,10 @@ mod tests {
                 listen: "10.99.0.1:3000".into(),
                 agent_listen: "10.99.0.1:3001".into(),
                 boot_token_key_file: key.clone(),
-                header_timeout: Some("2s".into()),
+                http: HttpSettings {
+                    header_timeout: Some("2s".into()),
+                    max_connections_per_client: Some(1000),
+                },
             }),
             ipxed: Some(IpxedConfig {
                 listen: "10.99.0.1:8080".into(),
@@ -297,7 +321,7 @@ mod tests {
                 agent_dir: "/lab/agent \"quoted\" \\ dir".into(),
                 kernel_cmdline_extra: Some("console=ttyS0\tquiet".into()),
                 boot_token_key_file: key,
-                header_timeout: None,
+                http: HttpSettings::default(),
             }),
             tftpd: Some(TftpdConfig {
                 roots: vec!["/lab/tftp".into(), "/lab/more".into()],
@@ -326,6 +350,10 @@ mod tests {
         assert_eq!(doc["apid"]["secure_cookies"].as_bool(), Some(false));
         assert_eq!(doc["apid"]["agent_listen"].as_str(), Some("10.99.0.1:3001"));
         assert_eq!(doc["apid"]["http"]["header_timeout"].as_str(), Some("2s"));
+        assert_eq!(
+            doc["apid"]["http"]["max_connections_per_client"].as_integer(),
+            Some(1000)
+        );
         assert!(doc["ipxed"].get("http").is_none());
         assert_eq!(
             doc["ipxed"]["agent_dir"].as_str(),

@@ -3,6 +3,10 @@
 //!
 //!     agent-load --url http://127.0.0.1:3001 --key-file /etc/dragonfly/boot-token-key --agents 500
 //!
+//! Every simulated agent connects from this host's one address, where real agents each have
+//! their own: raise apid's `[apid.http] max_connections_per_client` (default 64) above
+//! `--agents`, or the connections beyond it are closed on arrival.
+//!
 //! The key is apid's boot-token key (each agent mints its own token under it, as ipxed does).
 //! Run it against a scratch apid: it creates N machines.
 #![allow(clippy::print_stdout, reason = "the figures are this program's output")]

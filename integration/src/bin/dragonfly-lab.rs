@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dragonfly_integration::{
-    ApidConfig, DhcpdConfig, IpxedConfig, LabConfig, Network, Peer, SubnetConfig, Tap, TftpdConfig,
-    destroy_network,
+    ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, Network, Peer, SubnetConfig,
+    Tap, TftpdConfig, destroy_network,
 };
 
 /// The lab network and configuration, for scripts.
@@ -195,7 +195,7 @@ fn lab_config(c: &Config) -> LabConfig {
             listen,
             agent_listen: c.apid_agent.clone(),
             boot_token_key_file: key.clone(),
-            header_timeout: None,
+            http: HttpSettings::default(),
         }),
         ipxed: c.ipxed.clone().map(|listen| IpxedConfig {
             listen,
@@ -204,7 +204,7 @@ fn lab_config(c: &Config) -> LabConfig {
             agent_dir: c.agent_dir.clone().unwrap_or_default(),
             kernel_cmdline_extra: c.kernel_cmdline_extra.clone(),
             boot_token_key_file: key.clone(),
-            header_timeout: None,
+            http: HttpSettings::default(),
         }),
         tftpd: (!c.tftp_root.is_empty()).then(|| TftpdConfig {
             roots: c.tftp_root.clone(),

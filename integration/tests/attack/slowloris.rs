@@ -239,10 +239,10 @@ fn slowloris_is_cut_at_the_header_timeout_and_bounded_per_client() {
     let timeout = format!("{}s", HEADER_TIMEOUT.as_secs());
     let Some(lab) = AttackLab::start_configured(|c| {
         if let Some(apid) = &mut c.apid {
-            apid.header_timeout = Some(timeout.clone());
+            apid.http.header_timeout = Some(timeout.clone());
         }
         if let Some(ipxed) = &mut c.ipxed {
-            ipxed.header_timeout = Some(timeout.clone());
+            ipxed.http.header_timeout = Some(timeout.clone());
         }
     }) else {
         return;

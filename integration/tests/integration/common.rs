@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use dragonfly_integration::{
-    ApidConfig, BootReport, DhcpdConfig, IpxedConfig, Lab, LabConfig, TestImage, TftpdConfig, Vm,
-    VmConfig,
+    ApidConfig, BootReport, DhcpdConfig, HttpSettings, IpxedConfig, Lab, LabConfig, TestImage,
+    TftpdConfig, Vm, VmConfig,
 };
 use dragonfly_testkit::{require_binary, require_root};
 
@@ -202,13 +202,13 @@ pub(crate) fn start_dragonfly_configured(
             agent_dir: agent_dir.to_owned(),
             kernel_cmdline_extra: Some("console=ttyS0 quiet panic=-1".into()),
             boot_token_key_file: key.clone(),
-            header_timeout: None,
+            http: HttpSettings::default(),
         }),
         apid: Some(ApidConfig {
             listen: "10.99.0.1:3000".into(),
             agent_listen: "10.99.0.1:3001".into(),
             boot_token_key_file: key,
-            header_timeout: None,
+            http: HttpSettings::default(),
         }),
         dhcpd: Some(dhcpd),
         ..LabConfig::new(&nats)
