@@ -400,6 +400,41 @@ mod tests {
     }
 
     #[test]
+    fn tls_asks_for_the_certificate_and_key_credentials() {
+        use dragonfly_runtime::config::DaemonConfig;
+        let raw = |tls: bool| config::RawIpxed {
+            public_url: Some("http://10.99.0.1:8080".into()),
+            apid_url: Some("http://10.99.0.1:3001".into()),
+            agent_dir: Some("/var/lib/dragonfly/agent".into()),
+            http: Some(dragonfly_http::RawHttpConfig {
+                tls: Some(tls),
+                tls_key_file: tls.then(|| "/etc/dragonfly/credentials/ipxed-tls-key".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let names = |tls: bool| {
+            let config = IpxedConfig::validate(raw(tls)).unwrap();
+            Ipxed::credentials(&config)
+                .into_iter()
+                .map(|c| (c.name, c.fallback))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(false), [(BOOT_TOKEN_KEY, None)]);
+        assert_eq!(
+            names(true),
+            [
+                (BOOT_TOKEN_KEY, None),
+                (TLS_CERTIFICATE_CREDENTIAL, None),
+                (
+                    TLS_KEY_CREDENTIAL,
+                    Some("/etc/dragonfly/credentials/ipxed-tls-key".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn token_expiry_is_now_plus_ttl_or_out_of_range() {
         let now: jiff::Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
         assert_eq!(
