@@ -107,7 +107,7 @@ secure_cookies = false
 
 [ipxed]
 public_url = "http://$net.1:8080"
-apid_url = "http://$net.1:3000"
+apid_url = "http://$net.1:3001"
 agent_dir = "/var/lib/dragonfly/agent"
 
 [dhcpd]
@@ -166,6 +166,8 @@ fail() { echo "FAIL: $*"; failed=1; }
 # check DESCRIPTION COMMAND...: PASS/FAIL on the command's status.
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
 prop() { ct systemctl show --value -p "$2" "$1"; }
+# A unit's size (512M, 1G) as systemctl show prints it, in bytes.
+to_bytes() { case $1 in *G) echo $((${1%G} << 30)) ;; *M) echo $((${1%M} << 20)) ;; *) echo "$1" ;; esac; }
 
 # Until systemd has its private bus up, systemctl fails ("Failed to connect to bus"); then
 # --wait waits for the boot to finish.
@@ -194,8 +196,8 @@ done
 
 check "dragonfly-migrate.service ran and succeeded" \
     test "$(prop dragonfly-migrate.service ActiveState),$(prop dragonfly-migrate.service Result)" = "active,success"
-for unit in dragonfly-apid.socket dragonfly-ipxed.socket dragonfly-dhcpd.socket \
-            dragonfly-dhcpd-pxe.socket dragonfly-tftpd.socket; do
+for unit in dragonfly-apid.socket dragonfly-apid-agent.socket dragonfly-ipxed.socket \
+            dragonfly-dhcpd.socket dragonfly-dhcpd-pxe.socket dragonfly-tftpd.socket; do
     check "$unit is active" ct systemctl -q is-active "$unit"
 done
 for d in "${daemons[@]}"; do
@@ -208,6 +210,11 @@ ask_all() {
     local label=$1 out status lease
     status=$(cl curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$net.1:3000/api/health" || true)
     check "$label: apid GET /api/health: $status" test "$status" = 200
+    status=$(cl curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$net.1:3001/api/health" || true)
+    check "$label: apid's agent socket GET /api/health: $status" test "$status" = 200
+    status=$(cl curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://$net.1:3001/api/machines" || true)
+    check "$label: apid's agent socket has no operator route (/api/machines: $status)" \
+        grep -qx '401\|404' <<< "$status"
     out=$(cl curl -s --max-time 10 "http://$net.1:8080/boot/$client_mac" || true)
     check "$label: ipxed GET /boot/$client_mac serves an iPXE script" grep -q '^#!ipxe' <<< "$out"
     rm -f "$run/tftp.out"
@@ -239,6 +246,12 @@ check "socket activation: GET /api/health after stop: $status" test "$status" = 
 check "socket activation started apid again" ct systemctl -q is-active dragonfly-apid.service
 
 for d in "${daemons[@]}"; do
+    unit=dragonfly-$d.service
+    limits="$(prop "$unit" LimitNOFILE),$(prop "$unit" TasksMax),$(prop "$unit" MemoryMax)"
+    want=$(for key in LimitNOFILE TasksMax MemoryMax; do
+        to_bytes "$(sed -n "s/^$key=//p" "$repo/units/$unit")"
+    done | paste -sd,)
+    check "$unit has its resource limits (LimitNOFILE,TasksMax,MemoryMax: $limits)" test "$limits" = "$want"
     main_pid=$(prop "dragonfly-$d.service" MainPID)
     user=$(ct stat -c %U "/proc/$main_pid" 2>/dev/null || echo "?")
     check "$d runs as dragonfly-$d (pid $main_pid: $user)" test "$user" = "dragonfly-$d"

@@ -57,7 +57,7 @@ fi
 port=$(free_port)
 "$lab" config --out "$work/dragonfly.toml" --store "$work/dragonfly.db" --nats "$nats_url" \
     --log-level "$log_level" --boot-token-key "$work/key" --ipxed "127.0.0.1:$port" \
-    --public-url "http://127.0.0.1:$port" --apid-url http://127.0.0.1:3000 --agent-dir "$work/agent"
+    --public-url "http://127.0.0.1:$port" --apid-url http://127.0.0.1:3001 --agent-dir "$work/agent"
 
 run=()
 if [ "$(id -u)" -eq 0 ]; then

@@ -34,9 +34,13 @@ pub struct LabConfig {
 /// `[apid]`. Always plain HTTP in a lab, so the session cookie is not marked Secure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApidConfig {
-    /// Used when apid binds its own socket (not socket-activated).
+    /// The operators' listener, used when apid binds its own socket (not socket-activated).
     pub listen: String,
+    /// The agents' listener, likewise.
+    pub agent_listen: String,
     pub boot_token_key_file: PathBuf,
+    /// `[apid.http]`.
+    pub http: HttpSettings,
 }
 
 /// `[ipxed]`.
@@ -52,6 +56,33 @@ pub struct IpxedConfig {
     pub agent_dir: PathBuf,
     pub kernel_cmdline_extra: Option<String>,
     pub boot_token_key_file: PathBuf,
+    /// `[ipxed.http]`.
+    pub http: HttpSettings,
+}
+
+/// The few `[<daemon>.http]` keys a lab changes; the daemon's default for each `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// `header_timeout`, e.g. `5s`: the attack suite shortens it.
+    pub header_timeout: Option<String>,
+    /// `max_connections_per_client`: a load generator plays many machines from one address.
+    pub max_connections_per_client: Option<usize>,
+}
+
+impl HttpSettings {
+    /// `[<section>.http]` with the keys that are set, or nothing when none is.
+    fn render(&self, section: &str, out: &mut String) {
+        if *self == Self::default() {
+            return;
+        }
+        let _ = writeln!(out, "\n[{section}.http]");
+        if let Some(timeout) = &self.header_timeout {
+            let _ = writeln!(out, "header_timeout = {}", quote(timeout));
+        }
+        if let Some(n) = self.max_connections_per_client {
+            let _ = writeln!(out, "max_connections_per_client = {n}");
+        }
+    }
 }
 
 /// `[tftpd]`.
@@ -150,13 +181,15 @@ impl LabConfig {
         if let Some(apid) = &self.apid {
             let _ = write!(
                 out,
-                "\n[apid]\nlisten = {}\nboot_token_key_file = {}\n\
+                "\n[apid]\nlisten = {}\nagent_listen = {}\nboot_token_key_file = {}\n\
                  # Plain HTTP in a lab: a client may drop a cookie marked Secure (it is meant\n\
-                 # for HTTPS only). Keep the default (true) wherever apid is reached over HTTPS.\n\
+                 # for HTTPS only). Behind a proxy that terminates TLS, set it to true.\n\
                  secure_cookies = false\n",
                 quote(&apid.listen),
+                quote(&apid.agent_listen),
                 path(&apid.boot_token_key_file),
             );
+            apid.http.render("apid", &mut out);
         }
         if let Some(ipxed) = &self.ipxed {
             let _ = write!(
@@ -177,6 +210,7 @@ impl LabConfig {
                 "boot_token_key_file = {}",
                 path(&ipxed.boot_token_key_file)
             );
+            ipxed.http.render("ipxed", &mut out);
         }
         if let Some(tftpd) = &self.tftpd {
             let roots: Vec<String> = tftpd.roots.iter().map(|r| path(r)).collect();
@@ -273,15 +307,21 @@ mod tests {
             log_level: "debug".into(),
             apid: Some(ApidConfig {
                 listen: "10.99.0.1:3000".into(),
+                agent_listen: "10.99.0.1:3001".into(),
                 boot_token_key_file: key.clone(),
+                http: HttpSettings {
+                    header_timeout: Some("2s".into()),
+                    max_connections_per_client: Some(1000),
+                },
             }),
             ipxed: Some(IpxedConfig {
                 listen: "10.99.0.1:8080".into(),
                 public_url: "http://10.99.0.1:8080".into(),
-                apid_url: "http://10.99.0.1:3000".into(),
+                apid_url: "http://10.99.0.1:3001".into(),
                 agent_dir: "/lab/agent \"quoted\" \\ dir".into(),
                 kernel_cmdline_extra: Some("console=ttyS0\tquiet".into()),
                 boot_token_key_file: key,
+                http: HttpSettings::default(),
             }),
             tftpd: Some(TftpdConfig {
                 roots: vec!["/lab/tftp".into(), "/lab/more".into()],
@@ -308,6 +348,13 @@ mod tests {
         assert_eq!(doc["nats"]["url"].as_str(), Some("nats://127.0.0.1:4222"));
         assert_eq!(doc["log"]["level"].as_str(), Some("debug"));
         assert_eq!(doc["apid"]["secure_cookies"].as_bool(), Some(false));
+        assert_eq!(doc["apid"]["agent_listen"].as_str(), Some("10.99.0.1:3001"));
+        assert_eq!(doc["apid"]["http"]["header_timeout"].as_str(), Some("2s"));
+        assert_eq!(
+            doc["apid"]["http"]["max_connections_per_client"].as_integer(),
+            Some(1000)
+        );
+        assert!(doc["ipxed"].get("http").is_none());
         assert_eq!(
             doc["ipxed"]["agent_dir"].as_str(),
             Some("/lab/agent \"quoted\" \\ dir")

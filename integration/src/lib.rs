@@ -32,7 +32,9 @@ mod vm;
 use std::path::PathBuf;
 
 pub use api::{EventWatcher, list_machines};
-pub use config::{ApidConfig, DhcpdConfig, IpxedConfig, LabConfig, SubnetConfig, TftpdConfig};
+pub use config::{
+    ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, SubnetConfig, TftpdConfig,
+};
 pub use image::{TestImage, test_image};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
 pub use vm::{

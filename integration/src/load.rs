@@ -22,7 +22,7 @@ use tokio::sync::Barrier;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// apid's base URL, e.g. `http://127.0.0.1:3000`.
+    /// apid's agents' listener, e.g. `http://127.0.0.1:3001`.
     pub base: String,
     /// apid's boot-token key (the bytes of its key file).
     pub key: Vec<u8>,

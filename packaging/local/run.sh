@@ -194,9 +194,12 @@ if [ $demo = 1 ]; then
     done
     chmod 0644 "$state"/tftp/*
     apid_listen=$lab_ip:3000
+    apid_agent_listen=$lab_ip:3001
     nats_host=127.0.0.1 # the namespace's own loopback
 else
     apid_listen=$listen
+    # The agents' listener beside the operators', on the same (loopback) address.
+    apid_agent_listen=${listen%:*}:3001
     nats_host=127.0.0.1
 fi
 
@@ -207,13 +210,13 @@ config_args=(--out "$config"
     --store "$state/dragonfly.db"
     # The script's own nats-server, on a port of its own so it never meets a system one on 4222.
     --nats "nats://$nats_host:$nats_port"
-    --boot-token-key "$key" --apid "$apid_listen")
+    --boot-token-key "$key" --apid "$apid_listen" --apid-agent "$apid_agent_listen")
 if [ $demo = 1 ]; then
     config_args+=(
         --header ""
         --header "The demo's lab network: br0 $lab_ip/24 inside the network namespace $ns."
         --header "To serve a real network, see \"Serving a real network\" in README.md."
-        --ipxed "$lab_ip:8080" --public-url "http://$lab_ip:8080" --apid-url "http://$lab_ip:3000"
+        --ipxed "$lab_ip:8080" --public-url "http://$lab_ip:8080" --apid-url "http://$lab_ip:3001"
         --agent-dir "$state/agent" --kernel-cmdline-extra "console=tty0 console=ttyS0,115200 quiet"
         --tftp-root "$state/tftp"
         --dhcpd reservation --server-ip "$lab_ip" --dhcpd-ipxed "$lab_ip:8080"
@@ -378,7 +381,8 @@ else
     # need two nested calls (the inner --fdname names all fds); here each daemon has one kind.
     echo "==> starting apid, ipxed, tftpd, dhcpd on $lab_ip in $ns"
     sa=(systemd-socket-activate)
-    start_cmd apid "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:3000" --fdname=http \
+    start_cmd apid "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:3000" --listen="$lab_ip:3001" \
+        --fdname=http:agent \
         "${confined[@]}" "$bin/dragonfly-apid" --config "$config"
     start_cmd ipxed "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:8080" --fdname=http \
         "${confined[@]}" "$bin/dragonfly-ipxed" --config "$config"

@@ -22,7 +22,7 @@ pub enum Mode {
 /// The parameters the boot path gave the agent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct BootParams {
-    /// apid's base URL, e.g. `http://10.99.0.1:3000` (no trailing slash).
+    /// apid's agents' listener, e.g. `http://10.99.0.1:3001` (no trailing slash).
     pub url: String,
     pub mode: Mode,
     /// The MAC of the NIC the machine booted from.

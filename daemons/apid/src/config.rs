@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dragonfly_http::{HttpConfig, RawHttpConfig};
 use dragonfly_runtime::config::{
     DaemonConfig, Invalid, ListenConfig, absolute_path, count_between, duration_between,
 };
@@ -14,16 +15,18 @@ use crate::agent_logs::AgentLogLimits;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApid {
-    /// Address to bind when systemd did not pass a socket named `http`.
+    /// The operators' listener: address to bind when systemd did not pass a socket named
+    /// `http`.
     pub listen: Option<String>,
+    /// The agents' listener: address to bind when systemd did not pass a socket named `agent`.
+    pub agent_listen: Option<String>,
     /// Where to read the boot-token HMAC key when systemd's `LoadCredential=` is not used.
     pub boot_token_key_file: Option<PathBuf>,
     /// How long a browser session lasts, e.g. `12h`.
     pub session_lifetime: Option<String>,
-    /// Mark the session cookie `Secure` (HTTPS only). Only turn off for plain-HTTP labs.
+    /// Mark the session cookie `Secure` (HTTPS only). Follows `http.tls` unless set; set it
+    /// to true behind a proxy that terminates TLS.
     pub secure_cookies: Option<bool>,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: Option<usize>,
     /// Failed-or-not login attempts allowed per client address per minute.
     pub login_attempts_per_minute: Option<u32>,
     /// Bytes of agent log lines kept per machine.
@@ -36,16 +39,23 @@ pub struct RawApid {
     pub agent_log_journal_lines_per_minute: Option<u32>,
     /// Agent lines of all machines together per minute copied into apid's own log.
     pub agent_log_journal_lines_per_minute_total: Option<u32>,
+    /// `[apid.http]`: both listeners' timeouts and caps (each listener has its own caps),
+    /// the body limit, and TLS for the operators' listener.
+    pub http: Option<RawHttpConfig>,
 }
 
 /// `[apid]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApidConfig {
+    /// The operators' listener (`http`): the web UI and the whole API.
     pub listen: ListenConfig,
+    /// The agents' listener (`agent`): registration, instructions, console lines, health.
+    pub agent_listen: ListenConfig,
     pub boot_token_key_file: Option<PathBuf>,
     pub session_lifetime: Duration,
     pub secure_cookies: bool,
-    pub max_body_bytes: usize,
+    /// Timeouts, caps and body limit of both listeners; TLS of the operators' only.
+    pub http: HttpConfig,
     pub login_attempts_per_minute: u32,
     /// The agent log buffer's budgets.
     pub agent_logs: AgentLogLimits,
@@ -53,10 +63,11 @@ pub struct ApidConfig {
 
 /// The default port: the web UI and API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// The agents' default port: on every interface, since agents boot on the provisioning
+/// network. Under systemd the port is the socket unit's anyway.
+pub const DEFAULT_AGENT_LISTEN: &str = "0.0.0.0:3001";
 /// How long a browser session lasts unless configured.
 pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Largest request body accepted unless configured: 1 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// Login attempts allowed per client address per minute unless configured.
 pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 /// Agent log bytes kept per machine unless configured: 32 KiB, a few hundred console lines.
@@ -85,12 +96,21 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_SESSION_LIFETIME,
             Duration::from_secs(60)..=Duration::from_secs(720 * 3600),
         )?;
-        let max_body_bytes = count_between(
-            "max_body_bytes",
-            raw.max_body_bytes,
-            DEFAULT_MAX_BODY_BYTES,
-            1024..=64 << 20,
+        let agent_listen = ListenConfig::parse(
+            "agent_listen",
+            raw.agent_listen.as_deref().unwrap_or(DEFAULT_AGENT_LISTEN),
         )?;
+        let http =
+            HttpConfig::validate(raw.http.unwrap_or_default()).map_err(|e| e.within("http"))?;
+        // Cookies follow TLS. A TLS listener that sent a cookie without `Secure` would let a
+        // browser send it back over plain HTTP: refused rather than obeyed.
+        let secure_cookies = match (raw.secure_cookies, http.tls.is_some()) {
+            (Some(false), true) => {
+                return Err(Invalid::custom("secure_cookies", InsecureCookiesOverTls));
+            }
+            (Some(set), _) => set,
+            (None, tls) => tls,
+        };
         let login_attempts_per_minute = count_between(
             "login_attempts_per_minute",
             raw.login_attempts_per_minute,
@@ -134,10 +154,11 @@ impl DaemonConfig for ApidConfig {
             .transpose()?;
         Ok(Self {
             listen,
+            agent_listen,
             boot_token_key_file,
             session_lifetime,
-            secure_cookies: raw.secure_cookies.unwrap_or(true),
-            max_body_bytes,
+            secure_cookies,
+            http,
             login_attempts_per_minute,
             agent_logs: AgentLogLimits {
                 per_machine_bytes: agent_log_bytes_per_machine,
@@ -150,6 +171,11 @@ impl DaemonConfig for ApidConfig {
     }
 }
 
+/// `secure_cookies = false` with `http.tls = true`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot be false while http.tls is true: a cookie of a TLS listener is always Secure")]
+pub struct InsecureCookiesOverTls;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,7 +184,19 @@ mod tests {
     fn defaults_are_safe() {
         let c = ApidConfig::validate(RawApid::default()).unwrap();
         assert_eq!(c.listen.addr.to_string(), DEFAULT_LISTEN);
-        assert!(c.secure_cookies);
+        assert_eq!(c.agent_listen.addr.to_string(), DEFAULT_AGENT_LISTEN);
+        // Plain HTTP by default, so the cookie cannot be Secure; with TLS it is.
+        assert!(!c.secure_cookies);
+        let tls = ApidConfig::validate(RawApid {
+            http: Some(RawHttpConfig {
+                tls: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(tls.secure_cookies);
+        assert_eq!(c.http, HttpConfig::default());
         assert_eq!(c.session_lifetime, Duration::from_secs(12 * 3600));
         // A rack of 1 000 machines fits the total with a full buffer each, in tens of MiB.
         assert!(c.agent_logs.total_bytes >= 1000 * c.agent_logs.per_machine_bytes);
@@ -191,10 +229,31 @@ mod tests {
             ),
             (
                 RawApid {
-                    max_body_bytes: Some(1),
+                    http: Some(RawHttpConfig {
+                        max_body_bytes: Some(1),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
-                "max_body_bytes",
+                "http.max_body_bytes",
+            ),
+            (
+                RawApid {
+                    agent_listen: Some("3001".into()),
+                    ..Default::default()
+                },
+                "agent_listen",
+            ),
+            (
+                RawApid {
+                    secure_cookies: Some(false),
+                    http: Some(RawHttpConfig {
+                        tls: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "secure_cookies",
             ),
             (
                 RawApid {
@@ -256,12 +315,15 @@ mod tests {
             "session_lifetime: 5s is out of range: must be between 1m and 720h"
         );
         let raw = RawApid {
-            max_body_bytes: Some(1),
+            http: Some(RawHttpConfig {
+                max_body_bytes: Some(1),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert_eq!(
             ApidConfig::validate(raw).unwrap_err().to_string(),
-            "max_body_bytes: 1 is out of range: must be between 1024 and 67108864"
+            "http.max_body_bytes: 1 is out of range: must be between 1024 and 67108864"
         );
     }
 }

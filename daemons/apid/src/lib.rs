@@ -6,7 +6,12 @@
 //! second: the store is the truth, and a lost event costs a subscriber nothing more than a
 //! reconcile.
 //!
-//! [`run`] takes its listening socket and shutdown token from the caller (systemd or a test);
+//! Two listeners, each its own socket unit: operators (`http`, port 3000: the web UI and the
+//! whole API, optionally over TLS) and agents (`agent`, port 3001, on the provisioning
+//! network: registration, instructions, console lines and health, nothing else; see
+//! [`routes::Audience`]). Both are served by `dragonfly-http`, with its timeouts and caps.
+//!
+//! [`run`] takes its listening sockets and shutdown token from the caller (systemd or a test);
 //! it never binds anything itself.
 
 pub mod admin;
@@ -18,12 +23,13 @@ pub mod error;
 pub mod openapi;
 pub mod routes;
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
 
 use axum::Router;
 use dragonfly_bus::{Bus, Publisher};
 use dragonfly_core::boot_token::MIN_KEY_LEN;
+use dragonfly_http::{Server, TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, Tls, TlsError};
 use dragonfly_runtime::sockets::{SocketError, Sockets};
 use dragonfly_runtime::{Context, CredentialSpec, CredentialsError, Daemon, Health, Secret};
 use dragonfly_store::Db;
@@ -44,29 +50,54 @@ impl Daemon for Apid {
     // Handlers are axum's loop; what they all need is the store, checked through their pool.
     const HEALTH: Health = Health::StoreAnswers;
     type Config = ApidConfig;
-    type Sockets = StdTcpListener;
+    type Sockets = Listeners;
     type Store = Db;
     type Error = ApidError;
 
-    fn sockets(config: &ApidConfig, passed: &mut Sockets) -> Result<StdTcpListener, SocketError> {
-        passed.tcp_or_bind("http", config.listen.addr)
+    fn sockets(config: &ApidConfig, passed: &mut Sockets) -> Result<Listeners, SocketError> {
+        Ok(Listeners {
+            operator: passed.tcp_or_bind("http", config.listen.addr)?,
+            agent: passed.tcp_or_bind("agent", config.agent_listen.addr)?,
+        })
     }
 
     fn credentials(config: &ApidConfig) -> Vec<CredentialSpec> {
-        vec![CredentialSpec {
+        let mut specs = vec![CredentialSpec {
             name: BOOT_TOKEN_KEY,
             fallback: config.boot_token_key_file.clone(),
             min_len: MIN_KEY_LEN,
-        }]
+        }];
+        if let Some(tls) = &config.http.tls {
+            specs.push(CredentialSpec {
+                name: TLS_CERTIFICATE_CREDENTIAL,
+                fallback: tls.certificate_file.clone(),
+                min_len: 1,
+            });
+            specs.push(CredentialSpec {
+                name: TLS_KEY_CREDENTIAL,
+                fallback: tls.key_file.clone(),
+                min_len: 1,
+            });
+        }
+        specs
     }
 
     async fn run(
         ctx: Context<Self>,
-        listener: StdTcpListener,
+        listeners: Listeners,
         shutdown: CancellationToken,
     ) -> Result<(), ApidError> {
-        run(ctx, listener, shutdown).await
+        run(ctx, listeners, shutdown).await
     }
+}
+
+/// apid's two listening sockets (systemd's `http` and `agent`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Operators: the web UI and the whole API (`[apid] listen`, port 3000).
+    pub operator: StdTcpListener,
+    /// Agents: only their routes (`[apid] agent_listen`, port 3001).
+    pub agent: StdTcpListener,
 }
 
 /// Why apid stopped with an error.
@@ -74,8 +105,12 @@ impl Daemon for Apid {
 pub enum ApidError {
     #[error("the boot-token key")]
     Credentials(#[from] CredentialsError),
+    #[error("the TLS certificate and key")]
+    Tls(#[from] TlsError),
+    #[error("taking the listening socket")]
+    Listener(#[source] std::io::Error),
     #[error("serving HTTP")]
-    Serve(#[source] std::io::Error),
+    Serve(#[from] dragonfly_http::ServeError),
 }
 
 /// Shared state of every handler.
@@ -116,26 +151,56 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application, with authentication applied to every route.
+/// Every route on one router, with authentication applied to every route: for tests that
+/// play operator and agent against one address. The daemon serves [`routes::router_for`]
+/// each audience on its own listener.
 pub fn app(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
+/// Serves operators and agents, each on its listener, until `shutdown` is cancelled, then
+/// drains open requests on both.
 pub async fn run(
     ctx: Context<Apid>,
-    listener: StdTcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ApidError> {
     let key = Secret::new(ctx.credentials.get(BOOT_TOKEN_KEY)?.expose().to_vec());
+    let tls = match ctx.config.http.tls {
+        Some(_) => Some(Tls::from_pem(
+            ctx.credentials.get(TLS_CERTIFICATE_CREDENTIAL)?.expose(),
+            ctx.credentials.get(TLS_KEY_CREDENTIAL)?.expose(),
+        )?),
+        None => None,
+    };
+    let http = ctx.config.http.clone();
     let state = AppState::new(ctx.store, ctx.bus, ctx.events, ctx.config, key);
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(ApidError::Serve)?;
-    let addr = listener.local_addr().map_err(ApidError::Serve)?;
-    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    tracing::info!(%addr, "serving");
-    dragonfly_runtime::notify::status(&format!("serving on {addr}"));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(ApidError::Serve)
+    let tokio_listener =
+        |l: StdTcpListener| tokio::net::TcpListener::from_std(l).map_err(ApidError::Listener);
+    let operator = tokio_listener(listeners.operator)?;
+    let agent = tokio_listener(listeners.agent)?;
+    let addrs = (operator.local_addr(), agent.local_addr());
+    if let (Ok(operator), Ok(agent)) = addrs {
+        dragonfly_runtime::notify::status(&format!(
+            "serving operators on {operator}, agents on {agent}"
+        ));
+    }
+    let operators = Server::new(
+        "operator",
+        routes::router_for(state.clone(), routes::Audience::Operator),
+        http.clone(),
+        tls,
+    );
+    let agents = Server::new(
+        "agent",
+        routes::router_for(state, routes::Audience::Agent),
+        http,
+        None,
+    );
+    // One failing listener stops the other: half an apid is not one systemd should keep.
+    tokio::try_join!(
+        operators.serve(operator, shutdown.clone()),
+        agents.serve(agent, shutdown)
+    )?;
+    Ok(())
 }

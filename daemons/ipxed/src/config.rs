@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dragonfly_http::{HttpConfig, RawHttpConfig};
 use dragonfly_runtime::config::{
     DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, duration_between, file_name,
     http_url, length_between, required,
@@ -37,6 +38,8 @@ pub struct RawIpxed {
     pub token_ttl: Option<String>,
     /// Where to read the boot-token HMAC key when systemd's `LoadCredential=` is not used.
     pub boot_token_key_file: Option<PathBuf>,
+    /// `[ipxed.http]`: timeouts, connection caps, TLS.
+    pub http: Option<RawHttpConfig>,
 }
 
 /// `[ipxed]`, validated.
@@ -54,6 +57,7 @@ pub struct IpxedConfig {
     pub kernel_cmdline_extra: String,
     pub token_ttl: Duration,
     pub boot_token_key_file: Option<PathBuf>,
+    pub http: HttpConfig,
 }
 
 /// The default port. Not 80: a second web server on a provisioning host often holds 80, and
@@ -142,6 +146,8 @@ impl DaemonConfig for IpxedConfig {
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
             .transpose()?;
+        let http =
+            HttpConfig::validate(raw.http.unwrap_or_default()).map_err(|e| e.within("http"))?;
         Ok(Self {
             listen,
             public_url,
@@ -153,6 +159,7 @@ impl DaemonConfig for IpxedConfig {
             kernel_cmdline_extra: kernel_cmdline_extra.trim().to_owned(),
             token_ttl,
             boot_token_key_file,
+            http,
         })
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! ipxed only reads the store; it never writes it. Tokens are secrets: they go into the script
 //! and nowhere else (never a log line or an event). [`run`] takes its listening socket and
-//! shutdown token from the caller; it never binds anything itself.
+//! shutdown token from the caller; it never binds anything itself. It serves through
+//! `dragonfly-http` (`[ipxed.http]`: timeouts, connection caps, optional TLS), like apid.
 
 pub mod config;
 pub mod files;
@@ -28,6 +29,7 @@ use dragonfly_bus::events::BootDecided;
 use dragonfly_core::boot::{self, BootView};
 use dragonfly_core::boot_token::{self, BootClaims};
 use dragonfly_core::{BootFate, MacAddr, MachineId};
+use dragonfly_http::{Server, TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, Tls, TlsError};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::sockets::{SocketError, Sockets};
 use dragonfly_runtime::{Context, CredentialSpec, CredentialsError, Daemon, Health, Secret};
@@ -60,11 +62,24 @@ impl Daemon for Ipxed {
     }
 
     fn credentials(config: &IpxedConfig) -> Vec<CredentialSpec> {
-        vec![CredentialSpec {
+        let mut specs = vec![CredentialSpec {
             name: BOOT_TOKEN_KEY,
             fallback: config.boot_token_key_file.clone(),
             min_len: boot_token::MIN_KEY_LEN,
-        }]
+        }];
+        if let Some(tls) = &config.http.tls {
+            specs.push(CredentialSpec {
+                name: TLS_CERTIFICATE_CREDENTIAL,
+                fallback: tls.certificate_file.clone(),
+                min_len: 1,
+            });
+            specs.push(CredentialSpec {
+                name: TLS_KEY_CREDENTIAL,
+                fallback: tls.key_file.clone(),
+                min_len: 1,
+            });
+        }
+        specs
     }
 
     async fn run(
@@ -88,8 +103,12 @@ pub enum IpxedError {
     WeakBootTokenKey,
     #[error("compiling the script templates")]
     Templates(#[from] script::TemplateError),
+    #[error("the TLS certificate and key")]
+    Tls(#[from] TlsError),
+    #[error("taking the listening socket")]
+    Listener(#[source] std::io::Error),
     #[error("serving HTTP")]
-    Serve(#[source] std::io::Error),
+    Serve(#[from] dragonfly_http::ServeError),
 }
 
 /// Shared state of every handler.
@@ -138,6 +157,9 @@ pub fn app(state: AppState) -> Router {
         .route("/boot/{mac}", get(boot_script))
         .route("/agent/{file}", get(files::agent_file))
         .route("/healthz", get(healthz))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.http.max_body_bytes,
+        ))
         .with_state(state)
 }
 
@@ -332,15 +354,23 @@ pub async fn run(
         }
     }
     let key = Secret::new(ctx.credentials.get(BOOT_TOKEN_KEY)?.expose().to_vec());
+    let tls = match ctx.config.http.tls {
+        Some(_) => Some(Tls::from_pem(
+            ctx.credentials.get(TLS_CERTIFICATE_CREDENTIAL)?.expose(),
+            ctx.credentials.get(TLS_KEY_CREDENTIAL)?.expose(),
+        )?),
+        None => None,
+    };
+    let http = ctx.config.http.clone();
     let state = AppState::new(ctx.store, ctx.events, ctx.config, key)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(IpxedError::Serve)?;
-    let addr = listener.local_addr().map_err(IpxedError::Serve)?;
-    tracing::info!(%addr, "serving");
-    dragonfly_runtime::notify::status(&format!("serving on {addr}"));
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(IpxedError::Serve)
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(IpxedError::Listener)?;
+    if let Ok(addr) = listener.local_addr() {
+        dragonfly_runtime::notify::status(&format!("serving on {addr}"));
+    }
+    Server::new("http", app(state), http, tls)
+        .serve(listener, shutdown)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -367,6 +397,41 @@ mod tests {
         assert!(client_from("52:54:00:aa:bb:01", q(Some("linux"), None)).is_err());
         assert!(client_from("52:54:00:aa:bb:01", q(None, Some("x 86\nboot"))).is_err());
         assert!(client_from("52:54:00:aa:bb:01", None).is_err());
+    }
+
+    #[test]
+    fn tls_asks_for_the_certificate_and_key_credentials() {
+        use dragonfly_runtime::config::DaemonConfig;
+        let raw = |tls: bool| config::RawIpxed {
+            public_url: Some("http://10.99.0.1:8080".into()),
+            apid_url: Some("http://10.99.0.1:3001".into()),
+            agent_dir: Some("/var/lib/dragonfly/agent".into()),
+            http: Some(dragonfly_http::RawHttpConfig {
+                tls: Some(tls),
+                tls_key_file: tls.then(|| "/etc/dragonfly/credentials/ipxed-tls-key".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let names = |tls: bool| {
+            let config = IpxedConfig::validate(raw(tls)).unwrap();
+            Ipxed::credentials(&config)
+                .into_iter()
+                .map(|c| (c.name, c.fallback))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(false), [(BOOT_TOKEN_KEY, None)]);
+        assert_eq!(
+            names(true),
+            [
+                (BOOT_TOKEN_KEY, None),
+                (TLS_CERTIFICATE_CREDENTIAL, None),
+                (
+                    TLS_KEY_CREDENTIAL,
+                    Some("/etc/dragonfly/credentials/ipxed-tls-key".into())
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! `agent-load`: plays N agents registering with a running apid, then polling, all at once;
 //! prints p50/p99 latency per round and exits 1 when any request was refused or failed.
 //!
-//!     agent-load --url http://127.0.0.1:3000 --key-file /etc/dragonfly/boot-token-key --agents 500
+//!     agent-load --url http://127.0.0.1:3001 --key-file /etc/dragonfly/boot-token-key --agents 500
+//!
+//! Every simulated agent connects from this host's one address, where real agents each have
+//! their own: raise apid's `[apid.http] max_connections_per_client` (default 64) above
+//! `--agents`, or the connections beyond it are closed on arrival.
 //!
 //! The key is apid's boot-token key (each agent mints its own token under it, as ipxed does).
 //! Run it against a scratch apid: it creates N machines.
@@ -18,8 +22,8 @@ use dragonfly_integration::load::{LoadConfig, run};
 /// Simulated agents against a running apid.
 #[derive(Debug, Parser)]
 struct Args {
-    /// apid's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    /// apid's agents' listener (agents are refused on the operators').
+    #[arg(long, default_value = "http://127.0.0.1:3001")]
     url: String,
     /// apid's boot-token key file.
     #[arg(long)]

@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dragonfly_integration::{
-    ApidConfig, DhcpdConfig, IpxedConfig, LabConfig, Network, Peer, SubnetConfig, Tap, TftpdConfig,
-    destroy_network,
+    ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, Network, Peer, SubnetConfig,
+    Tap, TftpdConfig, destroy_network,
 };
 
 /// The lab network and configuration, for scripts.
@@ -88,9 +88,17 @@ struct Config {
     /// The boot-token key file, for apid and ipxed.
     #[arg(long, value_name = "PATH")]
     boot_token_key: Option<PathBuf>,
-    /// Adds apid's section: listening on ADDR when not socket-activated.
+    /// Adds apid's section: the operators' listener on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR", requires = "boot_token_key")]
     apid: Option<String>,
+    /// apid's agents' listener when not socket-activated.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "apid",
+        default_value = "0.0.0.0:3001"
+    )]
+    apid_agent: String,
     /// Adds ipxed's section: listening on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR",
           requires_all = ["public_url", "apid_url", "agent_dir", "boot_token_key"])]
@@ -185,7 +193,9 @@ fn lab_config(c: &Config) -> LabConfig {
         log_level: c.log_level.clone(),
         apid: c.apid.clone().map(|listen| ApidConfig {
             listen,
+            agent_listen: c.apid_agent.clone(),
             boot_token_key_file: key.clone(),
+            http: HttpSettings::default(),
         }),
         ipxed: c.ipxed.clone().map(|listen| IpxedConfig {
             listen,
@@ -194,6 +204,7 @@ fn lab_config(c: &Config) -> LabConfig {
             agent_dir: c.agent_dir.clone().unwrap_or_default(),
             kernel_cmdline_extra: c.kernel_cmdline_extra.clone(),
             boot_token_key_file: key.clone(),
+            http: HttpSettings::default(),
         }),
         tftpd: (!c.tftp_root.is_empty()).then(|| TftpdConfig {
             roots: c.tftp_root.clone(),

@@ -94,12 +94,12 @@ fn register_all(lab: &mut AttackLab, macs: &[MacAddr]) -> Vec<String> {
 
 fn post_lines(
     client: &reqwest::blocking::Client,
-    apid: &str,
+    agents: &str,
     token: &str,
     lines: &serde_json::Value,
 ) -> reqwest::blocking::Response {
     client
-        .post(format!("{apid}/api/agent/log"))
+        .post(format!("{agents}/api/agent/log"))
         .bearer_auth(token)
         .json(lines)
         .send()
@@ -160,6 +160,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
         .collect();
     let legit_token = lab.agent_token(&legit_mac.to_string());
     let apid = lab.apid.clone();
+    let agents = lab.apid_agent.clone();
     let pid = apid_pid(&lab);
     let before = rss(pid);
 
@@ -177,7 +178,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
             lab.as_attacker(|| {
                 std::thread::scope(|s| {
                     for t in 0..THREADS {
-                        let (tokens, apid, flood) = (&tokens, &apid, &flood);
+                        let (tokens, agents, flood) = (&tokens, &agents, &flood);
                         let (accepted, refused, sent_bytes) = (&accepted, &refused, &sent_bytes);
                         s.spawn(move || {
                             let client = reqwest::blocking::Client::builder()
@@ -186,7 +187,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
                                 .unwrap();
                             for token in tokens.iter().skip(t as usize).step_by(THREADS as usize) {
                                 for _ in 0..REQUESTS_EACH {
-                                    let r = post_lines(&client, apid, token, flood);
+                                    let r = post_lines(&client, agents, token, flood);
                                     sent_bytes.fetch_add(body_len, Ordering::Relaxed);
                                     if r.status() == 204 {
                                         accepted.fetch_add(1, Ordering::Relaxed);
@@ -216,7 +217,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
             for i in 0.. {
                 last = format!("legit step {i}");
                 let line = serde_json::json!({ "lines": [&last] });
-                statuses.push(post_lines(&client, &apid, &legit_token, &line).status());
+                statuses.push(post_lines(&client, &agents, &legit_token, &line).status());
                 if !operator_reads(&client, &apid, &cookie, &legit_name).contains(&last) {
                     unseen.push(last.clone());
                 }
@@ -248,7 +249,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
         let small = serde_json::json!({"lines": ["x"]});
         let (mut ok, mut too_many, mut retry_after) = (0, 0, None);
         for _ in 0..40 {
-            let r = post_lines(&client, &apid, &tokens[0], &small);
+            let r = post_lines(&client, &agents, &tokens[0], &small);
             match r.status().as_u16() {
                 204 => ok += 1,
                 429 => {

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dragonfly_integration::{DhcpdConfig, Lab, Peer};
+use dragonfly_integration::{DhcpdConfig, Lab, LabConfig, Peer};
 
-use crate::common::{create_admin, start_dragonfly_with};
+use crate::common::{create_admin, start_dragonfly_configured};
 
 /// The attacker's address on the lab's bridge (`br0` is 10.99.0.1/24).
 pub(crate) const ATTACKER_ADDR: &str = "10.99.0.66";
@@ -15,8 +15,10 @@ pub(crate) struct AttackLab {
     pub(crate) lab: Lab,
     /// The lab's NATS URL, as seen from inside the lab's namespace.
     pub(crate) nats: String,
-    /// apid's base URL, e.g. `http://10.99.0.1:3000`.
+    /// apid's operators' listener, `http://10.99.0.1:3000`.
     pub(crate) apid: String,
+    /// apid's agents' listener, `http://10.99.0.1:3001`.
+    pub(crate) apid_agent: String,
     /// ipxed's base URL, `http://10.99.0.1:8080`.
     pub(crate) ipxed: String,
     /// The attacker's namespace (a peer of the lab's bridge at [`ATTACKER_ADDR`]).
@@ -27,6 +29,11 @@ impl AttackLab {
     /// Starts everything, `None` (after `SKIP:`) when root, `nats-server` or a daemon binary
     /// is missing outside CI. dhcpd runs in reservation mode with the lab's pool.
     pub(crate) fn start() -> Option<AttackLab> {
+        Self::start_configured(|_| {})
+    }
+
+    /// [`AttackLab::start`] with the lab's configuration changed by `tweak` first.
+    pub(crate) fn start_configured(tweak: impl FnOnce(&mut LabConfig)) -> Option<AttackLab> {
         if !dragonfly_testkit::require_root()
             || dragonfly_testkit::require_nats_servers().is_empty()
         {
@@ -47,12 +54,20 @@ impl AttackLab {
             std::fs::write(agent.join(name), b"not a kernel").unwrap();
         }
         create_admin(&mut lab);
-        let stack = start_dragonfly_with(&mut lab, &agent, DhcpdConfig::lab("reservation"), true);
+        let stack = start_dragonfly_configured(
+            &mut lab,
+            &agent,
+            DhcpdConfig::lab("reservation"),
+            true,
+            tweak,
+        );
         let apid = stack.apid.clone().unwrap();
+        let apid_agent = stack.apid_agent.clone().unwrap();
         let this = AttackLab {
             nats: stack.nats,
             lab,
             apid,
+            apid_agent,
             ipxed: "http://10.99.0.1:8080".to_owned(),
             attacker,
         };
@@ -100,6 +115,7 @@ impl AttackLab {
     fn wait_until_serving(&self) {
         let urls = [
             format!("{}/api/health", self.apid),
+            format!("{}/api/health", self.apid_agent),
             format!("{}/healthz", self.ipxed),
         ];
         self.as_attacker(|| {

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use dragonfly_integration::{
-    ApidConfig, BootReport, DhcpdConfig, IpxedConfig, Lab, LabConfig, TestImage, TftpdConfig, Vm,
-    VmConfig,
+    ApidConfig, BootReport, DhcpdConfig, HttpSettings, IpxedConfig, Lab, LabConfig, TestImage,
+    TftpdConfig, Vm, VmConfig,
 };
 use dragonfly_testkit::{require_binary, require_root};
 
@@ -126,8 +126,10 @@ pub(crate) fn boot_and_check(lab: &mut Lab, config: VmConfig) -> BootReport {
 pub(crate) struct Stack {
     /// The lab's NATS, as seen from inside the namespace.
     pub(crate) nats: String,
-    /// apid's base URL (inside the namespace), when it was started.
+    /// apid's operators' listener (inside the namespace), when it was started.
     pub(crate) apid: Option<String>,
+    /// apid's agents' listener, when it was started.
+    pub(crate) apid_agent: Option<String>,
 }
 
 /// Dragonfly's boot path with the test image as the agent (see [`start_dragonfly_with`]).
@@ -146,6 +148,18 @@ pub(crate) fn start_dragonfly_with(
     agent_dir: &Path,
     dhcpd: DhcpdConfig,
     apid: bool,
+) -> Stack {
+    start_dragonfly_configured(lab, agent_dir, dhcpd, apid, |_| {})
+}
+
+/// [`start_dragonfly_with`], with the lab's configuration changed by `tweak` before it is
+/// written (the attack suite shortens timeouts).
+pub(crate) fn start_dragonfly_configured(
+    lab: &mut Lab,
+    agent_dir: &Path,
+    dhcpd: DhcpdConfig,
+    apid: bool,
+    tweak: impl FnOnce(&mut LabConfig),
 ) -> Stack {
     use dragonfly_integration::{Socket, daemon_binary};
     let mut names = vec!["dragonfly-dhcpd", "dragonfly-tftpd", "dragonfly-ipxed"];
@@ -173,7 +187,7 @@ pub(crate) fn start_dragonfly_with(
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     dragonfly_testkit::chown_for_unprivileged(&key).unwrap();
     let config = lab.dir().join("dragonfly.toml");
-    LabConfig {
+    let mut lab_config = LabConfig {
         store: Some(store),
         log_level: "debug".into(),
         tftpd: Some(TftpdConfig {
@@ -183,20 +197,24 @@ pub(crate) fn start_dragonfly_with(
         ipxed: Some(IpxedConfig {
             listen: "10.99.0.1:8080".into(),
             public_url: "http://10.99.0.1:8080".into(),
-            apid_url: "http://10.99.0.1:3000".into(),
+            // The agents' listener: the agent never talks to the operators' side.
+            apid_url: "http://10.99.0.1:3001".into(),
             agent_dir: agent_dir.to_owned(),
             kernel_cmdline_extra: Some("console=ttyS0 quiet panic=-1".into()),
             boot_token_key_file: key.clone(),
+            http: HttpSettings::default(),
         }),
         apid: Some(ApidConfig {
             listen: "10.99.0.1:3000".into(),
+            agent_listen: "10.99.0.1:3001".into(),
             boot_token_key_file: key,
+            http: HttpSettings::default(),
         }),
         dhcpd: Some(dhcpd),
         ..LabConfig::new(&nats)
-    }
-    .write(&config)
-    .unwrap();
+    };
+    tweak(&mut lab_config);
+    lab_config.write(&config).unwrap();
     let args = [
         std::ffi::OsString::from("--config"),
         config.clone().into_os_string(),
@@ -257,10 +275,16 @@ pub(crate) fn start_dragonfly_with(
         lab.spawn_daemon(
             "apid",
             &binaries[3],
-            &[Socket::Tcp {
-                addr: "10.99.0.1:3000",
-                name: "http",
-            }],
+            &[
+                Socket::Tcp {
+                    addr: "10.99.0.1:3000",
+                    name: "http",
+                },
+                Socket::Tcp {
+                    addr: "10.99.0.1:3001",
+                    name: "agent",
+                },
+            ],
             &args,
             &env,
         );
@@ -273,6 +297,7 @@ pub(crate) fn start_dragonfly_with(
     Stack {
         nats,
         apid: apid.then(|| "http://10.99.0.1:3000".to_owned()),
+        apid_agent: apid.then(|| "http://10.99.0.1:3001".to_owned()),
     }
 }
 

@@ -21,7 +21,10 @@ use dragonfly_integration::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN, PASSWORD, Stack, create_admin, require_vm_tools, start_dragonfly_with};
+use crate::common::{
+    ADMIN, PASSWORD, Stack, create_admin, require_vm_tools, start_dragonfly_configured,
+    start_dragonfly_with,
+};
 
 const CPUS: u32 = 2;
 const MEM_MIB: u32 = 1536;
@@ -401,8 +404,20 @@ fn five_hundred_agents_register_and_poll_at_once() {
     let agent = lab.dir().join("agent");
     std::fs::create_dir_all(&agent).unwrap();
     create_admin(&mut lab);
-    let stack = start_dragonfly_with(&mut lab, &agent, DhcpdConfig::lab("reservation"), true);
-    let base = stack.apid.clone().unwrap();
+    // Every simulated agent comes from the lab's one address, where real ones each have their
+    // own: the per-client connection cap must let them all in.
+    let stack = start_dragonfly_configured(
+        &mut lab,
+        &agent,
+        DhcpdConfig::lab("reservation"),
+        true,
+        |c| {
+            if let Some(apid) = &mut c.apid {
+                apid.http.max_connections_per_client = Some(2 * AGENTS);
+            }
+        },
+    );
+    let base = stack.apid_agent.clone().unwrap();
     warm_up(&lab, &base);
     let key = std::fs::read(lab.dir().join("boot-token-key")).unwrap();
     let config = dragonfly_integration::load::LoadConfig {

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use dragonfly_apid::config::{ApidConfig, RawApid};
 use dragonfly_dhcpd::config::{DhcpdConfig, RawDhcpd, RawReservation, RawSubnet};
+use dragonfly_http::RawHttpConfig;
 use dragonfly_ipxed::config::{IpxedConfig, RawIpxed};
 use dragonfly_migrate::{MigrateConfig, RawMigrate};
 use dragonfly_runtime::config::{
@@ -37,7 +38,9 @@ fn tables() -> Tables {
         ("nats", accepted_keys::<RawNatsConfig>()),
         ("log", accepted_keys::<RawLogConfig>()),
         ("apid", accepted_keys::<RawApid>()),
+        ("apid.http", accepted_keys::<RawHttpConfig>()),
         ("ipxed", accepted_keys::<RawIpxed>()),
+        ("ipxed.http", accepted_keys::<RawHttpConfig>()),
         ("tftpd", accepted_keys::<RawTftpd>()),
         ("dhcpd", accepted_keys::<RawDhcpd>()),
         ("dhcpd.subnets", accepted_keys::<RawSubnet>()),

@@ -277,6 +277,8 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
     let pid = std::process::id();
     let subnet = format!("10.{}.{}", 100 + pid % 100, (pid / 100) % 250);
     let base = format!("http://{subnet}.1:3000");
+    // The agent talks to apid's agents' listener; operators list machines on the other.
+    let agents = format!("http://{subnet}.1:3001");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for (name, size) in [("virtio.img", 4u64 << 30), ("sata.img", 2 << 30)] {
@@ -308,7 +310,7 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
         &cfg,
         format!(
             "[store]\npath = {:?}\n[nats]\nurl = \"nats://127.0.0.1:1\"\n[log]\nlevel = \"info\"\n\
-             [apid]\nlisten = \"{subnet}.1:3000\"\nboot_token_key_file = {:?}\nsecure_cookies = false\n",
+             [apid]\nlisten = \"{subnet}.1:3000\"\nagent_listen = \"{subnet}.1:3001\"\nboot_token_key_file = {:?}\nsecure_cookies = false\n",
             db.display().to_string(),
             key.display().to_string()
         ),
@@ -341,7 +343,7 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
         .parse()
         .unwrap();
 
-    let (secs, console) = boot(&ns, d, &qemu, &base, [mac0, mac1], 1);
+    let (secs, console) = boot(&ns, d, &qemu, &agents, [mac0, mac1], 1);
     eprintln!("QEMU start → agent registered: {secs:.1} s (first boot)");
     assert!(console.contains("firmware BIOS"), "{console}");
     assert!(console.contains(", new machine)"), "{console}");
@@ -390,7 +392,7 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
     assert_eq!(drivers, [json!("virtio_net"), json!("e1000")], "{hw:#}");
 
     // Second boot of the same VM: the same machine, updated.
-    let (secs2, console) = boot(&ns, d, &qemu, &base, [mac0, mac1], 2);
+    let (secs2, console) = boot(&ns, d, &qemu, &agents, [mac0, mac1], 2);
     eprintln!("QEMU start → agent registered: {secs2:.1} s (second boot)");
     assert!(console.contains(", known machine)"), "{console}");
     let again = machines(&ns.name, &base, password);

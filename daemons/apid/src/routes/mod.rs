@@ -1,5 +1,12 @@
-//! The HTTP routes. Each module owns one area; [`router`] assembles them under one
-//! authentication layer and one body limit.
+//! The HTTP routes. Each module owns one area; [`router_for`] assembles them for one
+//! listener's [`Audience`] under one authentication layer and one body limit.
+//!
+//! Operators and agents are served apart (issue 8): the agents' listener, on the
+//! provisioning network where anyone may be, serves only what an agent needs
+//! ([`Audience::Agent`]); the operators' listener serves everything else, and registration
+//! too, for an operator who registers a machine by hand. It answers 404 for the agent-only
+//! routes and 403 to any request carrying a boot token, so a boot token works on the agents'
+//! listener only. [`router`] has every route, for tests that play both sides on one address.
 
 pub mod agent;
 pub mod health;
@@ -9,7 +16,9 @@ pub mod session;
 pub mod ui;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dragonfly_core::agent_api;
 use tower_http::trace::TraceLayer;
@@ -17,13 +26,56 @@ use tower_http::trace::TraceLayer;
 use crate::error::ApiError;
 use crate::{AppState, auth};
 
-/// All routes. Paths here and in the OpenAPI document must agree (a test checks it).
+/// Who a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The web UI and the whole API, registration by hand included; no agent-only route.
+    Operator,
+    /// Registration, instructions and console lines with a boot token, and health.
+    Agent,
+}
+
+/// The routes of `audience`'s listener. Paths here and in the OpenAPI document must agree
+/// (a test checks it, on [`router`]).
+pub fn router_for(state: AppState, audience: Audience) -> Router {
+    let routes = match audience {
+        Audience::Operator => shared_routes()
+            .merge(operator_routes())
+            .layer(axum::middleware::from_fn(refuse_boot_tokens)),
+        Audience::Agent => shared_routes().merge(agent_routes()),
+    };
+    finish(routes, state)
+}
+
+/// Every route, both audiences on one router.
 pub fn router(state: AppState) -> Router {
-    let limit = state.config.max_body_bytes;
+    finish(
+        shared_routes()
+            .merge(operator_routes())
+            .merge(agent_routes()),
+        state,
+    )
+}
+
+/// On both listeners: health, and registration (agents by boot token, operators by hand).
+fn shared_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/health", get(health::health))
+        .route(agent_api::REGISTER_PATH, post(machines::register))
+}
+
+/// What only agents call: on the agents' listener alone.
+pub fn agent_routes() -> Router<AppState> {
+    Router::new()
+        .route(agent_api::INSTRUCTIONS_PATH, get(agent::instructions))
+        .route(agent_api::LOG_PATH, post(agent::log))
+}
+
+/// What only operators call.
+fn operator_routes() -> Router<AppState> {
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
-        .route("/api/health", get(health::health))
         .route("/api/openapi.json", get(crate::openapi::serve))
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
@@ -36,9 +88,6 @@ pub fn router(state: AppState) -> Router {
             "/api/tokens/{id}",
             axum::routing::delete(session::delete_token),
         )
-        .route(agent_api::REGISTER_PATH, post(machines::register))
-        .route(agent_api::INSTRUCTIONS_PATH, get(agent::instructions))
-        .route(agent_api::LOG_PATH, post(agent::log))
         .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
         .route(
@@ -55,6 +104,13 @@ pub fn router(state: AppState) -> Router {
             "/apis/dragonfly.computer/v1/hardware/{name}",
             get(resources::get_hardware),
         )
+}
+
+/// The layers every listener has: 404 for other paths, operator authentication, the body
+/// limit and request tracing.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let limit = state.config.http.max_body_bytes;
+    routes
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -63,4 +119,14 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// On the operators' listener a boot token is refused whatever the route: a token leaked
+/// from the provisioning network must not reach the operators' side.
+async fn refuse_boot_tokens(request: Request, next: Next) -> Response {
+    if auth::boot_token(request.headers()).is_some() {
+        return ApiError::Forbidden("boot tokens are accepted on apid's agent listener only")
+            .into_response();
+    }
+    next.run(request).await
 }

@@ -73,7 +73,13 @@ async fn registration_is_authenticated_by_boot_token_and_idempotent() {
 
 #[tokio::test]
 async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
-    let s = Server::start_with(config(|c| c.max_body_bytes = Some(4096))).await;
+    let s = Server::start_with(config(|c| {
+        c.http = Some(dragonfly_http::RawHttpConfig {
+            max_body_bytes: Some(4096),
+            ..Default::default()
+        });
+    }))
+    .await;
     let url = s.url("/api/machines/register");
     let token = token_for(mac(1));
     let mut unknown_field = report(&[1]);

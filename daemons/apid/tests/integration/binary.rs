@@ -17,19 +17,21 @@ use crate::common::{KEY, TestDb, mac, report, token_for};
 const APID: &str = env!("CARGO_BIN_EXE_dragonfly-apid");
 
 /// A config file, key file and database for the binary, owned by the user it will run as.
-fn prepare(db: &TestDb, nats_url: &str) -> PathBuf {
+fn prepare(db: &TestDb, nats_url: &str, agent_port: u16) -> PathBuf {
     let dir = db.dir.path();
     let key = dir.join("boot-token-key");
     std::fs::write(&key, KEY).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cfg = dir.join("dragonfly.toml");
     // The fallback address is port 1, which an unprivileged process cannot bind: if apid
-    // served at all, it used the socket systemd-socket-activate passed it.
+    // served at all, it used the socket systemd-socket-activate passed it. The agents'
+    // listener is bound from the config (systemd-socket-activate passes one name).
     std::fs::write(
         &cfg,
         format!(
             "[store]\npath = {db:?}\n[nats]\nurl = {nats_url:?}\n[log]\nlevel = \"info\"\n\
-             [apid]\nlisten = \"127.0.0.1:1\"\nboot_token_key_file = {key:?}\nsecure_cookies = false\n",
+             [apid]\nlisten = \"127.0.0.1:1\"\nagent_listen = \"127.0.0.1:{agent_port}\"\n\
+             boot_token_key_file = {key:?}\nsecure_cookies = false\n",
             db = db.path.display().to_string(),
             key = key.display().to_string(),
         ),
@@ -99,7 +101,8 @@ async fn socket_activated_apid_publishes_cloudevents_and_survives_a_nats_restart
 async fn run_scenario(activate: &Path, nats_binary: &Path) {
     let mut nats = NatsServer::start_with(nats_binary).await.unwrap();
     let db = TestDb::new();
-    let cfg = prepare(&db, &nats.url());
+    let agent_port = free_port();
+    let cfg = prepare(&db, &nats.url(), agent_port);
     let port = free_port();
     // The first connection makes systemd-socket-activate start the daemon, which then serves
     // everything queued on the socket.
@@ -112,13 +115,15 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
     )
     .await;
     let base = daemon.base_url();
+    // Agents register on their own listener; the operators' refuses boot tokens.
+    let agents = format!("http://127.0.0.1:{agent_port}");
 
     let watcher = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = watcher.subscribe("dragonfly.machine.>").await.unwrap();
     watcher.flush().await.unwrap();
 
     let http = reqwest::Client::new();
-    let first = register(&http, &base, 1).await;
+    let first = register(&http, &agents, 1).await;
     let ev = next_event(&mut sub).await;
     assert_eq!(ev["specversion"], "1.0");
     assert_eq!(ev["type"], "computer.dragonfly.machine.registered");
@@ -139,14 +144,14 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
     // NATS goes away: apid keeps serving, because the store is the truth.
     nats.kill();
     wait_bus(&http, &base, "disconnected").await;
-    let during = register(&http, &base, 2).await;
+    let during = register(&http, &agents, 2).await;
     assert_eq!(during["state"], "Registered");
 
     // NATS comes back on the same port: apid reconnects and publishes again.
     nats.restart().await.unwrap();
     wait_bus(&http, &base, "connected").await;
     watcher.flush().await.unwrap();
-    let after = register(&http, &base, 3).await;
+    let after = register(&http, &agents, 3).await;
     let mut names = Vec::new();
     loop {
         let ev = next_event(&mut sub).await;
@@ -201,7 +206,7 @@ fn check_config_exits_0_or_2_naming_the_key() {
 fn create_admin_reads_the_password_from_stdin_and_refuses_weak_ones() {
     use std::io::Write;
     let db = TestDb::new();
-    let cfg = prepare(&db, "nats://127.0.0.1:1");
+    let cfg = prepare(&db, "nats://127.0.0.1:1", free_port());
     let run = |password: &str| {
         let mut child = unprivileged(APID)
             .args(["--config"])
@@ -244,7 +249,7 @@ fn refuses_to_run_as_root() {
         return;
     }
     let db = TestDb::new();
-    let cfg = prepare(&db, "nats://127.0.0.1:1");
+    let cfg = prepare(&db, "nats://127.0.0.1:1", free_port());
     let out = std::process::Command::new(APID)
         .arg("--config")
         .arg(&cfg)

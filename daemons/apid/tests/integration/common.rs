@@ -1,7 +1,5 @@
 //! Shared set-up: apid's router served on a loopback port over the store's `TestDb`, users.
 
-use std::net::SocketAddr;
-
 use dragonfly_apid::{ApidConfig, AppState, app, auth};
 use dragonfly_core::boot_token::{self, BootClaims};
 use dragonfly_core::{HardwareReport, MacAddr};
@@ -45,14 +43,9 @@ impl Server {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
+        let http = state.config.http.clone();
+        let server = dragonfly_http::Server::new("test", app(state), http, None);
+        tokio::spawn(server.serve(listener, tokio_util::sync::CancellationToken::new()));
         Self {
             base: format!("http://{addr}"),
             db,

@@ -90,10 +90,12 @@ impl Server {
         let events = bus.map_or_else(dragonfly_bus::Publisher::disabled, |b| {
             dragonfly_bus::Publisher::start(&b, dragonfly_bus::DEFAULT_CAPACITY).0
         });
+        let http = cfg.http.clone();
         let state = AppState::new(db.clone(), events, cfg, Secret::new(KEY.to_vec())).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+        let server = dragonfly_http::Server::new("test", app(state), http, None);
+        tokio::spawn(server.serve(listener, tokio_util::sync::CancellationToken::new()));
         Self {
             base: format!("http://{addr}"),
             db,

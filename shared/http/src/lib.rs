@@ -1,0 +1,53 @@
+//! dragonfly-http: the one way Dragonfly's daemons serve HTTP (apid's two listeners, ipxed).
+//!
+//! Why it exists: `axum::serve` gives a connection no deadline at all. hyper's header timeout
+//! does nothing without a timer, bodies and idle connections have no bound, and every
+//! connection is accepted, so 1 100 half-sent requests from one host took apid and ipxed
+//! offline (EMFILE) until that host let go. Each daemon serving its router its own way is how
+//! one of them would be left unbounded; so both hand their router to [`Server`], which gives
+//! every connection:
+//!
+//! - a **header timeout** (hyper's, with tokio's timer): the request line and headers, and the
+//!   TLS handshake before them, must arrive within `header_timeout`; it also bounds the wait
+//!   for the next request on a keep-alive connection;
+//! - a **body timeout**: the whole body within `body_timeout` of its headers, however slowly
+//!   it trickles;
+//! - an **idle timeout**: a connection on which no byte moves either way for `idle_timeout`
+//!   is closed (a client that stopped reading its response);
+//! - **connection caps**: at most `max_connections` on the listener and
+//!   `max_connections_per_client` from one address; beyond them a new connection is closed as
+//!   soon as it is accepted, before a byte is read or a task spawned;
+//! - **back-off** when accept fails for want of descriptors or memory (EMFILE, ENFILE):
+//!   pause [`ACCEPT_BACKOFF`] and accept again, never spin and never stop serving;
+//! - a **graceful drain** when the shutdown token is cancelled: stop accepting, close idle
+//!   connections, let requests in flight finish (the frame bounds how long);
+//! - optional **TLS** ([`Tls`]: rustls with ring, certificate and key given as bytes).
+//!
+//! Each listener has its own caps, so a flood on apid's agent listener cannot take the
+//! operator listener's places. The configuration section is [`HttpConfig`] (`[apid.http]`,
+//! `[ipxed.http]`). What it must never do: bind a socket (the caller passes the listener),
+//! read a file (TLS material comes in as bytes, through the frame's credentials) or speak
+//! HTTP/2 (no client of ours needs it, and it is more attack surface).
+
+mod admission;
+mod body;
+mod config;
+mod io;
+mod serve;
+mod tls;
+
+pub use body::BodyError;
+pub use config::{
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, HttpConfig, RawHttpConfig,
+    TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, TlsFiles, TlsOff,
+};
+pub use serve::{ACCEPT_BACKOFF, ServeError, Server};
+pub use tls::{Tls, TlsError};
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests;

@@ -1,0 +1,350 @@
+//! The serving loop over real TCP on loopback: each bound is met by a client that tries to
+//! outlast it, and a well-behaved client is served meanwhile.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{HttpConfig, RawHttpConfig, ServeError, Server, Tls};
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/peer",
+            get(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| async move {
+                    peer.ip().to_string()
+                },
+            ),
+        )
+        .route("/echo", post(|body: String| async move { body.len().to_string() }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "slow"
+            }),
+        )
+}
+
+fn config(tweak: impl FnOnce(&mut RawHttpConfig)) -> HttpConfig {
+    let mut raw = RawHttpConfig::default();
+    tweak(&mut raw);
+    HttpConfig::validate(raw).unwrap()
+}
+
+async fn start(config: HttpConfig, tls: Option<Tls>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = Server::new("test", app(), config, tls);
+    let task = tokio::spawn(server.serve(listener, shutdown.clone()));
+    Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// A connection from `from` (any 127.x.y.z is loopback on Linux).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Sends a whole GET and returns the response's text (the server closes after it).
+async fn get_text(from: &str, to: SocketAddr, path: &str) -> String {
+    let mut s = connect_from(from, to).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("a response within 5 s")
+        .unwrap();
+    out
+}
+
+/// How long until the server closes `s` (reads end or fail), if it does within `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn half_sent_headers_are_cut_at_the_header_timeout() {
+    let r = start(config(|c| c.header_timeout = Some("300ms".into())), None).await;
+    let mut slow = connect_from("127.0.0.1", r.addr).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    // A header line now and then does not reset the clock.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    slow.write_all(b"X-A: b\r\n").await.unwrap();
+    let took = closed_within(&mut slow, Duration::from_secs(3))
+        .await
+        .expect("closed");
+    assert!(took < Duration::from_millis(600), "{took:?}");
+    // Nothing sent at all: same bound.
+    let mut silent = connect_from("127.0.0.1", r.addr).await;
+    let took = closed_within(&mut silent, Duration::from_secs(3))
+        .await
+        .expect("closed");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(800),
+        "{took:?}"
+    );
+    assert!(get_text("127.0.0.1", r.addr, "/").await.ends_with("ok"));
+}
+
+#[tokio::test]
+async fn a_trickled_body_is_cut_at_the_body_timeout() {
+    let r = start(config(|c| c.body_timeout = Some("400ms".into())), None).await;
+    let mut s = connect_from("127.0.0.1", r.addr).await;
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    // One byte every 100 ms: each read is prompt, the whole is not.
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let _ = s.write_all(b"x").await;
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => response.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "never cut");
+    }
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&response);
+    assert!(!text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // A prompt body is fine.
+    let mut s = connect_from("127.0.0.1", r.addr).await;
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with('3'),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_idle_timeout() {
+    let r = start(
+        config(|c| {
+            c.header_timeout = Some("5s".into());
+            c.idle_timeout = Some("300ms".into());
+        }),
+        None,
+    )
+    .await;
+    let mut s = connect_from("127.0.0.1", r.addr).await;
+    let took = closed_within(&mut s, Duration::from_secs(3))
+        .await
+        .expect("closed");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_client_cap_are_closed_at_once() {
+    let r = start(
+        config(|c| {
+            c.max_connections_per_client = Some(3);
+            c.header_timeout = Some("5s".into());
+        }),
+        None,
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.2", r.addr).await);
+    }
+    // Let the server accept them, in order.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let mut extra = connect_from("127.0.0.2", r.addr).await;
+        let took = closed_within(&mut extra, Duration::from_secs(1))
+            .await
+            .expect("closed at once");
+        assert!(took < Duration::from_millis(200), "{took:?}");
+    }
+    // The held ones were kept, and another address is served.
+    for s in &mut held {
+        assert_eq!(closed_within(s, Duration::from_millis(50)).await, None);
+    }
+    assert!(
+        get_text("127.0.0.3", r.addr, "/peer")
+            .await
+            .ends_with("127.0.0.3")
+    );
+    // Once they go, their places are free again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(get_text("127.0.0.2", r.addr, "/").await.ends_with("ok"));
+}
+
+#[tokio::test]
+async fn connections_beyond_the_total_cap_are_closed_at_once() {
+    let r = start(
+        config(|c| {
+            c.max_connections = Some(4);
+            c.max_connections_per_client = Some(2);
+            c.header_timeout = Some("5s".into());
+        }),
+        None,
+    )
+    .await;
+    let mut held = Vec::new();
+    for from in ["127.0.0.4", "127.0.0.4", "127.0.0.5", "127.0.0.5"] {
+        held.push(connect_from(from, r.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = connect_from("127.0.0.6", r.addr).await;
+    let took = closed_within(&mut extra, Duration::from_secs(1))
+        .await
+        .expect("closed at once");
+    assert!(took < Duration::from_millis(200), "{took:?}");
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(get_text("127.0.0.6", r.addr, "/").await.ends_with("ok"));
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish_and_stops_accepting() {
+    let r = start(HttpConfig::default(), None).await;
+    let addr = r.addr;
+    let in_flight = tokio::spawn(async move { get_text("127.0.0.1", addr, "/slow").await });
+    // An idle keep-alive connection does not hold the drain up.
+    let mut idle = connect_from("127.0.0.1", addr).await;
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    r.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(3), r.task)
+        .await
+        .expect("drained")
+        .unwrap()
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(in_flight.await.unwrap().ends_with("slow"));
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn tls_serves_a_client_that_trusts_the_certificate() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let tls = Tls::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+    let r = start(
+        config(|c| c.header_timeout = Some("500ms".into())),
+        Some(tls),
+    )
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(r.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+        "{out}"
+    );
+
+    // Plain HTTP to the TLS port gets nothing useful, and a silent client is cut at the
+    // header timeout, handshake included.
+    let plain = get_text("127.0.0.1", r.addr, "/").await;
+    assert!(!plain.contains("200 OK"), "{plain}");
+    let mut silent = TcpStream::connect(r.addr).await.unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(3))
+        .await
+        .expect("closed");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+}
+
+#[test]
+fn tls_material_is_checked() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    assert!(matches!(
+        Tls::from_pem(b"", key.serialize_pem().as_bytes()),
+        Err(crate::TlsError::NoCertificate)
+    ));
+    assert!(matches!(
+        Tls::from_pem(cert.pem().as_bytes(), b"not a key"),
+        Err(crate::TlsError::Key(_))
+    ));
+    let mismatch = Tls::from_pem(cert.pem().as_bytes(), other.serialize_pem().as_bytes());
+    assert!(
+        matches!(mismatch, Err(crate::TlsError::Config(_))),
+        "{mismatch:?}"
+    );
+}
