@@ -26,7 +26,7 @@
 # Layout (documented for the template that installs it; the manifest repeats it):
 #   p1  1 MiB   BIOS boot (EF02)  GRUB i386-pc core.img, loaded by GRUB's boot.img in the MBR
 #   p2 15 MiB   EFI system, FAT, label DF-ESP: /EFI/BOOT/BOOTX64.EFI (GRUB x86_64-efi)
-#   p3 47 MiB   Linux root x86-64, ext4, label dragonfly-root: /boot/vmlinuz, /boot/initrd.img,
+#   p3 46 MiB   Linux root x86-64, ext4, label dragonfly-root: /boot/vmlinuz, /boot/initrd.img,
 #               /boot/grub/grub.cfg, /etc/hostname
 # Both GRUBs carry their modules and an early config that finds the root by its label and
 # reads /boot/grub/grub.cfg, which boots /boot/vmlinuz with $CMDLINE below.
@@ -50,7 +50,7 @@ CMDLINE="root=LABEL=$ROOT_LABEL console=tty0 console=ttyS0,115200 panic=-1"
 DISK_MIB=64
 P1_START=2048 P1_SIZE=2048 # BIOS boot, 1 MiB
 P2_START=4096 P2_SIZE=30720 # ESP, 15 MiB
-P3_START=34816              # root: the rest, up to the backup GPT (33 sectors)
+P3_START=34816              # root: the rest but the last MiB (the backup GPT is in there)
 P3_SIZE=$((DISK_MIB * 2048 - P3_START - 2048))
 # Fixed identifiers: the image is the same bytes on every build (and every installed test OS
 # has the same ones, which is fine for a test fixture).
@@ -83,12 +83,21 @@ for p in "${PKGS[@]}"; do
     fi
 done
 
-KEY=$( { cat "$0" "$HERE/init" "$REPO/agent-image/cpio.py"
+KEY=$( { cat "$HERE/build.sh" "$HERE/init" "$REPO/agent-image/cpio.py"
          printf '%s\n' "${PKGS[@]}" "SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-}"; } |
        sha256sum | cut -c1-16)
 DIR=$OUT/$KEY
 if [ -f "$DIR/manifest.json" ]; then
     say "up to date: $DIR"
+    echo "$DIR"
+    exit 0
+fi
+# One build at a time per $OUT (they share the download cache); the one that waited may find
+# its image built meanwhile.
+exec 9>"$OUT/.lock"
+flock 9
+if [ -f "$DIR/manifest.json" ]; then
+    say "built meanwhile: $DIR"
     echo "$DIR"
     exit 0
 fi
@@ -310,11 +319,11 @@ json.dump(m, open(os.path.join(w, "manifest.json"), "w"), indent=2, sort_keys=Tr
 PY
 rm -rf "$W/initramfs" "$W/root" "$W/root.ext4" "$W/esp.fat" "$W/core.img" "$W/BOOTX64.EFI" \
     "$W/early.cfg" "$W/initrd.img"
-# The directory appears whole or not at all (manifest.json is what marks it done).
-rm -rf "$DIR"
-mv "$W" "$DIR"
+# The directory appears whole or not at all (manifest.json is what marks it done); nothing
+# else ever makes it, so it cannot be there yet (the lock).
+chmod 0755 "$W"
+mv -T "$W" "$DIR"
 trap - EXIT
-chmod 0755 "$DIR"
 T3=$(date +%s.%N)
 say "$(stat -c %s "$DIR/test-os.img.zst" | awk '{printf "%.1f MiB", $1 / 1048576}') compressed," \
     "$(du -k "$DIR/test-os.img" | awk '{printf "%.1f MiB", $1 / 1024}') of $DISK_MIB MiB raw used;" \
