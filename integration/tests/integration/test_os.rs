@@ -6,18 +6,19 @@
 //! Times printed (QEMU start → GRUB, the kernel, the marker) are the figures for
 //! `docs/performance.md`; tests do not assert times.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use dragonfly_integration::{Disk, DiskBus, Firmware, Lab, TESTOS_MARKER, Vm, VmConfig, test_os};
-use dragonfly_testkit::require_binary;
+use dragonfly_testkit::{require_binary, require_root};
 use serde_json::Value;
 
-use crate::common::require_vm_tools;
-
-/// What building the image needs besides `require_vm_tools` (apt-get, dpkg).
+/// What building the image needs.
 fn require_image_tools() -> bool {
     [
+        ("apt-get", "Debian"),
+        ("dpkg", "Debian"),
         ("mke2fs", "apt-get install e2fsprogs"),
         ("debugfs", "apt-get install e2fsprogs"),
         ("zstd", "apt-get install zstd"),
@@ -36,14 +37,32 @@ fn debugfs(fs: &str, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What booting it needs besides the image: root (the lab namespace), QEMU, both firmwares.
+/// No network-boot tools: the VM has no NIC.
+fn require_disk_vm_tools() -> bool {
+    require_root()
+        && [
+            ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
+            ("timeout", "apt-get install coreutils"),
+            ("ip", "apt-get install iproute2"),
+        ]
+        .iter()
+        .all(|(name, install)| require_binary(name, install).is_some())
+        && [
+            "/usr/share/seabios/bios-256k.bin",
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ]
+        .iter()
+        .all(|p| {
+            Path::new(p).is_file() || require_binary(p, "apt-get install seabios ovmf").is_some()
+        })
+}
+
 /// Not a VM: the manifest's layout matches the image, the kernel and initrd a kexec loads are
 /// on the root filesystem, and the compressed image stays small.
 #[test]
 fn test_os_image_has_the_documented_layout() {
-    if !(require_binary("apt-get", "Debian").is_some()
-        && require_binary("dpkg", "Debian").is_some()
-        && require_image_tools())
-    {
+    if !require_image_tools() {
         return;
     }
     let os = test_os();
@@ -120,7 +139,7 @@ fn test_os_boots_from_disk_uefi() {
 /// Writes `hostname` into a copy of the image (grown to `disk_bytes`, sparse, when given),
 /// boots it and waits for the marker naming it.
 fn boot_from_disk(firmware: Firmware, hostname: &str, disk_bytes: Option<u64>) {
-    if !require_vm_tools() || !require_image_tools() {
+    if !require_disk_vm_tools() || !require_image_tools() {
         return;
     }
     let os = test_os();
