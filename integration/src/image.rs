@@ -1,10 +1,20 @@
-//! The test "agent": a Debian kernel and a busybox initramfs that prints [`crate::MARKER`]
-//! with the MAC it was booted for and powers off. Built by `integration/e2e/build-test-image.sh`
-//! and cached under `target/e2e-cache/test-image-<hash of the script>/`.
+//! The images the end-to-end tests boot, built by scripts and cached under `target/`:
+//!
+//! - [`test_image`], the test "agent": a Debian kernel and a busybox initramfs that prints
+//!   [`crate::MARKER`] with the MAC it was booted for and powers off. Built by
+//!   `integration/e2e/build-test-image.sh`, cached under `target/e2e-cache/test-image-<hash of
+//!   the script>/`.
+//! - [`test_os`], the test OS: a GPT disk image that boots under BIOS and UEFI from its own
+//!   disk and prints [`TESTOS_MARKER`] with the hostname found on its root filesystem. Built
+//!   by `integration/test-os/build.sh`, cached under `target/test-os/<hash of the inputs>/`.
+//!
+//! Neither function ever changes what it returns once built: a test that needs an image
+//! changed (another hostname) changes a copy ([`TestOs::copy_with_hostname`]).
 
 use std::fs::{File, OpenOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -57,6 +67,148 @@ pub fn test_image() -> TestImage {
         String::from_utf8_lossy(&out.stderr)
     );
     image
+}
+
+/// What the test OS's `/init` prints on the serial console once it has read its root
+/// filesystem: `DRAGONFLY-TESTOS-BOOTED hostname=<name> firmware=<bios|uefi> root=<dev>
+/// uptime=<s>`.
+pub const TESTOS_MARKER: &str = "DRAGONFLY-TESTOS-BOOTED";
+
+const TESTOS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-os/build.sh");
+
+/// The test OS disk image (see `integration/test-os/build.sh` for its layout): what a
+/// provisioning test serves to image2disk, and boots.
+#[derive(Debug, Clone)]
+pub struct TestOs {
+    /// `target/test-os/<key>/`, holding the files below and `SHA256SUMS`.
+    pub dir: PathBuf,
+    /// The raw GPT disk image (64 MiB, sparse).
+    pub image: PathBuf,
+    /// [`image`](Self::image) compressed with zstd.
+    pub compressed: PathBuf,
+    /// `manifest.json`: layout, package versions, sizes, digests.
+    pub manifest: PathBuf,
+    /// sha256 of the raw image, lowercase hex.
+    pub image_sha256: String,
+    /// sha256 of the compressed image, lowercase hex.
+    pub compressed_sha256: String,
+    /// Where the ext4 root filesystem (partition 3, label `dragonfly-root`) starts, in bytes.
+    pub root_offset: u64,
+    /// The root filesystem's label.
+    pub root_label: String,
+    /// The kernel command line the image boots `/boot/vmlinuz` with (from its grub.cfg); a
+    /// kexec of `/boot/vmlinuz` + `/boot/initrd.img` needs the same.
+    pub cmdline: String,
+    /// The hostname in the image's `/etc/hostname` as built.
+    pub default_hostname: String,
+}
+
+/// Builds the test OS when its inputs changed (cold: ~25 s and ~77 MB of Debian packages,
+/// cached in `target/test-os/cache/`), else finds it (~1 s: the script asks apt which
+/// package versions are current). Once per process; other processes wait on the same lock
+/// as [`test_image`].
+///
+/// # Panics
+/// When the build script fails (its output is in the message) or its manifest is not what
+/// this function reads.
+pub fn test_os() -> TestOs {
+    static BUILT: OnceLock<TestOs> = OnceLock::new();
+    BUILT.get_or_init(build_test_os).clone()
+}
+
+fn build_test_os() -> TestOs {
+    let cache = crate::cache_dir();
+    let out = cache
+        .parent()
+        .expect("target/e2e-cache inside target/")
+        .join("test-os");
+    let lock = open_lock(&cache.join("build.lock"));
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("locking target/e2e-cache/build.lock");
+    let run = Command::new("bash")
+        .arg(TESTOS_SCRIPT)
+        .env("OUT", &out)
+        .output()
+        .expect("running bash integration/test-os/build.sh");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "integration/test-os/build.sh failed ({}):\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or_default());
+    let manifest = dir.join("manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&manifest).unwrap_or_else(|e| panic!("reading {}: {e}", manifest.display())),
+    )
+    .unwrap_or_else(|e| panic!("parsing {}: {e}", manifest.display()));
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .unwrap_or_else(|| panic!("{}: expected a string, found {v}", manifest.display()))
+            .to_owned()
+    };
+    let root = m["partitions"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|p| p["name"] == "root"))
+        .unwrap_or_else(|| panic!("{}: no partition named root", manifest.display()));
+    TestOs {
+        image: dir.join(text(&m["image"]["file"])),
+        compressed: dir.join(text(&m["compressed"]["file"])),
+        image_sha256: text(&m["image"]["sha256"]),
+        compressed_sha256: text(&m["compressed"]["sha256"]),
+        root_offset: root["startBytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: root has no startBytes", manifest.display())),
+        root_label: text(&root["label"]),
+        cmdline: text(&m["cmdline"]),
+        default_hostname: text(&m["defaultHostname"]),
+        manifest,
+        dir,
+    }
+}
+
+impl TestOs {
+    /// Copies the raw image to `dest` (sparse) and puts `hostname` into its `/etc/hostname`
+    /// with `debugfs -w` (e2fsprogs; no mount, no root needed): what writefile does on a
+    /// machine, for a test that boots the image without installing it.
+    ///
+    /// # Panics
+    /// When copying or debugfs fails.
+    pub fn copy_with_hostname(&self, dest: &Path, hostname: &str) {
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.image)
+            .arg(dest)
+            .status()
+            .expect("running cp");
+        assert!(
+            status.success(),
+            "cp {} {}: {status}",
+            self.image.display(),
+            dest.display()
+        );
+        let src = dest.with_extension("hostname");
+        std::fs::write(&src, format!("{hostname}\n"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", src.display()));
+        // `?offset=`: debugfs opens the filesystem inside the disk image.
+        let fs = format!("{}?offset={}", dest.display(), self.root_offset);
+        let debugfs = |request: &str| {
+            let out = Command::new("debugfs")
+                .args(["-w", "-R", request, &fs])
+                .output()
+                .expect("running debugfs (e2fsprogs)");
+            assert!(out.status.success(), "debugfs {request:?} {fs}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        debugfs("rm /etc/hostname");
+        debugfs(&format!("write {} /etc/hostname", src.display()));
+        let _ = std::fs::remove_file(&src);
+        // debugfs exits 0 even when a request failed: read the file back.
+        let back = debugfs("cat /etc/hostname");
+        assert_eq!(back.trim(), hostname, "/etc/hostname in {fs} after debugfs");
+    }
 }
 
 pub(crate) fn open_lock(path: &std::path::Path) -> File {

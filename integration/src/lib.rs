@@ -35,10 +35,11 @@ pub use api::{EventWatcher, list_machines};
 pub use config::{
     ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, SubnetConfig, TftpdConfig,
 };
-pub use image::{TestImage, test_image};
+pub use image::{TESTOS_MARKER, TestImage, TestOs, test_image, test_os};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
 pub use vm::{
-    BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig, VmLock,
+    BootFrom, BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig,
+    VmLock,
 };
 
 /// The profile directory holding the workspace's binaries (`target/debug`): the parent of the

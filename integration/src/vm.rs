@@ -1,5 +1,5 @@
-//! [`Vm`]: one QEMU machine network-booting inside a [`Lab`], its serial console timestamped
-//! line by line so the boot can be cut into milestones.
+//! [`Vm`]: one QEMU machine network-booting (or booting its own disk) inside a [`Lab`], its
+//! serial console timestamped line by line so the boot can be cut into milestones.
 
 use std::fmt;
 use std::fs::File;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::Lab;
+use crate::{Lab, TESTOS_MARKER};
 
 /// What the test initramfs prints on the serial console once booted (see
 /// `integration/e2e/build-test-image.sh`): `DRAGONFLY-E2E-MARKER mac=… nic=… mode=…`.
@@ -77,6 +77,16 @@ pub enum DiskBus {
     Sata,
 }
 
+/// What the VM boots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFrom {
+    /// The boot NIC (`bootindex=1`, `-boot n`).
+    Network,
+    /// The first of [`VmConfig::disks`] (`bootindex=1`), with no NIC at all: the VM has no
+    /// network, and the NIC settings of its [`VmConfig`] are ignored.
+    FirstDisk,
+}
+
 /// A raw disk image (e.g. a sparse file made with `File::set_len`).
 #[derive(Debug, Clone)]
 pub struct Disk {
@@ -88,6 +98,7 @@ pub struct Disk {
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub firmware: Firmware,
+    pub boot: BootFrom,
     pub nic: Nic,
     pub rom: NicRom,
     /// e.g. `52:54:00:99:00:10`.
@@ -115,6 +126,7 @@ impl VmConfig {
     pub fn new(firmware: Firmware, nic: Nic, rom: NicRom, mac: &str) -> VmConfig {
         VmConfig {
             firmware,
+            boot: BootFrom::Network,
             nic,
             rom,
             mac: mac.to_owned(),
@@ -126,6 +138,16 @@ impl VmConfig {
             extra_nics: Vec::new(),
             disks: Vec::new(),
             smbios_uuid: None,
+        }
+    }
+
+    /// A VM that boots `disk` (its only disk) and has no NIC: 1 vCPU, 512 MiB, a 150 s
+    /// limit.
+    pub fn disk_boot(firmware: Firmware, disk: Disk) -> VmConfig {
+        VmConfig {
+            boot: BootFrom::FirstDisk,
+            disks: vec![disk],
+            ..VmConfig::new(firmware, Nic::VirtioNet, NicRom::None, "52:54:00:00:00:00")
         }
     }
 
@@ -171,7 +193,7 @@ struct SerialLine {
     text: String,
 }
 
-/// A running QEMU (TCG, `-no-reboot`, network boot from its tap), killed on drop. Holds the
+/// A running QEMU (TCG, `-no-reboot`, booting from its tap or its first disk), killed on drop. Holds the
 /// crate-wide VM lock ([`VmLock`]) while it lives.
 #[derive(Debug)]
 pub struct Vm {
@@ -220,8 +242,6 @@ impl Vm {
             "-serial".into(),
             "stdio".into(),
             "-no-reboot".into(),
-            "-boot".into(),
-            "n".into(),
         ];
         match config.firmware {
             Firmware::Bios => {
@@ -252,36 +272,49 @@ impl Vm {
             NicRom::Ipxe => "",
             NicRom::None => ",romfile=",
         };
-        qemu.extend([
-            "-netdev".into(),
-            format!("tap,id=n0,ifname={},script=no,downscript=no", config.tap),
-            "-device".into(),
-            // bootindex=1: OVMF ignores -boot n (lab pitfall 6).
-            format!(
-                "{},netdev=n0,mac={},bootindex=1{rom}",
-                config.nic.model(),
-                config.mac
-            ),
-        ]);
-        for (i, extra) in config.extra_nics.iter().enumerate() {
-            let id = i + 1;
+        let network = config.boot == BootFrom::Network;
+        if network {
             qemu.extend([
+                "-boot".into(),
+                "n".into(),
                 "-netdev".into(),
-                format!("tap,id=n{id},ifname={},script=no,downscript=no", extra.tap),
+                format!("tap,id=n0,ifname={},script=no,downscript=no", config.tap),
                 "-device".into(),
-                // No ROM: only the boot NIC may network-boot.
+                // bootindex=1: OVMF ignores -boot n (lab pitfall 6).
                 format!(
-                    "{},netdev=n{id},mac={},romfile=",
-                    extra.nic.model(),
-                    extra.mac
+                    "{},netdev=n0,mac={},bootindex=1{rom}",
+                    config.nic.model(),
+                    config.mac
                 ),
             ]);
+            for (i, extra) in config.extra_nics.iter().enumerate() {
+                let id = i + 1;
+                qemu.extend([
+                    "-netdev".into(),
+                    format!("tap,id=n{id},ifname={},script=no,downscript=no", extra.tap),
+                    "-device".into(),
+                    // No ROM: only the boot NIC may network-boot.
+                    format!(
+                        "{},netdev=n{id},mac={},romfile=",
+                        extra.nic.model(),
+                        extra.mac
+                    ),
+                ]);
+            }
+        } else {
+            // Without it QEMU adds a NIC of its own (user networking, iPXE ROM).
+            qemu.extend(["-nic".into(), "none".into()]);
         }
         if config.disks.iter().any(|d| d.bus == DiskBus::Sata) {
             qemu.extend(["-device".into(), "ahci,id=dfahci".into()]);
         }
         let mut sata = 0;
         for (i, disk) in config.disks.iter().enumerate() {
+            let bootindex = if i == 0 && !network {
+                ",bootindex=1"
+            } else {
+                ""
+            };
             qemu.extend([
                 "-drive".into(),
                 format!(
@@ -290,10 +323,10 @@ impl Vm {
                 ),
                 "-device".into(),
                 match disk.bus {
-                    DiskBus::Virtio => format!("virtio-blk-pci,drive=d{i}"),
+                    DiskBus::Virtio => format!("virtio-blk-pci,drive=d{i}{bootindex}"),
                     DiskBus::Sata => {
                         sata += 1;
-                        format!("ide-hd,drive=d{i},bus=dfahci.{}", sata - 1)
+                        format!("ide-hd,drive=d{i},bus=dfahci.{}{bootindex}", sata - 1)
                     }
                 },
             ]);
@@ -341,7 +374,7 @@ impl Vm {
 
     /// Milestones reached so far (see [`BootReport::timeline`]).
     pub fn timeline(&self) -> Vec<(&'static str, Duration)> {
-        milestones(&self.lines.lock().expect("serial lines"))
+        milestones(&self.lines.lock().expect("serial lines"), self.config.boot)
     }
 
     /// Waits until a serial console line contains `needle` and returns its time since QEMU
@@ -381,9 +414,10 @@ impl Vm {
                     return Ok(found);
                 }
                 return Err(format!(
-                    "VM {} ({:?}/{:?}/{:?}) showed no {needle:?} after {:.1} s (qemu exit: \
-                     {status:?})\n--- serial (last 60 lines) ---\n{}",
+                    "VM {} ({:?}; {:?}/{:?}/{:?}) showed no {needle:?} after {:.1} s (qemu \
+                     exit: {status:?})\n--- serial (last 60 lines) ---\n{}",
                     self.config.mac,
+                    self.config.boot,
                     self.config.firmware,
                     self.config.nic,
                     self.config.rom,
@@ -484,7 +518,7 @@ impl Vm {
             mac: field("mac="),
             nic: field("nic="),
             mode: field("mode="),
-            timeline: milestones(&lines),
+            timeline: milestones(&lines, self.config.boot),
         })
     }
 }
@@ -534,10 +568,24 @@ impl fmt::Display for BootReport {
 /// A download shows as one iPXE line `URL... ok`; its time here is when the line *began*
 /// (the request), because the line often ends only when the next program prints (the kernel
 /// swallows iPXE's final "ok"). DHCP and TFTP milestones are lines' ends (the answer came).
-fn milestones(lines: &[SerialLine]) -> Vec<(&'static str, Duration)> {
+///
+/// A boot from disk has its own steps: the network ones would match the boot loader's lines
+/// (`/boot/vmlinuz`).
+fn milestones(lines: &[SerialLine], boot: BootFrom) -> Vec<(&'static str, Duration)> {
     type Test = fn(&str) -> bool;
     let configured: Test = |l| l.contains("Configuring (net") && l.contains("ok");
-    let steps: &[(&str, bool, Test)] = &[
+    // The test OS (integration/test-os/) from its disk: GRUB started, GRUB starts reading
+    // the kernel, the kernel's console is up (its first line; the ~10 s before are the
+    // kernel being read and decompressed under TCG), its /init's marker.
+    let from_disk: &[(&str, bool, Test)] = &[
+        ("GRUB", false, |l| l.contains("Welcome to GRUB")),
+        ("GRUB loads the kernel", false, |l| {
+            l.contains("Dragonfly test OS: loading")
+        }),
+        ("kernel console", false, |l| l.contains("Linux version")),
+        ("test OS booted", false, |l| l.contains(TESTOS_MARKER)),
+    ];
+    let from_network: &[(&str, bool, Test)] = &[
         // iPXE: "Configuring (net0 52:54:…)...... ok"; OVMF's PXE: "Station IP address is …"
         ("DHCP", false, |l| {
             (l.contains("Configuring (net") && l.contains("ok")) || l.contains("Station IP address")
@@ -555,7 +603,13 @@ fn milestones(lines: &[SerialLine]) -> Vec<(&'static str, Duration)> {
         ("agent registered", false, |l| {
             l.contains("Dragonfly agent: registered as")
         }),
+        // The test OS (integration/test-os/), once installed and kexec'd.
+        ("test OS booted", false, |l| l.contains(TESTOS_MARKER)),
     ];
+    let steps = match boot {
+        BootFrom::Network => from_network,
+        BootFrom::FirstDisk => from_disk,
+    };
     let mut out = Vec::new();
     let mut from = 0;
     for (label, at_start, test) in steps {
@@ -663,7 +717,10 @@ mod tests {
             text: l.to_owned(),
         })
         .collect();
-        let got: Vec<_> = milestones(&lines).into_iter().map(|(l, _)| l).collect();
+        let got: Vec<_> = milestones(&lines, BootFrom::Network)
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
         assert_eq!(
             got,
             [

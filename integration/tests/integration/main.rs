@@ -24,3 +24,4 @@ mod example_config;
 mod proxy;
 mod reservation;
 mod standin;
+mod test_os;
