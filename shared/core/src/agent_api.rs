@@ -10,6 +10,13 @@
 //! - `GET` [`INSTRUCTIONS_PATH`]: [`Instructions`], polled while the agent waits; 404 when the
 //!   server does not know the machine (register again).
 //! - `POST` [`LOG_PATH`]: the agent's console lines, [`AgentLog`]; 204 when kept.
+//! - `GET` [`WORKFLOW_PATH`]: in imaging mode, the next action to run, [`WorkflowStep`].
+//!   The server records the action as *served* (apart from what was *reported*), so an agent
+//!   that reconnects, or boots into imaging again, is given the action in progress again.
+//! - `POST` [`REPORT_PATH`]: an [`ActionReport`] (started, progress, succeeded, failed); 202
+//!   only once the report is durable in the store, so an acknowledged report is never lost.
+//!   Reports are idempotent by `(workflowId, attempt, action, seq)`: the agent re-sends one
+//!   it has no answer for, and the server keeps the first.
 //! - Any refusal: [`ErrorBody`], whose message the agent shows on the console.
 //!
 //! All three authenticate with the per-boot token (`Authorization: Bearer dfb1.…`).
@@ -20,6 +27,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use uuid::Uuid;
+
+use crate::template::Action;
+use crate::workflow::WorkflowState;
 use crate::{BootFate, MachineId, MachineState};
 
 /// Registration: the body is a `HardwareReport`, the answer a `Machine`.
@@ -28,6 +39,11 @@ pub const REGISTER_PATH: &str = "/api/machines/register";
 pub const INSTRUCTIONS_PATH: &str = "/api/agent/instructions";
 /// The agent's console lines: the body is an [`AgentLog`].
 pub const LOG_PATH: &str = "/api/agent/log";
+
+/// In imaging mode: the next action of the machine's workflow (answers [`WorkflowStep`]).
+pub const WORKFLOW_PATH: &str = "/api/agent/workflow";
+/// What happened to an action: the body is an [`ActionReport`]; 202 once durable.
+pub const REPORT_PATH: &str = "/api/agent/report";
 
 /// What the server wants from the machine now (the answer to `GET /api/agent/instructions`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +77,97 @@ impl AgentLog {
     pub const MAX_LINES: usize = 100;
     /// Longest line the server keeps; longer ones are cut.
     pub const MAX_LINE_CHARS: usize = 1000;
+}
+
+/// The answer to `GET /api/agent/workflow`: what an agent in imaging mode runs next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStep {
+    pub workflow_id: Uuid,
+    /// Which start of the workflow this is (1 first, +1 on every retry); reports carry it, so
+    /// a report from an earlier attempt never moves the current one.
+    pub attempt: u32,
+    pub state: WorkflowState,
+    /// The action to run now; `None` when there is nothing to run (the workflow is finished,
+    /// cancelled, or waiting): poll again after `poll_after_seconds`, or act on `state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ServedAction>,
+    /// Ask again after this many seconds.
+    pub poll_after_seconds: u32,
+}
+
+/// One action as served to the agent: template variables already rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ServedAction {
+    /// Position in the template, from 0.
+    pub index: u32,
+    /// The action's unique name in its template.
+    pub name: String,
+    /// The server gives up on the action after this long (retries included).
+    pub timeout_seconds: u32,
+    /// What to do (the template's action, rendered for this machine).
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    pub spec: Action,
+}
+
+/// The body of `POST /api/agent/report`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+// No `deny_unknown_fields`: serde cannot combine it with the flattened event.
+#[serde(rename_all = "camelCase")]
+pub struct ActionReport {
+    pub workflow_id: Uuid,
+    pub attempt: u32,
+    /// The action's index, as served.
+    pub action: u32,
+    /// Increases with every report the agent sends for this action, from 0; with the fields
+    /// above it makes a report idempotent.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: ReportEvent,
+}
+
+/// What an [`ActionReport`] says happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ReportEvent {
+    /// The agent began the action.
+    Started,
+    /// At least every 2 s while the action runs.
+    Progress {
+        bytes_done: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes_total: Option<u64>,
+        bytes_per_second: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// The action finished well.
+    Succeeded {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// The action failed: why, and the last console lines.
+    Failed {
+        message: String,
+        #[serde(default)]
+        log_tail: Vec<String>,
+    },
+}
+
+impl ReportEvent {
+    /// Most lines a `Failed` report's `logTail` may carry.
+    pub const MAX_LOG_TAIL: usize = 100;
+    /// Longest message the server keeps; longer ones are cut.
+    pub const MAX_MESSAGE_CHARS: usize = 2000;
 }
 
 /// The body of every error answer apid gives, to agents and operators alike.
@@ -128,6 +235,60 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn reports_keep_their_wire_shape() {
+        let workflow_id = Uuid::from_u128(0x0196d6a2_0000_7000_8000_0000000000aa);
+        let report = |seq, event| ActionReport {
+            workflow_id,
+            attempt: 1,
+            action: 2,
+            seq,
+            event,
+        };
+        pin(
+            &report(0, ReportEvent::Started),
+            r#"{"workflowId":"0196d6a2-0000-7000-8000-0000000000aa","attempt":1,"action":2,"seq":0,"kind":"started"}"#,
+        );
+        pin(
+            &report(
+                1,
+                ReportEvent::Progress {
+                    bytes_done: 10,
+                    bytes_total: Some(100),
+                    bytes_per_second: 5,
+                    message: None,
+                },
+            ),
+            r#"{"workflowId":"0196d6a2-0000-7000-8000-0000000000aa","attempt":1,"action":2,"seq":1,"kind":"progress","bytesDone":10,"bytesTotal":100,"bytesPerSecond":5}"#,
+        );
+        pin(
+            &report(
+                2,
+                ReportEvent::Failed {
+                    message: "checksum mismatch".into(),
+                    log_tail: vec!["x".into()],
+                },
+            ),
+            r#"{"workflowId":"0196d6a2-0000-7000-8000-0000000000aa","attempt":1,"action":2,"seq":2,"kind":"failed","message":"checksum mismatch","logTail":["x"]}"#,
+        );
+        assert!(
+            serde_json::from_str::<ActionReport>(
+                r#"{"workflowId":"0196d6a2-0000-7000-8000-0000000000aa","attempt":1,"action":2,"seq":0,"kind":"exploded"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_finished_workflow_serves_no_action() {
+        let step: WorkflowStep = serde_json::from_str(
+            r#"{"workflowId":"0196d6a2-0000-7000-8000-0000000000aa","attempt":1,"state":"Succeeded","pollAfterSeconds":5}"#,
+        )
+        .unwrap();
+        assert_eq!(step.action, None);
+        assert_eq!(step.state, WorkflowState::Succeeded);
     }
 
     #[test]

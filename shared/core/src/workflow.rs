@@ -5,29 +5,38 @@ use serde::{Deserialize, Serialize};
 
 /// Where a workflow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum WorkflowState {
     Pending,
     Running,
     Succeeded,
     Failed,
     TimedOut,
+    /// Stopped by an operator.
+    Cancelled,
 }
 
 impl WorkflowState {
-    /// True once the workflow can change no more.
+    /// True once the workflow can change no more (until an operator retries it).
     pub const fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::TimedOut)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled
+        )
     }
 }
 
 /// Where one action of a workflow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum ActionState {
     Pending,
     Running,
     Succeeded,
     Failed,
     TimedOut,
+    /// The workflow was cancelled before or while this action ran.
+    Cancelled,
 }
 
 /// Progress of one action.
