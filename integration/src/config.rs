@@ -37,6 +37,9 @@ pub struct ApidConfig {
     /// Used when apid binds its own socket (not socket-activated).
     pub listen: String,
     pub boot_token_key_file: PathBuf,
+    /// apid's own database of operators and credentials; apid's default
+    /// (`/var/lib/dragonfly-apid/auth.db`) when `None`. Labs keep it in their own directory.
+    pub auth_db: Option<PathBuf>,
 }
 
 /// `[ipxed]`.
@@ -157,6 +160,13 @@ impl LabConfig {
                 quote(&apid.listen),
                 path(&apid.boot_token_key_file),
             );
+            if let Some(auth_db) = &apid.auth_db {
+                let _ = writeln!(
+                    out,
+                    "# Operators, sessions and API tokens: apid's own file (0600).\nauth_db = {}",
+                    path(auth_db)
+                );
+            }
         }
         if let Some(ipxed) = &self.ipxed {
             let _ = write!(
@@ -274,6 +284,7 @@ mod tests {
             apid: Some(ApidConfig {
                 listen: "10.99.0.1:3000".into(),
                 boot_token_key_file: key.clone(),
+                auth_db: Some("/lab/state/apid/auth.db".into()),
             }),
             ipxed: Some(IpxedConfig {
                 listen: "10.99.0.1:8080".into(),
@@ -308,6 +319,10 @@ mod tests {
         assert_eq!(doc["nats"]["url"].as_str(), Some("nats://127.0.0.1:4222"));
         assert_eq!(doc["log"]["level"].as_str(), Some("debug"));
         assert_eq!(doc["apid"]["secure_cookies"].as_bool(), Some(false));
+        assert_eq!(
+            doc["apid"]["auth_db"].as_str(),
+            Some("/lab/state/apid/auth.db")
+        );
         assert_eq!(
             doc["ipxed"]["agent_dir"].as_str(),
             Some("/lab/agent \"quoted\" \\ dir")

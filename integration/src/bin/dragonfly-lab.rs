@@ -91,6 +91,9 @@ struct Config {
     /// Adds apid's section: listening on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR", requires = "boot_token_key")]
     apid: Option<String>,
+    /// apid's own database of operators and credentials (apid's default when absent).
+    #[arg(long, value_name = "PATH", requires = "apid")]
+    auth_db: Option<PathBuf>,
     /// Adds ipxed's section: listening on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR",
           requires_all = ["public_url", "apid_url", "agent_dir", "boot_token_key"])]
@@ -186,6 +189,7 @@ fn lab_config(c: &Config) -> LabConfig {
         apid: c.apid.clone().map(|listen| ApidConfig {
             listen,
             boot_token_key_file: key.clone(),
+            auth_db: c.auth_db.clone(),
         }),
         ipxed: c.ipxed.clone().map(|listen| IpxedConfig {
             listen,

@@ -155,6 +155,7 @@ pub(crate) fn start_dragonfly_with(
     let binaries: Vec<_> = names.iter().map(|n| daemon_binary(n)).collect();
     let nats = lab.start_nats();
     let store = lab.store();
+    let auth_db = lab.auth_db();
     let tftp = lab.dir().join("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
     for (from, to) in [
@@ -191,6 +192,7 @@ pub(crate) fn start_dragonfly_with(
         apid: Some(ApidConfig {
             listen: "10.99.0.1:3000".into(),
             boot_token_key_file: key,
+            auth_db: Some(auth_db),
         }),
         dhcpd: Some(dhcpd),
         ..LabConfig::new(&nats)
@@ -278,9 +280,11 @@ pub(crate) fn start_dragonfly_with(
 
 /// The first operator, straight into the store (as `dragonfly-apid create-admin` would).
 pub(crate) fn create_admin(lab: &mut Lab) {
-    let path = lab.store();
+    let path = lab.auth_db();
     let hash = dragonfly_apid::auth::hash_password(PASSWORD).unwrap();
-    let store = dragonfly_store::BlockingDb::open(&path).unwrap();
+    // apid's own database, as `dragonfly-apid create-admin` makes it (0600 in a 0700
+    // directory), then handed to nobody, who runs apid in the lab.
+    let store = dragonfly_store::BlockingDb::create_or_open_auth(&path).unwrap();
     let create = store
         .db()
         .auth()

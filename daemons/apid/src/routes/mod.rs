@@ -7,6 +7,7 @@ pub mod machines;
 pub mod resources;
 pub mod session;
 pub mod ui;
+pub mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -28,6 +29,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
         .route("/api/auth/me", get(session::me))
+        .route("/api/auth/password", post(users::change_password))
+        .route("/api/users", get(users::list).post(users::create))
+        .route("/api/users/{id}", axum::routing::patch(users::patch))
+        .route("/api/users/{id}/revoke", post(users::revoke))
         .route(
             "/api/tokens",
             get(session::list_tokens).post(session::create_token),
