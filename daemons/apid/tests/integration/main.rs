@@ -8,3 +8,4 @@ mod api;
 mod auth_walk;
 mod binary;
 mod common;
+mod operators;
