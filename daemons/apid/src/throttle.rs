@@ -151,6 +151,10 @@ impl Backoff {
 struct Account {
     /// Attempts from anywhere but a known-good address.
     others: Option<Backoff>,
+    /// Since when a stranger's attempt is being checked: strangers' attempts on one account
+    /// are taken one at a time, or a burst from many addresses would all pass the backoff
+    /// check together before the first failure is recorded.
+    in_flight: Option<Instant>,
     /// Addresses (keys) the account logged in from, each with its own backoff.
     known: Vec<(IpAddr, Option<Backoff>, Instant)>,
     touched: Instant,
@@ -187,7 +191,77 @@ impl AccountThrottle {
         };
         match a.known.iter().find(|(k, _, _)| *k == key) {
             Some((_, b, _)) => b.map_or(Ok(()), |b| b.check(now)),
-            None => a.others.map_or(Ok(()), |b| b.check(now)),
+            None => {
+                a.others.map_or(Ok(()), |b| b.check(now))?;
+                match a.in_flight {
+                    Some(since) if now.saturating_duration_since(since) < IN_FLIGHT_MAX => {
+                        Err(BACKOFF_FIRST)
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Starts an attempt on `username` from `ip`, or says how long to wait: [`check`] and,
+    /// for an address that is not one of the account's known-good ones, marks a stranger's
+    /// attempt in flight until the returned [`Attempt`] is resolved or dropped.
+    ///
+    /// [`check`]: AccountThrottle::check
+    pub fn begin(&self, username: &str, ip: IpAddr, now: Instant) -> Result<Attempt<'_>, Duration> {
+        let key = client_key(ip);
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let known = accounts
+            .get(username)
+            .is_some_and(|a| a.known.iter().any(|(k, _, _)| *k == key));
+        drop(accounts);
+        self.check(username, ip, now)?;
+        if !known {
+            accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+            self.make_room(&mut accounts, username, now);
+            let a = accounts
+                .entry(username.to_owned())
+                .or_insert_with(|| Account {
+                    others: None,
+                    in_flight: None,
+                    known: Vec::new(),
+                    touched: now,
+                });
+            // Re-checked under the lock: another stranger may have started meanwhile.
+            if a.in_flight
+                .is_some_and(|since| now.saturating_duration_since(since) < IN_FLIGHT_MAX)
+            {
+                return Err(BACKOFF_FIRST);
+            }
+            a.in_flight = Some(now);
+            a.touched = now;
+        }
+        Ok(Attempt {
+            throttle: self,
+            username: username.to_owned(),
+            ip,
+            stranger: !known,
+            resolved: false,
+        })
+    }
+
+    fn clear_in_flight(&self, username: &str) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = accounts.get_mut(username) {
+            a.in_flight = None;
+        }
+    }
+
+    /// Before inserting `username`: when the table is full, forgets names whose backoff is
+    /// over and that protect nobody, then the least recently touched tenth.
+    fn make_room(&self, accounts: &mut HashMap<String, Account>, username: &str, now: Instant) {
+        if !accounts.contains_key(username) && accounts.len() >= self.capacity {
+            accounts.retain(|_, a| {
+                !a.known.is_empty() || a.others.is_some_and(|b| b.check(now).is_err())
+            });
+            if accounts.len() >= self.capacity {
+                evict_oldest(accounts, self.capacity / 10, |a| a.touched);
+            }
         }
     }
 
@@ -196,20 +270,12 @@ impl AccountThrottle {
     pub fn failed(&self, username: &str, ip: IpAddr, now: Instant) {
         let key = client_key(ip);
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        if !accounts.contains_key(username) && accounts.len() >= self.capacity {
-            // Forget names whose backoff is over and that protect nobody first, then the
-            // least recently touched tenth.
-            accounts.retain(|_, a| {
-                !a.known.is_empty() || a.others.is_some_and(|b| b.check(now).is_err())
-            });
-            if accounts.len() >= self.capacity {
-                evict_oldest(&mut accounts, self.capacity / 10, |a| a.touched);
-            }
-        }
+        self.make_room(&mut accounts, username, now);
         let a = accounts
             .entry(username.to_owned())
             .or_insert_with(|| Account {
                 others: None,
+                in_flight: None,
                 known: Vec::new(),
                 touched: now,
             });
@@ -230,13 +296,12 @@ impl AccountThrottle {
     pub fn succeeded(&self, username: &str, ip: IpAddr, now: Instant) {
         let key = client_key(ip);
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
-        if !accounts.contains_key(username) && accounts.len() >= self.capacity {
-            evict_oldest(&mut accounts, self.capacity / 10, |a| a.touched);
-        }
+        self.make_room(&mut accounts, username, now);
         let a = accounts
             .entry(username.to_owned())
             .or_insert_with(|| Account {
                 others: None,
+                in_flight: None,
                 known: Vec::new(),
                 touched: now,
             });
@@ -263,6 +328,48 @@ impl AccountThrottle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+}
+
+/// How long a stranger's attempt may hold its account's turn (a password check takes well
+/// under a second; this only matters if one is lost without being resolved).
+const IN_FLIGHT_MAX: Duration = Duration::from_secs(10);
+
+/// A password attempt that passed [`AccountThrottle::begin`]: say how it ended. Dropped
+/// unresolved (the request failed or was cancelled), it only gives the account's turn back.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a AccountThrottle,
+    username: String,
+    ip: IpAddr,
+    stranger: bool,
+    resolved: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong.
+    pub fn failed(mut self, now: Instant) {
+        self.throttle.failed(&self.username, self.ip, now);
+        self.finish();
+    }
+
+    /// The password was right.
+    pub fn succeeded(mut self, now: Instant) {
+        self.throttle.succeeded(&self.username, self.ip, now);
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if self.stranger && !self.resolved {
+            self.throttle.clear_in_flight(&self.username);
+        }
+        self.resolved = true;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -470,6 +577,37 @@ mod tests {
         assert!(
             th.check("ops", operator, t0 + Duration::from_secs(1))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn strangers_attempts_on_one_account_are_taken_one_at_a_time() {
+        let th = AccountThrottle::default();
+        let t0 = Instant::now();
+        let operator = ip("10.0.0.10");
+        th.succeeded("ops", operator, t0);
+        // A burst from many addresses: one passes, the others wait for its result.
+        let first = th.begin("ops", ip("198.51.100.1"), t0).unwrap();
+        for i in 2..40u8 {
+            assert!(
+                th.begin("ops", IpAddr::from([198, 51, 100, i]), t0)
+                    .is_err()
+            );
+        }
+        // The operator's known address is not in the strangers' queue.
+        th.begin("ops", operator, t0).unwrap().succeeded(t0);
+        first.failed(t0);
+        assert!(th.begin("ops", ip("198.51.100.2"), t0).is_err(), "backoff");
+        let later = t0 + Duration::from_secs(1);
+        let second = th.begin("ops", ip("198.51.100.2"), later).unwrap();
+        // Dropped unresolved (a cancelled request): the turn is given back, nothing counted.
+        drop(second);
+        th.begin("ops", ip("198.51.100.3"), later)
+            .unwrap()
+            .failed(later);
+        assert_eq!(
+            th.check("ops", ip("198.51.100.4"), later).unwrap_err(),
+            Duration::from_secs(2)
         );
     }
 

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use dragonfly_core::agent_api;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::error::ApiError;
 use crate::{AppState, auth};
@@ -66,6 +66,11 @@ pub fn router(state: AppState) -> Router {
             auth::require_auth,
         ))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TraceLayer::new_for_http())
+        // A 5xx is logged by `ApiError` where it is a failure (500, with its cause chain);
+        // the 503s of a login flood are answers, not one ERROR line each.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }

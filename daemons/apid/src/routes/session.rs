@@ -72,9 +72,9 @@ pub async fn login(
     if body.username.len() > 128 || body.password.len() > 1024 {
         return Err(ApiError::Unauthorized);
     }
-    state
+    let attempt = state
         .account_throttle
-        .check(&body.username, ip, Instant::now())
+        .begin(&body.username, ip, Instant::now())
         .map_err(limited)?;
     let found = state
         .auth_db
@@ -93,15 +93,11 @@ pub async fn login(
             retry_after_secs: BUSY_RETRY_SECS,
         })?;
     let Some(user) = user.filter(|_| ok) else {
-        state
-            .account_throttle
-            .failed(&body.username, ip, Instant::now());
+        attempt.failed(Instant::now());
         tracing::info!(username = %body.username, %ip, "login failed");
         return Err(ApiError::Unauthorized);
     };
-    state
-        .account_throttle
-        .succeeded(&user.username, ip, Instant::now());
+    attempt.succeeded(Instant::now());
     let (secret, hash) = auth::new_secret("");
     let now = jiff::Timestamp::now();
     let lifetime = state.config.session_lifetime;

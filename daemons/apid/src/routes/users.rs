@@ -126,9 +126,9 @@ pub async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     let ip = auth::client_addr(&state, &extensions, &headers);
     let name = &who.user.username;
-    state
+    let attempt = state
         .account_throttle
-        .check(name, ip, Instant::now())
+        .begin(name, ip, Instant::now())
         .map_err(|wait| ApiError::RateLimited {
             retry_after_secs: wait.as_secs().max(1),
         })?;
@@ -148,10 +148,12 @@ pub async fn change_password(
         .await
         .map_err(busy)?;
     if !ok {
-        state.account_throttle.failed(name, ip, Instant::now());
+        attempt.failed(Instant::now());
         tracing::info!(username = %name, %ip, "password change refused: wrong current password");
         return Err(ApiError::Forbidden("the current password is wrong"));
     }
+    // Not `succeeded`: a session proving its password does not make its address known-good.
+    drop(attempt);
     let hash = state
         .passwords
         .hash(&body.new_password)
