@@ -431,3 +431,56 @@ async fn a_guessed_account_backs_off_but_not_for_its_operators_address() {
     }
     assert_eq!(statuses, [401, 401, 429]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beyond_the_password_slots_and_their_queue_login_answers_503_with_retry_after() {
+    let s = Server::start_with(config(|c| c.login_attempts_per_minute = Some(10_000))).await;
+    s.add_admin("ops").await;
+    // Many names at once, so neither limit holds them back: only the Argon2 budget does
+    // (one slot per CPU, and a queue of QUEUE_PER_SLOT each).
+    let slots = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let n = slots * (dragonfly_apid::password::QUEUE_PER_SLOT + 1) * 4 + 200;
+    let attempts: Vec<_> = (0..n)
+        .map(|i| {
+            let (http, url) = (s.http.clone(), s.url("/api/auth/login"));
+            tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .json(&json!({"username": format!("guess{i}"), "password": "wrong"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let mut checked = 0;
+    let mut busy = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            (401, _) => checked += 1,
+            (503, Some(retry)) => {
+                assert_eq!(retry, "1");
+                busy += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        checked >= slots && busy > 0,
+        "{checked} checked, {busy} told to retry"
+    );
+    // The budget is back once the burst is over.
+    let r = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"username": "ops", "password": "ops-correct-horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
