@@ -484,3 +484,31 @@ async fn beyond_the_password_slots_and_their_queue_login_answers_503_with_retry_
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_origin_is_the_proxys_public_one() {
+    let headers = [
+        ("origin", "https://ops.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "ops.example"),
+    ];
+    for (trusted, want) in [(true, 201), (false, 403)] {
+        let s = Server::start_with(config(|c| {
+            if trusted {
+                c.trusted_proxies = Some(vec!["127.0.0.0/8".into()]);
+            }
+        }))
+        .await;
+        let cookie = s.admin_cookie().await;
+        let mut req = bare()
+            .post(s.url("/api/tokens"))
+            .header("cookie", &cookie)
+            .json(&json!({"name": "via-proxy"}));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let status = req.send().await.unwrap().status();
+        // Only a listed proxy may say which public origin the browser used.
+        assert_eq!(status, want, "trusted proxy: {trusted}");
+    }
+}
