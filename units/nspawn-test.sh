@@ -30,7 +30,9 @@
 #    the units' WatchdogSec=30s), asks every daemon again, and fails on any restart
 #    (NRestarts), any watchdog kill in the journal, or any unit not active.
 # 8. Checks socket activation (a stopped apid is started again by the next connection), that
-#    each daemon runs as its own user, the database files' group and mode; then stops each
+#    each daemon runs as its own user, the database files' group and mode, apid's own
+#    credentials database (0600 in its 0700 StateDirectory=) and that an administrator made by
+#    `create-admin` logs in; then stops each
 #    service with `systemctl stop`: each must exit with status 0, within 10 s.
 #
 # DRAGONFLY_NSPAWN_HOLD=1 keeps the container up after the checks, until Ctrl-C, to look
@@ -265,6 +267,20 @@ for f in "$db-wal" "$db-shm"; do
         check "$f is group dragonfly, group-writable: $mode" test "$mode" = "dragonfly 660"
     fi
 done
+
+# apid's own database: made by apid in its StateDirectory=, 0600 in 0700, its user's alone.
+auth=/var/lib/dragonfly-apid
+owner=$(ct stat -c '%U %a' "$auth" 2>/dev/null || echo "missing")
+check "$auth is apid's alone: $owner" test "$owner" = "dragonfly-apid 700"
+owner=$(ct stat -c '%U %a' "$auth/auth.db" 2>/dev/null || echo "missing")
+check "$auth/auth.db created by apid, 0600: $owner" test "$owner" = "dragonfly-apid 600"
+# The first administrator, as packaging/README.md says, then a login from the clients' side.
+ct sh -c 'echo nspawn-correct-horse-battery | setpriv --reuid=dragonfly-apid --regid=dragonfly \
+    --init-groups dragonfly-apid create-admin --username admin' > "$run/create-admin.log" 2>&1 || true
+status=$(cl curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H 'content-type: application/json' \
+    -d '{"username":"admin","password":"nspawn-correct-horse-battery"}' \
+    "http://$net.1:3000/api/auth/login" || true)
+check "create-admin as dragonfly-apid, then POST /api/auth/login: $status" test "$status" = 200
 
 # A clean stop: SIGTERM, drained within TimeoutStopSec (30 s) with a wide margin, exit 0.
 for d in "${daemons[@]}"; do

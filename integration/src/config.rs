@@ -41,6 +41,9 @@ pub struct ApidConfig {
     pub boot_token_key_file: PathBuf,
     /// `[apid.http]`.
     pub http: HttpSettings,
+    /// apid's own database of operators and credentials; apid's default
+    /// (`/var/lib/dragonfly-apid/auth.db`) when `None`. Labs keep it in their own directory.
+    pub auth_db: Option<PathBuf>,
 }
 
 /// `[ipxed]`.
@@ -189,6 +192,13 @@ impl LabConfig {
                 quote(&apid.agent_listen),
                 path(&apid.boot_token_key_file),
             );
+            if let Some(auth_db) = &apid.auth_db {
+                let _ = writeln!(
+                    out,
+                    "# Operators, sessions and API tokens: apid's own file (0600).\nauth_db = {}",
+                    path(auth_db)
+                );
+            }
             apid.http.render("apid", &mut out);
         }
         if let Some(ipxed) = &self.ipxed {
@@ -313,6 +323,7 @@ mod tests {
                     header_timeout: Some("2s".into()),
                     max_connections_per_client: Some(1000),
                 },
+                auth_db: Some("/lab/state/apid/auth.db".into()),
             }),
             ipxed: Some(IpxedConfig {
                 listen: "10.99.0.1:8080".into(),
@@ -355,6 +366,10 @@ mod tests {
             Some(1000)
         );
         assert!(doc["ipxed"].get("http").is_none());
+        assert_eq!(
+            doc["apid"]["auth_db"].as_str(),
+            Some("/lab/state/apid/auth.db")
+        );
         assert_eq!(
             doc["ipxed"]["agent_dir"].as_str(),
             Some("/lab/agent \"quoted\" \\ dir")

@@ -560,6 +560,13 @@ impl Lab {
         path
     }
 
+    /// Where apid keeps its own database in this lab: `state/apid/auth.db` (apid, as nobody,
+    /// creates the directory 0700 and the file 0600 in `state/`, which nobody owns).
+    pub fn auth_db(&mut self) -> PathBuf {
+        let store = self.store();
+        store.with_file_name("apid").join("auth.db")
+    }
+
     /// Registers a machine with this one MAC in the store (as the agent would), so daemons
     /// know it. Returns the machine's name.
     ///

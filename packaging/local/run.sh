@@ -210,7 +210,9 @@ config_args=(--out "$config"
     --store "$state/dragonfly.db"
     # The script's own nats-server, on a port of its own so it never meets a system one on 4222.
     --nats "nats://$nats_host:$nats_port"
-    --boot-token-key "$key" --apid "$apid_listen" --apid-agent "$apid_agent_listen")
+    --boot-token-key "$key" --apid "$apid_listen" --apid-agent "$apid_agent_listen"
+    # apid's own database of operators and credentials (0600 in a 0700 directory it creates).
+    --auth-db "$state/apid/auth.db")
 if [ $demo = 1 ]; then
     config_args+=(
         --header ""

@@ -5,9 +5,12 @@
 //! (never on the command line, where `ps` and shell history would keep it).
 //!
 //! The command runs before (and instead of) apid's tokio runtime, after dropping privileges,
-//! and makes one write: it goes through the store's `BlockingDb`, which drives the same async
-//! `auth()` handle the daemon uses on a small current-thread runtime of its own. No second,
-//! synchronous path to the users table exists to drift from the daemon's.
+//! and writes apid's own database (`[apid] auth_db`, created 0600 if apid never ran, after
+//! importing any operators an older release kept in the shared database, as apid would): it
+//! goes through the store's `BlockingDb`, which drives the same async `auth()` handle the
+//! daemon uses on a small current-thread runtime of its own. No second, synchronous path to
+//! the users table exists to drift from the daemon's. Run it as apid's user
+//! (`sudo -u dragonfly-apid -g dragonfly`), so the file is apid's.
 
 use std::io::Read;
 use std::path::Path;
@@ -48,7 +51,12 @@ pub fn main(
         std::ops::ControlFlow::Break(code) => return code,
     };
     dragonfly_runtime::logging::init(&config.log, "dragonfly-apid");
-    match command(&config.store.path, username, password_file) {
+    match command(
+        &config.daemon.auth_db,
+        &config.store.path,
+        username,
+        password_file,
+    ) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %cli::Chain(&e), "create-admin failed");
@@ -57,15 +65,17 @@ pub fn main(
     }
 }
 
-/// The whole `create-admin` command: drop privileges, read the password, create the account.
+/// The whole `create-admin` command: drop privileges, read the password, create the account
+/// in apid's database at `auth_db` (importing first from the shared one at `shared`).
 pub fn command(
-    db: &Path,
+    auth_db: &Path,
+    shared: &Path,
     username: &str,
     password_file: Option<&Path>,
 ) -> Result<User, AdminError> {
     dragonfly_runtime::privileges::lock_down(&[])?;
     let password = read_password(password_file)?;
-    let user = create_admin(db, username, &password)?;
+    let user = create_admin(auth_db, shared, username, &password)?;
     tracing::info!(username = %user.username, "administrator created");
     Ok(user)
 }
@@ -85,20 +95,32 @@ pub fn read_password(file: Option<&Path>) -> Result<String, AdminError> {
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
-/// Creates an administrator in the (already migrated) database at `db`.
-pub fn create_admin(db: &Path, username: &str, password: &str) -> Result<User, AdminError> {
-    let ok = (1..=64).contains(&username.len())
+/// Whether `username` is acceptable: 1 to 64 characters of a-z, A-Z, 0-9, '.', '_' or '-'
+/// (safe in logs, URLs and shells).
+pub fn valid_username(username: &str) -> bool {
+    (1..=64).contains(&username.len())
         && username
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Creates an administrator in apid's database at `auth_db` (created if missing), after
+/// importing the operators an older release kept in the shared database at `shared`.
+pub fn create_admin(
+    auth_db: &Path,
+    shared: &Path,
+    username: &str,
+    password: &str,
+) -> Result<User, AdminError> {
+    if !valid_username(username) {
         return Err(AdminError::Username);
     }
     if password.chars().count() < MIN_PASSWORD_LEN {
         return Err(AdminError::ShortPassword);
     }
     let hash = crate::auth::hash_password(password).map_err(AdminError::Hash)?;
-    let store = BlockingDb::open(db)?;
+    let store = BlockingDb::create_or_open_auth(auth_db)?;
+    store.block_on(store.db().import_from_shared(shared))?;
     let create = store
         .db()
         .auth()

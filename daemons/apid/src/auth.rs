@@ -9,14 +9,11 @@
 //! stored. Passwords are Argon2id with the crate's defaults (19 MiB, 2 passes), hashed on the
 //! blocking pool so a login never stalls the async workers.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{Extensions, HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
@@ -100,7 +97,8 @@ pub fn boot_token(headers: &HeaderMap) -> Option<&str> {
     bearer(headers).filter(|t| t.starts_with("dfb1."))
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -122,7 +120,7 @@ pub async fn authenticate(
             return Ok(None);
         }
         let hash = secret_hash(token);
-        let user = state.db.auth().token_user(hash, now).await?;
+        let user = state.auth_db.auth().token_user(hash, now).await?;
         return Ok(user.map(|user| Principal {
             user,
             via: Via::ApiToken,
@@ -133,7 +131,7 @@ pub async fn authenticate(
             return Ok(None);
         }
         let hash = secret_hash(cookie);
-        let user = state.db.auth().session_user(hash, now).await?;
+        let user = state.auth_db.auth().session_user(hash, now).await?;
         return Ok(user.map(|user| Principal {
             user,
             via: Via::Session,
@@ -155,6 +153,16 @@ pub async fn require_auth(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    // CSRF first, before any credential is looked up: a request that a browser may have sent
+    // on its own (a session cookie, no Authorization header) and that changes something must
+    // come from apid's own origin. Logging in with a cookie left over is checked too, which
+    // also stops a cross-origin page from logging the browser into another account.
+    if crate::csrf::changes_state(req.method())
+        && bearer(req.headers()).is_none()
+        && (session_cookie(req.headers()).is_some() || req.headers().contains_key(header::ORIGIN))
+    {
+        check_same_origin(&state, &req)?;
+    }
     let public = req
         .extensions()
         .get::<MatchedPath>()
@@ -171,71 +179,52 @@ pub async fn require_auth(
     }
 }
 
-/// A per-client-address token bucket for login attempts.
-///
-/// IPv6 clients are keyed by their /64, since one host can trivially use many addresses in it.
-/// The table is bounded: when it is full, buckets that have refilled completely (clients that
-/// have gone quiet) are forgotten first, and if none have, the attempt is refused rather than
-/// letting the table grow without bound.
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_minute: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+/// The client's address for limits and logs: the connection's peer, or, when the peer is one
+/// of `[apid] trusted_proxies`, the client its `X-Forwarded-For` names (see
+/// [`crate::throttle::client_addr`]).
+pub fn client_addr(state: &AppState, extensions: &Extensions, headers: &HeaderMap) -> IpAddr {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    crate::throttle::client_addr(peer, headers, &state.config.trusted_proxies)
 }
 
-const MAX_TRACKED_CLIENTS: usize = 10_000;
-
-impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute: f64::from(per_minute),
-            buckets: Mutex::new(HashMap::new()),
+/// Refuses a state-changing request authenticated by a session cookie unless it provably
+/// comes from apid's own origin ([`crate::csrf`]).
+fn check_same_origin(state: &AppState, req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let via_proxy = peer.is_some_and(|p| state.config.trusted_proxies.contains(p));
+    let forwarded = |name: &str| {
+        via_proxy
+            .then(|| headers.get(name)?.to_str().ok())
+            .flatten()
+            .map(|v| v.split(',').next().unwrap_or(v).trim())
+    };
+    let scheme = if req.extensions().get::<dragonfly_http::Secure>().is_some() {
+        "https"
+    } else {
+        match forwarded("x-forwarded-proto") {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
         }
-    }
-
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let s = v6.segments();
-                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-            },
-            v4 => v4,
-        }
-    }
-
-    /// Takes one attempt for `ip` at `now`, or says how long until one is available.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let rate = self.per_minute / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let key = Self::key(ip);
-        if !buckets.contains_key(&key) && buckets.len() >= MAX_TRACKED_CLIENTS {
-            let cap = self.per_minute;
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < cap
-            });
-            if buckets.len() >= MAX_TRACKED_CLIENTS {
-                return Err(Duration::from_secs(60));
-            }
-        }
-        let (tokens, at) = buckets.entry(key).or_insert((self.per_minute, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate)
-            .min(self.per_minute);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
-        }
-    }
-}
-
-/// The client's address as the listener saw it.
-pub fn client_ip(req_ext: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
-    req_ext.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+    };
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST)?.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    crate::csrf::check(headers, scheme, host).map_err(|why| {
+        tracing::warn!(
+            method = %req.method(),
+            path = %req.uri().path(),
+            origin = ?headers.get(header::ORIGIN),
+            reason = %why,
+            "cross-origin request with a session cookie refused"
+        );
+        ApiError::Forbidden("cross-origin request refused")
+    })
 }
 
 #[cfg(test)]
@@ -273,34 +262,5 @@ mod tests {
             "a=b; dragonfly_session=s3cret; c=d".parse().unwrap(),
         );
         assert_eq!(session_cookie(&h), Some("s3cret"));
-    }
-
-    #[test]
-    fn rate_limit_refills_over_time() {
-        let rl = RateLimiter::new(6);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..6 {
-            assert!(rl.check(ip, t0).is_ok());
-        }
-        let wait = rl.check(ip, t0).unwrap_err();
-        assert!(
-            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
-            "{wait:?}"
-        );
-        // Another client is unaffected.
-        assert!(rl.check("192.0.2.2".parse().unwrap(), t0).is_ok());
-        // After 10 s one more attempt is allowed.
-        assert!(rl.check(ip, t0 + Duration::from_secs(10)).is_ok());
-        assert!(rl.check(ip, t0 + Duration::from_secs(10)).is_err());
-    }
-
-    #[test]
-    fn ipv6_clients_share_their_64() {
-        let rl = RateLimiter::new(1);
-        let t0 = Instant::now();
-        assert!(rl.check("2001:db8::1".parse().unwrap(), t0).is_ok());
-        assert!(rl.check("2001:db8::2".parse().unwrap(), t0).is_err());
-        assert!(rl.check("2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
     }
 }

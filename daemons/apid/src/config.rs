@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use dragonfly_http::{HttpConfig, RawHttpConfig};
 use dragonfly_runtime::config::{
-    DaemonConfig, Invalid, ListenConfig, absolute_path, count_between, duration_between,
+    DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, count_between, duration_between,
 };
 use serde::Deserialize;
 
 use crate::agent_logs::AgentLogLimits;
+use crate::throttle::{Cidr, TrustedProxies};
 
 /// `[apid]` as written in the file.
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +30,10 @@ pub struct RawApid {
     pub secure_cookies: Option<bool>,
     /// Failed-or-not login attempts allowed per client address per minute.
     pub login_attempts_per_minute: Option<u32>,
+    /// apid's own database of operators, sessions and API tokens (0600, apid's user only).
+    pub auth_db: Option<PathBuf>,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Bytes of agent log lines kept per machine.
     pub agent_log_bytes_per_machine: Option<usize>,
     /// Bytes of agent log lines kept for all machines together.
@@ -57,6 +62,10 @@ pub struct ApidConfig {
     /// Timeouts, caps and body limit of both listeners; TLS of the operators' only.
     pub http: HttpConfig,
     pub login_attempts_per_minute: u32,
+    /// apid's own database: operators, sessions, API tokens.
+    pub auth_db: PathBuf,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
     /// The agent log buffer's budgets.
     pub agent_logs: AgentLogLimits,
 }
@@ -68,6 +77,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub const DEFAULT_AGENT_LISTEN: &str = "0.0.0.0:3001";
 /// How long a browser session lasts unless configured.
 pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// apid's own database unless configured: in the directory systemd's `StateDirectory=`
+/// gives apid alone.
+pub const DEFAULT_AUTH_DB: &str = "/var/lib/dragonfly-apid/auth.db";
 /// Login attempts allowed per client address per minute unless configured.
 pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 /// Agent log bytes kept per machine unless configured: 32 KiB, a few hundred console lines.
@@ -148,6 +160,19 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL,
             0..=1_000_000,
         )?;
+        let auth_db = absolute_path(
+            "auth_db",
+            raw.auth_db
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_AUTH_DB)),
+        )?;
+        let trusted_proxies = TrustedProxies(
+            raw.trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.trim().parse::<Cidr>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| Invalid::new("trusted_proxies", Reason::Custom(Box::new(e))))?,
+        );
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -160,6 +185,8 @@ impl DaemonConfig for ApidConfig {
             secure_cookies,
             http,
             login_attempts_per_minute,
+            auth_db,
+            trusted_proxies,
             agent_logs: AgentLogLimits {
                 per_machine_bytes: agent_log_bytes_per_machine,
                 total_bytes: agent_log_bytes_total,
@@ -201,6 +228,33 @@ mod tests {
         // A rack of 1 000 machines fits the total with a full buffer each, in tens of MiB.
         assert!(c.agent_logs.total_bytes >= 1000 * c.agent_logs.per_machine_bytes);
         assert!(c.agent_logs.total_bytes <= 64 << 20);
+        assert_eq!(c.auth_db, PathBuf::from(DEFAULT_AUTH_DB));
+        assert!(
+            c.trusted_proxies.0.is_empty(),
+            "X-Forwarded-For ignored by default"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let c = ApidConfig::validate(RawApid {
+            trusted_proxies: Some(vec![
+                "127.0.0.1".into(),
+                "10.0.0.0/8".into(),
+                "fd00::/8".into(),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        assert!(!c.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+        let e = ApidConfig::validate(RawApid {
+            trusted_proxies: Some(vec!["10.0.0.0/40".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.key(), "trusted_proxies");
+        assert!(e.to_string().contains("10.0.0.0/40"), "{e}");
     }
 
     #[test]
@@ -268,6 +322,13 @@ mod tests {
                     ..Default::default()
                 },
                 "login_attempts_per_minute",
+            ),
+            (
+                RawApid {
+                    auth_db: Some("auth.db".into()),
+                    ..Default::default()
+                },
+                "auth_db",
             ),
             (
                 RawApid {

@@ -37,6 +37,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("too many attempts; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The server is saturated (e.g. every password-hashing slot and its queue are taken):
+    /// try again shortly. Never the answer to a client's own mistake.
+    #[error("busy; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -55,6 +59,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -65,7 +70,11 @@ impl IntoResponse for ApiError {
         let (status, code) = self.parts();
         match &self {
             Self::Internal(e) => tracing::error!(error = %Chain(e.as_ref()), "request failed"),
-            Self::Unauthorized | Self::NotFound(_) => tracing::debug!(%status, "{self}"),
+            // Floods of these are answered, not journaled one line each.
+            Self::Unauthorized
+            | Self::NotFound(_)
+            | Self::RateLimited { .. }
+            | Self::Busy { .. } => tracing::debug!(%status, "{self}"),
             _ => tracing::info!(%status, "request refused: {self}"),
         }
         let body = ErrorBody {
@@ -73,7 +82,7 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut resp = (status, Json(body)).into_response();
-        if let Self::RateLimited { retry_after_secs } = self
+        if let Self::RateLimited { retry_after_secs } | Self::Busy { retry_after_secs } = self
             && let Ok(v) = retry_after_secs.to_string().parse()
         {
             resp.headers_mut().insert(http::header::RETRY_AFTER, v);
@@ -97,6 +106,7 @@ impl From<StoreError> for ApiError {
             )),
             StoreError::Ambiguous { .. } => Self::Conflict(e.to_string()),
             StoreError::AlreadyExists { .. } => Self::Conflict(e.to_string()),
+            StoreError::LastAdministrator => Self::Conflict(e.to_string()),
             StoreError::IllegalTransition(t) => Self::Conflict(t.to_string()),
             other => Self::Internal(anyhow::Error::new(other)),
         }

@@ -13,15 +13,21 @@
 //!
 //! [`run`] takes its listening sockets and shutdown token from the caller (systemd or a test);
 //! it never binds anything itself.
+//!
+//! Operators' credentials live in apid's own database ([`dragonfly_store::AuthDb`],
+//! `[apid] auth_db`), which `run` creates and migrates itself: no other process may open it.
 
 pub mod admin;
 pub mod agent_logs;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod csrf;
 pub mod error;
 pub mod openapi;
+pub mod password;
 pub mod routes;
+pub mod throttle;
 
 use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
@@ -32,7 +38,7 @@ use dragonfly_core::boot_token::MIN_KEY_LEN;
 use dragonfly_http::{Server, TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, Tls, TlsError};
 use dragonfly_runtime::sockets::{SocketError, Sockets};
 use dragonfly_runtime::{Context, CredentialSpec, CredentialsError, Daemon, Health, Secret};
-use dragonfly_store::Db;
+use dragonfly_store::{AuthDb, Db, StoreError};
 use tokio_util::sync::CancellationToken;
 
 pub use config::ApidConfig;
@@ -109,6 +115,8 @@ pub enum ApidError {
     Tls(#[from] TlsError),
     #[error("taking the listening socket")]
     Listener(#[source] std::io::Error),
+    #[error("opening apid's credentials database")]
+    AuthDb(#[source] StoreError),
     #[error("serving HTTP")]
     Serve(#[from] dragonfly_http::ServeError),
 }
@@ -117,13 +125,19 @@ pub enum ApidError {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub db: Db,
+    /// Operators, sessions and API tokens: apid's own file.
+    pub auth_db: AuthDb,
     /// For the health report only; `None` in tests that exercise the HTTP layer alone.
     pub bus: Option<Bus>,
     /// Where every change is announced, after it is stored.
     pub events: Publisher,
     pub config: Arc<ApidConfig>,
     pub boot_token_key: Arc<Secret>,
-    pub login_limiter: Arc<auth::RateLimiter>,
+    pub login_limiter: Arc<throttle::AddressLimiter>,
+    /// Per-account backoff after failed passwords.
+    pub account_throttle: Arc<throttle::AccountThrottle>,
+    /// The bounded Argon2 workers every password check goes through.
+    pub passwords: Arc<password::PasswordPool>,
     /// Agents' recent console lines.
     pub agent_logs: Arc<agent_logs::AgentLogs>,
 }
@@ -132,20 +146,26 @@ impl AppState {
     /// Builds the state; the caller has opened the store and, usually, the bus.
     pub fn new(
         db: Db,
+        auth_db: AuthDb,
         bus: Option<Bus>,
         events: Publisher,
         config: ApidConfig,
         boot_token_key: Secret,
     ) -> Self {
-        let login_limiter = Arc::new(auth::RateLimiter::new(config.login_attempts_per_minute));
+        let login_limiter = Arc::new(throttle::AddressLimiter::new(
+            config.login_attempts_per_minute,
+        ));
         let agent_logs = Arc::new(agent_logs::AgentLogs::new(config.agent_logs));
         Self {
             db,
+            auth_db,
             bus,
             events,
             config: Arc::new(config),
             boot_token_key: Arc::new(boot_token_key),
             login_limiter,
+            account_throttle: Arc::new(throttle::AccountThrottle::default()),
+            passwords: password::PasswordPool::for_this_host(),
             agent_logs,
         }
     }
@@ -156,6 +176,32 @@ impl AppState {
 /// each audience on its own listener.
 pub fn app(state: AppState) -> Router {
     routes::router(state)
+}
+
+/// Opens (creating and migrating when needed) apid's own database at `path`, and moves into
+/// it, once, the credentials that earlier releases kept in the shared database at `shared`.
+pub async fn open_auth_db(
+    path: &std::path::Path,
+    shared: &std::path::Path,
+) -> Result<AuthDb, ApidError> {
+    let auth_db = AuthDb::create_or_open(path)
+        .await
+        .map_err(ApidError::AuthDb)?;
+    let imported = auth_db
+        .import_from_shared(shared)
+        .await
+        .map_err(ApidError::AuthDb)?;
+    if imported != dragonfly_store::auth::Imported::default() {
+        tracing::info!(
+            users = imported.users,
+            sessions = imported.sessions,
+            api_tokens = imported.api_tokens,
+            purged_from_shared = imported.purged,
+            auth_db = %path.display(),
+            "moved operators' credentials out of the shared database"
+        );
+    }
+    Ok(auth_db)
 }
 
 /// Serves operators and agents, each on its listener, until `shutdown` is cancelled, then
@@ -174,7 +220,8 @@ pub async fn run(
         None => None,
     };
     let http = ctx.config.http.clone();
-    let state = AppState::new(ctx.store, ctx.bus, ctx.events, ctx.config, key);
+    let auth_db = open_auth_db(&ctx.config.auth_db, ctx.store.path()).await?;
+    let state = AppState::new(ctx.store, auth_db, ctx.bus, ctx.events, ctx.config, key);
     let tokio_listener =
         |l: StdTcpListener| tokio::net::TcpListener::from_std(l).map_err(ApidError::Listener);
     let operator = tokio_listener(listeners.operator)?;

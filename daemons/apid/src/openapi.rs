@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, health, machines, resources, session};
+use crate::routes::{agent, health, machines, resources, session, users};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -19,6 +19,7 @@ use crate::routes::{agent, health, machines, resources, session};
         serve,
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
+        users::change_password, users::list, users::create, users::patch, users::revoke,
         machines::register, agent::instructions, agent::log, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
         resources::list_hardware, resources::get_hardware,
     ),
@@ -28,6 +29,7 @@ use crate::routes::{agent, health, machines, resources, session};
         (name = "machines", description = "The machine inventory and agent registration"),
         (name = "resources", description = "The inventory as dragonfly.computer/v1 documents"),
         (name = "auth", description = "Operator sessions and API tokens"),
+        (name = "users", description = "Operator accounts (administrators only)"),
         (name = "system", description = "Health and API description"),
     )
 )]

@@ -99,6 +99,9 @@ struct Config {
         default_value = "0.0.0.0:3001"
     )]
     apid_agent: String,
+    /// apid's own database of operators and credentials (apid's default when absent).
+    #[arg(long, value_name = "PATH", requires = "apid")]
+    auth_db: Option<PathBuf>,
     /// Adds ipxed's section: listening on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR",
           requires_all = ["public_url", "apid_url", "agent_dir", "boot_token_key"])]
@@ -196,6 +199,7 @@ fn lab_config(c: &Config) -> LabConfig {
             agent_listen: c.apid_agent.clone(),
             boot_token_key_file: key.clone(),
             http: HttpSettings::default(),
+            auth_db: c.auth_db.clone(),
         }),
         ipxed: c.ipxed.clone().map(|listen| IpxedConfig {
             listen,

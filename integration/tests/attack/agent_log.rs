@@ -27,7 +27,7 @@ fn mac(i: u32) -> MacAddr {
 }
 
 /// The pid of the `dragonfly-apid` in the lab's network namespace.
-fn apid_pid(lab: &AttackLab) -> u32 {
+pub(crate) fn apid_pid(lab: &AttackLab) -> u32 {
     use std::os::unix::fs::MetadataExt;
     let ns = std::fs::metadata(format!("/run/netns/{}", lab.lab.name()))
         .unwrap()
@@ -47,7 +47,7 @@ fn apid_pid(lab: &AttackLab) -> u32 {
 }
 
 /// VmRSS of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
@@ -57,7 +57,7 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     // Figures for a person: the precision lost above 2^52 bytes does not matter.
     #[allow(clippy::cast_precision_loss, reason = "a printed figure")]
     let b = bytes as f64;

@@ -34,5 +34,6 @@ mod agent_log;
     reason = "shared with the boot tests; the attack suite uses only the stack and the admin"
 )]
 mod common;
+mod login;
 mod slowloris;
 mod stack;

@@ -169,6 +169,7 @@ pub(crate) fn start_dragonfly_configured(
     let binaries: Vec<_> = names.iter().map(|n| daemon_binary(n)).collect();
     let nats = lab.start_nats();
     let store = lab.store();
+    let auth_db = lab.auth_db();
     let tftp = lab.dir().join("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
     for (from, to) in [
@@ -209,6 +210,7 @@ pub(crate) fn start_dragonfly_configured(
             agent_listen: "10.99.0.1:3001".into(),
             boot_token_key_file: key,
             http: HttpSettings::default(),
+            auth_db: Some(auth_db),
         }),
         dhcpd: Some(dhcpd),
         ..LabConfig::new(&nats)
@@ -303,9 +305,11 @@ pub(crate) fn start_dragonfly_configured(
 
 /// The first operator, straight into the store (as `dragonfly-apid create-admin` would).
 pub(crate) fn create_admin(lab: &mut Lab) {
-    let path = lab.store();
+    let path = lab.auth_db();
     let hash = dragonfly_apid::auth::hash_password(PASSWORD).unwrap();
-    let store = dragonfly_store::BlockingDb::open(&path).unwrap();
+    // apid's own database, as `dragonfly-apid create-admin` makes it (0600 in a 0700
+    // directory), then handed to nobody, who runs apid in the lab.
+    let store = dragonfly_store::BlockingDb::create_or_open_auth(&path).unwrap();
     let create = store
         .db()
         .auth()

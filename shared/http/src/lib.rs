@@ -42,7 +42,7 @@ pub use config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, HttpConfig, RawHttpConfig,
     TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, TlsFiles, TlsOff,
 };
-pub use serve::{ACCEPT_BACKOFF, ServeError, Server};
+pub use serve::{ACCEPT_BACKOFF, Secure, ServeError, Server};
 pub use tls::{Tls, TlsError};
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub enum ServeError {
     Listener(#[source] std::io::Error),
 }
 
+/// In every request's extensions on a listener that terminated TLS: the request's origin is
+/// `https://` (a CSRF check comparing `Origin` with the request's own origin needs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secure;
+
 /// What one listener serves, and how.
 #[derive(Debug)]
 pub struct Server {
@@ -181,11 +186,15 @@ impl Shared {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let secure = self.tls.is_some();
         let body_timeout = self.config.body_timeout;
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let deadline = Instant::now() + body_timeout;
             let mut request = request.map(|body| DeadlineBody::new(body, deadline));
             request.extensions_mut().insert(ConnectInfo(peer));
+            if secure {
+                request.extensions_mut().insert(Secure);
+            }
             app.clone().oneshot(request)
         });
         let mut builder = hyper::server::conn::http1::Builder::new();

@@ -4,7 +4,7 @@
 //! which executes a closure on tokio's blocking pool with a connection from a small pool.
 //! Connections are cheap to keep and expensive to set up (pragmas, schema check), hence the
 //! pool. Nothing here is public that names a connection: callers get typed handles
-//! (`db.machines()`, `db.leases()`, `db.auth()`) and never SQL.
+//! (`db.machines()`, `db.leases()`, and `auth()` on apid's own file) and never SQL.
 //!
 //! Two kinds of caller have no tokio runtime of their own: `dragonfly-apid create-admin`,
 //! which runs (and drops privileges) before apid builds one, and test harnesses and tools
@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::StoreError;
 use crate::error::{Sql, open_error};
-use crate::schema::{Schema, Shared};
+use crate::schema::{ApidAuth, Schema, Shared};
 
 /// How long a connection waits for another process's write lock before failing.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,8 +106,8 @@ pub(crate) fn write_durable<R>(
 /// A shareable handle on one database file for async code; cheap to clone.
 ///
 /// `S` says which database it is ([`Shared`] unless named), and with it which handles exist:
-/// `Db<Shared>` has [`machines`](Db::machines), [`leases`](Db::leases) and
-/// [`auth`](Db::auth).
+/// `Db<Shared>` has [`machines`](Db::machines) and [`leases`](Db::leases); apid's
+/// `Db<ApidAuth>` ([`crate::AuthDb`]) has `auth`.
 pub struct Db<S: Schema = Shared> {
     inner: Arc<Inner>,
     schema: PhantomData<fn() -> S>,
@@ -248,6 +248,20 @@ impl BlockingDb<Shared> {
             .build()
             .map_err(StoreError::Runtime)?;
         let db = Db::open_blocking(path.into())?;
+        Ok(Self { runtime, db })
+    }
+}
+
+impl BlockingDb<ApidAuth> {
+    /// Opens apid's own database for blocking use, creating and migrating it when needed
+    /// (`dragonfly-apid create-admin`, before apid ever ran).
+    pub fn create_or_open_auth(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let path = path.into();
+        crate::auth::create_file(&path)?;
+        let db = Db::open_blocking(path)?;
         Ok(Self { runtime, db })
     }
 }

@@ -49,6 +49,12 @@ pub enum StoreError {
     /// A unique value (user name, …) is already taken.
     #[error("{what} already exists")]
     AlreadyExists { what: &'static str },
+    /// The change would leave no enabled administrator.
+    #[error("at least one enabled administrator must remain")]
+    LastAdministrator,
+    /// SQLite names files by UTF-8 paths.
+    #[error("{path} is not valid UTF-8")]
+    PathNotUtf8 { path: PathBuf },
     /// The lifecycle refuses the state change.
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),

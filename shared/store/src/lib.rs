@@ -9,7 +9,7 @@
 //! `SQLITE_BUSY` on upgrade.
 //!
 //! **One way in.** A [`Db`] is opened with [`Db::open`] and gives typed handles per table
-//! group — [`Db::machines`], [`Db::leases`], [`Db::auth`] — whose async methods run on tokio's
+//! group — [`Db::machines`], [`Db::leases`], and on apid's own file [`AuthDb`]'s `auth()` — whose async methods run on tokio's
 //! blocking pool. The SQL library is private to this crate: no public item names a
 //! connection, a statement or its error type, and no daemon depends on it, so "no SQL in
 //! daemons" is enforced by the compiler. Callers without a runtime use [`BlockingDb`]; a
@@ -18,9 +18,10 @@
 //!
 //! The schema is versioned, and changed in exactly one place: the `dragonfly-migrate`
 //! oneshot, through [`migrate_file`]. Daemons only check that the file's version is the one
-//! they were built for and refuse anything else. A [`Db`] is typed by its [`Schema`] so a
-//! second database file (apid's own, next) gets its own migrations and handles
-//! ([`mod@schema`]). Time is one representation in every table, converted in one module.
+//! they were built for and refuse anything else. A [`Db`] is typed by its [`Schema`], so the
+//! second database file, apid's own ([`AuthDb`]: operators and their credentials, 0600), has
+//! its own migrations and handles ([`mod@schema`]); apid creates and migrates that one
+//! itself, since no other process may open it. Time is one representation in every table, converted in one module.
 //!
 //! Rows that two daemons may change carry a `resource_version`, and updates name the version
 //! they read ([`StoreError::Conflict`] otherwise), so a lost update is impossible.
@@ -37,8 +38,9 @@ pub mod schema;
 pub mod testing;
 mod time;
 
+pub use auth::AuthDb;
 pub use db::{BlockingDb, Db};
 pub use error::{SqliteError, StoreError};
 pub use group::{GroupConfig, GroupStats, GroupWriter, Rejected};
 pub use migrate::{Migrated, migrate_file};
-pub use schema::{SCHEMA_VERSION, Schema, Shared};
+pub use schema::{ApidAuth, SCHEMA_VERSION, Schema, Shared};

@@ -66,15 +66,27 @@ pub fn migrate_file(path: &Path) -> Result<Migrated, StoreError> {
 
 /// [`migrate_file`] for any schema: the file gets `S`'s mode, then `S`'s migrations.
 pub(crate) fn migrate_file_as<S: Schema>(path: &Path) -> Result<Migrated, StoreError> {
+    let mode_error = |source| StoreError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    // Create a new file with its mode from the start (less the umask), so a file meant for
+    // one user is never readable by others, even empty, even for a moment.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(S::FILE_MODE)
+            .open(path)
+            .map_err(mode_error)?;
+    }
     let mut conn = open_connection(path, true)?;
     // SQLite creates the file 0644 and a umask only removes bits, so the mode is set
     // explicitly; the -wal and -shm files SQLite creates later copy it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(S::FILE_MODE)).map_err(
-        |source| StoreError::Permissions {
-            path: path.to_owned(),
-            source,
-        },
-    )?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(S::FILE_MODE))
+        .map_err(mode_error)?;
     apply::<S>(&mut conn)
 }
 

@@ -1,11 +1,11 @@
 //! Which database a [`Db`](crate::Db) is: a schema descriptor per database file.
 //!
-//! Today every table lives in one file, the database every daemon shares ([`Shared`]). The next
-//! issue moves users, sessions and API tokens into a file only apid can read (mode 0600, its
-//! own migrations, applied by apid). A second database is then a second descriptor — a unit
-//! struct implementing [`Schema`] with its own migration list and file mode — and its handles
-//! are methods of `Db<ThatSchema>`, so the compiler refuses `auth()` on the shared file and
-//! `machines()` on apid's: nothing in how a `Db` is opened, pooled or migrated changes.
+//! Two files exist: the database every daemon shares ([`Shared`]: machines, leases), and
+//! apid's own ([`ApidAuth`]: users, sessions, API tokens; mode 0600, migrated by apid itself,
+//! since nothing else may open it). Each is a unit struct implementing [`Schema`] with its own
+//! migration list and file mode, and its handles are methods of `Db<ThatSchema>`, so the
+//! compiler refuses `auth()` on the shared file and `machines()` on apid's: nothing in how a
+//! `Db` is opened, pooled or migrated differs between them.
 //!
 //! The trait is sealed: a schema, like every other piece of SQL, is defined in this crate only.
 
@@ -33,8 +33,8 @@ pub(crate) mod sealed {
 }
 
 /// The database every daemon shares (`/var/lib/dragonfly/dragonfly.db` by default): machines,
-/// their MACs, DHCP leases, and — until they move to apid's own file — users, sessions and API
-/// tokens.
+/// their MACs, DHCP leases. Its `users`, `sessions` and `api_tokens` tables (from migration
+/// 0001) are no longer used: apid moves their rows into [`ApidAuth`] once and empties them.
 #[derive(Debug, Clone, Copy)]
 pub struct Shared;
 
@@ -56,6 +56,25 @@ impl sealed::Sealed for Shared {
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.
     const FILE_MODE: u32 = 0o660;
+}
+
+/// apid's own database (`/var/lib/dragonfly-apid/auth.db` by default): operators, browser
+/// sessions and API tokens. Only apid's user can read it, so a bug in a daemon that parses
+/// hostile packets (dhcpd, ipxed) cannot read a hash or mint a session.
+#[derive(Debug, Clone, Copy)]
+pub struct ApidAuth;
+
+impl Schema for ApidAuth {
+    const NAME: &'static str = "auth";
+}
+
+impl sealed::Sealed for ApidAuth {
+    const MIGRATIONS: &'static [Migration] = &[Migration {
+        name: "0001_initial",
+        sql: include_str!("migrations/auth/0001_initial.sql"),
+    }];
+    // apid's user alone; its -wal and -shm files get the same mode.
+    const FILE_MODE: u32 = 0o600;
 }
 
 /// The schema version of the shared database this build reads and writes.

@@ -40,6 +40,22 @@ impl TestDb {
         Self { dir, path, db }
     }
 
+    /// apid's own database beside the shared one (`apid/auth.db` in [`TestDb::dir`]), created
+    /// and migrated as apid does; the same file every time it is called.
+    ///
+    /// # Panics
+    /// When it cannot be created.
+    pub fn auth_db(&self) -> crate::AuthDb {
+        let path = self.auth_db_path();
+        crate::auth::create_file(&path).expect("creating the test auth database");
+        crate::AuthDb::open_blocking(path).expect("opening the test auth database")
+    }
+
+    /// Where [`TestDb::auth_db`] keeps apid's database.
+    pub fn auth_db_path(&self) -> PathBuf {
+        self.dir.path().join("apid/auth.db")
+    }
+
     /// See [`machine`].
     pub async fn machine(&self, m: NewMachine) -> Machine {
         machine(&self.db, m).await

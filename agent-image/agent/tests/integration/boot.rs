@@ -292,9 +292,10 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
     fs::create_dir(&state).unwrap();
     let db = state.join("dragonfly.db");
     let password = "correct-horse-battery";
+    let auth_db = state.join("apid/auth.db");
     {
         dragonfly_store::migrate_file(&db).unwrap();
-        let store = dragonfly_store::BlockingDb::open(&db).unwrap();
+        let store = dragonfly_store::BlockingDb::create_or_open_auth(&auth_db).unwrap();
         let hash = dragonfly_apid::auth::hash_password(password).unwrap();
         let create = store
             .db()
@@ -310,9 +311,11 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
         &cfg,
         format!(
             "[store]\npath = {:?}\n[nats]\nurl = \"nats://127.0.0.1:1\"\n[log]\nlevel = \"info\"\n\
-             [apid]\nlisten = \"{subnet}.1:3000\"\nagent_listen = \"{subnet}.1:3001\"\nboot_token_key_file = {:?}\nsecure_cookies = false\n",
+             [apid]\nlisten = \"{subnet}.1:3000\"\nagent_listen = \"{subnet}.1:3001\"\nboot_token_key_file = {:?}\nsecure_cookies = false\n\
+              auth_db = {:?}\n",
             db.display().to_string(),
-            key.display().to_string()
+            key.display().to_string(),
+            auth_db.display().to_string()
         ),
     )
     .unwrap();

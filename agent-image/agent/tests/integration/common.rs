@@ -37,6 +37,7 @@ impl Server {
         let (addr, agent_logs) = rt.block_on(async {
             let state = AppState::new(
                 db.clone(),
+                store.auth_db(),
                 None,
                 dragonfly_bus::Publisher::disabled(),
                 cfg,

@@ -14,6 +14,7 @@ pub mod machines;
 pub mod resources;
 pub mod session;
 pub mod ui;
+pub mod users;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -21,7 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dragonfly_core::agent_api;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::error::ApiError;
 use crate::{AppState, auth};
@@ -80,6 +81,10 @@ fn operator_routes() -> Router<AppState> {
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
         .route("/api/auth/me", get(session::me))
+        .route("/api/auth/password", post(users::change_password))
+        .route("/api/users", get(users::list).post(users::create))
+        .route("/api/users/{id}", axum::routing::patch(users::patch))
+        .route("/api/users/{id}/revoke", post(users::revoke))
         .route(
             "/api/tokens",
             get(session::list_tokens).post(session::create_token),
@@ -117,7 +122,12 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
             auth::require_auth,
         ))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TraceLayer::new_for_http())
+        // A 5xx is logged by `ApiError` where it is a failure (500, with its cause chain);
+        // the 503s of a login flood are answers, not one ERROR line each.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }
 

@@ -1,9 +1,13 @@
 //! Operators: login and logout (browser sessions), and API tokens.
+//!
+//! Login is where an anonymous caller can make apid spend the most: it passes the per-address
+//! limit, then the per-account backoff ([`crate::throttle`]), and only then a bounded
+//! password slot ([`crate::password`]); each refusal costs no Argon2 work.
 
 use std::time::Instant;
 
 use axum::Extension;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::Extensions;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,46 +37,67 @@ pub struct Me {
 }
 
 /// A valid Argon2id hash of nothing anyone knows: verified against when the user does not
-/// exist, so a login takes as long for unknown users as for wrong passwords.
+/// exist (or is disabled), so a login takes as long for unknown users as for wrong passwords.
 static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     auth::hash_password("dragonfly-timing-equaliser").unwrap_or_default()
 });
 
+/// `Retry-After` for a login refused because every password slot is busy.
+const BUSY_RETRY_SECS: u64 = 1;
+
 /// Starts a browser session: sets an HttpOnly, SameSite=Strict session cookie.
 ///
-/// Rate-limited per client address (per /64 for IPv6).
+/// Rate-limited per client address (per /64 for IPv6), and per account after failed
+/// passwords (backoff from 1 s to 60 s; addresses the account last logged in from have their
+/// own). 503 when every password-hashing slot and its short queue are busy.
 #[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = Login,
     security(()),
     responses((status = 200, body = Me, headers(("set-cookie" = String))),
-        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, headers(("retry-after" = String)))))]
 pub async fn login(
     State(state): State<AppState>,
     extensions: Extensions,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Login>,
 ) -> Result<Response, ApiError> {
-    let ip = auth::client_ip(extensions.get::<ConnectInfo<std::net::SocketAddr>>());
+    let ip = auth::client_addr(&state, &extensions, &headers);
+    let limited = |wait: std::time::Duration| ApiError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+    };
     state
         .login_limiter
         .check(ip, Instant::now())
-        .map_err(|wait| ApiError::RateLimited {
-            retry_after_secs: wait.as_secs().max(1),
-        })?;
+        .map_err(limited)?;
     if body.username.len() > 128 || body.password.len() > 1024 {
         return Err(ApiError::Unauthorized);
     }
-    let found = state.db.auth().user_with_password(&body.username).await?;
+    let attempt = state
+        .account_throttle
+        .begin(&body.username, ip, Instant::now())
+        .map_err(limited)?;
+    let found = state
+        .auth_db
+        .auth()
+        .user_with_password(&body.username)
+        .await?;
     let (user, hash) = match found {
-        Some((u, h)) => (Some(u), h),
-        None => (None, DUMMY_HASH.clone()),
+        Some((u, h)) if !u.disabled => (Some(u), h),
+        _ => (None, DUMMY_HASH.clone()),
     };
-    let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+    let ok = state
+        .passwords
+        .verify(&body.password, &hash)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(|_| ApiError::Busy {
+            retry_after_secs: BUSY_RETRY_SECS,
+        })?;
     let Some(user) = user.filter(|_| ok) else {
+        attempt.failed(Instant::now());
         tracing::info!(username = %body.username, %ip, "login failed");
         return Err(ApiError::Unauthorized);
     };
+    attempt.succeeded(Instant::now());
     let (secret, hash) = auth::new_secret("");
     let now = jiff::Timestamp::now();
     let lifetime = state.config.session_lifetime;
@@ -80,7 +105,7 @@ pub async fn login(
         now + jiff::SignedDuration::try_from(lifetime).map_err(|e| ApiError::Internal(e.into()))?;
     let uid = user.id;
     state
-        .db
+        .auth_db
         .auth()
         .create_session(hash, uid, now, expires)
         .await?;
@@ -113,17 +138,9 @@ pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(cookie) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned())
-    {
-        let hash = auth::secret_hash(&cookie);
-        state.db.auth().delete_session(hash).await?;
+    if let Some(cookie) = auth::session_cookie(&headers) {
+        let hash = auth::secret_hash(cookie);
+        state.auth_db.auth().delete_session(hash).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
@@ -219,7 +236,7 @@ pub async fn create_token(
     let (secret, hash) = auth::new_secret(API_TOKEN_PREFIX);
     let uid = who.user.id;
     let t = state
-        .db
+        .auth_db
         .auth()
         .create_api_token(uid, &name, hash, now, expires)
         .await?;
@@ -241,7 +258,7 @@ pub async fn list_tokens(
     Extension(who): Extension<Principal>,
 ) -> Result<ApiJson<Vec<TokenInfo>>, ApiError> {
     let uid = who.user.id;
-    let tokens = state.db.auth().list_api_tokens(uid).await?;
+    let tokens = state.auth_db.auth().list_api_tokens(uid).await?;
     Ok(ApiJson(tokens.into_iter().map(Into::into).collect()))
 }
 
@@ -256,7 +273,7 @@ pub async fn delete_token(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let uid = who.user.id;
-    if state.db.auth().delete_api_token(uid, id).await? {
+    if state.auth_db.auth().delete_api_token(uid, id).await? {
         tracing::info!(token = %id, by = %who.user.username, "API token revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -451,6 +451,18 @@ async fn sessions_and_api_tokens() {
         .await
         .unwrap();
     assert_eq!(nobody.status(), 401);
+    // A wrong password holds the account back for a second (per-account backoff), even for
+    // the right one: a person retyping takes longer than that.
+    let held = s
+        .http
+        .post(s.url("/api/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 429);
+    assert_eq!(held.headers()["retry-after"], "1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     let r = s
         .http
@@ -565,16 +577,23 @@ async fn sessions_and_api_tokens() {
 async fn login_is_rate_limited_per_address() {
     let s = Server::start_with(config(|c| c.login_attempts_per_minute = Some(3))).await;
     let (user, password) = s.add_admin("ops").await;
-    let attempt = |pw: &str| {
+    let attempt = |name: &str, pw: &str| {
         s.http
             .post(s.url("/api/auth/login"))
-            .json(&json!({"username": user, "password": pw}))
+            .json(&json!({"username": name, "password": pw}))
             .send()
     };
-    for _ in 0..3 {
-        assert_eq!(attempt("wrong").await.unwrap().status(), 401);
+    // Three names, so that only the address's limit is at work (not an account's backoff).
+    for i in 0..3 {
+        assert_eq!(
+            attempt(&format!("guess{i}"), "wrong")
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
     }
-    let limited = attempt(&password).await.unwrap();
+    let limited = attempt(&user, &password).await.unwrap();
     assert_eq!(limited.status(), 429, "even the right password waits");
     let retry: u64 = limited.headers()["retry-after"]
         .to_str()

@@ -31,9 +31,11 @@ fn prepare(db: &TestDb, nats_url: &str, agent_port: u16) -> PathBuf {
         format!(
             "[store]\npath = {db:?}\n[nats]\nurl = {nats_url:?}\n[log]\nlevel = \"info\"\n\
              [apid]\nlisten = \"127.0.0.1:1\"\nagent_listen = \"127.0.0.1:{agent_port}\"\n\
-             boot_token_key_file = {key:?}\nsecure_cookies = false\n",
+             boot_token_key_file = {key:?}\nsecure_cookies = false\n\
+              auth_db = {auth:?}\n",
             db = db.path.display().to_string(),
             key = key.display().to_string(),
+            auth = db.auth_db_path().display().to_string(),
         ),
     )
     .unwrap();
@@ -228,7 +230,12 @@ fn create_admin_reads_the_password_from_stdin_and_refuses_weak_ones() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let store = dragonfly_store::BlockingDb::open(&db.path).unwrap();
+    // In apid's own file, created by the command as apid's user, 0600 in a 0700 directory.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db.auth_db_path()), 0o600);
+    assert_eq!(mode(db.auth_db_path().parent().unwrap()), 0o700);
+    let store = dragonfly_store::BlockingDb::create_or_open_auth(db.auth_db_path()).unwrap();
     let (user, hash) = store
         .block_on(store.db().auth().user_with_password("root-of-trust"))
         .unwrap()

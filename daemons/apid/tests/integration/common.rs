@@ -5,8 +5,8 @@ use dragonfly_core::boot_token::{self, BootClaims};
 use dragonfly_core::{HardwareReport, MacAddr};
 use dragonfly_runtime::Secret;
 use dragonfly_runtime::config::DaemonConfig;
-use dragonfly_store::Db;
 pub(crate) use dragonfly_store::testing::TestDb;
+use dragonfly_store::{AuthDb, Db};
 use serde_json::{Value, json};
 
 /// The boot-token key every test server uses.
@@ -16,6 +16,8 @@ pub(crate) const KEY: [u8; 32] = [0x5a; 32];
 pub(crate) struct Server {
     pub(crate) base: String,
     pub(crate) db: Db,
+    /// apid's own database (operators, sessions, tokens).
+    pub(crate) auth_db: AuthDb,
     pub(crate) store: TestDb,
     pub(crate) http: reqwest::Client,
 }
@@ -34,8 +36,10 @@ impl Server {
     pub(crate) async fn start_with(cfg: ApidConfig) -> Self {
         let store = TestDb::new();
         let db = store.db.clone();
+        let auth_db = store.auth_db();
         let state = AppState::new(
             db.clone(),
+            auth_db.clone(),
             None,
             dragonfly_bus::Publisher::disabled(),
             cfg,
@@ -46,11 +50,13 @@ impl Server {
         let http = state.config.http.clone();
         let server = dragonfly_http::Server::new("test", app(state), http, None);
         tokio::spawn(server.serve(listener, tokio_util::sync::CancellationToken::new()));
+        let base = format!("http://{addr}");
         Self {
-            base: format!("http://{addr}"),
+            http: browser(&base),
+            base,
             db,
+            auth_db,
             store,
-            http: reqwest::Client::new(),
         }
     }
 
@@ -62,7 +68,7 @@ impl Server {
     pub(crate) async fn add_admin(&self, name: &str) -> (String, String) {
         let password = format!("{name}-correct-horse");
         let hash = auth::hash_password(&password).unwrap();
-        self.db
+        self.auth_db
             .auth()
             .create_user(name, &hash, true, jiff::Timestamp::now())
             .await
@@ -93,6 +99,17 @@ impl Server {
     pub(crate) async fn machine_count(&self) -> u64 {
         self.db.machines().count().await.unwrap()
     }
+}
+
+/// A client that sends `Origin: <base>` with every request, as a browser on apid's own page
+/// does with every `fetch` that changes something: the CSRF check lets it through.
+pub(crate) fn browser(base: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("origin", base.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 pub(crate) fn mac(n: u8) -> MacAddr {

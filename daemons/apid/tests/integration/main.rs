@@ -9,3 +9,4 @@ mod auth_walk;
 mod binary;
 mod common;
 mod listeners;
+mod operators;
