@@ -125,6 +125,14 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
     watcher.flush().await.unwrap();
 
     let http = reqwest::Client::new();
+    // The connection above started apid; it binds the agents' listener from the config while
+    // starting up, so that one may take a moment to answer.
+    for _ in 0..100 {
+        if bus_state(&http, &agents).await != "unreachable" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let first = register(&http, &agents, 1).await;
     let ev = next_event(&mut sub).await;
     assert_eq!(ev["specversion"], "1.0");

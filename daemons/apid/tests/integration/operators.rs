@@ -434,7 +434,16 @@ async fn a_guessed_account_backs_off_but_not_for_its_operators_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn beyond_the_password_slots_and_their_queue_login_answers_503_with_retry_after() {
-    let s = Server::start_with(config(|c| c.login_attempts_per_minute = Some(10_000))).await;
+    let s = Server::start_with(config(|c| {
+        c.login_attempts_per_minute = Some(10_000);
+        // Every attempt is its own connection from this one client address.
+        c.http = Some(dragonfly_http::RawHttpConfig {
+            max_connections: Some(4096),
+            max_connections_per_client: Some(4096),
+            ..Default::default()
+        });
+    }))
+    .await;
     s.add_admin("ops").await;
     // Many names at once, so neither limit holds them back: only the Argon2 budget does
     // (one slot per CPU, and a queue of QUEUE_PER_SLOT each).
