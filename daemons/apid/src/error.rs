@@ -37,6 +37,11 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("too many attempts; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("{message}")]
+    Unavailable {
+        message: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -55,6 +60,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -73,7 +79,10 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut resp = (status, Json(body)).into_response();
-        if let Self::RateLimited { retry_after_secs } = self
+        if let Self::RateLimited { retry_after_secs }
+        | Self::Unavailable {
+            retry_after_secs, ..
+        } = self
             && let Ok(v) = retry_after_secs.to_string().parse()
         {
             resp.headers_mut().insert(http::header::RETRY_AFTER, v);
@@ -95,7 +104,26 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { expected, current } => Self::Conflict(format!(
                 "resourceVersion {expected} is stale; the current version is {current}"
             )),
-            StoreError::Ambiguous { .. } => Self::Conflict(e.to_string()),
+            // The log line (`e`'s text) names the owning machines; the client is told only
+            // that the report was refused: an attacker learns nothing about the owner.
+            StoreError::IdentityConflict { .. } => {
+                tracing::warn!(error = %Chain(&e), "registration refused: identity conflict");
+                Self::Conflict(
+                    "the report claims a MAC address or SMBIOS UUID that belongs to another \
+                     machine; nothing was written and an operator can see the conflict"
+                        .to_owned(),
+                )
+            }
+            StoreError::Full { what, max } => {
+                tracing::warn!(what, max, "registration refused: limit reached");
+                Self::Unavailable {
+                    message: "no new machines are accepted now (the limit is reached)",
+                    retry_after_secs: 60,
+                }
+            }
+            StoreError::NotPending { state } => {
+                Self::Conflict(format!("the machine is {state}, not awaiting approval"))
+            }
             StoreError::AlreadyExists { .. } => Self::Conflict(e.to_string()),
             StoreError::IllegalTransition(t) => Self::Conflict(t.to_string()),
             other => Self::Internal(anyhow::Error::new(other)),

@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, health, machines, resources, session};
+use crate::routes::{agent, conflicts, health, machines, resources, session};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -20,6 +20,7 @@ use crate::routes::{agent, health, machines, resources, session};
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
         machines::register, agent::instructions, agent::log, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
+        conflicts::list,
         resources::list_hardware, resources::get_hardware,
     ),
     modifiers(&Security),

@@ -52,6 +52,10 @@ impl sealed::Sealed for Shared {
             name: "0002_dhcp",
             sql: include_str!("migrations/0002_dhcp.sql"),
         },
+        Migration {
+            name: "0003_identity",
+            sql: include_str!("migrations/0003_identity.sql"),
+        },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.

@@ -10,7 +10,7 @@ use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
 use dragonfly_runtime::cli::Chain;
-use dragonfly_store::machines::{Filter, Patch, Registered};
+use dragonfly_store::machines::{Filter, NewMachines, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -20,10 +20,12 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
 /// Registers a machine from its agent's hardware report.
 ///
-/// Idempotent: a report matching a known machine (by any MAC, or by its SMBIOS UUID) updates
-/// that machine instead of creating another. The agent authenticates with the per-boot token
-/// from its kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the
-/// report's MACs; an operator's credentials are accepted too.
+/// Idempotent: the report updates the machine owning the reporter's MAC (the boot token's, or
+/// for an operator the report's first), or creates one. It may add MACs nobody owns; a MAC or
+/// SMBIOS UUID owned by another machine is refused (409, nothing written) and recorded as a
+/// conflict (`GET /api/conflicts`). The agent authenticates with the per-boot token from its
+/// kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the report's
+/// MACs; an operator's credentials are accepted too.
 #[utoipa::path(post, path = agent_api::REGISTER_PATH, tag = "machines",
     request_body = HardwareReport,
     security(("bootToken" = []), ("bearer" = []), ("session" = [])),
@@ -49,7 +51,15 @@ pub async fn register(
     report
         .validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let outcome = state.db.machines().register(report, now).await?;
+    let reporter = match who {
+        Registrant::Agent(mac) => mac,
+        Registrant::Operator(_) => report.macs[0],
+    };
+    let outcome = state
+        .db
+        .machines()
+        .register_as(reporter, report, NewMachines::default(), now)
+        .await?;
     let created = matches!(outcome, Registered::Created(_));
     let m = outcome.machine().clone();
     tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");

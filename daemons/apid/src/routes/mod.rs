@@ -2,6 +2,7 @@
 //! authentication layer and one body limit.
 
 pub mod agent;
+pub mod conflicts;
 pub mod health;
 pub mod machines;
 pub mod resources;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route(agent_api::LOG_PATH, post(agent::log))
         .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
+        .route("/api/conflicts", get(conflicts::list))
         .route(
             "/api/machines/{id}",
             get(machines::get)
