@@ -31,6 +31,7 @@ use dragonfly_bus::events::{LeaseEndReason, LeaseEnded};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::sockets::{SocketError, Sockets as PassedSockets};
 use dragonfly_runtime::{BEAT_EVERY, Context, Daemon, Health};
+use dragonfly_store::boot::{SightedVia, Sighting};
 use dragonfly_store::leases::{Lease, LeaseOp};
 use dragonfly_store::{Db, GroupConfig, GroupWriter, Rejected, StoreError};
 use tokio::io::Interest;
@@ -119,6 +120,30 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+/// The sighting of a boot answer: the address the client was offered or leased (yiaddr), else
+/// the one it asked from, else none (a ProxyDHCP DISCOVER from 0.0.0.0).
+fn sighting(
+    cfg: &DhcpdConfig,
+    mac: dragonfly_core::MacAddr,
+    reply: Option<&Reply>,
+    arrival: &Arrival,
+) -> Sighting {
+    let yiaddr = reply
+        .map(|r| r.msg.yiaddr())
+        .filter(|a| !a.is_unspecified());
+    let source = Some(*arrival.source.ip()).filter(|a| !a.is_unspecified());
+    Sighting {
+        mac,
+        seen_at: jiff::Timestamp::now(),
+        address: yiaddr.or(source),
+        via: match cfg.mode {
+            Mode::Reservation => SightedVia::Reservation,
+            Mode::Proxy => SightedVia::Proxy,
+            Mode::AutoProxy => SightedVia::Autoproxy,
+        },
+    }
 }
 
 /// What waits for a lease operation's commit (the group writer's context).
@@ -326,6 +351,7 @@ impl LoopState<'_> {
             if let Some(why) = out.silent {
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, why, "no answer");
             }
+            let booted = out.pxe.as_ref().map(|p| p.mac);
             if let Some(pxe) = out.pxe {
                 tracing::info!(mac = %pxe.mac, arch = %pxe.arch, client = %pxe.client, boot = %pxe.boot, "boot answer");
                 self.events.publish(&pxe);
@@ -342,8 +368,20 @@ impl LoopState<'_> {
                 },
                 None => None,
             };
-            match out.write {
-                Some(write) => {
+            // A boot answer is witnessed in the store (ipxed mints tokens only for boots dhcpd
+            // saw), committed with the lease change it makes, before the client is told: by
+            // the time it asks ipxed for its script the sighting is there. Only network-boot
+            // clients pay for it; everyone else's path is unchanged.
+            let op = match (booted, out.write) {
+                (Some(mac), write) => Some(LeaseOp::Sighted {
+                    sighting: sighting(self.cfg, mac, reply.as_ref().map(|r| &r.0), &arrival),
+                    write,
+                }),
+                (None, Some(write)) => Some(LeaseOp::Write(write)),
+                (None, None) => None,
+            };
+            match op {
+                Some(op) => {
                     let after = After::Lease {
                         reply: reply.map(Box::new),
                         event: out.lease_event,
@@ -352,7 +390,7 @@ impl LoopState<'_> {
                     // address); a RELEASE or DECLINE, which no one retransmits, waits for room.
                     // TODO(robustness): the dropped REQUEST's binding stays in the in-memory
                     // table uncommitted until the retry commits it or it expires.
-                    let queued = match self.writer.try_submit(LeaseOp::Write(write), after) {
+                    let queued = match self.writer.try_submit(op, after) {
                         Err(Rejected::Full((op, after))) if !after.has_reply() => {
                             self.writer.submit(op, after).await.map_err(drop)
                         }
