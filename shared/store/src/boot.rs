@@ -89,6 +89,8 @@ pub struct MintFacts {
     pub sighting: Option<Sighting>,
     /// The address of the MAC's bound, unexpired lease.
     pub leased: Option<Ipv4Addr>,
+    /// When the MAC's current boot session was opened, if it has one.
+    pub session_opened: Option<Timestamp>,
 }
 
 /// A MAC's current boot session.
@@ -238,7 +240,19 @@ fn mint_facts(conn: &Connection, mac: MacAddr, now: Timestamp) -> Result<MintFac
         .map(|ip| ip.parse())
         .transpose()
         .map_err(|e| StoreError::corrupt("lease address", e))?;
-    Ok(MintFacts { sighting, leased })
+    let session_opened = conn
+        .prepare_cached("SELECT created_at_ms FROM boot_sessions WHERE mac = ?1")
+        .sql()?
+        .query_row([&key], |r| r.get::<_, i64>(0))
+        .optional()
+        .sql()?
+        .map(from_column)
+        .transpose()?;
+    Ok(MintFacts {
+        sighting,
+        leased,
+        session_opened,
+    })
 }
 
 fn open_session(

@@ -93,7 +93,10 @@ impl Server {
         let state = AppState::new(db.clone(), events, cfg, Secret::new(KEY.to_vec())).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+        tokio::spawn(async move {
+            let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app).await.unwrap();
+        });
         Self {
             base: format!("http://{addr}"),
             db,
@@ -115,6 +118,27 @@ impl Server {
 
 pub(crate) fn mac(n: u8) -> MacAddr {
     MacAddr::new([0x52, 0x54, 0x00, 0x12, 0x34, n])
+}
+
+/// Records that dhcpd answered `mac`'s network boot just now, offering it `address` (the
+/// tests' client asks from 127.0.0.1), as dhcpd does before iPXE asks for its script.
+pub(crate) async fn sight(db: &Db, mac: MacAddr, address: Option<std::net::Ipv4Addr>) {
+    // Times are stored to the millisecond: a boot is sighted after the last session opened.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    db.boot()
+        .sighted(dragonfly_store::boot::Sighting {
+            mac,
+            seen_at: jiff::Timestamp::now(),
+            address,
+            via: dragonfly_store::boot::SightedVia::Reservation,
+        })
+        .await
+        .unwrap();
+}
+
+/// [`sight`] from the tests' own address.
+pub(crate) async fn sight_here(db: &Db, mac: MacAddr) {
+    sight(db, mac, Some(std::net::Ipv4Addr::LOCALHOST)).await;
 }
 
 /// Registers a machine with `mac`, as its agent would; returns its id.
