@@ -36,6 +36,8 @@ pub struct RawApid {
     pub agent_log_journal_lines_per_minute: Option<u32>,
     /// Agent lines of all machines together per minute copied into apid's own log.
     pub agent_log_journal_lines_per_minute_total: Option<u32>,
+    /// How long a renewed agent token lives (`POST /api/agent/renew`), e.g. `15m`.
+    pub agent_token_ttl: Option<String>,
 }
 
 /// `[apid]`, validated.
@@ -49,6 +51,8 @@ pub struct ApidConfig {
     pub login_attempts_per_minute: u32,
     /// The agent log buffer's budgets.
     pub agent_logs: AgentLogLimits,
+    /// How long a renewed agent token lives.
+    pub agent_token_ttl: Duration,
 }
 
 /// The default port: the web UI and API.
@@ -71,6 +75,9 @@ pub const DEFAULT_AGENT_LOG_REQUESTS_PER_MINUTE: u32 = 30;
 pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE: u32 = 60;
 /// Agent lines of all machines per minute copied into apid's own log unless configured.
 pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL: u32 = 3_000;
+
+/// How long a renewed agent token lives unless configured: as long as ipxed's first one.
+pub const DEFAULT_AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl DaemonConfig for ApidConfig {
     const SECTION: &'static str = "apid";
@@ -128,6 +135,12 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL,
             0..=1_000_000,
         )?;
+        let agent_token_ttl = duration_between(
+            "agent_token_ttl",
+            raw.agent_token_ttl.as_deref(),
+            DEFAULT_AGENT_TOKEN_TTL,
+            Duration::from_secs(60)..=Duration::from_secs(24 * 3600),
+        )?;
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -146,6 +159,7 @@ impl DaemonConfig for ApidConfig {
                 journal_lines_per_minute: agent_log_journal_lines_per_minute,
                 journal_lines_per_minute_total: agent_log_journal_lines_per_minute_total,
             },
+            agent_token_ttl,
         })
     }
 }

@@ -19,7 +19,7 @@ use crate::routes::{agent, conflicts, health, machines, resources, session};
         serve,
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
-        machines::register, agent::instructions, agent::log, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
+        machines::register, agent::instructions, agent::log, agent::renew, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
         conflicts::list,
         resources::list_hardware, resources::get_hardware,
     ),

@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
 use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
-use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
-use dragonfly_runtime::cli::Chain;
+use dragonfly_core::{HardwareReport, Machine, MachineState, labels};
 use dragonfly_store::machines::{Filter, NewMachines, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -95,13 +94,9 @@ impl axum::extract::FromRequestParts<AppState> for Registrant {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         if let Some(token) = auth::boot_token(&parts.headers) {
-            let now = jiff::Timestamp::now();
-            return boot_token::verify(state.boot_token_key.expose(), token, now)
-                .map(|claims| Registrant::Agent(claims.mac))
-                .map_err(|e| {
-                    tracing::info!(error = %Chain(&e), "agent registration refused");
-                    ApiError::Unauthorized
-                });
+            return super::agent::verify(state, token)
+                .await
+                .map(|(claims, _)| Registrant::Agent(claims.mac));
         }
         match auth::authenticate(state, &parts.headers).await? {
             Some(p) => Ok(Registrant::Operator(Box::new(p))),

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route(agent_api::REGISTER_PATH, post(machines::register))
         .route(agent_api::INSTRUCTIONS_PATH, get(agent::instructions))
         .route(agent_api::LOG_PATH, post(agent::log))
+        .route(agent_api::RENEW_PATH, post(agent::renew))
         .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
         .route("/api/conflicts", get(conflicts::list))
