@@ -9,6 +9,7 @@ use dragonfly_runtime::config::{
 use serde::Deserialize;
 
 use crate::agent_logs::AgentLogLimits;
+use crate::registration::RegistrationLimits;
 
 /// `[apid]` as written in the file.
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,15 @@ pub struct RawApid {
     pub agent_log_journal_lines_per_minute_total: Option<u32>,
     /// How long a renewed agent token lives (`POST /api/agent/renew`), e.g. `15m`.
     pub agent_token_ttl: Option<String>,
+    /// New machines agents may register per second (sustained), all agents together.
+    pub new_machines_per_second: Option<u32>,
+    /// New machines agents may register at once.
+    pub new_machines_burst: Option<u32>,
+    /// Machines the store may hold; registrations of new ones beyond it get 503.
+    pub max_machines: Option<u64>,
+    /// `true`: a new machine is `Registered` at once; `false`: it waits in `Discovered` for an
+    /// operator's `POST /api/machines/{id}/approve`.
+    pub auto_register: Option<bool>,
 }
 
 /// `[apid]`, validated.
@@ -53,6 +63,8 @@ pub struct ApidConfig {
     pub agent_logs: AgentLogLimits,
     /// How long a renewed agent token lives.
     pub agent_token_ttl: Duration,
+    /// How fast and how far agents may add machines.
+    pub registration: RegistrationLimits,
 }
 
 /// The default port: the web UI and API.
@@ -78,6 +90,14 @@ pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL: u32 = 3_000;
 
 /// How long a renewed agent token lives unless configured: as long as ipxed's first one.
 pub const DEFAULT_AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// New machines per second unless configured.
+pub const DEFAULT_NEW_MACHINES_PER_SECOND: u32 = 20;
+/// New machines at once unless configured: a rack of a few hundred machines powered on
+/// together registers without waiting; a larger one waits seconds (its agents back off).
+pub const DEFAULT_NEW_MACHINES_BURST: u32 = 500;
+/// Machines the store may hold unless configured.
+pub const DEFAULT_MAX_MACHINES: u64 = 50_000;
 
 impl DaemonConfig for ApidConfig {
     const SECTION: &'static str = "apid";
@@ -141,6 +161,24 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_AGENT_TOKEN_TTL,
             Duration::from_secs(60)..=Duration::from_secs(24 * 3600),
         )?;
+        let new_machines_per_second = count_between(
+            "new_machines_per_second",
+            raw.new_machines_per_second,
+            DEFAULT_NEW_MACHINES_PER_SECOND,
+            1..=100_000,
+        )?;
+        let new_machines_burst = count_between(
+            "new_machines_burst",
+            raw.new_machines_burst,
+            DEFAULT_NEW_MACHINES_BURST,
+            1..=1_000_000,
+        )?;
+        let max_machines = count_between(
+            "max_machines",
+            raw.max_machines,
+            DEFAULT_MAX_MACHINES,
+            1..=10_000_000,
+        )?;
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -160,6 +198,12 @@ impl DaemonConfig for ApidConfig {
                 journal_lines_per_minute_total: agent_log_journal_lines_per_minute_total,
             },
             agent_token_ttl,
+            registration: RegistrationLimits {
+                per_second: new_machines_per_second,
+                burst: new_machines_burst,
+                max_machines,
+                auto_register: raw.auto_register.unwrap_or(true),
+            },
         })
     }
 }

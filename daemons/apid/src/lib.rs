@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod openapi;
+pub mod registration;
 pub mod routes;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -91,6 +92,8 @@ pub struct AppState {
     pub login_limiter: Arc<auth::RateLimiter>,
     /// Agents' recent console lines.
     pub agent_logs: Arc<agent_logs::AgentLogs>,
+    /// The rate at which agents may add machines.
+    pub new_machines: Arc<registration::NewMachineLimiter>,
 }
 
 impl AppState {
@@ -104,6 +107,7 @@ impl AppState {
     ) -> Self {
         let login_limiter = Arc::new(auth::RateLimiter::new(config.login_attempts_per_minute));
         let agent_logs = Arc::new(agent_logs::AgentLogs::new(config.agent_logs));
+        let new_machines = Arc::new(registration::NewMachineLimiter::new(config.registration));
         Self {
             db,
             bus,
@@ -112,6 +116,7 @@ impl AppState {
             boot_token_key: Arc::new(boot_token_key),
             login_limiter,
             agent_logs,
+            new_machines,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
-use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
+use dragonfly_bus::events::{MachineApproved, MachineDeleted, MachineRegistered, MachineUpdated};
 use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, labels};
@@ -32,7 +32,8 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
         (status = 201, description = "A new machine was created", body = Machine),
         (status = 200, description = "An existing machine was updated", body = Machine),
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     who: Registrant,
@@ -50,14 +51,34 @@ pub async fn register(
     report
         .validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let limits = state.new_machines.limits();
     let reporter = match who {
-        Registrant::Agent(mac) => mac,
+        Registrant::Agent(mac) => {
+            // A new machine spends a token of the shared bucket, before anything is written;
+            // a known machine's re-registration (the heartbeat) costs nothing.
+            if !state.db.machines().owns_mac(mac).await? {
+                state
+                    .new_machines
+                    .admit(std::time::Instant::now())
+                    .map_err(|wait| {
+                        tracing::info!(%mac, "new machine refused: new_machines_per_second/burst reached");
+                        ApiError::RateLimited {
+                            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                        }
+                    })?;
+            }
+            mac
+        }
         Registrant::Operator(_) => report.macs[0],
+    };
+    let new = NewMachines {
+        max_machines: Some(limits.max_machines),
+        pending_approval: !limits.auto_register && matches!(who, Registrant::Agent(_)),
     };
     let outcome = state
         .db
         .machines()
-        .register_as(reporter, report, NewMachines::default(), now)
+        .register_as(reporter, report, new, now)
         .await?;
     let created = matches!(outcome, Registered::Created(_));
     let m = outcome.machine().clone();
@@ -103,6 +124,32 @@ impl axum::extract::FromRequestParts<AppState> for Registrant {
             None => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// Approves a machine awaiting it (registered by its agent while `[apid] auto_register` is
+/// off): `Discovered` → `Registered`. 409 for a machine in any other state.
+#[utoipa::path(post, path = "/api/machines/{id}/approve", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
+    responses((status = 200, body = Machine), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Machine>, ApiError> {
+    let m = find(&state, id).await?;
+    let approved = state
+        .db
+        .machines()
+        .approve(m.id, jiff::Timestamp::now())
+        .await?;
+    tracing::info!(machine = %approved.name, by = %who.user.username, "machine approved");
+    state.events.publish(&MachineApproved {
+        machine_id: approved.id,
+        name: approved.name.clone(),
+        approved_by: who.user.username.clone(),
+    });
+    Ok(ApiJson(approved))
 }
 
 /// Query of `GET /api/machines`.

@@ -941,3 +941,97 @@ async fn tokens_belong_to_their_boot_are_renewed_within_it_and_die_with_it() {
         .await;
     assert_eq!(ask(current).await, 401);
 }
+
+#[tokio::test]
+async fn new_machines_are_rate_limited_capped_and_can_await_approval() {
+    let s = Server::start_with(config(|c| {
+        c.new_machines_per_second = Some(1);
+        c.new_machines_burst = Some(3);
+        c.max_machines = Some(4);
+    }))
+    .await;
+    let mut statuses = Vec::new();
+    for n in 1..=5 {
+        statuses.push(register_status(&s, n).await);
+    }
+    assert!(
+        statuses[..3].iter().all(|(st, _)| *st == 201),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[3].0, 429);
+    let retry: u64 = statuses[3].1.parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        s.machine_count().await,
+        3,
+        "nothing written beyond the burst"
+    );
+    // A known machine is never limited.
+    assert_eq!(register_status(&s, 1).await.0, 200);
+    // After the refill: the fourth machine, then the cap.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(register_status(&s, 6).await.0, 201);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, retry) = register_status(&s, 7).await;
+    assert_eq!((status, retry.is_empty()), (503, false));
+    assert_eq!(s.machine_count().await, 4);
+
+    // Approval required: the new machine waits in Discovered until an operator approves it.
+    let s = Server::start_with(config(|c| c.auto_register = Some(false))).await;
+    let (status, m) = register(&s, &[1]).await;
+    assert_eq!(
+        (status.as_u16(), m["state"].as_str()),
+        (201, Some("Discovered"))
+    );
+    let (_, again) = register(&s, &[1]).await;
+    assert_eq!(again["state"], "Discovered", "its agent cannot approve it");
+    let url = s.url(&format!(
+        "/api/machines/{}/approve",
+        m["name"].as_str().unwrap()
+    ));
+    let agent = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(&s.db, mac(1)).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent.status(), 401);
+    let cookie = s.admin_cookie().await;
+    let r = s
+        .http
+        .post(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let approved: Value = r.json().await.unwrap();
+    assert_eq!(approved["state"], "Registered");
+    let r = s
+        .http
+        .post(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "approved once");
+}
+
+/// Registers machine `n` (MAC n) as its agent; returns (status, Retry-After or "").
+async fn register_status(s: &Server, n: u8) -> (u16, String) {
+    let r = s
+        .http
+        .post(s.url("/api/machines/register"))
+        .bearer_auth(token_for(&s.db, mac(n)).await)
+        .json(&report(&[n]))
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), retry)
+}
