@@ -223,7 +223,7 @@ fn an_attacker_cannot_get_borrow_or_reuse_a_machines_identity() {
         assert_eq!(c["claimantMac"], ATTACKER_MAC);
     }
     println!(
-        "identity theft by MAC set and by SMBIOS UUID: 409 {} / 409 {}, nothing written, {} \
+        "identity theft: by MAC set {}, by SMBIOS UUID {}, nothing written, {} \
          conflicts shown to the operator",
         a.0,
         b.0,
