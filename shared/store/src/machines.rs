@@ -435,7 +435,7 @@ struct Claim {
 /// Inside the registration's transaction: commit the new state, or commit only the recorded
 /// conflicts and refuse.
 enum Outcome {
-    Done(Registered),
+    Done(Box<Registered>),
     Refused(Vec<Claim>),
 }
 
@@ -528,7 +528,7 @@ fn register(
                 .sql()?;
                 replace_macs(tx, id, &report.macs)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-                Ok(Outcome::Done(Registered::Created(m)))
+                Ok(Outcome::Done(Box::new(Registered::Created(m))))
             }
             Some(own) => {
                 let id = MachineId(uuid_col(&own)?);
@@ -546,15 +546,15 @@ fn register(
                 .sql()?;
                 replace_macs(tx, id, &report.macs)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-                Ok(Outcome::Done(Registered::Updated {
+                Ok(Outcome::Done(Box::new(Registered::Updated {
                     machine: m,
                     previous_state: before.state,
-                }))
+                })))
             }
         }
     })?;
     match outcome {
-        Outcome::Done(r) => Ok(r),
+        Outcome::Done(r) => Ok(*r),
         Outcome::Refused(claims) => Err(StoreError::IdentityConflict {
             claims: claims
                 .into_iter()
