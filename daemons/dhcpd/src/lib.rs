@@ -152,6 +152,8 @@ enum After {
     Lease {
         reply: Option<Box<(Reply, Vec<u8>)>>,
         event: Option<LeaseEvent>,
+        /// The socket the request came in on, and the reply goes out of.
+        port: Port,
     },
     /// The expiry sweep: publish `LeaseEnded` (reason `Expired`) for what it removed.
     Sweep,
@@ -184,7 +186,11 @@ pub async fn run(
         UdpSocket::from_std(s).map_err(err)
     };
     let dhcp = Arc::new(socket("dhcp", sockets.dhcp)?);
-    let pxe = sockets.pxe.map(|s| socket("pxe", s)).transpose()?;
+    let pxe = sockets
+        .pxe
+        .map(|s| socket("pxe", s))
+        .transpose()?
+        .map(Arc::new);
 
     let rows = db.leases().all().await.map_err(DhcpdError::LoadLeases)?;
     let mut table = leases::Leases::from_store(rows);
@@ -196,6 +202,7 @@ pub async fn run(
 
     let writer = {
         let dhcp = Arc::clone(&dhcp);
+        let pxe = pxe.clone();
         let events = events.clone();
         let mut send_failed = io::RateLimited::new("reply not sent", LOG_EVERY);
         let config = GroupConfig {
@@ -204,7 +211,18 @@ pub async fn run(
         };
         db.leases()
             .group_writer(config, move |after, result| {
-                committed(after, result, &dhcp, &events, &mut send_failed);
+                // A reply goes out of the socket its request came in on (4011 for the PXE
+                // boot server), like the replies the loop sends itself.
+                let socket = match (&after, &pxe) {
+                    (
+                        After::Lease {
+                            port: Port::Pxe, ..
+                        },
+                        Some(pxe),
+                    ) => pxe,
+                    _ => &dhcp,
+                };
+                committed(after, result, socket, &events, &mut send_failed);
             })
             .await
             .map_err(DhcpdError::StartWriter)?
@@ -241,8 +259,8 @@ pub async fn run(
                     state.drain(&dhcp, Port::Dhcp, &mut buf).await;
                 }
             }
-            r = readable(pxe.as_ref()) => {
-                if let (Ok(()), Some(p)) = (r, pxe.as_ref()) {
+            r = readable(pxe.as_deref()) => {
+                if let (Ok(()), Some(p)) = (r, pxe.as_deref()) {
                     state.drain(p, Port::Pxe, &mut buf).await;
                 }
             }
@@ -385,6 +403,7 @@ impl LoopState<'_> {
                     let after = After::Lease {
                         reply: reply.map(Box::new),
                         event: out.lease_event,
+                        port,
                     };
                     // A full queue drops a REQUEST (its client retransmits and gets the same
                     // address); a RELEASE or DECLINE, which no one retransmits, waits for room.
@@ -466,7 +485,7 @@ fn committed(
 ) {
     let Ok(ended) = result else { return };
     match after {
-        After::Lease { reply, event } => {
+        After::Lease { reply, event, .. } => {
             if let Some(boxed) = reply
                 && let (reply, bytes) = *boxed
                 && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)

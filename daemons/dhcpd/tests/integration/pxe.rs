@@ -159,9 +159,12 @@ async fn proxy_mode_answers_known_machines_only_on_67_and_4011() {
     req.opts_mut()
         .insert(DhcpOption::MessageType(MessageType::Request));
     req.set_ciaddr(net.client_ip());
-    let (r, _) = exchange_async(&b, &req, SocketAddrV4::new(net.server_ip(), 4011))
+    let to = SocketAddrV4::new(net.server_ip(), 4011);
+    let (r, _, from) = tokio::task::spawn_blocking(move || exchange_from(&b, &req, to))
         .await
+        .unwrap()
         .expect("an ACK from 4011");
+    assert_eq!(from.port(), 4011, "answered from the boot server's port");
     assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(fname(&r), "ipxe.efi");
     assert!(lease_of(&db, mac(5)).await.is_none());
