@@ -33,7 +33,7 @@ pub(crate) mod sealed {
 }
 
 /// The database every daemon shares (`/var/lib/dragonfly/dragonfly.db` by default): machines,
-/// their MACs, DHCP leases, and — until they move to apid's own file — users, sessions and API
+/// their MACs, identity conflicts, DHCP leases, boot sightings and sessions, and — until they move to apid's own file — users, sessions and API
 /// tokens.
 #[derive(Debug, Clone, Copy)]
 pub struct Shared;
