@@ -20,7 +20,7 @@ use crate::routes::{agent, conflicts, health, machines, resources, session};
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
         machines::register, agent::instructions, agent::log, agent::renew, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
-        machines::approve, conflicts::list,
+        machines::approve, conflicts::list, conflicts::of_machine,
         resources::list_hardware, resources::get_hardware,
     ),
     modifiers(&Security),

@@ -8,7 +8,8 @@
 //! retry with backoff), the cap bounds the total (503 with `Retry-After`, checked inside the
 //! registration's transaction), and `[apid] auto_register = false` makes each new machine wait
 //! for an operator's approval. Machines already known are never limited: their re-registration
-//! (the agent's heartbeat) costs no token. Policy only; the store enforces the cap.
+//! (the agent's heartbeat) costs no token (one taken is refunded). Policy only: the store
+//! enforces the cap, and refuses to create a machine when apid had no token left.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -68,6 +69,15 @@ impl NewMachineLimiter {
     }
 }
 
+impl NewMachineLimiter {
+    /// Gives back a token taken for a registration that created nothing.
+    pub fn refund(&self) {
+        let cap = f64::from(self.limits.burst);
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.0 = (b.0 + 1.0).min(cap);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +106,9 @@ mod tests {
         assert!(l.admit(t0 + Duration::from_millis(1500)).is_ok());
         assert!(l.admit(t0 + Duration::from_millis(1500)).is_ok());
         assert!(l.admit(t0 + Duration::from_millis(1500)).is_err());
+        // A refund gives one back, never beyond the burst.
+        l.refund();
+        assert!(l.admit(t0 + Duration::from_millis(1500)).is_ok());
         // Refills up to the burst, not beyond.
         let later = t0 + Duration::from_secs(3600);
         for _ in 0..5 {

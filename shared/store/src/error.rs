@@ -47,6 +47,9 @@ pub enum StoreError {
     /// claims recorded as conflicts for an operator.
     #[error("the report claims what another machine owns: {}", claims.join("; "))]
     IdentityConflict { claims: Vec<String> },
+    /// A registration would create a machine, and the caller did not allow new ones now.
+    #[error("new machines are not accepted now")]
+    NewMachineRefused,
     /// A new row would exceed a configured cap.
     #[error("{what}: the limit of {max} is reached")]
     Full { what: &'static str, max: u64 },

@@ -80,7 +80,8 @@ impl Machines<'_> {
     /// operator ([`Machines::conflicts`]). Identities are never merged or moved.
     ///
     /// No machine owning `reporter` creates one, named after `reporter`, if `new` allows it
-    /// ([`StoreError::Full`] beyond `max_machines`): `Registered`, or `Discovered` (awaiting
+    /// ([`StoreError::NewMachineRefused`] when not `allowed`, [`StoreError::Full`] beyond
+    /// `max_machines`): `Registered`, or `Discovered` (awaiting
     /// an operator's [`Machines::approve`]) when `new.pending_approval`. A known machine gets
     /// the lifecycle's `Register` event, except that a `Discovered` one stays so while
     /// approval is required.
@@ -93,21 +94,6 @@ impl Machines<'_> {
     ) -> Result<Registered, StoreError> {
         self.db
             .run(move |c| register(c, reporter, &report, new, now))
-            .await
-    }
-
-    /// Whether `mac` belongs to a machine (a cheap check before a registration that would
-    /// create one).
-    pub async fn owns_mac(self, mac: MacAddr) -> Result<bool, StoreError> {
-        self.db
-            .run(move |c| {
-                c.prepare_cached("SELECT 1 FROM machine_macs WHERE mac = ?1")
-                    .sql()?
-                    .query_row([mac.to_string()], |_| Ok(()))
-                    .optional()
-                    .sql()
-                    .map(|r| r.is_some())
-            })
             .await
     }
 
@@ -368,12 +354,27 @@ impl Registered {
 }
 
 /// Whether a registration may create a machine, and how.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewMachines {
+    /// `false`: refuse to create one ([`StoreError::NewMachineRefused`]; a known machine is
+    /// still updated). apid's rate limit, decided before the call so that no extra read is
+    /// needed to tell new from known.
+    pub allowed: bool,
     /// Refuse ([`StoreError::Full`]) to create one when this many are stored.
     pub max_machines: Option<u64>,
     /// Create new machines `Discovered` (awaiting an operator's approval), not `Registered`.
     pub pending_approval: bool,
+}
+
+impl Default for NewMachines {
+    /// New machines allowed, no cap, registered at once.
+    fn default() -> Self {
+        Self {
+            allowed: true,
+            max_machines: None,
+            pending_approval: false,
+        }
+    }
 }
 
 /// What kind of identity a report claimed that another machine owns.
@@ -494,6 +495,9 @@ fn register(
             serde_json::to_string(report).map_err(|e| StoreError::corrupt("hardware report", e))?;
         match own {
             None => {
+                if !new.allowed {
+                    return Err(StoreError::NewMachineRefused);
+                }
                 if let Some(max) = new.max_machines
                     && count(tx)? >= max
                 {
@@ -1070,7 +1074,7 @@ mod tests {
         let (_d, mut c) = db();
         let capped = NewMachines {
             max_machines: Some(2),
-            pending_approval: false,
+            ..NewMachines::default()
         };
         for n in [1, 2] {
             register(&mut c, mac(n), &report(&[n], None), capped, now()).unwrap();
@@ -1078,11 +1082,19 @@ mod tests {
         let err = register(&mut c, mac(3), &report(&[3], None), capped, now()).unwrap_err();
         assert!(matches!(err, StoreError::Full { max: 2, .. }), "{err}");
         assert_eq!(count(&c).unwrap(), 2);
-        // Known machines still register at the cap.
+        // Known machines still register at the cap, and when new ones are not allowed.
         register(&mut c, mac(1), &report(&[1], None), capped, now()).unwrap();
+        let paused = NewMachines {
+            allowed: false,
+            ..NewMachines::default()
+        };
+        register(&mut c, mac(1), &report(&[1], None), paused, now()).unwrap();
+        let err = register(&mut c, mac(9), &report(&[9], None), paused, now()).unwrap_err();
+        assert!(matches!(err, StoreError::NewMachineRefused), "{err}");
+        assert_eq!(count(&c).unwrap(), 2);
         let pending = NewMachines {
-            max_machines: None,
             pending_approval: true,
+            ..NewMachines::default()
         };
         let m = register(&mut c, mac(4), &report(&[4], None), pending, now())
             .unwrap()

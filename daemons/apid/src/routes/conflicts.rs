@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
 /// What kind of identity a refused report claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -82,5 +82,28 @@ pub async fn list(
 ) -> Result<ApiJson<Vec<IdentityConflict>>, ApiError> {
     let limit = super::machines::page_size(q.limit)?;
     let items = state.db.machines().conflicts(limit).await?;
+    Ok(ApiJson(items.into_iter().map(Into::into).collect()))
+}
+
+/// Identity conflicts naming this machine as the owner: refused reports that claimed its MACs
+/// or SMBIOS UUID, the most recent first.
+#[utoipa::path(get, path = "/api/machines/{id}/conflicts", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
+    responses((status = 200, body = Vec<IdentityConflict>), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn of_machine(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Vec<IdentityConflict>>, ApiError> {
+    if id.len() > 256 {
+        return Err(ApiError::NotFound("machine"));
+    }
+    let m = state
+        .db
+        .machines()
+        .get_by_id_or_name(&id)
+        .await?
+        .ok_or(ApiError::NotFound("machine"))?;
+    let items = state.db.machines().conflicts_of(m.id).await?;
     Ok(ApiJson(items.into_iter().map(Into::into).collect()))
 }

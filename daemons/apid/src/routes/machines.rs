@@ -9,6 +9,7 @@ use dragonfly_bus::events::{MachineApproved, MachineDeleted, MachineRegistered, 
 use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, labels};
+use dragonfly_store::StoreError;
 use dragonfly_store::machines::{Filter, NewMachines, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -52,26 +53,19 @@ pub async fn register(
         .validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let limits = state.new_machines.limits();
-    let reporter = match who {
-        Registrant::Agent(mac) => {
-            // A new machine spends a token of the shared bucket, before anything is written;
-            // a known machine's re-registration (the heartbeat) costs nothing.
-            if !state.db.machines().owns_mac(mac).await? {
-                state
-                    .new_machines
-                    .admit(std::time::Instant::now())
-                    .map_err(|wait| {
-                        tracing::info!(%mac, "new machine refused: new_machines_per_second/burst reached");
-                        ApiError::RateLimited {
-                            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                        }
-                    })?;
-            }
-            mac
-        }
-        Registrant::Operator(_) => report.macs[0],
+    // A new machine spends a token of the shared bucket. Whether the report is new is the
+    // store's to find out (no extra read): a token is taken first, handed back when the report
+    // turned out to be a known machine's (the heartbeat costs nothing), and without one the
+    // store is told to refuse creating a machine (429, nothing written).
+    let (reporter, admitted) = match who {
+        Registrant::Agent(mac) => (
+            mac,
+            Some(state.new_machines.admit(std::time::Instant::now())),
+        ),
+        Registrant::Operator(_) => (report.macs[0], None),
     };
     let new = NewMachines {
+        allowed: !matches!(admitted, Some(Err(_))),
         max_machines: Some(limits.max_machines),
         pending_approval: !limits.auto_register && matches!(who, Registrant::Agent(_)),
     };
@@ -79,7 +73,19 @@ pub async fn register(
         .db
         .machines()
         .register_as(reporter, report, new, now)
-        .await?;
+        .await;
+    match (&outcome, admitted) {
+        (Err(StoreError::NewMachineRefused), Some(Err(wait))) => {
+            tracing::info!(mac = %reporter,
+                "new machine refused: new_machines_per_second/burst reached");
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            });
+        }
+        (Ok(Registered::Created(_)), _) | (_, None | Some(Err(_))) => {}
+        (_, Some(Ok(()))) => state.new_machines.refund(),
+    }
+    let outcome = outcome?;
     let created = matches!(outcome, Registered::Created(_));
     let m = outcome.machine().clone();
     tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
         .route("/api/conflicts", get(conflicts::list))
+        .route("/api/machines/{id}/conflicts", get(conflicts::of_machine))
         .route("/api/machines/{id}/approve", post(machines::approve))
         .route(
             "/api/machines/{id}",

@@ -855,6 +855,21 @@ async fn a_report_cannot_take_another_machines_identity() {
         assert_eq!(c["claimantMac"], mac(1).to_string());
     }
     let kinds: Vec<&str> = list.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    // And on the victim machine.
+    let on_machine: Value = s
+        .http
+        .get(s.url(&format!(
+            "/api/machines/{}/conflicts",
+            victim["name"].as_str().unwrap()
+        )))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&on_machine, &conflicts);
     assert!(
         kinds.contains(&"mac") && kinds.contains(&"smbiosUuid"),
         "{kinds:?}"
