@@ -25,7 +25,10 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 /// SMBIOS UUID owned by another machine is refused (409, nothing written) and recorded as a
 /// conflict (`GET /api/conflicts`). The agent authenticates with the per-boot token from its
 /// kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the report's
-/// MACs; an operator's credentials are accepted too.
+/// MACs and belong to its MAC's current boot session; an operator's credentials are accepted
+/// too. New machines registered by agents are rate-limited (429 with `Retry-After`) and capped
+/// (503 with `Retry-After`), nothing written either way; with `[apid] auto_register = false`
+/// they wait in `Discovered` for `POST /api/machines/{id}/approve`.
 #[utoipa::path(post, path = agent_api::REGISTER_PATH, tag = "machines",
     request_body = HardwareReport,
     security(("bootToken" = []), ("bearer" = []), ("session" = [])),
