@@ -272,3 +272,32 @@ async fn every_answer_publishes_boot_decided_without_the_token() {
         assert!(!event.contains("dfb1."), "{event}");
     }
 }
+
+#[tokio::test]
+async fn a_request_from_the_leased_address_gets_a_token_without_a_fresh_sighting() {
+    let s = Server::start().await;
+    // dhcpd leased 127.0.0.1 to mac(9) (the test asks from there), and saw it boot long ago.
+    let now = jiff::Timestamp::now();
+    s.db.leases()
+        .commit(
+            vec![dragonfly_store::leases::LeaseWrite::Bind {
+                ip: std::net::Ipv4Addr::LOCALHOST,
+                mac: mac(9),
+                reserved: false,
+                expires_at: now + jiff::SignedDuration::from_hours(1),
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (_, script) = s.get("/boot/525400123409?platform=efi").await;
+        assert!(
+            kernel_arg(&script, "dragonfly.token").is_some(),
+            "the leased address is proof enough, each time: {script}"
+        );
+    }
+    // Another MAC's lease is no proof for this one.
+    let (_, script) = s.get("/boot/525400123408?platform=efi").await;
+    assert_eq!(kernel_arg(&script, "dragonfly.token"), None);
+}
