@@ -121,6 +121,7 @@ impl From<StoreError> for ApiError {
                     retry_after_secs: 60,
                 }
             }
+            StoreError::SessionNotCurrent => Self::Unauthorized,
             StoreError::NotPending { state } => {
                 Self::Conflict(format!("the machine is {state}, not awaiting approval"))
             }

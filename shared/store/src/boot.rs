@@ -279,6 +279,14 @@ fn open_session(
     .map(drop)
 }
 
+/// [`Boot::session`] inside another operation's transaction.
+pub(crate) fn session_in(
+    conn: &Connection,
+    mac: MacAddr,
+) -> Result<Option<BootSession>, StoreError> {
+    session(conn, mac)
+}
+
 fn session(conn: &Connection, mac: MacAddr) -> Result<Option<BootSession>, StoreError> {
     conn.prepare_cached(
         "SELECT nonce, created_at_ms, expires_at_ms, revoked_at_ms FROM boot_sessions \

@@ -47,6 +47,9 @@ pub enum StoreError {
     /// claims recorded as conflicts for an operator.
     #[error("the report claims what another machine owns: {}", claims.join("; "))]
     IdentityConflict { claims: Vec<String> },
+    /// The reporting agent's token does not belong to its MAC's current boot session.
+    #[error("the boot session of this token is not current")]
+    SessionNotCurrent,
     /// A registration would create a machine, and the caller did not allow new ones now.
     #[error("new machines are not accepted now")]
     NewMachineRefused,

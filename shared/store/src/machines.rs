@@ -65,7 +65,7 @@ impl Machines<'_> {
         let reporter = report.macs.first().copied().ok_or(StoreError::NotFound {
             what: "MAC in the report",
         })?;
-        self.register_as(reporter, report, NewMachines::default(), now)
+        self.register_as(reporter, None, report, NewMachines::default(), now)
             .await
     }
 
@@ -85,15 +85,21 @@ impl Machines<'_> {
     /// an operator's [`Machines::approve`]) when `new.pending_approval`. A known machine gets
     /// the lifecycle's `Register` event, except that a `Discovered` one stays so while
     /// approval is required.
+    ///
+    /// With `session` (an agent's token nonce), the reporter's boot session is checked in the
+    /// same transaction ([`StoreError::SessionNotCurrent`] unless it is the MAC's current,
+    /// unrevoked, unended one): a boot superseded while the report was on its way cannot
+    /// slip it in.
     pub async fn register_as(
         self,
         reporter: MacAddr,
+        session: Option<[u8; 16]>,
         report: HardwareReport,
         new: NewMachines,
         now: Timestamp,
     ) -> Result<Registered, StoreError> {
         self.db
-            .run(move |c| register(c, reporter, &report, new, now))
+            .run(move |c| register(c, reporter, session, &report, new, now))
             .await
     }
 
@@ -444,12 +450,18 @@ enum Outcome {
 fn register(
     conn: &mut Connection,
     reporter: MacAddr,
+    session: Option<[u8; 16]>,
     report: &HardwareReport,
     new: NewMachines,
     now: Timestamp,
 ) -> Result<Registered, StoreError> {
     // Acknowledged to the agent, which will not send it again: on disk before the answer.
     let outcome = write_durable(conn, |tx| {
+        if let Some(nonce) = session
+            && !crate::boot::session_in(tx, reporter)?.is_some_and(|s| s.admits(&nonce, now))
+        {
+            return Err(StoreError::SessionNotCurrent);
+        }
         let owner_of = |mac: &MacAddr| -> Result<Option<String>, StoreError> {
             tx.prepare_cached("SELECT machine_id FROM machine_macs WHERE mac = ?1")
                 .sql()?
@@ -927,7 +939,7 @@ mod tests {
         r: &HardwareReport,
         now: Timestamp,
     ) -> Result<Registered, StoreError> {
-        register(c, r.macs[0], r, NewMachines::default(), now)
+        register(c, r.macs[0], None, r, NewMachines::default(), now)
     }
 
     fn rows(c: &Connection, table: &str) -> i64 {
@@ -997,6 +1009,7 @@ mod tests {
         let m = register(
             &mut c,
             mac(3),
+            None,
             &report(&[1, 3], None),
             NewMachines::default(),
             now(),
@@ -1063,6 +1076,56 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_report_needs_its_current_boot_session() {
+        let (_d, mut c) = db();
+        let end = now() + jiff::SignedDuration::from_hours(1);
+        crate::db::write(&mut c, |tx| {
+            tx.execute(
+                "INSERT INTO boot_sessions (mac, nonce, created_at_ms, expires_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    mac(1).to_string(),
+                    &[1u8; 16][..],
+                    to_column(now()),
+                    to_column(end)
+                ],
+            )
+            .sql()
+        })
+        .unwrap();
+        let r = report(&[1], None);
+        for stale in [Some([2; 16]), Some([1; 16])] {
+            let at = if stale == Some([1; 16]) { end } else { now() };
+            let err = register(&mut c, mac(1), stale, &r, NewMachines::default(), at).unwrap_err();
+            assert!(matches!(err, StoreError::SessionNotCurrent), "{err}");
+        }
+        assert_eq!(count(&c).unwrap(), 0, "nothing written");
+        let err = register(
+            &mut c,
+            mac(2),
+            Some([1; 16]),
+            &report(&[2], None),
+            NewMachines::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, StoreError::SessionNotCurrent),
+            "no session at all"
+        );
+        register(
+            &mut c,
+            mac(1),
+            Some([1; 16]),
+            &r,
+            NewMachines::default(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(count(&c).unwrap(), 1);
+    }
+
+    #[test]
     fn placeholder_smbios_uuids_do_not_merge_machines() {
         let (_d, mut c) = db();
         reg(&mut c, &report(&[1], Some(0)), now()).unwrap();
@@ -1079,32 +1142,32 @@ mod tests {
             ..NewMachines::default()
         };
         for n in [1, 2] {
-            register(&mut c, mac(n), &report(&[n], None), capped, now()).unwrap();
+            register(&mut c, mac(n), None, &report(&[n], None), capped, now()).unwrap();
         }
-        let err = register(&mut c, mac(3), &report(&[3], None), capped, now()).unwrap_err();
+        let err = register(&mut c, mac(3), None, &report(&[3], None), capped, now()).unwrap_err();
         assert!(matches!(err, StoreError::Full { max: 2, .. }), "{err}");
         assert_eq!(count(&c).unwrap(), 2);
         // Known machines still register at the cap, and when new ones are not allowed.
-        register(&mut c, mac(1), &report(&[1], None), capped, now()).unwrap();
+        register(&mut c, mac(1), None, &report(&[1], None), capped, now()).unwrap();
         let paused = NewMachines {
             allowed: false,
             ..NewMachines::default()
         };
-        register(&mut c, mac(1), &report(&[1], None), paused, now()).unwrap();
-        let err = register(&mut c, mac(9), &report(&[9], None), paused, now()).unwrap_err();
+        register(&mut c, mac(1), None, &report(&[1], None), paused, now()).unwrap();
+        let err = register(&mut c, mac(9), None, &report(&[9], None), paused, now()).unwrap_err();
         assert!(matches!(err, StoreError::NewMachineRefused), "{err}");
         assert_eq!(count(&c).unwrap(), 2);
         let pending = NewMachines {
             pending_approval: true,
             ..NewMachines::default()
         };
-        let m = register(&mut c, mac(4), &report(&[4], None), pending, now())
+        let m = register(&mut c, mac(4), None, &report(&[4], None), pending, now())
             .unwrap()
             .machine()
             .clone();
         assert_eq!(m.state, MachineState::Discovered);
         // Its agent reporting again does not approve it.
-        let again = register(&mut c, mac(4), &report(&[4], None), pending, now()).unwrap();
+        let again = register(&mut c, mac(4), None, &report(&[4], None), pending, now()).unwrap();
         assert_eq!(again.machine().state, MachineState::Discovered);
         let approved = approve(&mut c, m.id, now()).unwrap();
         assert_eq!(approved.state, MachineState::Registered);

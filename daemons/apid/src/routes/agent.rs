@@ -55,6 +55,15 @@ enum Refused {
     NotCurrent,
 }
 
+/// Checks a boot token's signature and expiry only (no store access): what the registration
+/// extractor checks before the body; its session is checked with the write.
+pub fn verify_signature(state: &AppState, token: &str) -> Result<boot_token::BootClaims, ApiError> {
+    boot_token::verify(state.boot_token_key.expose(), token, jiff::Timestamp::now()).map_err(|e| {
+        tracing::info!(error = %Chain(&e), "agent token refused");
+        ApiError::Unauthorized
+    })
+}
+
 /// Checks a boot token: its signature and expiry, then that it belongs to its MAC's current,
 /// unrevoked and unexpired boot session. Returns the claims and that session.
 pub async fn verify(

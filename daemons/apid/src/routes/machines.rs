@@ -44,10 +44,10 @@ pub async fn register(
     ApiJson(report): ApiJson<HardwareReport>,
 ) -> Result<(StatusCode, ApiJson<Machine>), ApiError> {
     let now = jiff::Timestamp::now();
-    if let Registrant::Agent(mac) = who
-        && !report.macs.contains(&mac)
+    if let Registrant::Agent(claims) = &who
+        && !report.macs.contains(&claims.mac)
     {
-        tracing::info!(token_mac = %mac, "boot token names a MAC not in the report");
+        tracing::info!(token_mac = %claims.mac, "boot token names a MAC not in the report");
         return Err(ApiError::Forbidden(
             "the boot token belongs to another machine",
         ));
@@ -60,12 +60,13 @@ pub async fn register(
     // store's to find out (no extra read): a token is taken first, handed back when the report
     // turned out to be a known machine's (the heartbeat costs nothing), and without one the
     // store is told to refuse creating a machine (429, nothing written).
-    let (reporter, admitted) = match who {
-        Registrant::Agent(mac) => (
-            mac,
+    let (reporter, session, admitted) = match &who {
+        Registrant::Agent(claims) => (
+            claims.mac,
+            Some(claims.nonce),
             Some(state.new_machines.admit(std::time::Instant::now())),
         ),
-        Registrant::Operator(_) => (report.macs[0], None),
+        Registrant::Operator(_) => (report.macs[0], None, None),
     };
     let new = NewMachines {
         allowed: !matches!(admitted, Some(Err(_))),
@@ -75,8 +76,15 @@ pub async fn register(
     let outcome = state
         .db
         .machines()
-        .register_as(reporter, report, new, now)
+        .register_as(reporter, session, report, new, now)
         .await;
+    if let Err(StoreError::SessionNotCurrent) = &outcome {
+        tracing::info!(mac = %reporter, "agent registration refused: not its current boot session");
+        if let Some(Ok(())) = admitted {
+            state.new_machines.refund();
+        }
+        return Err(ApiError::Unauthorized);
+    }
     match (&outcome, admitted) {
         (Err(StoreError::NewMachineRefused), Some(Err(wait))) => {
             tracing::info!(mac = %reporter,
@@ -109,10 +117,13 @@ pub async fn register(
 /// Who may register: an agent holding a valid boot token (for this MAC), or an operator.
 ///
 /// An extractor from the request head, so credentials are checked before the body is even
-/// parsed: an anonymous caller learns nothing about what a valid report looks like.
+/// parsed: an anonymous caller learns nothing about what a valid report looks like. For an
+/// agent that is the token's signature and expiry; that the token belongs to its MAC's current
+/// boot session is checked in the registration's own transaction (one store round trip for
+/// a registration, and no boot can supersede the session between the check and the write).
 #[derive(Debug, Clone)]
 pub enum Registrant {
-    Agent(dragonfly_core::MacAddr),
+    Agent(dragonfly_core::boot_token::BootClaims),
     Operator(Box<Principal>),
 }
 
@@ -124,9 +135,7 @@ impl axum::extract::FromRequestParts<AppState> for Registrant {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         if let Some(token) = auth::boot_token(&parts.headers) {
-            return super::agent::verify(state, token)
-                .await
-                .map(|(claims, _)| Registrant::Agent(claims.mac));
+            return super::agent::verify_signature(state, token).map(Registrant::Agent);
         }
         match auth::authenticate(state, &parts.headers).await? {
             Some(p) => Ok(Registrant::Operator(Box::new(p))),
