@@ -594,6 +594,29 @@ impl Lab {
         registered.machine().name.to_string()
     }
 
+    /// Records in the store that dhcpd answered `mac`'s network boot just now, offering it
+    /// `address` (`None`: a ProxyDHCP answer, no address): what lets ipxed mint `mac` a token
+    /// (docs/security.md), for tests that ask ipxed without a DHCP exchange.
+    ///
+    /// # Panics
+    /// When the MAC is invalid or the store refuses.
+    pub fn sight_boot(&mut self, mac: &str, address: Option<std::net::Ipv4Addr>) {
+        let path = self.store();
+        let mac: MacAddr = mac.parse().expect("a valid MAC");
+        let store = dragonfly_store::BlockingDb::open(&path).expect("opening the store");
+        store
+            .block_on(store.db().boot().sighted(dragonfly_store::boot::Sighting {
+                mac,
+                seen_at: jiff::Timestamp::now(),
+                address,
+                via: dragonfly_store::boot::SightedVia::Reservation,
+            }))
+            .expect("recording the sighting");
+        drop(store);
+        dragonfly_testkit::chown_for_unprivileged(path.parent().expect("state dir"))
+            .expect("chown state for nobody");
+    }
+
     /// Writes `contents` to `<dir>/<name>` (readable by everyone) and returns the path.
     ///
     /// # Panics

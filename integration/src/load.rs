@@ -2,8 +2,9 @@
 //! all poll at the same moment (a re-registration, as the agent's heartbeat does).
 //!
 //! Each agent is a machine of its own: its own MAC (`52:54:01:xx:xx:xx`, from its index), its
-//! own boot token minted under apid's key (as ipxed would have put on its kernel command
-//! line), its own report, and its own TCP connection per request (no pooling, like the real
+//! own boot token minted under apid's key with its boot session opened in the store (as ipxed
+//! does when it mints, once dhcpd has seen the boot: apid accepts a token only within its
+//! session), its own report, and its own TCP connection per request (no pooling, like the real
 //! agent's HTTP/1.1 client). Nothing is retried: a refused or failed request is counted, not
 //! hidden.
 //!
@@ -26,6 +27,8 @@ pub struct LoadConfig {
     pub base: String,
     /// apid's boot-token key (the bytes of its key file).
     pub key: Vec<u8>,
+    /// apid's database, where each agent's boot session is opened (as ipxed opens it).
+    pub db: std::path::PathBuf,
     /// How many agents.
     pub agents: usize,
     /// Per-request limit.
@@ -119,8 +122,12 @@ fn report(mac: MacAddr) -> Value {
 /// Runs the load and returns what happened; never fails itself (failures are in the phases).
 ///
 /// # Panics
-/// When a boot token cannot be minted (a key shorter than the minimum).
+/// When a boot token cannot be minted (a key shorter than the minimum) or the store refuses
+/// a boot session.
 pub async fn run(config: &LoadConfig) -> LoadReport {
+    let db = dragonfly_store::Db::open(&config.db)
+        .await
+        .expect("opening the store for boot sessions");
     let n = config.agents;
     let start = Arc::new(Barrier::new(n));
     let middle = Arc::new(Barrier::new(n));
@@ -131,12 +138,18 @@ pub async fn run(config: &LoadConfig) -> LoadReport {
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let mac = agent_mac(i);
+        let now = jiff::Timestamp::now();
+        let expires = now + jiff::SignedDuration::from_hours(1);
+        db.boot()
+            .open_session(mac, nonce(i), now, expires)
+            .await
+            .expect("opening a boot session");
         let token = boot_token::mint(
             &config.key,
             &BootClaims {
                 mac,
                 nonce: nonce(i),
-                expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
+                expires,
             },
         )
         .expect("minting a boot token (key too short?)");

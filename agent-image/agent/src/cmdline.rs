@@ -58,6 +58,14 @@ pub enum CmdlineError {
     BadMac(String),
     #[error("dragonfly.token does not look like a boot token (dfb1.…)")]
     BadToken,
+    /// ipxed served the agent without a token: it did not see this boot (docs/security.md).
+    #[error(
+        "the boot server gave this boot no token (dhcpd did not see this machine boot moments \
+         before, or this boot's token went to an earlier request), so this agent cannot \
+         register. Restart the machine from the network; if it keeps happening, an operator \
+         should read ipxed's log"
+    )]
+    NoToken,
 }
 
 /// Splits a kernel command line into `key[=value]` words the way the kernel does: spaces
@@ -135,7 +143,7 @@ pub fn parse(cmdline: &str) -> Result<BootParams, CmdlineError> {
         .replace('-', ":")
         .parse::<MacAddr>()
         .map_err(|_| CmdlineError::BadMac(mac_text.clone()))?;
-    let token = token.ok_or(CmdlineError::Missing("dragonfly.token"))?;
+    let token = token.ok_or(CmdlineError::NoToken)?;
     if !token.starts_with("dfb1.") || token.len() > 256 || token.contains(char::is_whitespace) {
         return Err(CmdlineError::BadToken);
     }
@@ -214,7 +222,7 @@ mod tests {
             (base.replace("dfb1.", "xyz."), "boot token"),
             (
                 base.replace(&format!("dragonfly.token={TOKEN}"), ""),
-                "no dragonfly.token",
+                "gave this boot no token",
             ),
         ];
         for (line, want) in cases {

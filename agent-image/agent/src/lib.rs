@@ -13,6 +13,7 @@ pub mod http;
 pub mod instructions;
 pub mod net;
 pub mod register;
+pub mod token;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -191,16 +192,12 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
         }
     };
     console.say(&format!("registering with {} …", params.url));
+    let token = token::Token::new(params.token.clone());
     let mut first = true;
     loop {
-        let Some((machine, created)) = register::register_until_done(
-            &base,
-            &params.token,
-            &report,
-            &cfg.timing,
-            console,
-            stop,
-        ) else {
+        let Some((machine, created)) =
+            register::register_until_done(&base, &token.get(), &report, &cfg.timing, console, stop)
+        else {
             return;
         };
         if first {
@@ -216,8 +213,8 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
             ));
             first = false;
         }
-        shipping.flush(&base, &params.token, cfg.timing.request_timeout);
-        if !follow_instructions(params, &base, cfg, &shipping, stop) {
+        shipping.flush(&base, &token.get(), cfg.timing.request_timeout);
+        if !follow_instructions(params, &base, cfg, &shipping, &token, stop) {
             return;
         }
     }
@@ -230,6 +227,7 @@ fn follow_instructions(
     base: &http::Url,
     cfg: &AgentConfig,
     console: &Shipping<'_>,
+    token: &token::Token,
     stop: &AtomicBool,
 ) -> bool {
     use std::sync::atomic::Ordering;
@@ -237,7 +235,9 @@ fn follow_instructions(
     let mut last: Option<Instructions> = None;
     let mut failing = false;
     while started.elapsed() < cfg.heartbeat {
-        let wait = match instructions::ask(base, &params.token, cfg.timing.request_timeout) {
+        // Tokens live minutes: keep this boot's token fresh while the agent waits.
+        token.renew_if_due(base, cfg.timing.request_timeout, console);
+        let wait = match instructions::ask(base, &token.get(), cfg.timing.request_timeout) {
             instructions::Poll::Answer(i) => {
                 failing = false;
                 let wait = cfg
@@ -275,7 +275,7 @@ fn follow_instructions(
                 cfg.poll
             }
         };
-        console.flush(base, &params.token, cfg.timing.request_timeout);
+        console.flush(base, &token.get(), cfg.timing.request_timeout);
         register::sleep_unless_stopped(wait, stop);
         if stop.load(Ordering::Relaxed) {
             return false;

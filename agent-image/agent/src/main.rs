@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     };
     let params = match cmdline::parse(&text) {
         Ok(p) => p,
+        Err(e @ cmdline::CmdlineError::NoToken) => {
+            console.say(&format!("PROBLEM: {}.", Chain(&e)));
+            return ExitCode::from(2);
+        }
         Err(e) => {
             console.say(&format!(
                 "PROBLEM: {}. This machine was not booted by Dragonfly.",

@@ -87,9 +87,9 @@ pub fn attempt(base: &Url, token: &str, report: &HardwareReport, timeout: Durati
         },
         401 => Attempt::Refused {
             status: 401,
-            why: "the server does not accept this machine's boot token (expired, or the \
-                  server's key changed). Booting the machine from the network again gets a \
-                  fresh token"
+            why: "the server does not accept this machine's boot token (expired, from an \
+                  earlier boot of this machine, or the server's key changed). Booting the \
+                  machine from the network again gets a fresh token"
                 .into(),
         },
         403 => Attempt::Refused {

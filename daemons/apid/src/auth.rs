@@ -39,6 +39,7 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::POST, agent_api::REGISTER_PATH),
     (Method::GET, agent_api::INSTRUCTIONS_PATH),
     (Method::POST, agent_api::LOG_PATH),
+    (Method::POST, agent_api::RENEW_PATH),
     (Method::GET, "/"),
     (Method::GET, "/ui/app.js"),
 ];

@@ -10,6 +10,7 @@ use dragonfly_runtime::config::{
 use serde::Deserialize;
 
 use crate::agent_logs::AgentLogLimits;
+use crate::registration::RegistrationLimits;
 use crate::throttle::{Cidr, TrustedProxies};
 
 /// `[apid]` as written in the file.
@@ -47,6 +48,17 @@ pub struct RawApid {
     /// `[apid.http]`: both listeners' timeouts and caps (each listener has its own caps),
     /// the body limit, and TLS for the operators' listener.
     pub http: Option<RawHttpConfig>,
+    /// How long a renewed agent token lives (`POST /api/agent/renew`), e.g. `15m`.
+    pub agent_token_ttl: Option<String>,
+    /// New machines agents may register per second (sustained), all agents together.
+    pub new_machines_per_second: Option<u32>,
+    /// New machines agents may register at once.
+    pub new_machines_burst: Option<u32>,
+    /// Machines the store may hold; registrations of new ones beyond it get 503.
+    pub max_machines: Option<u64>,
+    /// `true`: a new machine is `Registered` at once; `false`: it waits in `Discovered` for an
+    /// operator's `POST /api/machines/{id}/approve`.
+    pub auto_register: Option<bool>,
 }
 
 /// `[apid]`, validated.
@@ -68,6 +80,10 @@ pub struct ApidConfig {
     pub trusted_proxies: TrustedProxies,
     /// The agent log buffer's budgets.
     pub agent_logs: AgentLogLimits,
+    /// How long a renewed agent token lives.
+    pub agent_token_ttl: Duration,
+    /// How fast and how far agents may add machines.
+    pub registration: RegistrationLimits,
 }
 
 /// The default port: the web UI and API.
@@ -94,6 +110,17 @@ pub const DEFAULT_AGENT_LOG_REQUESTS_PER_MINUTE: u32 = 30;
 pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE: u32 = 60;
 /// Agent lines of all machines per minute copied into apid's own log unless configured.
 pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL: u32 = 3_000;
+
+/// How long a renewed agent token lives unless configured: as long as ipxed's first one.
+pub const DEFAULT_AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// New machines per second unless configured.
+pub const DEFAULT_NEW_MACHINES_PER_SECOND: u32 = 20;
+/// New machines at once unless configured: a rack of a few hundred machines powered on
+/// together registers without waiting; a larger one waits seconds (its agents back off).
+pub const DEFAULT_NEW_MACHINES_BURST: u32 = 500;
+/// Machines the store may hold unless configured.
+pub const DEFAULT_MAX_MACHINES: u64 = 50_000;
 
 impl DaemonConfig for ApidConfig {
     const SECTION: &'static str = "apid";
@@ -173,6 +200,30 @@ impl DaemonConfig for ApidConfig {
                 .collect::<Result<_, _>>()
                 .map_err(|e| Invalid::new("trusted_proxies", Reason::Custom(Box::new(e))))?,
         );
+        let agent_token_ttl = duration_between(
+            "agent_token_ttl",
+            raw.agent_token_ttl.as_deref(),
+            DEFAULT_AGENT_TOKEN_TTL,
+            Duration::from_secs(60)..=Duration::from_secs(24 * 3600),
+        )?;
+        let new_machines_per_second = count_between(
+            "new_machines_per_second",
+            raw.new_machines_per_second,
+            DEFAULT_NEW_MACHINES_PER_SECOND,
+            1..=100_000,
+        )?;
+        let new_machines_burst = count_between(
+            "new_machines_burst",
+            raw.new_machines_burst,
+            DEFAULT_NEW_MACHINES_BURST,
+            1..=1_000_000,
+        )?;
+        let max_machines = count_between(
+            "max_machines",
+            raw.max_machines,
+            DEFAULT_MAX_MACHINES,
+            1..=10_000_000,
+        )?;
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -193,6 +244,13 @@ impl DaemonConfig for ApidConfig {
                 requests_per_minute: agent_log_requests_per_minute,
                 journal_lines_per_minute: agent_log_journal_lines_per_minute,
                 journal_lines_per_minute_total: agent_log_journal_lines_per_minute_total,
+            },
+            agent_token_ttl,
+            registration: RegistrationLimits {
+                per_second: new_machines_per_second,
+                burst: new_machines_burst,
+                max_machines,
+                auto_register: raw.auto_register.unwrap_or(true),
             },
         })
     }

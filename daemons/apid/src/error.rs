@@ -41,6 +41,11 @@ pub enum ApiError {
     /// try again shortly. Never the answer to a client's own mistake.
     #[error("busy; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
+    #[error("{message}")]
+    Unavailable {
+        message: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -60,6 +65,7 @@ impl ApiError {
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -82,7 +88,11 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut resp = (status, Json(body)).into_response();
-        if let Self::RateLimited { retry_after_secs } | Self::Busy { retry_after_secs } = self
+        if let Self::RateLimited { retry_after_secs }
+        | Self::Busy { retry_after_secs }
+        | Self::Unavailable {
+            retry_after_secs, ..
+        } = self
             && let Ok(v) = retry_after_secs.to_string().parse()
         {
             resp.headers_mut().insert(http::header::RETRY_AFTER, v);
@@ -104,7 +114,27 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { expected, current } => Self::Conflict(format!(
                 "resourceVersion {expected} is stale; the current version is {current}"
             )),
-            StoreError::Ambiguous { .. } => Self::Conflict(e.to_string()),
+            // The log line (`e`'s text) names the owning machines; the client is told only
+            // that the report was refused: an attacker learns nothing about the owner.
+            StoreError::IdentityConflict { .. } => {
+                tracing::warn!(error = %Chain(&e), "registration refused: identity conflict");
+                Self::Conflict(
+                    "the report claims a MAC address or SMBIOS UUID that belongs to another \
+                     machine; nothing was written and an operator can see the conflict"
+                        .to_owned(),
+                )
+            }
+            StoreError::Full { what, max } => {
+                tracing::warn!(what, max, "registration refused: limit reached");
+                Self::Unavailable {
+                    message: "no new machines are accepted now (the limit is reached)",
+                    retry_after_secs: 60,
+                }
+            }
+            StoreError::SessionNotCurrent => Self::Unauthorized,
+            StoreError::NotPending { state } => {
+                Self::Conflict(format!("the machine is {state}, not awaiting approval"))
+            }
             StoreError::AlreadyExists { .. } => Self::Conflict(e.to_string()),
             StoreError::LastAdministrator => Self::Conflict(e.to_string()),
             StoreError::IllegalTransition(t) => Self::Conflict(t.to_string()),

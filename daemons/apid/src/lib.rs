@@ -26,6 +26,7 @@ pub mod csrf;
 pub mod error;
 pub mod openapi;
 pub mod password;
+pub mod registration;
 pub mod routes;
 pub mod throttle;
 
@@ -140,6 +141,8 @@ pub struct AppState {
     pub passwords: Arc<password::PasswordPool>,
     /// Agents' recent console lines.
     pub agent_logs: Arc<agent_logs::AgentLogs>,
+    /// The rate at which agents may add machines.
+    pub new_machines: Arc<registration::NewMachineLimiter>,
 }
 
 impl AppState {
@@ -156,6 +159,7 @@ impl AppState {
             config.login_attempts_per_minute,
         ));
         let agent_logs = Arc::new(agent_logs::AgentLogs::new(config.agent_logs));
+        let new_machines = Arc::new(registration::NewMachineLimiter::new(config.registration));
         Self {
             db,
             auth_db,
@@ -167,6 +171,7 @@ impl AppState {
             account_throttle: Arc::new(throttle::AccountThrottle::default()),
             passwords: password::PasswordPool::for_this_host(),
             agent_logs,
+            new_machines,
         }
     }
 }

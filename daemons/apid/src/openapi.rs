@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, health, machines, resources, session, users};
+use crate::routes::{agent, conflicts, health, machines, resources, session, users};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -20,7 +20,8 @@ use crate::routes::{agent, health, machines, resources, session, users};
         session::login, session::logout, session::me,
         session::create_token, session::list_tokens, session::delete_token,
         users::change_password, users::list, users::create, users::patch, users::revoke,
-        machines::register, agent::instructions, agent::log, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
+        machines::register, agent::instructions, agent::log, agent::renew, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
+        machines::approve, conflicts::list, conflicts::of_machine,
         resources::list_hardware, resources::get_hardware,
     ),
     modifiers(&Security),

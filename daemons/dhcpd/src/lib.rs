@@ -31,6 +31,7 @@ use dragonfly_bus::events::{LeaseEndReason, LeaseEnded};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::sockets::{SocketError, Sockets as PassedSockets};
 use dragonfly_runtime::{BEAT_EVERY, Context, Daemon, Health};
+use dragonfly_store::boot::{SightedVia, Sighting};
 use dragonfly_store::leases::{Lease, LeaseOp};
 use dragonfly_store::{Db, GroupConfig, GroupWriter, Rejected, StoreError};
 use tokio::io::Interest;
@@ -121,12 +122,38 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// The sighting of a boot answer: the address the client was offered or leased (yiaddr), else
+/// the one it asked from, else none (a ProxyDHCP DISCOVER from 0.0.0.0).
+fn sighting(
+    cfg: &DhcpdConfig,
+    mac: dragonfly_core::MacAddr,
+    reply: Option<&Reply>,
+    arrival: &Arrival,
+) -> Sighting {
+    let yiaddr = reply
+        .map(|r| r.msg.yiaddr())
+        .filter(|a| !a.is_unspecified());
+    let source = Some(*arrival.source.ip()).filter(|a| !a.is_unspecified());
+    Sighting {
+        mac,
+        seen_at: jiff::Timestamp::now(),
+        address: yiaddr.or(source),
+        via: match cfg.mode {
+            Mode::Reservation => SightedVia::Reservation,
+            Mode::Proxy => SightedVia::Proxy,
+            Mode::AutoProxy => SightedVia::Autoproxy,
+        },
+    }
+}
+
 /// What waits for a lease operation's commit (the group writer's context).
 enum After {
     /// A lease change: send `reply` and publish `event`.
     Lease {
         reply: Option<Box<(Reply, Vec<u8>)>>,
         event: Option<LeaseEvent>,
+        /// The socket the request came in on, and the reply goes out of.
+        port: Port,
     },
     /// The expiry sweep: publish `LeaseEnded` (reason `Expired`) for what it removed.
     Sweep,
@@ -159,7 +186,11 @@ pub async fn run(
         UdpSocket::from_std(s).map_err(err)
     };
     let dhcp = Arc::new(socket("dhcp", sockets.dhcp)?);
-    let pxe = sockets.pxe.map(|s| socket("pxe", s)).transpose()?;
+    let pxe = sockets
+        .pxe
+        .map(|s| socket("pxe", s))
+        .transpose()?
+        .map(Arc::new);
 
     let rows = db.leases().all().await.map_err(DhcpdError::LoadLeases)?;
     let mut table = leases::Leases::from_store(rows);
@@ -171,6 +202,7 @@ pub async fn run(
 
     let writer = {
         let dhcp = Arc::clone(&dhcp);
+        let pxe = pxe.clone();
         let events = events.clone();
         let mut send_failed = io::RateLimited::new("reply not sent", LOG_EVERY);
         let config = GroupConfig {
@@ -179,7 +211,18 @@ pub async fn run(
         };
         db.leases()
             .group_writer(config, move |after, result| {
-                committed(after, result, &dhcp, &events, &mut send_failed);
+                // A reply goes out of the socket its request came in on (4011 for the PXE
+                // boot server), like the replies the loop sends itself.
+                let socket = match (&after, &pxe) {
+                    (
+                        After::Lease {
+                            port: Port::Pxe, ..
+                        },
+                        Some(pxe),
+                    ) => pxe,
+                    _ => &dhcp,
+                };
+                committed(after, result, socket, &events, &mut send_failed);
             })
             .await
             .map_err(DhcpdError::StartWriter)?
@@ -216,8 +259,8 @@ pub async fn run(
                     state.drain(&dhcp, Port::Dhcp, &mut buf).await;
                 }
             }
-            r = readable(pxe.as_ref()) => {
-                if let (Ok(()), Some(p)) = (r, pxe.as_ref()) {
+            r = readable(pxe.as_deref()) => {
+                if let (Ok(()), Some(p)) = (r, pxe.as_deref()) {
                     state.drain(p, Port::Pxe, &mut buf).await;
                 }
             }
@@ -326,6 +369,7 @@ impl LoopState<'_> {
             if let Some(why) = out.silent {
                 tracing::debug!(mac = %req.mac, kind = ?req.kind, why, "no answer");
             }
+            let booted = out.pxe.as_ref().map(|p| p.mac);
             if let Some(pxe) = out.pxe {
                 tracing::info!(mac = %pxe.mac, arch = %pxe.arch, client = %pxe.client, boot = %pxe.boot, "boot answer");
                 self.events.publish(&pxe);
@@ -342,17 +386,30 @@ impl LoopState<'_> {
                 },
                 None => None,
             };
-            match out.write {
-                Some(write) => {
+            // A boot answer is witnessed in the store (ipxed mints tokens only for boots dhcpd
+            // saw), committed with the lease change it makes, before the client is told: by
+            // the time it asks ipxed for its script the sighting is there. Only network-boot
+            // clients pay for it; everyone else's path is unchanged.
+            let op = match (booted, out.write) {
+                (Some(mac), write) => Some(LeaseOp::Sighted {
+                    sighting: sighting(self.cfg, mac, reply.as_ref().map(|r| &r.0), &arrival),
+                    write,
+                }),
+                (None, Some(write)) => Some(LeaseOp::Write(write)),
+                (None, None) => None,
+            };
+            match op {
+                Some(op) => {
                     let after = After::Lease {
                         reply: reply.map(Box::new),
                         event: out.lease_event,
+                        port,
                     };
                     // A full queue drops a REQUEST (its client retransmits and gets the same
                     // address); a RELEASE or DECLINE, which no one retransmits, waits for room.
                     // TODO(robustness): the dropped REQUEST's binding stays in the in-memory
                     // table uncommitted until the retry commits it or it expires.
-                    let queued = match self.writer.try_submit(LeaseOp::Write(write), after) {
+                    let queued = match self.writer.try_submit(op, after) {
                         Err(Rejected::Full((op, after))) if !after.has_reply() => {
                             self.writer.submit(op, after).await.map_err(drop)
                         }
@@ -428,7 +485,7 @@ fn committed(
 ) {
     let Ok(ended) = result else { return };
     match after {
-        After::Lease { reply, event } => {
+        After::Lease { reply, event, .. } => {
             if let Some(boxed) = reply
                 && let (reply, bytes) = *boxed
                 && let Err(e) = io::send_blocking(dhcp, &reply, &bytes)

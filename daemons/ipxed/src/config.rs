@@ -34,8 +34,12 @@ pub struct RawIpxed {
     pub agent_initrd: Option<String>,
     /// Appended to the agent's kernel command line.
     pub kernel_cmdline_extra: Option<String>,
-    /// How long a minted boot token stays valid, e.g. `24h`.
+    /// How long a minted boot token stays valid, e.g. `15m` (the agent renews it with apid).
     pub token_ttl: Option<String>,
+    /// How long after dhcpd's boot answer a MAC may be given a token, e.g. `120s`.
+    pub sighting_window: Option<String>,
+    /// How long a boot session lasts at most (its tokens are renewed within it), e.g. `24h`.
+    pub boot_session_lifetime: Option<String>,
     /// Where to read the boot-token HMAC key when systemd's `LoadCredential=` is not used.
     pub boot_token_key_file: Option<PathBuf>,
     /// `[ipxed.http]`: timeouts, connection caps, TLS.
@@ -56,6 +60,8 @@ pub struct IpxedConfig {
     pub agent_initrd: String,
     pub kernel_cmdline_extra: String,
     pub token_ttl: Duration,
+    pub sighting_window: Duration,
+    pub boot_session_lifetime: Duration,
     pub boot_token_key_file: Option<PathBuf>,
     pub http: HttpConfig,
 }
@@ -67,8 +73,14 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// The default extra command line. The *last* `console=` becomes `/dev/console`, so the
 /// serial port goes last: labs (QEMU `-serial`) and BMC serial-over-LAN then see the agent.
 pub const DEFAULT_CMDLINE_EXTRA: &str = "console=tty0 console=ttyS0,115200";
-/// How long a boot token lives unless configured.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a boot token lives unless configured: minutes, not a day — the running agent
+/// renews it (`POST /api/agent/renew`), so a copied token is useful only briefly.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long after dhcpd's boot answer a token may be minted unless configured: iPXE asks for
+/// its script within seconds of its DHCP exchange; two minutes leaves room for slow firmware.
+pub const DEFAULT_SIGHTING_WINDOW: Duration = Duration::from_secs(120);
+/// How long a boot session lasts unless configured (an agent boot, imaging included).
+pub const DEFAULT_BOOT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Default agent kernel, in `agent_dir`.
 pub const DEFAULT_AGENT_KERNEL: &str = "vmlinuz";
@@ -140,7 +152,20 @@ impl DaemonConfig for IpxedConfig {
             "token_ttl",
             raw.token_ttl.as_deref(),
             DEFAULT_TOKEN_TTL,
-            Duration::from_secs(60)..=Duration::from_secs(720 * 3600),
+            Duration::from_secs(60)..=Duration::from_secs(24 * 3600),
+        )?;
+        let sighting_window = duration_between(
+            "sighting_window",
+            raw.sighting_window.as_deref(),
+            DEFAULT_SIGHTING_WINDOW,
+            // Sightings are kept an hour (dragonfly_store::boot::SIGHTING_RETENTION).
+            Duration::from_secs(5)..=Duration::from_secs(3600),
+        )?;
+        let boot_session_lifetime = duration_between(
+            "boot_session_lifetime",
+            raw.boot_session_lifetime.as_deref(),
+            DEFAULT_BOOT_SESSION_LIFETIME,
+            token_ttl..=Duration::from_secs(30 * 24 * 3600),
         )?;
         let boot_token_key_file = raw
             .boot_token_key_file
@@ -158,6 +183,8 @@ impl DaemonConfig for IpxedConfig {
             agent_initrd,
             kernel_cmdline_extra: kernel_cmdline_extra.trim().to_owned(),
             token_ttl,
+            sighting_window,
+            boot_session_lifetime,
             boot_token_key_file,
             http,
         })
@@ -289,7 +316,7 @@ mod tests {
         );
         assert_eq!(
             error(|r| r.token_ttl = Some("10s".into())),
-            "token_ttl: 10s is out of range: must be between 1m and 720h"
+            "token_ttl: 10s is out of range: must be between 1m and 24h"
         );
         assert_eq!(
             error(|r| r.kernel_cmdline_extra = Some("x".repeat(1025))),

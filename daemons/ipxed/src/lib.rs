@@ -6,21 +6,27 @@
 //! with a fresh per-boot token on the kernel line) or the local disk. It also serves the
 //! agent's kernel and initrd ([`files`]) and publishes `BootDecided` for every answer.
 //!
-//! ipxed only reads the store; it never writes it. Tokens are secrets: they go into the script
-//! and nowhere else (never a log line or an event). [`run`] takes its listening socket and
+//! A token is minted only for a boot dhcpd witnessed ([`admission`]: the MAC's leased address,
+//! or a fresh boot sighting), and each mint opens the MAC's boot session in the store (its one
+//! write), which ends the MAC's previous session: a token of a past boot stops working. Other
+//! requests get the script without a token. Tokens are secrets: they go into the script and
+//! nowhere else (never a log line or an event). [`run`] takes its listening socket and
 //! shutdown token from the caller; it never binds anything itself. It serves through
-//! `dragonfly-http` (`[ipxed.http]`: timeouts, connection caps, optional TLS), like apid.
+//! `dragonfly-http` (`[ipxed.http]`: timeouts, connection caps, optional TLS), like apid; the
+//! peer address it puts in every request is part of the evidence for a token.
 
+pub mod admission;
 pub mod config;
 pub mod files;
 pub mod script;
 
-use std::net::TcpListener as StdTcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -120,7 +126,20 @@ pub struct AppState {
     renderer: Arc<Renderer>,
     boot_token_key: Arc<Secret>,
     events: Publisher,
+    /// Refused mints are logged at most this often (an attacker asking for every MAC must not
+    /// flood the journal).
+    refusals: Arc<std::sync::Mutex<Throttle>>,
 }
+
+/// At most one log line per period, with a count of the lines left out.
+#[derive(Debug)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+/// How often a refused mint is logged at most.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AppState {
     /// Builds the state.
@@ -147,6 +166,10 @@ impl AppState {
             renderer: Arc::new(Renderer::new()?),
             boot_token_key: Arc::new(boot_token_key),
             events,
+            refusals: Arc::new(std::sync::Mutex::new(Throttle {
+                last: None,
+                suppressed: 0,
+            })),
         })
     }
 }
@@ -236,8 +259,10 @@ fn client_from(mac: &str, query: Option<BootQuery>) -> Result<Client, &'static s
 async fn boot_script(
     State(state): State<AppState>,
     Path(mac): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     query: Result<Query<BootQuery>, QueryRejection>,
 ) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
     let client = match client_from(&mac, query.ok().map(|q| q.0)) {
         Ok(c) => c,
         Err(message) => {
@@ -267,17 +292,12 @@ async fn boot_script(
     };
     let token = match fate {
         BootFate::LocalDisk => String::new(),
-        BootFate::Discovery { .. } | BootFate::Imaging { .. } => match mint(&state, mac) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(%mac, error = %Chain(&e), "cannot mint a boot token");
-                return error_response(
-                    &state,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the boot server cannot issue a token",
-                );
+        BootFate::Discovery { .. } | BootFate::Imaging { .. } => {
+            match token_for(&state, mac, peer).await {
+                Ok(t) => t,
+                Err(response) => return response,
             }
-        },
+        }
     };
     let body = match state
         .renderer
@@ -315,18 +335,94 @@ async fn boot_script(
     script_response(StatusCode::OK, body)
 }
 
-fn mint(state: &AppState, mac: MacAddr) -> Result<String, boot_token::TokenError> {
+/// A token for `mac`'s boot, or `""` when the boot path did not witness it ([`admission`]);
+/// `Err` is the error answer when the store or the key fails.
+async fn token_for(
+    state: &AppState,
+    mac: MacAddr,
+    peer: Option<IpAddr>,
+) -> Result<String, Response> {
+    let now = jiff::Timestamp::now();
+    let facts = match state.db.boot().mint_facts(mac, now).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(%mac, error = %Chain(&e), "store lookup failed");
+            return Err(error_response(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the boot server cannot read its database",
+            ));
+        }
+    };
+    let proof = match admission::decide(
+        &facts,
+        admission::peer_v4(peer),
+        now,
+        state.config.sighting_window,
+    ) {
+        Ok(p) => p,
+        Err(refusal) => {
+            log_refusal(state, mac, peer, refusal);
+            return Ok(String::new());
+        }
+    };
     let mut nonce = [0u8; 16];
     rand::fill(&mut nonce);
-    let expires = expiry(jiff::Timestamp::now(), state.config.token_ttl)?;
-    boot_token::mint(
-        state.boot_token_key.expose(),
-        &BootClaims {
-            mac,
-            nonce,
-            expires,
-        },
-    )
+    let minted = expiry(now, state.config.token_ttl).and_then(|expires| {
+        boot_token::mint(
+            state.boot_token_key.expose(),
+            &BootClaims {
+                mac,
+                nonce,
+                expires,
+            },
+        )
+    });
+    let session_end = expiry(now, state.config.boot_session_lifetime);
+    let (token, session_end) = match (minted, session_end) {
+        (Ok(t), Ok(end)) => (t, end),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(%mac, error = %Chain(&e), "cannot mint a boot token");
+            return Err(error_response(
+                state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the boot server cannot issue a token",
+            ));
+        }
+    };
+    // The session first: a token whose session was never stored would be refused anyway.
+    if let Err(e) = state
+        .db
+        .boot()
+        .open_session(mac, nonce, now, session_end)
+        .await
+    {
+        tracing::error!(%mac, error = %Chain(&e), "cannot open a boot session");
+        return Err(error_response(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the boot server cannot write its database",
+        ));
+    }
+    tracing::info!(%mac, proof = ?proof, "boot session opened");
+    Ok(token)
+}
+
+/// Logs a refused mint, at most once per [`REFUSAL_LOG_EVERY`] with a count of the others.
+fn log_refusal(state: &AppState, mac: MacAddr, peer: Option<IpAddr>, refusal: admission::Refusal) {
+    let mut t = state.refusals.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    if t.last
+        .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
+    {
+        t.suppressed += 1;
+        return;
+    }
+    let suppressed = std::mem::take(&mut t.suppressed);
+    t.last = Some(now);
+    drop(t);
+    tracing::warn!(%mac, peer = ?peer, reason = refusal.as_str(), suppressed,
+        "no token for this boot: {refusal} (the agent will not be able to register)");
 }
 
 /// When a token minted at `now` stops working. A lifetime past the calendar's end is the

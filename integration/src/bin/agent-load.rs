@@ -1,14 +1,16 @@
 //! `agent-load`: plays N agents registering with a running apid, then polling, all at once;
 //! prints p50/p99 latency per round and exits 1 when any request was refused or failed.
 //!
-//!     agent-load --url http://127.0.0.1:3001 --key-file /etc/dragonfly/boot-token-key --agents 500
+//!     agent-load --url http://127.0.0.1:3001 --key-file /etc/dragonfly/boot-token-key \
+//!         --db /var/lib/dragonfly/dragonfly.db --agents 500
 //!
 //! Every simulated agent connects from this host's one address, where real agents each have
 //! their own: raise apid's `[apid.http] max_connections_per_client` (default 64) above
 //! `--agents`, or the connections beyond it are closed on arrival.
 //!
-//! The key is apid's boot-token key (each agent mints its own token under it, as ipxed does).
-//! Run it against a scratch apid: it creates N machines.
+//! The key is apid's boot-token key (each agent mints its own token under it, as ipxed does),
+//! and each agent's boot session is opened in apid's database (as ipxed does). Run it against
+//! a scratch apid: it creates N machines (mind `[apid] new_machines_burst`).
 #![allow(clippy::print_stdout, reason = "the figures are this program's output")]
 
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ struct Args {
     /// apid's boot-token key file.
     #[arg(long)]
     key_file: PathBuf,
+    /// apid's database (each agent's boot session is opened there).
+    #[arg(long, default_value = "/var/lib/dragonfly/dragonfly.db")]
+    db: PathBuf,
     /// How many agents.
     #[arg(long, default_value_t = 500)]
     agents: usize,
@@ -40,6 +45,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let config = LoadConfig {
         base: args.url,
         key,
+        db: args.db,
         agents: args.agents,
         timeout: Duration::from_secs(60),
     };

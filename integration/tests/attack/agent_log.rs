@@ -155,9 +155,12 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
     macs.push(legit_mac);
     let names = register_all(&mut lab, &macs);
     let legit_name = names.last().unwrap().clone();
-    let tokens: Vec<String> = (0..ATTACKER_MACHINES)
-        .map(|i| lab.agent_token(&mac(i).to_string()))
-        .collect();
+    // Tokens as booting machines get them: each boot seen by dhcpd, then its script from ipxed.
+    let tokens: Vec<String> = lab.agent_tokens(
+        &(0..ATTACKER_MACHINES)
+            .map(|i| mac(i).to_string())
+            .collect::<Vec<_>>(),
+    );
     let legit_token = lab.agent_token(&legit_mac.to_string());
     let apid = lab.apid.clone();
     let agents = lab.apid_agent.clone();

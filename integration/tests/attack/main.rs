@@ -34,6 +34,7 @@ mod agent_log;
     reason = "shared with the boot tests; the attack suite uses only the stack and the admin"
 )]
 mod common;
+mod identity;
 mod login;
 mod slowloris;
 mod stack;

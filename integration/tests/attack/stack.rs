@@ -23,6 +23,8 @@ pub(crate) struct AttackLab {
     pub(crate) ipxed: String,
     /// The attacker's namespace (a peer of the lab's bridge at [`ATTACKER_ADDR`]).
     pub(crate) attacker: String,
+    /// The lab's database.
+    pub(crate) store: PathBuf,
 }
 
 impl AttackLab {
@@ -63,8 +65,10 @@ impl AttackLab {
         );
         let apid = stack.apid.clone().unwrap();
         let apid_agent = stack.apid_agent.clone().unwrap();
+        let store = lab.store();
         let this = AttackLab {
             nats: stack.nats,
+            store,
             lab,
             apid,
             apid_agent,
@@ -86,21 +90,70 @@ impl AttackLab {
         self.lab.in_namespace(f)
     }
 
-    /// A valid boot token for `mac`, minted with the lab's key as ipxed would (an hour long).
+    /// Records in the store that dhcpd answered each MAC's network boot just now, offering it
+    /// `address` (`None`: as a ProxyDHCP answer, which names no address). This is what dhcpd
+    /// writes before a PXE client hears from it; tests use it instead of a DHCP exchange.
+    pub(crate) fn sight(&self, macs: &[String], address: Option<std::net::Ipv4Addr>) {
+        let store = dragonfly_store::BlockingDb::open(&self.store).unwrap();
+        for mac in macs {
+            store
+                .block_on(store.db().boot().sighted(dragonfly_store::boot::Sighting {
+                    mac: mac.parse().unwrap(),
+                    seen_at: jiff::Timestamp::now(),
+                    address,
+                    via: dragonfly_store::boot::SightedVia::Reservation,
+                }))
+                .unwrap();
+        }
+        drop(store);
+        dragonfly_testkit::chown_for_unprivileged(self.store.parent().unwrap()).unwrap();
+    }
+
+    /// `GET /boot/{mac}` from ipxed for each MAC, from the attacker's namespace or the lab's:
+    /// the token on each script's kernel line, if it has one.
+    pub(crate) fn boot_tokens(&self, macs: &[String], from_attacker: bool) -> Vec<Option<String>> {
+        let ipxed = self.ipxed.clone();
+        let fetch = || {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            macs.iter()
+                .map(|mac| {
+                    let r = client
+                        .get(format!("{ipxed}/boot/{mac}?platform=efi"))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "/boot/{mac}");
+                    let script = r.text().unwrap();
+                    script
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("dragonfly.token="))
+                        .map(str::to_owned)
+                })
+                .collect()
+        };
+        if from_attacker {
+            self.as_attacker(fetch)
+        } else {
+            self.as_client(fetch)
+        }
+    }
+
+    /// Boot tokens for `macs` the way a booting machine gets one: dhcpd saw it boot (a
+    /// sighting without an address, as in ProxyDHCP), then ipxed served its script.
+    pub(crate) fn agent_tokens(&self, macs: &[String]) -> Vec<String> {
+        self.sight(macs, None);
+        self.boot_tokens(macs, false)
+            .into_iter()
+            .zip(macs)
+            .map(|(t, mac)| t.unwrap_or_else(|| panic!("ipxed minted no token for {mac}")))
+            .collect()
+    }
+
+    /// [`AttackLab::agent_tokens`] for one MAC.
     pub(crate) fn agent_token(&self, mac: &str) -> String {
-        let key = std::fs::read(self.lab.dir().join("boot-token-key")).unwrap();
-        let mac: dragonfly_core::MacAddr = mac.parse().unwrap();
-        let mut nonce = [0u8; 16];
-        nonce[..6].copy_from_slice(&mac.octets());
-        dragonfly_core::boot_token::mint(
-            &key,
-            &dragonfly_core::boot_token::BootClaims {
-                mac,
-                nonce,
-                expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
-            },
-        )
-        .unwrap()
+        self.agent_tokens(&[mac.to_owned()]).remove(0)
     }
 
     /// A command run in the attacker's namespace (`ip netns exec`).

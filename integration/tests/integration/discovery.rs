@@ -423,6 +423,7 @@ fn five_hundred_agents_register_and_poll_at_once() {
     let config = dragonfly_integration::load::LoadConfig {
         base,
         key,
+        db: lab.store(),
         agents: AGENTS,
         timeout: Duration::from_secs(60),
     };

@@ -94,6 +94,17 @@ events! {
         pub changed: Vec<String>,
     }
 
+    /// An operator approved a machine that registered while `[apid] auto_register` was off: it
+    /// moved from `Discovered` to `Registered`.
+    MachineApproved = "dragonfly.machine.approved", about machine_id {
+        /// The machine.
+        pub machine_id: MachineId,
+        /// Its name.
+        pub name: String,
+        /// The operator who approved it.
+        pub approved_by: String,
+    }
+
     /// A machine was deleted.
     MachineDeleted = "dragonfly.machine.deleted", about machine_id {
         /// The machine.
@@ -303,6 +314,14 @@ mod tests {
                     changed: vec!["labels".into(), "hostname".into()],
                 },
                 r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","name":"HungryDynamicHybridSwear","resourceVersion":7,"changed":["labels","hostname"]}"#,
+            ),
+            pin(
+                MachineApproved {
+                    machine_id: MACHINE,
+                    name: "HungryDynamicHybridSwear".into(),
+                    approved_by: "admin".into(),
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","name":"HungryDynamicHybridSwear","approvedBy":"admin"}"#,
             ),
             pin(
                 MachineDeleted {

@@ -10,6 +10,10 @@
 //! - `GET` [`INSTRUCTIONS_PATH`]: [`Instructions`], polled while the agent waits; 404 when the
 //!   server does not know the machine (register again).
 //! - `POST` [`LOG_PATH`]: the agent's console lines, [`AgentLog`]; 204 when kept.
+//! - `POST` [`RENEW_PATH`]: a fresh token for the same boot, [`RenewedToken`]. Tokens live
+//!   minutes; the running agent renews its token before it expires (after
+//!   `renewAfterSeconds`), and a token of a boot that is over (a newer boot of the machine,
+//!   `Ready` reached, the session's end) is refused with 401.
 //! - `GET` [`WORKFLOW_PATH`]: in imaging mode, the next action to run, [`WorkflowStep`].
 //!   The server records the action as *served* (apart from what was *reported*), so an agent
 //!   that reconnects, or boots into imaging again, is given the action in progress again.
@@ -19,7 +23,7 @@
 //!   it has no answer for, and the server keeps the first.
 //! - Any refusal: [`ErrorBody`], whose message the agent shows on the console.
 //!
-//! All three authenticate with the per-boot token (`Authorization: Bearer dfb1.…`).
+//! All four authenticate with the per-boot token (`Authorization: Bearer dfb1.…`).
 //!
 //! This module must stay plain serde types: the agent links it into a small static binary,
 //! so nothing here may pull in an HTTP stack, a runtime or (without the `utoipa` feature, which
@@ -39,6 +43,31 @@ pub const REGISTER_PATH: &str = "/api/machines/register";
 pub const INSTRUCTIONS_PATH: &str = "/api/agent/instructions";
 /// The agent's console lines: the body is an [`AgentLog`].
 pub const LOG_PATH: &str = "/api/agent/log";
+/// A fresh token for the same boot session (no body): answers [`RenewedToken`].
+pub const RENEW_PATH: &str = "/api/agent/renew";
+
+/// The answer to `POST /api/agent/renew`: the token to use from now on.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RenewedToken {
+    /// The new token (`dfb1.…`), for the same boot; a secret.
+    pub token: String,
+    /// It stops working after this many seconds.
+    pub expires_in_seconds: u64,
+    /// Renew again after this many seconds (well before it expires).
+    pub renew_after_seconds: u64,
+}
+
+impl std::fmt::Debug for RenewedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewedToken")
+            .field("token", &"<redacted>")
+            .field("expires_in_seconds", &self.expires_in_seconds)
+            .field("renew_after_seconds", &self.renew_after_seconds)
+            .finish()
+    }
+}
 
 /// In imaging mode: the next action of the machine's workflow (answers [`WorkflowStep`]).
 pub const WORKFLOW_PATH: &str = "/api/agent/workflow";
@@ -289,6 +318,20 @@ mod tests {
         .unwrap();
         assert_eq!(step.action, None);
         assert_eq!(step.state, WorkflowState::Succeeded);
+    }
+
+    #[test]
+    fn a_renewed_token_keeps_its_wire_shape_and_hides_in_debug() {
+        let r = RenewedToken {
+            token: "dfb1.a.b".into(),
+            expires_in_seconds: 900,
+            renew_after_seconds: 300,
+        };
+        pin(
+            &r,
+            r#"{"token":"dfb1.a.b","expiresInSeconds":900,"renewAfterSeconds":300}"#,
+        );
+        assert!(!format!("{r:?}").contains("dfb1"));
     }
 
     #[test]

@@ -43,9 +43,22 @@ pub enum StoreError {
     /// The row changed since the caller read it.
     #[error("resource version conflict: expected {expected}, current {current}")]
     Conflict { expected: i64, current: i64 },
-    /// A hardware report matches more than one existing machine (by MAC or SMBIOS UUID).
-    #[error("the report matches {} machines: {}", ids.len(), ids.join(", "))]
-    Ambiguous { ids: Vec<String> },
+    /// A hardware report claims MACs or an SMBIOS UUID owned by other machines: refused, the
+    /// claims recorded as conflicts for an operator.
+    #[error("the report claims what another machine owns: {}", claims.join("; "))]
+    IdentityConflict { claims: Vec<String> },
+    /// The reporting agent's token does not belong to its MAC's current boot session.
+    #[error("the boot session of this token is not current")]
+    SessionNotCurrent,
+    /// A registration would create a machine, and the caller did not allow new ones now.
+    #[error("new machines are not accepted now")]
+    NewMachineRefused,
+    /// A new row would exceed a configured cap.
+    #[error("{what}: the limit of {max} is reached")]
+    Full { what: &'static str, max: u64 },
+    /// Approval asked for a machine that is not awaiting it.
+    #[error("the machine is {state}, not awaiting approval")]
+    NotPending { state: dragonfly_core::MachineState },
     /// A unique value (user name, …) is already taken.
     #[error("{what} already exists")]
     AlreadyExists { what: &'static str },

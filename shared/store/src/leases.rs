@@ -12,6 +12,7 @@ use dragonfly_core::MacAddr;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
+use crate::boot::Sighting;
 use crate::db::write;
 use crate::error::Sql;
 use crate::group::{GroupConfig, GroupWriter};
@@ -109,8 +110,16 @@ pub enum LeaseWrite {
 pub enum LeaseOp {
     /// One change.
     Write(LeaseWrite),
+    /// A boot answer: record that dhcpd saw `sighting.mac` network-boot, and apply `write`
+    /// (the lease change the same answer commits, if any) in the same transaction. Only
+    /// network-boot clients cost this row; the reply waits for it, so ipxed can see the
+    /// sighting by the time the client asks for its script.
+    Sighted {
+        sighting: Sighting,
+        write: Option<LeaseWrite>,
+    },
     /// Delete every row that expired at or before the batch's time; its result is the rows
-    /// deleted (for `LeaseEnded` events).
+    /// deleted (for `LeaseEnded` events). Old boot sightings and sessions go with them.
     SweepExpired,
 }
 
@@ -244,7 +253,17 @@ fn sweep_expired(tx: &Transaction<'_>, now: Timestamp) -> Result<Vec<Lease>, Sto
 fn apply_op(tx: &Transaction<'_>, op: &LeaseOp, now: Timestamp) -> Result<Vec<Lease>, StoreError> {
     match op {
         LeaseOp::Write(w) => apply_write(tx, w, now).map(|()| Vec::new()),
-        LeaseOp::SweepExpired => sweep_expired(tx, now),
+        LeaseOp::Sighted { sighting, write } => {
+            crate::boot::record_sighting(tx, sighting)?;
+            if let Some(w) = write {
+                apply_write(tx, w, now)?;
+            }
+            Ok(Vec::new())
+        }
+        LeaseOp::SweepExpired => {
+            crate::boot::sweep(tx, now)?;
+            sweep_expired(tx, now)
+        }
     }
 }
 

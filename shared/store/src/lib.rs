@@ -9,7 +9,7 @@
 //! `SQLITE_BUSY` on upgrade.
 //!
 //! **One way in.** A [`Db`] is opened with [`Db::open`] and gives typed handles per table
-//! group — [`Db::machines`], [`Db::leases`], and on apid's own file [`AuthDb`]'s `auth()` — whose async methods run on tokio's
+//! group — [`Db::machines`], [`Db::leases`], [`Db::boot`], and on apid's own file [`AuthDb`]'s `auth()` — whose async methods run on tokio's
 //! blocking pool. The SQL library is private to this crate: no public item names a
 //! connection, a statement or its error type, and no daemon depends on it, so "no SQL in
 //! daemons" is enforced by the compiler. Callers without a runtime use [`BlockingDb`]; a
@@ -27,6 +27,7 @@
 //! they read ([`StoreError::Conflict`] otherwise), so a lost update is impossible.
 
 pub mod auth;
+pub mod boot;
 mod db;
 mod error;
 pub mod group;

@@ -54,20 +54,72 @@ impl Machines<'_> {
         self.db.run(move |c| boot_info_by_mac(c, mac)).await
     }
 
-    /// Records an agent's hardware report: idempotent per machine.
-    ///
-    /// The report is matched to an existing machine by any of its MACs or by its SMBIOS UUID
-    /// (when trustworthy). No match creates a machine in state `Registered` named after the
-    /// report's first MAC (the agent lists its boot interface first); one match updates that
-    /// machine's inventory and MAC set (a report without an SMBIOS UUID keeps the stored one)
-    /// and applies the lifecycle's `Register` event; matches on two different machines are
-    /// refused as [`StoreError::Ambiguous`] rather than guessed at.
+    /// Records a hardware report for the machine owning its first MAC (the boot interface),
+    /// with no limit on new machines: [`Machines::register_as`] with `report.macs[0]` as the
+    /// reporter. For operators' and tests' registrations.
     pub async fn register(
         self,
         report: HardwareReport,
         now: Timestamp,
     ) -> Result<Registered, StoreError> {
-        self.db.run(move |c| register(c, &report, now)).await
+        let reporter = report.macs.first().copied().ok_or(StoreError::NotFound {
+            what: "MAC in the report",
+        })?;
+        self.register_as(reporter, None, report, NewMachines::default(), now)
+            .await
+    }
+
+    /// Records the hardware report of the machine `reporter` (the agent's boot-token MAC)
+    /// belongs to: idempotent per machine.
+    ///
+    /// A report describes its reporter's machine and nothing else. The machine is found by
+    /// `reporter` alone, never by another MAC or the SMBIOS UUID. The report may add MACs
+    /// nobody owns (a new NIC) and drop the machine's own; a MAC or a (trustworthy) SMBIOS UUID
+    /// that belongs to *another* machine is refused as [`StoreError::IdentityConflict`]:
+    /// nothing of the report is written, and each claim is recorded in `conflicts` for an
+    /// operator ([`Machines::conflicts`]). Identities are never merged or moved.
+    ///
+    /// No machine owning `reporter` creates one, named after `reporter`, if `new` allows it
+    /// ([`StoreError::NewMachineRefused`] when not `allowed`, [`StoreError::Full`] beyond
+    /// `max_machines`): `Registered`, or `Discovered` (awaiting
+    /// an operator's [`Machines::approve`]) when `new.pending_approval`. A known machine gets
+    /// the lifecycle's `Register` event, except that a `Discovered` one stays so while
+    /// approval is required.
+    ///
+    /// With `session` (an agent's token nonce), the reporter's boot session is checked in the
+    /// same transaction ([`StoreError::SessionNotCurrent`] unless it is the MAC's current,
+    /// unrevoked, unended one): a boot superseded while the report was on its way cannot
+    /// slip it in.
+    pub async fn register_as(
+        self,
+        reporter: MacAddr,
+        session: Option<[u8; 16]>,
+        report: HardwareReport,
+        new: NewMachines,
+        now: Timestamp,
+    ) -> Result<Registered, StoreError> {
+        self.db
+            .run(move |c| register(c, reporter, session, &report, new, now))
+            .await
+    }
+
+    /// An operator's approval of a machine awaiting it (`Discovered`): it becomes
+    /// `Registered`. [`StoreError::IllegalTransition`]-like refusal
+    /// ([`StoreError::NotPending`]) for a machine in any other state.
+    pub async fn approve(self, id: MachineId, now: Timestamp) -> Result<Machine, StoreError> {
+        self.db.run(move |c| approve(c, id, now)).await
+    }
+
+    /// Identity conflicts recorded, the most recent first, at most `limit`.
+    pub async fn conflicts(self, limit: usize) -> Result<Vec<Conflict>, StoreError> {
+        self.db.run(move |c| conflicts(c, None, limit)).await
+    }
+
+    /// Identity conflicts that name machine `id` as the owner, the most recent first.
+    pub async fn conflicts_of(self, id: MachineId) -> Result<Vec<Conflict>, StoreError> {
+        self.db
+            .run(move |c| conflicts(c, Some(id), MAX_CONFLICTS))
+            .await
     }
 
     /// Lists machines matching `filter`, `limit` at a time, after the name `after`.
@@ -103,7 +155,8 @@ impl Machines<'_> {
     /// (when given), and sets the workflow it is in afterwards (`None` clears it).
     ///
     /// The new state is whatever [`MachineState::apply`] says; an event the lifecycle refuses
-    /// is [`StoreError::IllegalTransition`] and changes nothing.
+    /// is [`StoreError::IllegalTransition`] and changes nothing. Reaching `Ready` revokes the
+    /// boot sessions of the machine's MACs in the same transaction ([`crate::boot`]).
     pub async fn transition(
         self,
         id: MachineId,
@@ -289,7 +342,7 @@ fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>,
 pub enum Registered {
     /// A new machine was created.
     Created(Machine),
-    /// An existing machine (matched by MAC or SMBIOS UUID) was updated.
+    /// The reporter's machine was updated.
     Updated {
         machine: Machine,
         /// The state before the report, so callers can tell a transition happened.
@@ -306,48 +359,169 @@ impl Registered {
     }
 }
 
-/// See [`Machines::register`].
+/// Whether a registration may create a machine, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewMachines {
+    /// `false`: refuse to create one ([`StoreError::NewMachineRefused`]; a known machine is
+    /// still updated). apid's rate limit, decided before the call so that no extra read is
+    /// needed to tell new from known.
+    pub allowed: bool,
+    /// Refuse ([`StoreError::Full`]) to create one when this many are stored.
+    pub max_machines: Option<u64>,
+    /// Create new machines `Discovered` (awaiting an operator's approval), not `Registered`.
+    pub pending_approval: bool,
+}
+
+impl Default for NewMachines {
+    /// New machines allowed, no cap, registered at once.
+    fn default() -> Self {
+        Self {
+            allowed: true,
+            max_machines: None,
+            pending_approval: false,
+        }
+    }
+}
+
+/// What kind of identity a report claimed that another machine owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConflictKind {
+    Mac,
+    SmbiosUuid,
+}
+
+impl ConflictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mac => "mac",
+            Self::SmbiosUuid => "smbiosUuid",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "mac" => Ok(Self::Mac),
+            "smbiosUuid" => Ok(Self::SmbiosUuid),
+            other => Err(StoreError::corrupt(
+                "conflict kind",
+                std::io::Error::other(format!("unknown conflict kind {other:?}")),
+            )),
+        }
+    }
+}
+
+/// One claim a refused report made on another machine's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub id: i64,
+    pub kind: ConflictKind,
+    /// The MAC or SMBIOS UUID claimed, as text.
+    pub claimed: String,
+    /// Who claimed it: the reporting agent's boot-token MAC.
+    pub claimant_mac: MacAddr,
+    /// The machine that owns it.
+    pub owner: MachineId,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// How many refused reports made this claim.
+    pub count: i64,
+}
+
+/// At most this many conflict rows are kept: a reporter with many tokens cannot grow the
+/// table without bound. Beyond it new claims are still refused, only not recorded (existing
+/// rows keep counting).
+pub const MAX_CONFLICTS: usize = 10_000;
+
+/// A claim found while checking a report (before it is recorded).
+struct Claim {
+    kind: ConflictKind,
+    claimed: String,
+    owner: String,
+}
+
+/// Inside the registration's transaction: commit the new state, or commit only the recorded
+/// conflicts and refuse.
+enum Outcome {
+    Done(Box<Registered>),
+    Refused(Vec<Claim>),
+}
+
+/// See [`Machines::register_as`].
 fn register(
     conn: &mut Connection,
+    reporter: MacAddr,
+    session: Option<[u8; 16]>,
     report: &HardwareReport,
+    new: NewMachines,
     now: Timestamp,
 ) -> Result<Registered, StoreError> {
     // Acknowledged to the agent, which will not send it again: on disk before the answer.
-    write_durable(conn, |tx| {
-        let smbios = report.trusted_smbios_uuid().map(|u| u.to_string());
-        let mut ids: Vec<String> = Vec::new();
+    let outcome = write_durable(conn, |tx| {
+        if let Some(nonce) = session
+            && !crate::boot::session_in(tx, reporter)?.is_some_and(|s| s.admits(&nonce, now))
         {
-            let mut by_mac = tx
-                .prepare_cached("SELECT machine_id FROM machine_macs WHERE mac = ?1")
-                .sql()?;
-            for mac in &report.macs {
-                if let Some(id) = by_mac
-                    .query_row([mac.to_string()], |r| r.get::<_, String>(0))
-                    .optional()
-                    .sql()?
-                {
-                    ids.push(id);
-                }
+            return Err(StoreError::SessionNotCurrent);
+        }
+        let owner_of = |mac: &MacAddr| -> Result<Option<String>, StoreError> {
+            tx.prepare_cached("SELECT machine_id FROM machine_macs WHERE mac = ?1")
+                .sql()?
+                .query_row([mac.to_string()], |r| r.get::<_, String>(0))
+                .optional()
+                .sql()
+        };
+        // The reporter's machine, by the token's MAC only.
+        let own = owner_of(&reporter)?;
+        let mut claims = Vec::new();
+        for mac in &report.macs {
+            if let Some(owner) = owner_of(mac)?
+                && Some(&owner) != own.as_ref()
+            {
+                claims.push(Claim {
+                    kind: ConflictKind::Mac,
+                    claimed: mac.to_string(),
+                    owner,
+                });
             }
         }
+        let smbios = report.trusted_smbios_uuid().map(|u| u.to_string());
         if let Some(u) = &smbios
-            && let Some(id) = tx
-                .query_row("SELECT id FROM machines WHERE smbios_uuid = ?1", [u], |r| {
-                    r.get::<_, String>(0)
-                })
+            && let Some(owner) = tx
+                .prepare_cached("SELECT id FROM machines WHERE smbios_uuid = ?1")
+                .sql()?
+                .query_row([u], |r| r.get::<_, String>(0))
                 .optional()
                 .sql()?
+            && Some(&owner) != own.as_ref()
         {
-            ids.push(id);
+            claims.push(Claim {
+                kind: ConflictKind::SmbiosUuid,
+                claimed: u.clone(),
+                owner,
+            });
         }
-        ids.sort();
-        ids.dedup();
+        if !claims.is_empty() {
+            record_conflicts(tx, reporter, &claims, now)?;
+            return Ok(Outcome::Refused(claims));
+        }
         let hardware =
             serde_json::to_string(report).map_err(|e| StoreError::corrupt("hardware report", e))?;
-        match ids.as_slice() {
-            [] => {
+        match own {
+            None => {
+                if !new.allowed {
+                    return Err(StoreError::NewMachineRefused);
+                }
+                // TODO(perf): count(*) walks an index inside the write lock: ~1 ms per 10k
+                // machines for each new one. A counter row would make it O(1).
+                if let Some(max) = new.max_machines
+                    && count(tx)? >= max
+                {
+                    return Err(StoreError::Full {
+                        what: "machines",
+                        max,
+                    });
+                }
                 let id = MachineId(Uuid::now_v7());
-                let name = names::first_free(report.macs[0], |candidate| {
+                let name = names::first_free(reporter, |candidate| {
                     tx.query_row(
                         "SELECT 1 FROM machines WHERE name = ?1",
                         [candidate],
@@ -358,7 +532,11 @@ fn register(
                     // An error here resurfaces on the INSERT below; treat it as taken.
                     .unwrap_or(true)
                 });
-                let state = MachineState::Discovered.apply(LifecycleEvent::Register)?;
+                let state = if new.pending_approval {
+                    MachineState::Discovered
+                } else {
+                    MachineState::Discovered.apply(LifecycleEvent::Register)?
+                };
                 tx.execute(
                     "INSERT INTO machines (id, name, hostname, state, labels, hardware, smbios_uuid, \
                      created_at_ms, updated_at_ms, resource_version) \
@@ -368,12 +546,16 @@ fn register(
                 .sql()?;
                 replace_macs(tx, id, &report.macs)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-                Ok(Registered::Created(m))
+                Ok(Outcome::Done(Box::new(Registered::Created(m))))
             }
-            [one] => {
-                let id = MachineId(uuid_col(one)?);
+            Some(own) => {
+                let id = MachineId(uuid_col(&own)?);
                 let before = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-                let state = before.state.apply(LifecycleEvent::Register)?;
+                let state = if before.state == MachineState::Discovered && new.pending_approval {
+                    MachineState::Discovered
+                } else {
+                    before.state.apply(LifecycleEvent::Register)?
+                };
                 tx.execute(
                     "UPDATE machines SET state = ?2, hardware = ?3, smbios_uuid = COALESCE(?4, smbios_uuid), \
                      updated_at_ms = ?5, resource_version = resource_version + 1 WHERE id = ?1",
@@ -382,13 +564,140 @@ fn register(
                 .sql()?;
                 replace_macs(tx, id, &report.macs)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
-                Ok(Registered::Updated {
+                Ok(Outcome::Done(Box::new(Registered::Updated {
                     machine: m,
                     previous_state: before.state,
-                })
+                })))
             }
-            many => Err(StoreError::Ambiguous { ids: many.to_vec() }),
         }
+    })?;
+    match outcome {
+        Outcome::Done(r) => Ok(*r),
+        Outcome::Refused(claims) => Err(StoreError::IdentityConflict {
+            claims: claims
+                .into_iter()
+                .map(|c| {
+                    format!(
+                        "{} {} (owned by machine {})",
+                        c.kind.as_str(),
+                        c.claimed,
+                        c.owner
+                    )
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// Counts each claim on its (kind, value, claimant) row, creating it while there is room.
+fn record_conflicts(
+    tx: &Transaction<'_>,
+    reporter: MacAddr,
+    claims: &[Claim],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let stored: i64 = tx
+        .query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0))
+        .sql()?;
+    let mut room = usize::try_from(stored).map_or(0, |n| MAX_CONFLICTS.saturating_sub(n));
+    let reporter = reporter.to_string();
+    for c in claims {
+        let bumped = tx
+            .prepare_cached(
+                "UPDATE conflicts SET count = count + 1, last_seen_ms = ?4, owner_id = ?5 \
+                 WHERE kind = ?1 AND claimed = ?2 AND claimant_mac = ?3",
+            )
+            .sql()?
+            .execute(params![
+                c.kind.as_str(),
+                c.claimed,
+                reporter,
+                to_column(now),
+                c.owner
+            ])
+            .sql()?;
+        if bumped == 0 && room > 0 {
+            tx.prepare_cached(
+                "INSERT INTO conflicts (kind, claimed, claimant_mac, owner_id, first_seen_ms, \
+                 last_seen_ms, count) VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)",
+            )
+            .sql()?
+            .execute(params![
+                c.kind.as_str(),
+                c.claimed,
+                reporter,
+                c.owner,
+                to_column(now)
+            ])
+            .sql()?;
+            room -= 1;
+        }
+    }
+    Ok(())
+}
+
+fn conflicts(
+    conn: &Connection,
+    owner: Option<MachineId>,
+    limit: usize,
+) -> Result<Vec<Conflict>, StoreError> {
+    let limit = i64::try_from(limit.min(MAX_CONFLICTS)).unwrap_or(i64::MAX);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, kind, claimed, claimant_mac, owner_id, first_seen_ms, last_seen_ms, count \
+             FROM conflicts WHERE ?1 IS NULL OR owner_id = ?1 \
+             ORDER BY last_seen_ms DESC, id DESC LIMIT ?2",
+        )
+        .sql()?;
+    let rows = stmt
+        .query_map(params![owner.map(|o| o.0.to_string()), limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })
+        .sql()?;
+    rows.map(|r| {
+        let (id, kind, claimed, claimant, owner, first, last, count) = r.sql()?;
+        Ok(Conflict {
+            id,
+            kind: ConflictKind::parse(&kind)?,
+            claimed,
+            claimant_mac: claimant
+                .parse()
+                .map_err(|e| StoreError::corrupt("conflict MAC", e))?,
+            owner: MachineId(uuid_col(&owner)?),
+            first_seen: from_column(first)?,
+            last_seen: from_column(last)?,
+            count,
+        })
+    })
+    .collect()
+}
+
+/// See [`Machines::approve`].
+fn approve(conn: &mut Connection, id: MachineId, now: Timestamp) -> Result<Machine, StoreError> {
+    write(conn, |tx| {
+        let current = current(tx, id, None)?;
+        if current.state != MachineState::Discovered {
+            return Err(StoreError::NotPending {
+                state: current.state,
+            });
+        }
+        let state = current.state.apply(LifecycleEvent::Register)?;
+        tx.execute(
+            "UPDATE machines SET state = ?2, updated_at_ms = ?3, \
+             resource_version = resource_version + 1 WHERE id = ?1",
+            params![id.0.to_string(), state.as_str(), to_column(now)],
+        )
+        .sql()?;
+        get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
     })
 }
 
@@ -561,6 +870,10 @@ fn transition(
             )
             .sql()?;
         one_updated(n, &current)?;
+        if state == MachineState::Ready {
+            // Its agent's work is done: no token of this boot may speak for it any more.
+            crate::boot::revoke_machine(tx, &id.0.to_string(), now)?;
+        }
         get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
     })
 }
@@ -620,10 +933,37 @@ mod tests {
         "2026-11-21T12:00:00Z".parse().unwrap()
     }
 
+    /// Registers `r` as reported by its first MAC, with no limit on new machines.
+    fn reg(
+        c: &mut Connection,
+        r: &HardwareReport,
+        now: Timestamp,
+    ) -> Result<Registered, StoreError> {
+        register(c, r.macs[0], None, r, NewMachines::default(), now)
+    }
+
+    fn rows(c: &Connection, table: &str) -> i64 {
+        c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Everything a registration may write, to prove a refused one wrote none of it.
+    fn snapshot(c: &Connection) -> (Vec<Machine>, Vec<(String, String)>) {
+        let machines = list(c, &Filter::default(), None, 1000).unwrap().items;
+        let macs = c
+            .prepare("SELECT mac, machine_id FROM machine_macs ORDER BY mac")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        (machines, macs)
+    }
+
     #[test]
     fn register_creates_then_updates() {
         let (_d, mut c) = db();
-        let first = register(&mut c, &report(&[1, 2], Some(5)), now()).unwrap();
+        let first = reg(&mut c, &report(&[1, 2], Some(5)), now()).unwrap();
         let Registered::Created(m) = &first else {
             panic!("{first:?}")
         };
@@ -633,7 +973,7 @@ mod tests {
         // Same MACs, more memory: an update, never a duplicate.
         let mut r = report(&[2, 1], Some(5));
         r.memory_bytes = Some(2 << 30);
-        let second = register(&mut c, &r, now()).unwrap();
+        let second = reg(&mut c, &r, now()).unwrap();
         let Registered::Updated {
             machine,
             previous_state,
@@ -650,49 +990,215 @@ mod tests {
     }
 
     #[test]
-    fn matches_by_any_mac_or_by_smbios_uuid() {
+    fn the_reporter_finds_its_machine_by_its_own_mac_only() {
         let (_d, mut c) = db();
-        let id = register(&mut c, &report(&[1, 2], Some(5)), now())
+        let id = reg(&mut c, &report(&[1, 2], Some(5)), now())
             .unwrap()
             .machine()
             .id;
-        // A NIC was swapped: MAC 2 gone, MAC 3 new; matched by MAC 1.
-        let m = register(&mut c, &report(&[1, 3], None), now()).unwrap();
+        // A NIC was swapped: MAC 2 gone, MAC 3 (owned by nobody) new; found by MAC 1.
+        let m = reg(&mut c, &report(&[1, 3], None), now()).unwrap();
         assert_eq!(m.machine().id, id);
         assert!(get_by_mac(&c, mac(2)).unwrap().is_none());
         assert_eq!(get_by_mac(&c, mac(3)).unwrap().unwrap().id, id);
-        // Every NIC swapped, same mainboard: matched by SMBIOS UUID.
-        let m = register(&mut c, &report(&[9], Some(5)), now()).unwrap();
+        // The SMBIOS UUID was kept (a report without one does not clear it).
+        let again = reg(&mut c, &report(&[1, 3], Some(5)), now()).unwrap();
+        assert!(matches!(again, Registered::Updated { .. }));
+        assert_eq!(count(&c).unwrap(), 1);
+        // The same report from MAC 3 (also the machine's): the same machine.
+        let m = register(
+            &mut c,
+            mac(3),
+            None,
+            &report(&[1, 3], None),
+            NewMachines::default(),
+            now(),
+        )
+        .unwrap();
         assert_eq!(m.machine().id, id);
+    }
+
+    #[test]
+    fn a_report_claiming_another_machines_mac_is_refused_and_recorded() {
+        let (_d, mut c) = db();
+        let victim = reg(&mut c, &report(&[2], None), now())
+            .unwrap()
+            .machine()
+            .clone();
+        let before = snapshot(&c);
+        // An attacker with a token for MAC 1 (a new machine) claims the victim's MAC 2.
+        let err = reg(&mut c, &report(&[1, 2], None), now()).unwrap_err();
+        assert!(matches!(err, StoreError::IdentityConflict { .. }), "{err}");
+        assert_eq!(snapshot(&c), before, "nothing of the report written");
+        // Again: the same conflict is counted, not duplicated.
+        let later = now() + jiff::SignedDuration::from_secs(5);
+        reg(&mut c, &report(&[1, 2], None), later).unwrap_err();
+        let cs = conflicts(&c, None, 100).unwrap();
+        assert_eq!(cs.len(), 1);
+        let k = &cs[0];
+        assert_eq!(
+            (k.kind, k.claimed.as_str(), k.claimant_mac, k.owner, k.count),
+            (ConflictKind::Mac, "52:54:00:00:00:02", mac(1), victim.id, 2)
+        );
+        assert_eq!((k.first_seen, k.last_seen), (now(), later));
+        assert_eq!(conflicts(&c, Some(victim.id), 10).unwrap(), cs);
+        // An existing machine claiming a neighbour's MAC is refused the same way.
+        reg(&mut c, &report(&[1], None), now()).unwrap();
+        let before = snapshot(&c);
+        reg(&mut c, &report(&[1, 2], None), now()).unwrap_err();
+        assert_eq!(snapshot(&c), before);
+    }
+
+    #[test]
+    fn a_report_claiming_another_machines_smbios_uuid_is_refused_and_recorded() {
+        let (_d, mut c) = db();
+        let victim = reg(&mut c, &report(&[2], Some(5)), now())
+            .unwrap()
+            .machine()
+            .clone();
+        let before = snapshot(&c);
+        // Every NIC "swapped", same mainboard: no longer a silent move of the identity.
+        let err = reg(&mut c, &report(&[1], Some(5)), now()).unwrap_err();
+        assert!(matches!(err, StoreError::IdentityConflict { .. }), "{err}");
+        assert_eq!(snapshot(&c), before);
+        let cs = conflicts(&c, None, 100).unwrap();
+        assert_eq!(cs.len(), 1);
+        assert_eq!(
+            (cs[0].kind, cs[0].claimed.clone(), cs[0].owner),
+            (
+                ConflictKind::SmbiosUuid,
+                Uuid::from_u128(5).to_string(),
+                victim.id
+            )
+        );
+        // The owner itself keeps reporting it.
+        reg(&mut c, &report(&[2], Some(5)), now()).unwrap();
+    }
+
+    #[test]
+    fn an_agent_report_needs_its_current_boot_session() {
+        let (_d, mut c) = db();
+        let end = now() + jiff::SignedDuration::from_hours(1);
+        crate::db::write(&mut c, |tx| {
+            tx.execute(
+                "INSERT INTO boot_sessions (mac, nonce, created_at_ms, expires_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    mac(1).to_string(),
+                    &[1u8; 16][..],
+                    to_column(now()),
+                    to_column(end)
+                ],
+            )
+            .sql()
+        })
+        .unwrap();
+        let r = report(&[1], None);
+        for stale in [Some([2; 16]), Some([1; 16])] {
+            let at = if stale == Some([1; 16]) { end } else { now() };
+            let err = register(&mut c, mac(1), stale, &r, NewMachines::default(), at).unwrap_err();
+            assert!(matches!(err, StoreError::SessionNotCurrent), "{err}");
+        }
+        assert_eq!(count(&c).unwrap(), 0, "nothing written");
+        let err = register(
+            &mut c,
+            mac(2),
+            Some([1; 16]),
+            &report(&[2], None),
+            NewMachines::default(),
+            now(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, StoreError::SessionNotCurrent),
+            "no session at all"
+        );
+        register(
+            &mut c,
+            mac(1),
+            Some([1; 16]),
+            &r,
+            NewMachines::default(),
+            now(),
+        )
+        .unwrap();
         assert_eq!(count(&c).unwrap(), 1);
     }
 
     #[test]
     fn placeholder_smbios_uuids_do_not_merge_machines() {
         let (_d, mut c) = db();
-        register(&mut c, &report(&[1], Some(0)), now()).unwrap();
-        register(&mut c, &report(&[2], Some(0)), now()).unwrap();
+        reg(&mut c, &report(&[1], Some(0)), now()).unwrap();
+        reg(&mut c, &report(&[2], Some(0)), now()).unwrap();
         assert_eq!(count(&c).unwrap(), 2);
+        assert_eq!(rows(&c, "conflicts"), 0);
     }
 
     #[test]
-    fn a_report_spanning_two_machines_is_refused() {
+    fn new_machines_stop_at_the_cap_and_can_await_approval() {
         let (_d, mut c) = db();
-        register(&mut c, &report(&[1], None), now()).unwrap();
-        register(&mut c, &report(&[2], None), now()).unwrap();
-        let err = register(&mut c, &report(&[1, 2], None), now()).unwrap_err();
-        assert!(
-            matches!(err, StoreError::Ambiguous { ref ids } if ids.len() == 2),
-            "{err}"
-        );
+        let capped = NewMachines {
+            max_machines: Some(2),
+            ..NewMachines::default()
+        };
+        for n in [1, 2] {
+            register(&mut c, mac(n), None, &report(&[n], None), capped, now()).unwrap();
+        }
+        let err = register(&mut c, mac(3), None, &report(&[3], None), capped, now()).unwrap_err();
+        assert!(matches!(err, StoreError::Full { max: 2, .. }), "{err}");
         assert_eq!(count(&c).unwrap(), 2);
+        // Known machines still register at the cap, and when new ones are not allowed.
+        register(&mut c, mac(1), None, &report(&[1], None), capped, now()).unwrap();
+        let paused = NewMachines {
+            allowed: false,
+            ..NewMachines::default()
+        };
+        register(&mut c, mac(1), None, &report(&[1], None), paused, now()).unwrap();
+        let err = register(&mut c, mac(9), None, &report(&[9], None), paused, now()).unwrap_err();
+        assert!(matches!(err, StoreError::NewMachineRefused), "{err}");
+        assert_eq!(count(&c).unwrap(), 2);
+        let pending = NewMachines {
+            pending_approval: true,
+            ..NewMachines::default()
+        };
+        let m = register(&mut c, mac(4), None, &report(&[4], None), pending, now())
+            .unwrap()
+            .machine()
+            .clone();
+        assert_eq!(m.state, MachineState::Discovered);
+        // Its agent reporting again does not approve it.
+        let again = register(&mut c, mac(4), None, &report(&[4], None), pending, now()).unwrap();
+        assert_eq!(again.machine().state, MachineState::Discovered);
+        let approved = approve(&mut c, m.id, now()).unwrap();
+        assert_eq!(approved.state, MachineState::Registered);
+        assert!(matches!(
+            approve(&mut c, m.id, now()),
+            Err(StoreError::NotPending { .. })
+        ));
+    }
+
+    #[test]
+    fn conflicts_are_bounded() {
+        let (_d, mut c) = db();
+        reg(&mut c, &report(&[2], None), now()).unwrap();
+        let owner: String = c
+            .query_row("SELECT id FROM machines", [], |r| r.get(0))
+            .unwrap();
+        c.execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MAX_CONFLICTS}) \
+             INSERT INTO conflicts (kind, claimed, claimant_mac, owner_id, first_seen_ms, last_seen_ms, count) \
+             SELECT 'mac', 'x' || i, '52:54:00:00:00:09', '{owner}', 0, 0, 1 FROM n"
+        ))
+        .unwrap();
+        reg(&mut c, &report(&[1, 2], None), now()).unwrap_err();
+        assert_eq!(rows(&c, "conflicts"), i64::try_from(MAX_CONFLICTS).unwrap());
     }
 
     #[test]
     fn name_collision_gets_a_fifth_word() {
         let (_d, mut c) = db();
         // Squat on mac(1)'s name with another machine.
-        let other = register(&mut c, &report(&[7], None), now())
+        let other = reg(&mut c, &report(&[7], None), now())
             .unwrap()
             .machine()
             .id;
@@ -701,14 +1207,14 @@ mod tests {
             params![names::memorable_name(mac(1)), other.0.to_string()],
         )
         .unwrap();
-        let m = register(&mut c, &report(&[1], None), now()).unwrap();
+        let m = reg(&mut c, &report(&[1], None), now()).unwrap();
         assert_eq!(m.machine().name, names::name_with_words(mac(1), 5));
     }
 
     #[test]
     fn boot_info_matches_the_full_record() {
         let (_d, mut c) = db();
-        let m = register(&mut c, &report(&[1, 2], None), now())
+        let m = reg(&mut c, &report(&[1, 2], None), now())
             .unwrap()
             .machine()
             .clone();
@@ -725,7 +1231,7 @@ mod tests {
     #[test]
     fn lookups() {
         let (_d, mut c) = db();
-        let m = register(&mut c, &report(&[1], None), now())
+        let m = reg(&mut c, &report(&[1], None), now())
             .unwrap()
             .machine()
             .clone();
@@ -741,7 +1247,7 @@ mod tests {
     fn list_filters_and_pages() {
         let (_d, mut c) = db();
         for i in 1..=25u8 {
-            let id = register(&mut c, &report(&[i], None), now())
+            let id = reg(&mut c, &report(&[i], None), now())
                 .unwrap()
                 .machine()
                 .id;
@@ -799,7 +1305,7 @@ mod tests {
     #[test]
     fn stale_versions_are_refused() {
         let (_d, mut c) = db();
-        let m = register(&mut c, &report(&[1], None), now())
+        let m = reg(&mut c, &report(&[1], None), now())
             .unwrap()
             .machine()
             .clone();
@@ -834,7 +1340,7 @@ mod tests {
     #[test]
     fn transitions_follow_the_lifecycle_and_the_version() {
         let (_d, mut c) = db();
-        let m = register(&mut c, &report(&[1], None), now())
+        let m = reg(&mut c, &report(&[1], None), now())
             .unwrap()
             .machine()
             .clone();

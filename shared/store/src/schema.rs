@@ -33,8 +33,9 @@ pub(crate) mod sealed {
 }
 
 /// The database every daemon shares (`/var/lib/dragonfly/dragonfly.db` by default): machines,
-/// their MACs, DHCP leases. Its `users`, `sessions` and `api_tokens` tables (from migration
-/// 0001) are no longer used: apid moves their rows into [`ApidAuth`] once and empties them.
+/// their MACs, identity conflicts, DHCP leases, boot sightings and sessions. Its `users`,
+/// `sessions` and `api_tokens` tables (from migration 0001) are no longer used: apid moves
+/// their rows into [`ApidAuth`] once and empties them.
 #[derive(Debug, Clone, Copy)]
 pub struct Shared;
 
@@ -51,6 +52,10 @@ impl sealed::Sealed for Shared {
         Migration {
             name: "0002_dhcp",
             sql: include_str!("migrations/0002_dhcp.sql"),
+        },
+        Migration {
+            name: "0003_identity",
+            sql: include_str!("migrations/0003_identity.sql"),
         },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and

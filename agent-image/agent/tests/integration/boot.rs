@@ -14,7 +14,7 @@ use dragonfly_core::MacAddr;
 use dragonfly_testkit::{chown_for_unprivileged, require_binary, require_root, unprivileged};
 use serde_json::{Value, json};
 
-use crate::common::mint;
+use crate::common::session_token;
 
 const KEY: [u8; 32] = [0x6b; 32];
 const UUID: &str = "5eed0b0e-7d1c-4f2a-9b3e-0123456789ab";
@@ -168,10 +168,12 @@ fn boot(
     base: &str,
     macs: [MacAddr; 2],
     run: u32,
+    db: &Path,
 ) -> (f64, String) {
     let out = repo_root().join("target/agent-image");
     let serial = dir.join(format!("serial-{run}.log"));
-    let token = mint(&KEY, macs[0]);
+    // Each boot opens a new session, as ipxed does when it mints.
+    let token = session_token(db, &KEY, macs[0]);
     let append = format!(
         "console=ttyS0 dragonfly.url={base} dragonfly.mode=discovery dragonfly.mac={} \
          dragonfly.token={token} panic=-1",
@@ -346,7 +348,7 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
         .parse()
         .unwrap();
 
-    let (secs, console) = boot(&ns, d, &qemu, &agents, [mac0, mac1], 1);
+    let (secs, console) = boot(&ns, d, &qemu, &agents, [mac0, mac1], 1, &db);
     eprintln!("QEMU start → agent registered: {secs:.1} s (first boot)");
     assert!(console.contains("firmware BIOS"), "{console}");
     assert!(console.contains(", new machine)"), "{console}");
@@ -395,7 +397,7 @@ fn the_image_boots_in_qemu_and_registers_the_vm_once() {
     assert_eq!(drivers, [json!("virtio_net"), json!("e1000")], "{hw:#}");
 
     // Second boot of the same VM: the same machine, updated.
-    let (secs2, console) = boot(&ns, d, &qemu, &agents, [mac0, mac1], 2);
+    let (secs2, console) = boot(&ns, d, &qemu, &agents, [mac0, mac1], 2, &db);
     eprintln!("QEMU start → agent registered: {secs2:.1} s (second boot)");
     assert!(console.contains(", known machine)"), "{console}");
     let again = machines(&ns.name, &base, password);

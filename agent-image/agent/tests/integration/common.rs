@@ -68,15 +68,51 @@ impl Server {
     pub fn machine_count(&self) -> u64 {
         self.rt.block_on(self.db.machines().count()).unwrap()
     }
+
+    /// A boot token for `mac` whose boot session is open, as ipxed leaves it when it mints.
+    pub fn token(&self, mac: MacAddr) -> String {
+        let now = jiff::Timestamp::now();
+        let end = now + jiff::SignedDuration::from_hours(2);
+        self.rt
+            .block_on(self.db.boot().open_session(mac, NONCE, now, end))
+            .unwrap();
+        mint(&KEY, mac)
+    }
 }
 
-/// A boot token for `mac` under `key`, valid for an hour.
+/// The nonce of [`mint`]'s tokens.
+const NONCE: [u8; 16] = [7; 16];
+
+/// A token for `mac` under `key` with its boot session opened in the database at `db` (a
+/// fresh nonce: a new boot, which ends the MAC's previous one), as ipxed does.
+pub fn session_token(db: &std::path::Path, key: &[u8], mac: MacAddr) -> String {
+    let store = dragonfly_store::BlockingDb::open(db).unwrap();
+    let now = jiff::Timestamp::now();
+    let mut nonce = [0u8; 16];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_be_bytes();
+    nonce.copy_from_slice(&nanos);
+    let end = now + jiff::SignedDuration::from_hours(2);
+    store
+        .block_on(store.db().boot().open_session(mac, nonce, now, end))
+        .unwrap();
+    mint_with(key, mac, nonce)
+}
+
+/// A boot token for `mac` under `key`, valid for an hour (no session: see [`Server::token`]).
 pub fn mint(key: &[u8], mac: MacAddr) -> String {
+    mint_with(key, mac, NONCE)
+}
+
+fn mint_with(key: &[u8], mac: MacAddr, nonce: [u8; 16]) -> String {
     boot_token::mint(
         key,
         &BootClaims {
             mac,
-            nonce: [7; 16],
+            nonce,
             expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
         },
     )

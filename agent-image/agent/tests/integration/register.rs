@@ -9,7 +9,8 @@ use dragonfly_agent::register::{Timing, register_until_done};
 use dragonfly_agent::{AgentConfig, BootParams, Mode, detect, http::Url};
 use dragonfly_core::{MacAddr, MachineState};
 
-use crate::common::{KEY, Recorder, Server, mint};
+use crate::common::{Recorder, Server, mint};
+use dragonfly_agent::token::{Renewal, Token};
 
 const BOOT_MAC: &str = "52:54:00:df:00:01";
 
@@ -34,7 +35,7 @@ fn registers_once_then_finds_the_same_machine() {
     let server = Server::start();
     let mac: MacAddr = BOOT_MAC.parse().unwrap();
     let report = detect::detect(fixture()).report(mac);
-    let token = mint(&KEY, mac);
+    let token = server.token(mac);
     let base = Url::parse(&server.base).unwrap();
     let console = Recorder::default();
     let stop = AtomicBool::new(false);
@@ -98,7 +99,7 @@ fn a_wrong_token_is_shown_and_retried_until_the_server_is_fixed() {
     assert_eq!(server.machine_count(), 0);
 
     // A token for another machine's MAC: 403, named as such.
-    let other = mint(&KEY, "52:54:00:00:00:77".parse().unwrap());
+    let other = server.token("52:54:00:00:00:77".parse().unwrap());
     let r = dragonfly_agent::register::attempt(&base, &other, &report, Duration::from_secs(5));
     assert!(
         matches!(&r, dragonfly_agent::register::Attempt::Refused { status: 403, why } if why.contains("another machine")),
@@ -152,7 +153,7 @@ fn the_whole_agent_registers_and_keeps_a_heartbeat() {
         url: server.base.clone(),
         mode: Mode::Discovery,
         mac,
-        token: mint(&KEY, mac),
+        token: server.token(mac),
         workflow: None,
     };
     let cfg = AgentConfig {
@@ -219,7 +220,7 @@ fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
         url: server.base.clone(),
         mode: Mode::Discovery,
         mac,
-        token: mint(&KEY, mac),
+        token: server.token(mac),
         workflow: None,
     };
     let cfg = AgentConfig {
@@ -302,5 +303,67 @@ fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
     assert!(
         shipped.iter().any(|l| l.contains("registered as")),
         "{shipped:?}"
+    );
+}
+
+#[test]
+fn the_token_is_renewed_within_its_boot_and_not_after_it() {
+    let server = Server::start();
+    let mac: MacAddr = BOOT_MAC.parse().unwrap();
+    let base = Url::parse(&server.base).unwrap();
+    let console = Recorder::default();
+    let first = server.token(mac);
+    let token = Token::new(first.clone());
+    assert_eq!(
+        token.renew_if_due(&base, Duration::from_secs(5), &console),
+        Renewal::Renewed
+    );
+    let renewed = token.get();
+    assert_ne!(renewed, first);
+    assert!(renewed.starts_with("dfb1."));
+    // Not due again until the server's renewAfterSeconds.
+    assert_eq!(
+        token.renew_if_due(&base, Duration::from_secs(5), &console),
+        Renewal::NotDue
+    );
+    let ask = |t: &str| {
+        dragonfly_agent::http::get(
+            &base,
+            dragonfly_core::agent_api::INSTRUCTIONS_PATH,
+            t,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(ask(&renewed), 404, "valid (the machine is just unknown)");
+    // The machine boots again elsewhere: a new session; this boot's token is over.
+    let now = jiff::Timestamp::now();
+    server
+        .rt
+        .block_on(server.db.boot().open_session(
+            mac,
+            [1; 16],
+            now,
+            now + jiff::SignedDuration::from_hours(1),
+        ))
+        .unwrap();
+    assert_eq!(ask(&renewed), 401);
+    let stale = Token::new(renewed);
+    assert_eq!(
+        stale.renew_if_due(&base, Duration::from_secs(5), &console),
+        Renewal::Refused
+    );
+    assert!(
+        console
+            .lines()
+            .iter()
+            .any(|l| l.contains("cannot be renewed")),
+        "{:?}",
+        console.lines()
+    );
+    assert!(
+        console.lines().iter().all(|l| !l.contains("dfb1.")),
+        "the token is never said"
     );
 }

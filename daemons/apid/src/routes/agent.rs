@@ -1,16 +1,21 @@
 //! `/api/agent/*`: what a booted agent may ask, authenticated by its per-boot token only.
 //!
 //! The agent cannot read the inventory (that is operators' data); it may only ask what the
-//! server wants from the one machine its token names. Polling this is how an operator's OS
+//! server wants from the one machine its token names. A token counts only while it belongs to
+//! its MAC's current boot session (the store's `boot_sessions`, opened by ipxed when it minted
+//! the token): a token of an earlier boot, or of a machine that reached `Ready`, is refused
+//! even though its signature and expiry are good. Tokens live minutes; the agent renews its
+//! token within the session ([`renew`]). Polling this is how an operator's OS
 //! assignment reaches a machine waiting in discovery within seconds. The bodies are
 //! [`dragonfly_core::agent_api`]'s, which the agent parses: never a copy of them here.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use dragonfly_core::agent_api::{self, AgentLog, Instructions};
+use dragonfly_core::agent_api::{self, AgentLog, Instructions, RenewedToken};
 use dragonfly_core::boot::{self, BootView};
 use dragonfly_core::{MacAddr, boot_token};
 use dragonfly_runtime::cli::Chain;
+use dragonfly_store::boot::BootSession;
 
 use crate::AppState;
 use crate::auth;
@@ -33,13 +38,95 @@ impl axum::extract::FromRequestParts<AppState> for Agent {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         let token = auth::boot_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
-        boot_token::verify(state.boot_token_key.expose(), token, jiff::Timestamp::now())
-            .map(|claims| Agent(claims.mac))
-            .map_err(|e| {
-                tracing::info!(error = %Chain(&e), "agent request refused");
-                ApiError::Unauthorized
-            })
+        verify(state, token)
+            .await
+            .map(|(claims, _)| Agent(claims.mac))
     }
+}
+
+/// Why an agent's token was refused, for apid's log (the agent is told only 401).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Token(#[from] boot_token::TokenError),
+    #[error("no boot session for this MAC (never minted, or forgotten)")]
+    NoSession,
+    #[error("the token belongs to another boot of this MAC, or its session is over")]
+    NotCurrent,
+}
+
+/// Checks a boot token's signature and expiry only (no store access): what the registration
+/// extractor checks before the body; its session is checked with the write.
+pub fn verify_signature(state: &AppState, token: &str) -> Result<boot_token::BootClaims, ApiError> {
+    boot_token::verify(state.boot_token_key.expose(), token, jiff::Timestamp::now()).map_err(|e| {
+        tracing::info!(error = %Chain(&e), "agent token refused");
+        ApiError::Unauthorized
+    })
+}
+
+/// Checks a boot token: its signature and expiry, then that it belongs to its MAC's current,
+/// unrevoked and unexpired boot session. Returns the claims and that session.
+pub async fn verify(
+    state: &AppState,
+    token: &str,
+) -> Result<(boot_token::BootClaims, BootSession), ApiError> {
+    let now = jiff::Timestamp::now();
+    let refuse = |e: Refused, mac: Option<MacAddr>| {
+        tracing::info!(mac = ?mac.map(|m| m.to_string()), error = %Chain(&e), "agent token refused");
+        ApiError::Unauthorized
+    };
+    let claims = boot_token::verify(state.boot_token_key.expose(), token, now)
+        .map_err(|e| refuse(e.into(), None))?;
+    let session = state
+        .db
+        .boot()
+        .session(claims.mac)
+        .await?
+        .ok_or_else(|| refuse(Refused::NoSession, Some(claims.mac)))?;
+    if !session.admits(&claims.nonce, now) {
+        return Err(refuse(Refused::NotCurrent, Some(claims.mac)));
+    }
+    Ok((claims, session))
+}
+
+/// A fresh token for the same boot: the same MAC and nonce, a new expiry (`[apid]
+/// agent_token_ttl` from now, never past the session's end). The running agent calls this
+/// before its token expires; a token whose boot is over cannot be renewed.
+#[utoipa::path(post, path = agent_api::RENEW_PATH, tag = "machines",
+    security(("bootToken" = [])),
+    responses((status = 200, body = RenewedToken), (status = 401, body = ErrorBody)))]
+pub async fn renew(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let token = auth::boot_token(&headers).ok_or(ApiError::Unauthorized)?;
+    let (claims, session) = verify(&state, token).await?;
+    let now = jiff::Timestamp::now();
+    let ttl = jiff::SignedDuration::try_from(state.config.agent_token_ttl)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let expires = now
+        .checked_add(ttl)
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .min(session.expires_at);
+    let token = boot_token::mint(
+        state.boot_token_key.expose(),
+        &boot_token::BootClaims { expires, ..claims },
+    )
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let expires_in_seconds = expires.duration_since(now).as_secs().max(0).unsigned_abs();
+    tracing::debug!(mac = %claims.mac, expires_in_seconds, "agent token renewed");
+    Ok((
+        [(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        )],
+        ApiJson(RenewedToken {
+            token,
+            expires_in_seconds,
+            // A third of the lifetime: two more chances before it expires.
+            renew_after_seconds: (expires_in_seconds / 3).max(1),
+        }),
+    ))
 }
 
 /// An agent that may send console lines now: its token is valid and its MAC is within

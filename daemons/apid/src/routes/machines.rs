@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
-use dragonfly_bus::events::{MachineDeleted, MachineRegistered, MachineUpdated};
+use dragonfly_bus::events::{MachineApproved, MachineDeleted, MachineRegistered, MachineUpdated};
 use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
-use dragonfly_core::{HardwareReport, Machine, MachineState, boot_token, labels};
-use dragonfly_runtime::cli::Chain;
-use dragonfly_store::machines::{Filter, Patch, Registered};
+use dragonfly_core::{HardwareReport, Machine, MachineState, labels};
+use dragonfly_store::StoreError;
+use dragonfly_store::machines::{Filter, NewMachines, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -20,10 +20,15 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
 /// Registers a machine from its agent's hardware report.
 ///
-/// Idempotent: a report matching a known machine (by any MAC, or by its SMBIOS UUID) updates
-/// that machine instead of creating another. The agent authenticates with the per-boot token
-/// from its kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the
-/// report's MACs; an operator's credentials are accepted too.
+/// Idempotent: the report updates the machine owning the reporter's MAC (the boot token's, or
+/// for an operator the report's first), or creates one. It may add MACs nobody owns; a MAC or
+/// SMBIOS UUID owned by another machine is refused (409, nothing written) and recorded as a
+/// conflict (`GET /api/conflicts`). The agent authenticates with the per-boot token from its
+/// kernel command line (`Authorization: Bearer dfb1.…`), which must name one of the report's
+/// MACs and belong to its MAC's current boot session; an operator's credentials are accepted
+/// too. New machines registered by agents are rate-limited (429 with `Retry-After`) and capped
+/// (503 with `Retry-After`), nothing written either way; with `[apid] auto_register = false`
+/// they wait in `Discovered` for `POST /api/machines/{id}/approve`.
 #[utoipa::path(post, path = agent_api::REGISTER_PATH, tag = "machines",
     request_body = HardwareReport,
     security(("bootToken" = []), ("bearer" = []), ("session" = [])),
@@ -31,17 +36,18 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
         (status = 201, description = "A new machine was created", body = Machine),
         (status = 200, description = "An existing machine was updated", body = Machine),
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     who: Registrant,
     ApiJson(report): ApiJson<HardwareReport>,
 ) -> Result<(StatusCode, ApiJson<Machine>), ApiError> {
     let now = jiff::Timestamp::now();
-    if let Registrant::Agent(mac) = who
-        && !report.macs.contains(&mac)
+    if let Registrant::Agent(claims) = &who
+        && !report.macs.contains(&claims.mac)
     {
-        tracing::info!(token_mac = %mac, "boot token names a MAC not in the report");
+        tracing::info!(token_mac = %claims.mac, "boot token names a MAC not in the report");
         return Err(ApiError::Forbidden(
             "the boot token belongs to another machine",
         ));
@@ -49,7 +55,48 @@ pub async fn register(
     report
         .validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let outcome = state.db.machines().register(report, now).await?;
+    let limits = state.new_machines.limits();
+    // A new machine spends a token of the shared bucket. Whether the report is new is the
+    // store's to find out (no extra read): a token is taken first, handed back when the report
+    // turned out to be a known machine's (the heartbeat costs nothing), and without one the
+    // store is told to refuse creating a machine (429, nothing written).
+    let (reporter, session, admitted) = match &who {
+        Registrant::Agent(claims) => (
+            claims.mac,
+            Some(claims.nonce),
+            Some(state.new_machines.admit(std::time::Instant::now())),
+        ),
+        Registrant::Operator(_) => (report.macs[0], None, None),
+    };
+    let new = NewMachines {
+        allowed: !matches!(admitted, Some(Err(_))),
+        max_machines: Some(limits.max_machines),
+        pending_approval: !limits.auto_register && matches!(who, Registrant::Agent(_)),
+    };
+    let outcome = state
+        .db
+        .machines()
+        .register_as(reporter, session, report, new, now)
+        .await;
+    if let Err(StoreError::SessionNotCurrent) = &outcome {
+        tracing::info!(mac = %reporter, "agent registration refused: not its current boot session");
+        if let Some(Ok(())) = admitted {
+            state.new_machines.refund();
+        }
+        return Err(ApiError::Unauthorized);
+    }
+    match (&outcome, admitted) {
+        (Err(StoreError::NewMachineRefused), Some(Err(wait))) => {
+            tracing::info!(mac = %reporter,
+                "new machine refused: new_machines_per_second/burst reached");
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            });
+        }
+        (Ok(Registered::Created(_)), _) | (_, None | Some(Err(_))) => {}
+        (_, Some(Ok(()))) => state.new_machines.refund(),
+    }
+    let outcome = outcome?;
     let created = matches!(outcome, Registered::Created(_));
     let m = outcome.machine().clone();
     tracing::info!(machine = %m.name, id = %m.id, created, "machine registered");
@@ -70,10 +117,13 @@ pub async fn register(
 /// Who may register: an agent holding a valid boot token (for this MAC), or an operator.
 ///
 /// An extractor from the request head, so credentials are checked before the body is even
-/// parsed: an anonymous caller learns nothing about what a valid report looks like.
+/// parsed: an anonymous caller learns nothing about what a valid report looks like. For an
+/// agent that is the token's signature and expiry; that the token belongs to its MAC's current
+/// boot session is checked in the registration's own transaction (one store round trip for
+/// a registration, and no boot can supersede the session between the check and the write).
 #[derive(Debug, Clone)]
 pub enum Registrant {
-    Agent(dragonfly_core::MacAddr),
+    Agent(dragonfly_core::boot_token::BootClaims),
     Operator(Box<Principal>),
 }
 
@@ -85,19 +135,39 @@ impl axum::extract::FromRequestParts<AppState> for Registrant {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         if let Some(token) = auth::boot_token(&parts.headers) {
-            let now = jiff::Timestamp::now();
-            return boot_token::verify(state.boot_token_key.expose(), token, now)
-                .map(|claims| Registrant::Agent(claims.mac))
-                .map_err(|e| {
-                    tracing::info!(error = %Chain(&e), "agent registration refused");
-                    ApiError::Unauthorized
-                });
+            return super::agent::verify_signature(state, token).map(Registrant::Agent);
         }
         match auth::authenticate(state, &parts.headers).await? {
             Some(p) => Ok(Registrant::Operator(Box::new(p))),
             None => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// Approves a machine awaiting it (registered by its agent while `[apid] auto_register` is
+/// off): `Discovered` → `Registered`. 409 for a machine in any other state.
+#[utoipa::path(post, path = "/api/machines/{id}/approve", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
+    responses((status = 200, body = Machine), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn approve(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Machine>, ApiError> {
+    let m = find(&state, id).await?;
+    let approved = state
+        .db
+        .machines()
+        .approve(m.id, jiff::Timestamp::now())
+        .await?;
+    tracing::info!(machine = %approved.name, by = %who.user.username, "machine approved");
+    state.events.publish(&MachineApproved {
+        machine_id: approved.id,
+        name: approved.name.clone(),
+        approved_by: who.user.username.clone(),
+    });
+    Ok(ApiJson(approved))
 }
 
 /// Query of `GET /api/machines`.

@@ -9,6 +9,7 @@
 //! listener only. [`router`] has every route, for tests that play both sides on one address.
 
 pub mod agent;
+pub mod conflicts;
 pub mod health;
 pub mod machines;
 pub mod resources;
@@ -70,6 +71,7 @@ pub fn agent_routes() -> Router<AppState> {
     Router::new()
         .route(agent_api::INSTRUCTIONS_PATH, get(agent::instructions))
         .route(agent_api::LOG_PATH, post(agent::log))
+        .route(agent_api::RENEW_PATH, post(agent::renew))
 }
 
 /// What only operators call.
@@ -95,6 +97,9 @@ fn operator_routes() -> Router<AppState> {
         )
         .route("/api/machines/{id}/agent-log", get(agent::read_log))
         .route("/api/machines", get(machines::list))
+        .route("/api/conflicts", get(conflicts::list))
+        .route("/api/machines/{id}/conflicts", get(conflicts::of_machine))
+        .route("/api/machines/{id}/approve", post(machines::approve))
         .route(
             "/api/machines/{id}",
             get(machines::get)

@@ -9,7 +9,7 @@ async fn register(s: &Server, macs: &[u8]) -> (StatusCode, Value) {
     let r = s
         .http
         .post(s.url("/api/machines/register"))
-        .bearer_auth(token_for(mac(macs[0])))
+        .bearer_auth(token_for(&s.db, mac(macs[0])).await)
         .json(&report(macs))
         .send()
         .await
@@ -37,7 +37,7 @@ async fn registration_is_authenticated_by_boot_token_and_idempotent() {
     let other_machine = s
         .http
         .post(&url)
-        .bearer_auth(token_for(mac(9)))
+        .bearer_auth(token_for(&s.db, mac(9)).await)
         .json(&report(&[1]))
         .send()
         .await
@@ -81,7 +81,7 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
     }))
     .await;
     let url = s.url("/api/machines/register");
-    let token = token_for(mac(1));
+    let token = token_for(&s.db, mac(1)).await;
     let mut unknown_field = report(&[1]);
     unknown_field["colour"] = json!("blue");
     let mut bad_mac = report(&[1]);
@@ -132,7 +132,7 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
             s.http
                 .post(&url)
                 .json(&no_macs)
-                .bearer_auth(token_for(mac(1))),
+                .bearer_auth(token_for(&s.db, mac(1)).await),
             403,
         ),
         (
@@ -639,7 +639,7 @@ async fn agents_ask_for_instructions_with_their_boot_token_only() {
     let r = s
         .http
         .get(&url)
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
         .send()
         .await
         .unwrap();
@@ -650,7 +650,7 @@ async fn agents_ask_for_instructions_with_their_boot_token_only() {
         let r = s
             .http
             .get(&url)
-            .bearer_auth(token_for(mac(n)))
+            .bearer_auth(token_for(&s.db, mac(n)).await)
             .send()
             .await
             .unwrap();
@@ -694,7 +694,7 @@ async fn agents_ask_for_instructions_with_their_boot_token_only() {
     let i: Value = s
         .http
         .get(&url)
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
         .send()
         .await
         .unwrap()
@@ -714,7 +714,7 @@ async fn agents_ship_console_lines_that_operators_read() {
     let r = s
         .http
         .post(&url)
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
         .json(&lines)
         .send()
         .await
@@ -726,7 +726,7 @@ async fn agents_ship_console_lines_that_operators_read() {
     let r = s
         .http
         .post(&url)
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
         .json(&lines)
         .send()
         .await
@@ -736,7 +736,7 @@ async fn agents_ship_console_lines_that_operators_read() {
     let r = s
         .http
         .post(&url)
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
         .json(&too_many)
         .send()
         .await
@@ -778,10 +778,14 @@ async fn a_chatty_agent_is_told_when_to_come_back() {
     register(&s, &[1]).await;
     let url = s.url("/api/agent/log");
     let lines = json!({"lines": ["hello"]});
+    let tokens = [
+        token_for(&s.db, mac(1)).await,
+        token_for(&s.db, mac(2)).await,
+    ];
     let send = |m: u8| {
         s.http
             .post(&url)
-            .bearer_auth(token_for(mac(m)))
+            .bearer_auth(&tokens[usize::from(m) - 1])
             .json(&lines)
             .send()
     };
@@ -800,7 +804,7 @@ async fn a_chatty_agent_is_told_when_to_come_back() {
     let garbage = s
         .http
         .post(&url)
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -810,4 +814,264 @@ async fn a_chatty_agent_is_told_when_to_come_back() {
     // The limit is the token's (its MAC's), not everyone's: another agent is still heard
     // (404: it has not registered, which is checked after the rate).
     assert_eq!(send(2).await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn a_report_cannot_take_another_machines_identity() {
+    let s = Server::start().await;
+    let (status, victim) = register(&s, &[2]).await;
+    assert_eq!(status, 201);
+    let before =
+        s.db.machines()
+            .list(Default::default(), None, 100)
+            .await
+            .unwrap();
+    let url = s.url("/api/machines/register");
+    let attacker = token_for(&s.db, mac(1)).await;
+    // By MAC set: a token for MAC 1 reporting MACs 1 and 2.
+    let r = s
+        .http
+        .post(&url)
+        .bearer_auth(&attacker)
+        .json(&report(&[1, 2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        !body.to_string().contains(victim["id"].as_str().unwrap()),
+        "the refusal names no machine: {body}"
+    );
+    // By SMBIOS UUID: MAC 1 alone, with the victim's UUID.
+    let mut stolen = report(&[1]);
+    stolen["smbiosUuid"] = victim["hardware"]["smbiosUuid"].clone();
+    let r = s
+        .http
+        .post(&url)
+        .bearer_auth(&attacker)
+        .json(&stolen)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let after =
+        s.db.machines()
+            .list(Default::default(), None, 100)
+            .await
+            .unwrap();
+    assert_eq!(before, after, "nothing written");
+    // The operator sees both claims.
+    let cookie = s.admin_cookie().await;
+    let conflicts: Value = s
+        .http
+        .get(s.url("/api/conflicts"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = conflicts.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{conflicts}");
+    for c in list {
+        assert_eq!(c["ownerId"], victim["id"]);
+        assert_eq!(c["claimantMac"], mac(1).to_string());
+    }
+    let kinds: Vec<&str> = list.iter().map(|c| c["kind"].as_str().unwrap()).collect();
+    // And on the victim machine.
+    let on_machine: Value = s
+        .http
+        .get(s.url(&format!(
+            "/api/machines/{}/conflicts",
+            victim["name"].as_str().unwrap()
+        )))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&on_machine, &conflicts);
+    assert!(
+        kinds.contains(&"mac") && kinds.contains(&"smbiosUuid"),
+        "{kinds:?}"
+    );
+    // Agents cannot read them.
+    let r = s
+        .http
+        .get(s.url("/api/conflicts"))
+        .bearer_auth(&attacker)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn tokens_belong_to_their_boot_are_renewed_within_it_and_die_with_it() {
+    let s = Server::start().await;
+    let first = token_for(&s.db, mac(1)).await;
+    let ask = |t: String| {
+        let http = s.http.clone();
+        let url = s.url("/api/agent/instructions");
+        async move { http.get(url).bearer_auth(t).send().await.unwrap().status() }
+    };
+    register(&s, &[1]).await;
+    assert_eq!(ask(first.clone()).await, 200);
+    // Renewal: a new token for the same boot, which works too.
+    let r = s
+        .http
+        .post(s.url("/api/agent/renew"))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let renewed: dragonfly_core::agent_api::RenewedToken = r.json().await.unwrap();
+    assert!((14 * 60..=15 * 60).contains(&renewed.expires_in_seconds));
+    assert!(renewed.renew_after_seconds < renewed.expires_in_seconds);
+    assert_eq!(ask(renewed.token.clone()).await, 200);
+    // The machine boots again: ipxed opens a new session; the old boot's tokens are refused.
+    let now = jiff::Timestamp::now();
+    s.db.boot()
+        .open_session(
+            mac(1),
+            [9; 16],
+            now,
+            now + jiff::SignedDuration::from_hours(1),
+        )
+        .await
+        .unwrap();
+    for old in [&first, &renewed.token] {
+        assert_eq!(ask(old.clone()).await, 401);
+        let r = s
+            .http
+            .post(s.url("/api/agent/renew"))
+            .bearer_auth(old)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "a dead boot's token cannot be renewed");
+        let r = s
+            .http
+            .post(s.url("/api/machines/register"))
+            .bearer_auth(old)
+            .json(&report(&[1]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // Back to this test's boot; then the machine reaches Ready: its token is revoked.
+    let current = token_for(&s.db, mac(1)).await;
+    assert_eq!(ask(current.clone()).await, 200);
+    let id =
+        s.db.machines()
+            .get_by_mac(mac(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+    s.store
+        .set_state(id, dragonfly_core::MachineState::Ready, None)
+        .await;
+    assert_eq!(ask(current).await, 401);
+}
+
+#[tokio::test]
+async fn new_machines_are_rate_limited_capped_and_can_await_approval() {
+    let s = Server::start_with(config(|c| {
+        c.new_machines_per_second = Some(1);
+        c.new_machines_burst = Some(3);
+        c.max_machines = Some(4);
+    }))
+    .await;
+    let mut statuses = Vec::new();
+    for n in 1..=5 {
+        statuses.push(register_status(&s, n).await);
+    }
+    assert!(
+        statuses[..3].iter().all(|(st, _)| *st == 201),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[3].0, 429);
+    let retry: u64 = statuses[3].1.parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        s.machine_count().await,
+        3,
+        "nothing written beyond the burst"
+    );
+    // A known machine is never limited.
+    assert_eq!(register_status(&s, 1).await.0, 200);
+    // After the refill: the fourth machine, then the cap.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(register_status(&s, 6).await.0, 201);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, retry) = register_status(&s, 7).await;
+    assert_eq!((status, retry.is_empty()), (503, false));
+    assert_eq!(s.machine_count().await, 4);
+
+    // Approval required: the new machine waits in Discovered until an operator approves it.
+    let s = Server::start_with(config(|c| c.auto_register = Some(false))).await;
+    let (status, m) = register(&s, &[1]).await;
+    assert_eq!(
+        (status.as_u16(), m["state"].as_str()),
+        (201, Some("Discovered"))
+    );
+    let (_, again) = register(&s, &[1]).await;
+    assert_eq!(again["state"], "Discovered", "its agent cannot approve it");
+    let url = s.url(&format!(
+        "/api/machines/{}/approve",
+        m["name"].as_str().unwrap()
+    ));
+    let agent = s
+        .http
+        .post(&url)
+        .bearer_auth(token_for(&s.db, mac(1)).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent.status(), 401);
+    let cookie = s.admin_cookie().await;
+    let r = s
+        .http
+        .post(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let approved: Value = r.json().await.unwrap();
+    assert_eq!(approved["state"], "Registered");
+    let r = s
+        .http
+        .post(&url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "approved once");
+}
+
+/// Registers machine `n` (MAC n) as its agent; returns (status, Retry-After or "").
+async fn register_status(s: &Server, n: u8) -> (u16, String) {
+    let r = s
+        .http
+        .post(s.url("/api/machines/register"))
+        .bearer_auth(token_for(&s.db, mac(n)).await)
+        .json(&report(&[n]))
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), retry)
 }

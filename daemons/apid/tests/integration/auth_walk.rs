@@ -64,7 +64,10 @@ async fn every_documented_route_requires_credentials_except_the_allow_list() {
         // boot token themselves: without one they refuse all the same.
         let agent_route = matches!(
             template.as_str(),
-            "/api/machines/register" | "/api/agent/instructions" | "/api/agent/log"
+            "/api/machines/register"
+                | "/api/agent/instructions"
+                | "/api/agent/log"
+                | "/api/agent/renew"
         );
         if is_public && !agent_route {
             assert_ne!(status, 401, "{method} {template} should be public");
@@ -81,7 +84,7 @@ async fn every_documented_route_requires_credentials_except_the_allow_list() {
 async fn wrong_credentials_are_as_good_as_none() {
     let s = Server::start().await;
     let url = s.url("/api/machines");
-    let boot = crate::common::token_for(crate::common::mac(1));
+    let boot = crate::common::token_for(&s.db, crate::common::mac(1)).await;
     for (header, value) in [
         ("authorization", "Bearer dft_not-a-real-token".to_owned()),
         ("authorization", "Bearer ".to_owned()),

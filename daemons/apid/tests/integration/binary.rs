@@ -43,10 +43,10 @@ fn prepare(db: &TestDb, nats_url: &str, agent_port: u16) -> PathBuf {
     cfg
 }
 
-async fn register(http: &reqwest::Client, base: &str, n: u8) -> Value {
+async fn register(http: &reqwest::Client, base: &str, db: &TestDb, n: u8) -> Value {
     let r = http
         .post(format!("{base}/api/machines/register"))
-        .bearer_auth(token_for(mac(n)))
+        .bearer_auth(token_for(&db.db, mac(n)).await)
         .json(&report(&[n]))
         .send()
         .await
@@ -133,7 +133,7 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let first = register(&http, &agents, 1).await;
+    let first = register(&http, &agents, &db, 1).await;
     let ev = next_event(&mut sub).await;
     assert_eq!(ev["specversion"], "1.0");
     assert_eq!(ev["type"], "computer.dragonfly.machine.registered");
@@ -154,14 +154,14 @@ async fn run_scenario(activate: &Path, nats_binary: &Path) {
     // NATS goes away: apid keeps serving, because the store is the truth.
     nats.kill();
     wait_bus(&http, &base, "disconnected").await;
-    let during = register(&http, &agents, 2).await;
+    let during = register(&http, &agents, &db, 2).await;
     assert_eq!(during["state"], "Registered");
 
     // NATS comes back on the same port: apid reconnects and publishes again.
     nats.restart().await.unwrap();
     wait_bus(&http, &base, "connected").await;
     watcher.flush().await.unwrap();
-    let after = register(&http, &agents, 3).await;
+    let after = register(&http, &agents, &db, 3).await;
     let mut names = Vec::new();
     loop {
         let ev = next_event(&mut sub).await;

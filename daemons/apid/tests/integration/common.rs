@@ -128,17 +128,26 @@ pub(crate) fn report(macs: &[u8]) -> Value {
     })
 }
 
-/// A boot token for `mac`, valid for an hour.
-pub(crate) fn token_for(mac: MacAddr) -> String {
+/// A boot token for `mac`, valid for an hour, with its boot session open in `db` as ipxed
+/// opens it when it mints (the same nonce each call: every token of a test is the same boot's).
+pub(crate) async fn token_for(db: &Db, mac: MacAddr) -> String {
+    let now = jiff::Timestamp::now();
+    db.boot()
+        .open_session(mac, NONCE, now, now + jiff::SignedDuration::from_hours(2))
+        .await
+        .unwrap();
     mint(&KEY, mac)
 }
+
+/// The nonce of every test token.
+pub(crate) const NONCE: [u8; 16] = [7; 16];
 
 pub(crate) fn mint(key: &[u8], mac: MacAddr) -> String {
     boot_token::mint(
         key,
         &BootClaims {
             mac,
-            nonce: [7; 16],
+            nonce: NONCE,
             expires: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1),
         },
     )

@@ -33,7 +33,9 @@ async fn start() -> Running {
         .unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert.pem()).unwrap();
+    let store = TestDb::new();
     let cfg = config(|c: &mut RawApid| {
+        c.auth_db = Some(store.auth_db_path());
         c.http = Some(dragonfly_http::RawHttpConfig {
             tls: Some(true),
             ..Default::default()
@@ -50,7 +52,6 @@ async fn start() -> Running {
         ],
     )
     .unwrap();
-    let store = TestDb::new();
     let ctx = Context::<Apid>::new(cfg, store.db.clone(), None, credentials);
     let operator = TcpListener::bind("127.0.0.1:0").unwrap();
     let agent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -110,7 +111,7 @@ async fn agents_and_operators_are_served_apart_and_operators_over_tls() {
     // The agents' listener: registration with a boot token, instructions, health.
     let reg = http
         .post(agent("/api/machines/register"))
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&r.store.db, mac(1)).await)
         .json(&report(&[1]))
         .send()
         .await
@@ -118,7 +119,7 @@ async fn agents_and_operators_are_served_apart_and_operators_over_tls() {
     assert_eq!(reg.status(), StatusCode::CREATED);
     let instructions = http
         .get(agent("/api/agent/instructions"))
-        .bearer_auth(token_for(mac(1)))
+        .bearer_auth(token_for(&r.store.db, mac(1)).await)
         .send()
         .await
         .unwrap();
@@ -161,7 +162,10 @@ async fn agents_and_operators_are_served_apart_and_operators_over_tls() {
             .is_err()
     );
     // Agent-only routes are not here, and a boot token is refused on every route.
-    let token = format!("Authorization: Bearer {}", token_for(mac(1)));
+    let token = format!(
+        "Authorization: Bearer {}",
+        token_for(&r.store.db, mac(1)).await
+    );
     let (status, _) = curl(
         &r,
         &[

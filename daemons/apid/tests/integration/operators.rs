@@ -19,7 +19,7 @@ async fn cross_origin_changes_with_a_session_cookie_are_refused() {
         let r = s
             .http
             .post(s.url("/api/machines/register"))
-            .bearer_auth(crate::common::token_for(crate::common::mac(1)))
+            .bearer_auth(crate::common::token_for(&s.db, crate::common::mac(1)).await)
             .json(&crate::common::report(&[1]))
             .send()
             .await

@@ -140,13 +140,22 @@ pub(crate) fn encode(m: &Message) -> Vec<u8> {
 /// packet lost while a fresh veth comes up from failing the test. Blocking: call from
 /// `spawn_blocking`.
 pub(crate) fn exchange(s: &UdpSocket, m: &Message, to: SocketAddrV4) -> Option<(Message, usize)> {
+    exchange_from(s, m, to).map(|(reply, n, _)| (reply, n))
+}
+
+/// [`exchange`], also returning where the reply came from.
+pub(crate) fn exchange_from(
+    s: &UdpSocket,
+    m: &Message,
+    to: SocketAddrV4,
+) -> Option<(Message, usize, std::net::SocketAddr)> {
     let mut buf = [0u8; 1500];
     for _ in 0..3 {
         s.send_to(&encode(m), to).unwrap();
-        while let Ok((n, _)) = s.recv_from(&mut buf) {
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
             let reply = Message::decode(&mut Decoder::new(&buf[..n])).unwrap();
             if reply.xid() == m.xid() {
-                return Some((reply, n));
+                return Some((reply, n, from));
             }
         }
     }

@@ -5,6 +5,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, MessageType, OptionCode, UnknownOption, relay};
 
+use dragonfly_core::MacAddr;
+use dragonfly_store::boot::{SightedVia, Sighting};
 use dragonfly_store::testing::NewMachine;
 
 use crate::common::*;
@@ -105,7 +107,25 @@ async fn reservation_mode_leases_and_answers_firmware_ipxe_and_http_clients() {
     .await
     .unwrap();
     assert_eq!(fname(&r), "ipxe-arm64.efi");
+    // Every boot answer was witnessed in the store before it was sent (ipxed mints tokens
+    // only for sighted boots), with the address offered.
+    let s = sighting(&db, mac(1)).await.expect("a sighting of mac(1)");
+    assert_eq!(s.address, Some(net.ip(10)));
+    assert_eq!(s.via, SightedVia::Reservation);
+    for n in [2, 3, 4] {
+        assert!(sighting(&db, mac(n)).await.is_some(), "mac({n})");
+    }
     server.stop().await;
+}
+
+/// The boot sighting dhcpd recorded for `mac`, if any.
+async fn sighting(db: &TestDb, mac: MacAddr) -> Option<Sighting> {
+    db.db
+        .boot()
+        .mint_facts(mac, jiff::Timestamp::now())
+        .await
+        .unwrap()
+        .sighting
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,12 +159,21 @@ async fn proxy_mode_answers_known_machines_only_on_67_and_4011() {
     req.opts_mut()
         .insert(DhcpOption::MessageType(MessageType::Request));
     req.set_ciaddr(net.client_ip());
-    let (r, _) = exchange_async(&b, &req, SocketAddrV4::new(net.server_ip(), 4011))
+    let to = SocketAddrV4::new(net.server_ip(), 4011);
+    let (r, _, from) = tokio::task::spawn_blocking(move || exchange_from(&b, &req, to))
         .await
+        .unwrap()
         .expect("an ACK from 4011");
+    assert_eq!(from.port(), 4011, "answered from the boot server's port");
     assert_eq!(r.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(fname(&r), "ipxe.efi");
     assert!(lease_of(&db, mac(5)).await.is_none());
+    let s = sighting(&db, mac(5)).await.expect("a sighting of mac(5)");
+    assert_eq!(
+        (s.address, s.via),
+        (Some(net.client_ip()), SightedVia::Proxy),
+        "the address the client asked 4011 from"
+    );
     server.stop().await;
 }
 
@@ -164,10 +193,21 @@ async fn autoproxy_mode_answers_unknown_pxe_clients_but_not_plain_dhcp() {
         (r.yiaddr(), fname(&r).as_str()),
         (Ipv4Addr::UNSPECIFIED, "undionly.kpxe")
     );
+    let s = sighting(&db, mac(6)).await.expect("a sighting of mac(6)");
+    // No address offered: the one it sent from (this test's client socket has one; firmware
+    // asking from 0.0.0.0 is sighted without an address).
+    assert_eq!(
+        (s.address, s.via),
+        (Some(net.client_ip()), SightedVia::Autoproxy)
+    );
     assert!(
         exchange_async(&c, &message(MessageType::Discover, mac(7), 9), broadcast())
             .await
             .is_none()
+    );
+    assert!(
+        sighting(&db, mac(7)).await.is_none(),
+        "plain DHCP clients cost no sighting"
     );
     server.stop().await;
 }

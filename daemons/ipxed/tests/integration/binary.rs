@@ -68,6 +68,18 @@ async fn socket_activated_ipxed_serves_scripts_and_files_and_publishes() {
     let mut sub = watcher.subscribe("dragonfly.boot.decided").await.unwrap();
     watcher.flush().await.unwrap();
 
+    // dhcpd answered this boot, offering the address the test asks from.
+    fx.store
+        .db
+        .boot()
+        .sighted(dragonfly_store::boot::Sighting {
+            mac: "52:54:00:aa:00:01".parse().unwrap(),
+            seen_at: jiff::Timestamp::now(),
+            address: Some(std::net::Ipv4Addr::LOCALHOST),
+            via: dragonfly_store::boot::SightedVia::Reservation,
+        })
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let r = http
         .get(format!(

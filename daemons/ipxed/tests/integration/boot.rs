@@ -8,11 +8,14 @@ use dragonfly_testkit::{NatsServer, require_nats_servers};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::common::{KEY, Server, check_syntax, kernel_arg, mac, register, set_state};
+use crate::common::{
+    KEY, Server, check_syntax, kernel_arg, mac, register, set_state, sight, sight_here,
+};
 
 #[tokio::test]
 async fn unknown_mac_gets_discovery_with_a_token_apid_accepts() {
     let s = Server::start().await;
+    sight_here(&s.db, mac(1)).await;
     let (status, script) = s
         .get("/boot/52-54-00-12-34-01?platform=efi&arch=x86_64")
         .await;
@@ -41,21 +44,69 @@ async fn unknown_mac_gets_discovery_with_a_token_apid_accepts() {
     let now = jiff::Timestamp::now();
     let claims = boot_token::verify(&KEY, token, now).unwrap();
     assert_eq!(claims.mac, mac(1));
+    // Minutes, not a day: the agent renews it.
     let ttl = claims.expires.duration_since(now).as_secs();
-    assert!((23 * 3600..=24 * 3600).contains(&ttl), "{ttl}");
+    assert!((14 * 60..=15 * 60).contains(&ttl), "{ttl}");
     assert_eq!(
         boot_token::verify(&[0x11; 32], token, now),
         Err(TokenError::BadSignature)
     );
-    // A fresh nonce per request: two boots never share a token.
-    let (_, again) = s.get("/boot/525400123401?platform=efi").await;
-    assert_ne!(kernel_arg(&again, "dragonfly.token"), Some(token));
+    // The mint opened the MAC's boot session, with the token's nonce.
+    let session = s.db.boot().session(mac(1)).await.unwrap().unwrap();
+    assert!(session.admits(&claims.nonce, now));
+    // One sighting, one token: asking again for the same boot gets the script without one.
+    let (status, again) = s.get("/boot/525400123401?platform=efi").await;
+    assert_eq!(status, 200);
+    check_syntax(&again);
+    assert_eq!(kernel_arg(&again, "dragonfly.token"), None, "{again}");
+    // A new boot (a new sighting) gets a fresh nonce, and the old boot's session is over.
+    sight_here(&s.db, mac(1)).await;
+    let (_, next) = s.get("/boot/525400123401?platform=efi").await;
+    let next = kernel_arg(&next, "dragonfly.token").unwrap();
+    assert_ne!(next, token);
+    let next = boot_token::verify(&KEY, next, now).unwrap();
+    let session = s.db.boot().session(mac(1)).await.unwrap().unwrap();
+    assert!(session.admits(&next.nonce, now));
+    assert!(!session.admits(&claims.nonce, now), "the old token is dead");
+}
+
+#[tokio::test]
+async fn a_boot_dhcpd_did_not_see_gets_no_token() {
+    let s = Server::start().await;
+    // Never sighted: the script boots the agent, without a token.
+    let (status, script) = s.get("/boot/525400123407?platform=efi").await;
+    assert_eq!(status, 200);
+    check_syntax(&script);
+    assert_eq!(kernel_arg(&script, "dragonfly.mode"), Some("discovery"));
+    assert_eq!(kernel_arg(&script, "dragonfly.token"), None, "{script}");
+    // Sighted at another address (dhcpd offered 10.99.0.7; this request is from 127.0.0.1).
+    sight(&s.db, mac(7), Some(std::net::Ipv4Addr::new(10, 99, 0, 7))).await;
+    let (_, script) = s.get("/boot/525400123407?platform=efi").await;
+    assert_eq!(kernel_arg(&script, "dragonfly.token"), None, "{script}");
+    assert!(s.db.boot().session(mac(7)).await.unwrap().is_none());
+    // Sighted long ago.
+    s.db.boot()
+        .sighted(dragonfly_store::boot::Sighting {
+            mac: mac(7),
+            seen_at: jiff::Timestamp::now() - jiff::SignedDuration::from_mins(10),
+            address: None,
+            via: dragonfly_store::boot::SightedVia::Proxy,
+        })
+        .await
+        .unwrap();
+    let (_, script) = s.get("/boot/525400123407?platform=efi").await;
+    assert_eq!(kernel_arg(&script, "dragonfly.token"), None, "{script}");
+    // Sighted without an address (ProxyDHCP), just now: a token.
+    sight(&s.db, mac(7), None).await;
+    let (_, script) = s.get("/boot/525400123407?platform=efi").await;
+    assert!(kernel_arg(&script, "dragonfly.token").is_some(), "{script}");
 }
 
 #[tokio::test]
 async fn registered_machine_gets_discovery_awaiting_assignment() {
     let s = Server::start().await;
     let id = register(&s.db, mac(2)).await;
+    sight_here(&s.db, mac(2)).await;
     let (status, script) = s
         .get("/boot/52:54:00:12:34:02?platform=pcbios&arch=x86_64")
         .await;
@@ -76,6 +127,8 @@ async fn os_assigned_machine_with_a_workflow_gets_imaging() {
     let wf = Uuid::from_u128(0x0193_a5c0_0000_7000_8000_0000_0000_0042);
     set_state(&s.db, id, MachineState::OsAssigned, Some(wf)).await;
     for platform in ["pcbios", "efi"] {
+        // Two boots, each seen by dhcpd.
+        sight_here(&s.db, mac(3)).await;
         let (status, script) = s
             .get(&format!("/boot/525400123403?platform={platform}"))
             .await;
@@ -188,6 +241,8 @@ async fn every_answer_publishes_boot_decided_without_the_token() {
     let wf = Uuid::from_u128(9);
     set_state(&s.db, id, MachineState::Provisioning, Some(wf)).await;
 
+    sight_here(&s.db, mac(8)).await;
+    sight_here(&s.db, mac(7)).await;
     let (_, unknown) = s.get("/boot/525400123408?platform=efi").await;
     let (_, imaging) = s.get("/boot/525400123407?platform=efi").await;
     let mut next = async || {
@@ -216,4 +271,33 @@ async fn every_answer_publishes_boot_decided_without_the_token() {
         assert!(!event.contains(token), "{event}");
         assert!(!event.contains("dfb1."), "{event}");
     }
+}
+
+#[tokio::test]
+async fn a_request_from_the_leased_address_gets_a_token_without_a_fresh_sighting() {
+    let s = Server::start().await;
+    // dhcpd leased 127.0.0.1 to mac(9) (the test asks from there), and saw it boot long ago.
+    let now = jiff::Timestamp::now();
+    s.db.leases()
+        .commit(
+            vec![dragonfly_store::leases::LeaseWrite::Bind {
+                ip: std::net::Ipv4Addr::LOCALHOST,
+                mac: mac(9),
+                reserved: false,
+                expires_at: now + jiff::SignedDuration::from_hours(1),
+            }],
+            now,
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (_, script) = s.get("/boot/525400123409?platform=efi").await;
+        assert!(
+            kernel_arg(&script, "dragonfly.token").is_some(),
+            "the leased address is proof enough, each time: {script}"
+        );
+    }
+    // Another MAC's lease is no proof for this one.
+    let (_, script) = s.get("/boot/525400123408?platform=efi").await;
+    assert_eq!(kernel_arg(&script, "dragonfly.token"), None);
 }

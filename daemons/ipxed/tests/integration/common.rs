@@ -119,6 +119,27 @@ pub(crate) fn mac(n: u8) -> MacAddr {
     MacAddr::new([0x52, 0x54, 0x00, 0x12, 0x34, n])
 }
 
+/// Records that dhcpd answered `mac`'s network boot just now, offering it `address` (the
+/// tests' client asks from 127.0.0.1), as dhcpd does before iPXE asks for its script.
+pub(crate) async fn sight(db: &Db, mac: MacAddr, address: Option<std::net::Ipv4Addr>) {
+    // Times are stored to the millisecond: a boot is sighted after the last session opened.
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    db.boot()
+        .sighted(dragonfly_store::boot::Sighting {
+            mac,
+            seen_at: jiff::Timestamp::now(),
+            address,
+            via: dragonfly_store::boot::SightedVia::Reservation,
+        })
+        .await
+        .unwrap();
+}
+
+/// [`sight`] from the tests' own address.
+pub(crate) async fn sight_here(db: &Db, mac: MacAddr) {
+    sight(db, mac, Some(std::net::Ipv4Addr::LOCALHOST)).await;
+}
+
 /// Registers a machine with `mac`, as its agent would; returns its id.
 pub(crate) async fn register(db: &Db, mac: MacAddr) -> Uuid {
     testing::machine(db, NewMachine::with_mac(mac)).await.id.0
