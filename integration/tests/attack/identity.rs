@@ -153,7 +153,7 @@ fn an_attacker_cannot_get_borrow_or_reuse_a_machines_identity() {
     let Some(lab) = AttackLab::start() else {
         return;
     };
-    let apid = lab.apid.clone();
+    let apid = lab.apid_agent.clone();
     let victim = [VICTIM_MAC.to_owned()];
 
     // 1. A token for a foreign MAC. Never seen booting: the script comes without a token.
@@ -275,7 +275,7 @@ fn a_registration_flood_is_bounded_while_a_known_machine_is_served() {
     let Some(lab) = AttackLab::start() else {
         return;
     };
-    let apid = lab.apid.clone();
+    let apid = lab.apid_agent.clone();
     // A legitimate machine, registered before the flood.
     let legit_token = lab.agent_token(VICTIM_MAC);
     let (status, _) = lab.as_client(|| register(&apid, &legit_token, &report(&[VICTIM_MAC], None)));
