@@ -8,8 +8,10 @@
 //! namespace, keeps being served. docs/security.md says what each attack was before and is
 //! now.
 //!
-//! Attacks on the boot protocols' receive paths are tested next to their daemons, with the
-//! same rule (real floods, a real client served meanwhile):
+//! The boot protocols are attacked here through the whole stack (`boot_path`: a random-MAC
+//! DISCOVER flood with a forged giaddr, split option 152 and noise while a known PXE machine is
+//! answered; a trickle of never-acknowledged RRQs while a TFTP client fetches), and harder next
+//! to their daemons, with the same rule (real floods, a real client served meanwhile):
 //! - dhcpd (`daemons/dhcpd/tests/integration/flood.rs`): random-MAC DISCOVER flood, spoofed
 //!   giaddr and relay source, RFC 3396 option concatenation, garbage;
 //! - tftpd (`daemons/tftpd/tests/integration/{storm,hostile}.rs`): a rack-sized RRQ storm,
@@ -28,6 +30,7 @@
 )]
 
 mod agent_log;
+mod boot_path;
 #[path = "../integration/common.rs"]
 #[allow(
     dead_code,
