@@ -562,7 +562,10 @@ pub fn run(
     plain
         .sync_all()
         .map_err(ActionError::io("flushing", &job.disk))?;
-    let reread = super::partition::reread(&mut plain, &job.disk);
+    let sector = gptman::linux::get_sector_size(&mut plain).unwrap_or(512);
+    let table = super::partition::read_table(&mut plain, sector);
+    let reread = super::partition::reread(&mut plain, &job.disk)
+        .and_then(|()| super::partition::publish(&plain, &job.disk, &table));
     let secs = started.elapsed().as_secs_f64().max(0.001);
     let mut message = format!(
         "{} MiB ({kind:?}{}) onto {}: {} MiB written, {} MiB of zeros skipped, {:.0} MiB/s",

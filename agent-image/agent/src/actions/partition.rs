@@ -211,7 +211,13 @@ pub fn run(
     }
     f.flush().map_err(ActionError::io("flushing", &dev))?;
     f.sync_all().map_err(ActionError::io("syncing", &dev))?;
+    let table_parts: Vec<_> = placed
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (u32::try_from(i + 1).unwrap_or(u32::MAX), p.first * sector, (p.last - p.first + 1) * sector))
+        .collect();
     reread(&mut f, &dev)?;
+    publish(&f, &dev, &table_parts)?;
     drop(f);
     let mut made = Vec::new();
     for (i, p) in parts.iter().enumerate() {
@@ -260,6 +266,107 @@ pub fn reread(f: &mut File, dev: &Path) -> Result<(), ActionError> {
         dev.display(),
         last.map(|e| e.to_string()).unwrap_or_default()
     )))
+}
+
+/// `struct blkpg_partition` from `<linux/blkpg.h>`.
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+/// `struct blkpg_ioctl_arg`.
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+const BLKPG: libc::c_ulong = 0x1269; // _IO(0x12, 105)
+const BLKPG_ADD_PARTITION: libc::c_int = 1;
+
+/// Tells the kernel about one partition (what `partx -a` does).
+#[allow(unsafe_code, reason = "the BLKPG ioctl, which neither nix nor gptman wraps")]
+fn blkpg_add(f: &File, pno: u32, start: u64, length: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut part = BlkpgPartition {
+        start: i64::try_from(start).map_err(std::io::Error::other)?,
+        length: i64::try_from(length).map_err(std::io::Error::other)?,
+        pno: libc::c_int::try_from(pno).map_err(std::io::Error::other)?,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: BLKPG_ADD_PARTITION,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: (&raw mut part).cast(),
+    };
+    // SAFETY: `arg` and the `part` it points to are valid, properly laid-out (`repr(C)`, as in
+    // <linux/blkpg.h>) and live for the whole call; the kernel only reads them.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKPG as _, &raw mut arg) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Makes sure the kernel has a device for each partition of the table just written.
+///
+/// After BLKRRPART a kernel with the GPT/MBR parsers (every distribution kernel, the agent's)
+/// has created them already; one built without them (`CONFIG_EFI_PARTITION` unset, as some
+/// micro-VM kernels are) has none, and each is added by BLKPG, as `partx -a` would.
+pub fn publish(f: &File, dev: &Path, parts: &[(u32, u64, u64)]) -> Result<(), ActionError> {
+    let Some(name) = dev.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    for &(n, start, len) in parts {
+        let node = disk::partition_path(Path::new(&name), n);
+        let sys = Path::new("/sys/class/block").join(&node);
+        if sys.exists() {
+            continue;
+        }
+        blkpg_add(f, n, start, len).map_err(|e| {
+            ActionError::Unsupported(format!(
+                "the kernel has no device for partition {n} of {} and refused to add one ({e})",
+                dev.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The partitions of the table at the start of `f` (GPT, else MBR primaries): (number, start
+/// byte, length in bytes). Empty when there is no table.
+pub fn read_table(f: &mut File, sector: u64) -> Vec<(u32, u64, u64)> {
+    if let Ok(gpt) = GPT::read_from(f, sector) {
+        return gpt
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(n, p)| (n, p.starting_lba * sector, (p.ending_lba - p.starting_lba + 1) * sector))
+            .collect();
+    }
+    let mut mbr = [0u8; 512];
+    if f.read_exact_at(&mut mbr, 0).is_err() || mbr[510..] != [0x55, 0xAA] {
+        return Vec::new();
+    }
+    (0..4u32)
+        .filter_map(|i| {
+            let e = &mbr[446 + 16 * i as usize..][..16];
+            let kind = e[4];
+            let first = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]]));
+            let count = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]]));
+            // Empty, protective, or extended (whose logical partitions this does not follow).
+            (![0x00, 0xEE, 0x05, 0x0F, 0x85].contains(&kind) && count > 0)
+                .then_some((i + 1, first * 512, count * 512))
+        })
+        .collect()
 }
 
 /// Filesystem labels are shorter than GPT names: ext4 16 bytes, XFS 12, FAT 11.
