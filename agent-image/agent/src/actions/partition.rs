@@ -214,7 +214,13 @@ pub fn run(
     let table_parts: Vec<_> = placed
         .iter()
         .enumerate()
-        .map(|(i, p)| (u32::try_from(i + 1).unwrap_or(u32::MAX), p.first * sector, (p.last - p.first + 1) * sector))
+        .map(|(i, p)| {
+            (
+                u32::try_from(i + 1).unwrap_or(u32::MAX),
+                p.first * sector,
+                (p.last - p.first + 1) * sector,
+            )
+        })
         .collect();
     reread(&mut f, &dev)?;
     publish(&f, &dev, &table_parts)?;
@@ -291,7 +297,10 @@ const BLKPG: libc::c_ulong = 0x1269; // _IO(0x12, 105)
 const BLKPG_ADD_PARTITION: libc::c_int = 1;
 
 /// Tells the kernel about one partition (what `partx -a` does).
-#[allow(unsafe_code, reason = "the BLKPG ioctl, which neither nix nor gptman wraps")]
+#[allow(
+    unsafe_code,
+    reason = "the BLKPG ioctl, which neither nix nor gptman wraps"
+)]
 fn blkpg_add(f: &File, pno: u32, start: u64, length: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut part = BlkpgPartition {
@@ -349,7 +358,13 @@ pub fn read_table(f: &mut File, sector: u64) -> Vec<(u32, u64, u64)> {
         return gpt
             .iter()
             .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| (n, p.starting_lba * sector, (p.ending_lba - p.starting_lba + 1) * sector))
+            .map(|(n, p)| {
+                (
+                    n,
+                    p.starting_lba * sector,
+                    (p.ending_lba - p.starting_lba + 1) * sector,
+                )
+            })
             .collect();
     }
     let mut mbr = [0u8; 512];
@@ -363,8 +378,11 @@ pub fn read_table(f: &mut File, sector: u64) -> Vec<(u32, u64, u64)> {
             let first = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]]));
             let count = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]]));
             // Empty, protective, or extended (whose logical partitions this does not follow).
-            (![0x00, 0xEE, 0x05, 0x0F, 0x85].contains(&kind) && count > 0)
-                .then_some((i + 1, first * 512, count * 512))
+            (![0x00, 0xEE, 0x05, 0x0F, 0x85].contains(&kind) && count > 0).then_some((
+                i + 1,
+                first * 512,
+                count * 512,
+            ))
         })
         .collect()
 }
