@@ -1,4 +1,5 @@
-//! Runs a template's actions on this machine, as the imaging loop will: `actions FILE.yaml`.
+//! Runs a template's actions on this machine, as the imaging loop will:
+//! `dragonfly-actions TEMPLATE.json` (a `TemplateSpec`, as JSON: the agent links no YAML).
 //!
 //! For trying actions by hand and for `integration/bench/image2disk.sh`. It prints progress
 //! to stderr and, at the end, the peak RSS (`VmHWM`) so the benchmark can check the agent's
@@ -13,7 +14,7 @@ use dragonfly_core::template::TemplateSpec;
 
 fn main() -> ExitCode {
     let Some(file) = std::env::args().nth(1) else {
-        println!("usage: actions TEMPLATE.yaml");
+        println!("usage: dragonfly-actions TEMPLATE.json");
         return ExitCode::from(2);
     };
     let text = match std::fs::read_to_string(&file) {
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let spec: TemplateSpec = match serde_yaml_ng::from_str(&text) {
+    let spec: TemplateSpec = match serde_json::from_str(&text) {
         Ok(s) => s,
         Err(e) => {
             println!("{file}: {e}");
