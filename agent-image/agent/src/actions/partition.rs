@@ -256,22 +256,29 @@ pub fn run(
 }
 
 /// BLKRRPART: the kernel reads the new table and creates the partition devices.
+///
+/// Retried for a second while the device is busy (udev, where there is one, may still hold it
+/// open right after a write); a device that cannot have partitions at all (a loop device
+/// without partition scanning: `EINVAL`) is not an error, there is nothing to re-read.
 pub fn reread(f: &mut File, dev: &Path) -> Result<(), ActionError> {
-    // Right after a write, udev (where there is one) may still hold the device open.
-    let mut last = None;
-    for _ in 0..20 {
+    use gptman::linux::BlockError;
+    let mut tries = 0;
+    loop {
         match gptman::linux::reread_partition_table(f) {
-            Ok(()) => return Ok(()),
-            Err(gptman::linux::BlockError::NotBlock) => return Ok(()),
-            Err(e) => last = Some(e),
+            Ok(()) | Err(BlockError::NotBlock) => return Ok(()),
+            Err(BlockError::RereadTable(nix::errno::Errno::EINVAL)) => return Ok(()),
+            Err(BlockError::RereadTable(nix::errno::Errno::EBUSY)) if tries < 10 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(ActionError::Unsupported(format!(
+                    "the kernel did not re-read the partition table of {} ({e}); is a partition in use?",
+                    dev.display()
+                )));
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Err(ActionError::Unsupported(format!(
-        "the kernel did not re-read the partition table of {} ({}); is a partition in use?",
-        dev.display(),
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )))
 }
 
 /// `struct blkpg_partition` from `<linux/blkpg.h>`.
