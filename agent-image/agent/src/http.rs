@@ -769,4 +769,64 @@ mod tests {
             proptest::prop_assert_eq!(r.body, body);
         }
     }
+
+    fn stream(raw: &[u8]) -> (Head, io::Result<Vec<u8>>) {
+        let mut r = BufReader::with_capacity(7, raw);
+        let mut line = Vec::new();
+        let head = read_head(&mut r, &mut line).unwrap();
+        let mut body = Body::new(r, &head);
+        let mut out = Vec::new();
+        // Small reads, to cross chunk boundaries mid-read.
+        let mut buf = [0u8; 3];
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => return (head, Ok(out)),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => return (head, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_bodies() {
+        let (h, b) = stream(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nAccept-Ranges: bytes\r\n\r\nhelloEXTRA",
+        );
+        assert_eq!(b.unwrap(), b"hello");
+        assert!(h.accept_ranges);
+        let (_, b) = stream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n");
+        assert_eq!(b.unwrap(), b"wikipedia");
+        let (_, b) = stream(b"HTTP/1.1 200 OK\r\n\r\nuntil close");
+        assert_eq!(b.unwrap(), b"until close");
+        // Cut short: an error, never a short image.
+        let (_, b) = stream(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello");
+        assert_eq!(b.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let (_, b) = stream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort");
+        assert_eq!(b.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let (_, b) =
+            stream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n");
+        assert!(b.is_err(), "a chunk longer than its size");
+        let (_, b) =
+            stream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n");
+        assert!(b.is_err());
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range(b"bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
+        assert_eq!(parse_content_range(b"bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range(b"bytes 200-100/1000"), None);
+        assert_eq!(parse_content_range(b"bytes 0-999/999"), None);
+        assert_eq!(parse_content_range(b"items 0-1/2"), None);
+        assert_eq!(parse_content_range(b"bytes -5/10"), None);
+        let (h, b) = stream(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 3-5/6\r\nContent-Length: 3\r\n\r\ndef");
+        assert_eq!(
+            (h.status, h.range_start, h.range_total),
+            (206, Some(3), Some(6))
+        );
+        assert_eq!(b.unwrap(), b"def");
+    }
 }

@@ -558,7 +558,7 @@ pub fn run(
     if image_bytes == 0 {
         return Err(ActionError::Download("the image is empty".into()));
     }
-    let moved = relocate_gpt_backup(&mut plain, size)?;
+    let moved = relocate_gpt_backup(&mut plain, size, &job.disk)?;
     plain
         .sync_all()
         .map_err(ActionError::io("flushing", &job.disk))?;
@@ -631,7 +631,7 @@ pub fn backup_layout(sectors: u64, sector: u64, entries: u32, entry_size: u32) -
 /// When the image carried a GPT made for a smaller disk, writes the backup header and entries
 /// at this disk's end (and widens the protective MBR entry, keeping the MBR's boot code), as
 /// `sgdisk -e` would. Returns whether it moved anything.
-pub fn relocate_gpt_backup(f: &mut File, size: u64) -> Result<bool, ActionError> {
+pub fn relocate_gpt_backup(f: &mut File, size: u64, path: &Path) -> Result<bool, ActionError> {
     let Ok(sector) = gptman::linux::get_sector_size(f).or(Ok::<u64, ()>(512)) else {
         return Ok(false);
     };
@@ -656,12 +656,12 @@ pub fn relocate_gpt_backup(f: &mut File, size: u64) -> Result<bool, ActionError>
     gpt.write_into(f)?;
     let mut mbr = [0u8; 512];
     f.read_exact_at(&mut mbr, 0)
-        .map_err(ActionError::io("reading the MBR of", PathBuf::new()))?;
+        .map_err(ActionError::io("reading the MBR of", path))?;
     if mbr[446 + 4] == 0xEE && mbr[510..] == [0x55, 0xAA] {
         let count = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
         mbr[446 + 12..446 + 16].copy_from_slice(&count.to_le_bytes());
         f.write_all_at(&mbr, 0)
-            .map_err(ActionError::io("writing the MBR of", PathBuf::new()))?;
+            .map_err(ActionError::io("writing the MBR of", path))?;
     }
     Ok(true)
 }

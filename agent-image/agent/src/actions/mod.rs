@@ -153,7 +153,7 @@ pub enum ActionError {
         expected: String,
         actual: String,
     },
-    #[error("the image ({image} bytes) is larger than the disk {disk} ({size} bytes)")]
+    #[error("the image does not fit: it reached byte {image} of the disk {disk}, which has {size}")]
     TooLarge {
         image: u64,
         disk: PathBuf,
