@@ -147,6 +147,8 @@ for x in "${TOOLS_X[@]}"; do
         done
     done
 done
+# mke2fs checks /etc/mtab before formatting (is the device mounted?).
+ln -sf /proc/mounts "$R/etc/mtab"
 ln -sf mke2fs "$R/sbin/mkfs.ext4"
 ln -sf mkfs.fat "$R/sbin/mkfs.vfat"
 ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"
