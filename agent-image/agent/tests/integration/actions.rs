@@ -590,3 +590,49 @@ fn image2disk_moves_the_gpt_backup_to_a_larger_disks_end() {
     // And the kernel saw the partition.
     assert!(PathBuf::from(format!("{}p1", disk.dev.display())).exists());
 }
+
+#[test]
+fn kexec_reports_a_refused_kernel_and_a_missing_one() {
+    if !dragonfly_testkit::require_root() {
+        return;
+    }
+    let disk = Loop::new(64);
+    let d = disk.dev.display();
+    run(&format!(
+        "- name: disk\n  type: partition\n  disk: {d}\n  table: gpt\n  partitions:\n  \
+         - {{label: root, format: ext4}}\n"
+    ))
+    .unwrap();
+    run(&format!(
+        "- name: kernel\n  type: writefile\n  device: {d}p1\n  filesystem: ext4\n  \
+         path: /boot/vmlinuz\n  contents: not a kernel\n"
+    ))
+    .unwrap();
+    // The kernel refuses a file that is not a kernel: the action succeeds and says the loop
+    // must reboot through the firmware (nothing is loaded, nothing reboots here).
+    let out = run(&format!(
+        "- name: boot\n  type: kexec\n  device: {d}p1\n  filesystem: ext4\n  \
+         kernel: /boot/vmlinuz\n  cmdline: root=/dev/vda1 ro\n"
+    ))
+    .unwrap();
+    assert!(
+        matches!(out.reboot, Some(actions::kexec::Reboot::Firmware(_))),
+        "{out:?}"
+    );
+    assert!(
+        out.message.contains("refused kexec_file_load"),
+        "{}",
+        out.message
+    );
+    let e = run(&format!(
+        "- name: boot\n  type: kexec\n  device: {d}p1\n  filesystem: ext4\n  \
+         kernel: /boot/missing\n  initrd: /boot/initrd.img\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("opening the kernel /boot/missing"),
+        "{e}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("/run/dragonfly/mnt-"), "{mounts}");
+}
