@@ -395,7 +395,7 @@ impl Writer<'_> {
     }
 }
 
-/// Runs the pipeline; `tick` gets a report at least every [`TICK`].
+/// Runs the pipeline; `tick` gets a report at least every second.
 pub fn run(
     ctx: &Context,
     job: &Job,
