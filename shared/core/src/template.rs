@@ -352,6 +352,8 @@ pub enum TemplateError {
     GptOnly(At),
     #[error("{0}: at most 36 characters")]
     LabelTooLong(At),
+    #[error("{0}: the filesystem's label holds at most {1} bytes")]
+    FsLabelTooLong(At, usize),
     #[error("{0}: must be an absolute path without \"..\"")]
     Path(At),
     #[error("{0}: give exactly one of contents and url")]
@@ -453,6 +455,16 @@ impl Action {
                     }
                     if p.label.chars().count() > 36 {
                         return Err(TemplateError::LabelTooLong(f("label")));
+                    }
+                    // The label is also the filesystem's, whose limits are tighter.
+                    let fs_max = match p.format {
+                        Some(Filesystem::Vfat) => 11,
+                        Some(Filesystem::Xfs) => 12,
+                        Some(Filesystem::Ext4 | Filesystem::Swap) => 16,
+                        None => usize::MAX,
+                    };
+                    if p.label.len() > fs_max {
+                        return Err(TemplateError::FsLabelTooLong(f("label"), fs_max));
                     }
                     if *table == PartitionTable::Mbr && p.kind == PartitionType::BiosBoot {
                         return Err(TemplateError::GptOnly(f("type")));
@@ -743,6 +755,11 @@ actions:
         ));
         let t = with_partitions(&|p, _| p[0].label = "x".repeat(37));
         assert!(matches!(t.validate(), Err(TemplateError::LabelTooLong(_))));
+        let t = with_partitions(&|p, _| p[1].label = "EFI system p".into());
+        assert!(matches!(
+            t.validate(),
+            Err(TemplateError::FsLabelTooLong(_, 11))
+        ));
         let t = with_partitions(&|p, _| p.clear());
         assert!(matches!(t.validate(), Err(TemplateError::NoPartitions(_))));
 
