@@ -394,7 +394,8 @@ pub fn read_table(f: &mut File, sector: u64) -> Vec<(u32, u64, u64)> {
         .collect()
 }
 
-/// Filesystem labels are shorter than GPT names: ext4 16 bytes, XFS 12, FAT 11.
+/// Filesystem labels are shorter than GPT names: ext4 16 bytes, XFS 12, FAT 11. `validate`
+/// refuses a longer one; cutting it here only keeps an unvalidated template from failing mkfs.
 fn fs_label(fs: Filesystem, label: &str) -> String {
     let max = match fs {
         Filesystem::Ext4 | Filesystem::Swap => 16,
