@@ -854,6 +854,21 @@ fn transition(
     now: Timestamp,
 ) -> Result<Machine, StoreError> {
     write(conn, |tx| {
+        transition_tx(tx, id, expected_version, event, workflow_id, now)
+    })
+}
+
+/// [`Machines::transition`] inside a caller's transaction (a workflow's change moves its
+/// machine in the same commit).
+pub(crate) fn transition_tx(
+    tx: &Transaction<'_>,
+    id: MachineId,
+    expected_version: Option<i64>,
+    event: LifecycleEvent,
+    workflow_id: Option<Uuid>,
+    now: Timestamp,
+) -> Result<Machine, StoreError> {
+    {
         let current = current(tx, id, expected_version)?;
         let state = current.state.apply(event)?;
         let n = tx
@@ -875,7 +890,7 @@ fn transition(
             crate::boot::revoke_machine(tx, &id.0.to_string(), now)?;
         }
         get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
-    })
+    }
 }
 
 /// See [`Machines::delete`].
