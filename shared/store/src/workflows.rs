@@ -239,9 +239,9 @@ pub struct Save {
     pub applied: Vec<i64>,
     /// Clear the operator's request (it was carried out).
     pub clear_request: bool,
-    /// The machine's lifecycle event, if any (an illegal one is skipped, not an error: the
-    /// machine may have been moved by an operator meanwhile).
-    pub machine: Option<LifecycleEvent>,
+    /// The machine's lifecycle events, in order (an illegal one is skipped, not an error:
+    /// the machine may have been moved by an operator meanwhile).
+    pub machine: Vec<LifecycleEvent>,
 }
 
 macro_rules! wf_columns {
@@ -703,7 +703,7 @@ impl Workflows<'_> {
                         });
                     }
                     mark(tx, &s.applied)?;
-                    if let Some(event) = s.machine {
+                    for &event in &s.machine {
                         match crate::machines::transition_tx(
                             tx,
                             w.machine_id,
@@ -946,7 +946,7 @@ mod tests {
                     workflow: cur.clone(),
                     applied: pending.iter().map(|r| r.id).collect(),
                     clear_request: false,
-                    machine: Some(LifecycleEvent::StartProvisioning),
+                    machine: vec![LifecycleEvent::StartProvisioning],
                 },
                 now,
             )
@@ -963,7 +963,7 @@ mod tests {
                     workflow: cur,
                     applied: vec![],
                     clear_request: false,
-                    machine: None,
+                    machine: vec![],
                 },
                 now
             )
