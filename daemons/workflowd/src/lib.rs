@@ -276,7 +276,6 @@ impl Engine {
         let (workflow_id, machine_id) = (wf.id, wf.machine_id);
         match change {
             Change::None => {}
-            Change::Started | Change::Restarted if wf.state.is_terminal() => {}
             Change::Started => {
                 tracing::info!(workflow = %wf.name, attempt = wf.attempt, "workflow started");
                 out.push(Published::Started(WorkflowStarted {
