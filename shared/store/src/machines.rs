@@ -306,11 +306,14 @@ pub struct BootInfo {
     pub name: String,
     pub state: MachineState,
     pub workflow_id: Option<Uuid>,
+    /// The state of that workflow (it decides the boot fate before the machine's state).
+    pub workflow_state: Option<dragonfly_core::workflow::WorkflowState>,
 }
 
 /// See [`Machines::boot_info`].
-pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id \
-     FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?1";
+pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id, w.state \
+     FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id \
+     LEFT JOIN workflows w ON w.id = m.workflow_id WHERE mm.mac = ?1";
 
 fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>, StoreError> {
     let row = conn
@@ -322,16 +325,22 @@ fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })
         .optional()
         .sql()?;
-    row.map(|(id, name, state, wf)| {
+    row.map(|(id, name, state, wf, ws)| {
         Ok(BootInfo {
             id: MachineId(uuid_col(&id)?),
             name,
             state: state_col(&state)?,
             workflow_id: wf.as_deref().map(uuid_col).transpose()?,
+            workflow_state: ws
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| StoreError::corrupt("workflow state", e))?,
         })
     })
     .transpose()
