@@ -440,17 +440,22 @@ impl Workflow {
         }
     }
 
-    /// The index an agent should run now, given what it already reported (a success the
-    /// store holds but workflowd has not applied yet moves past that action, so an agent
-    /// never runs an action twice for want of workflowd). `None`: nothing to run.
-    pub fn to_serve(&self, reported_succeeded: Option<u32>, reported_failed: bool) -> Option<u32> {
-        if self.state.is_terminal() || reported_failed {
+    /// The index an agent should run now, given the actions of this attempt whose success or
+    /// failure the store holds but workflowd has not applied yet: a stored success of the
+    /// current action moves past it (so an agent never runs an action twice for want of
+    /// workflowd), a stored failure serves nothing. Reports about other actions are ignored,
+    /// as [`Workflow::apply`] ignores them. `None`: nothing to run.
+    pub fn to_serve(&self, succeeded: &[u32], failed: &[u32]) -> Option<u32> {
+        if self.state.is_terminal() {
             return None;
         }
-        let next = match reported_succeeded {
-            Some(i) if i >= self.current_action => i + 1,
-            _ => self.current_action,
-        };
+        let mut next = self.current_action;
+        while succeeded.contains(&next) {
+            next += 1;
+        }
+        if failed.contains(&next) {
+            return None;
+        }
         ((next as usize) < self.actions.len()).then_some(next)
     }
 }

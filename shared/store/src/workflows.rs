@@ -511,18 +511,16 @@ impl Workflows<'_> {
                             Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
                         })
                         .sql()?;
-                    let (mut succeeded, mut failed) = (None, false);
+                    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
                     for row in rows {
                         let (action, event) = row.sql()?;
                         match unjson::<ReportEvent>("report event", &event)? {
-                            ReportEvent::Succeeded { .. } => {
-                                succeeded = Some(succeeded.map_or(action, |s: u32| s.max(action)));
-                            }
-                            ReportEvent::Failed { .. } => failed = true,
+                            ReportEvent::Succeeded { .. } => succeeded.push(action),
+                            ReportEvent::Failed { .. } => failed.push(action),
                             _ => {}
                         }
                     }
-                    let index = wf.to_serve(succeeded, failed);
+                    let index = wf.to_serve(&succeeded, &failed);
                     if let Some(i) = index {
                         tx.execute(
                             "UPDATE workflows SET served_at_ms = CASE WHEN served_attempt = ?2 \
@@ -927,13 +925,17 @@ mod tests {
         assert!(w.report(report(wf.id, 0, 1, done), now).await.unwrap());
         // Not applied yet, but the agent that asks again is given the next action.
         assert_eq!(w.serve(wf.id, now).await.unwrap().1, Some(1));
+        // A success claimed for an action never served skips nothing.
+        let skip = ReportEvent::Succeeded { message: None };
+        assert!(w.report(report(wf.id, 5, 0, skip), now).await.unwrap());
+        assert_eq!(w.serve(wf.id, now).await.unwrap().1, Some(1));
         assert!(matches!(
             w.report(report(Uuid::nil(), 0, 0, ReportEvent::Started), now)
                 .await,
             Err(StoreError::NotFound { .. })
         ));
         let pending = w.unapplied(100).await.unwrap();
-        assert_eq!(pending.len(), 2);
+        assert_eq!(pending.len(), 3);
         let mut cur = w.get(wf.id).await.unwrap().unwrap();
         for r in &pending {
             cur.apply(&r.report, now);
@@ -970,6 +972,6 @@ mod tests {
             .await,
             Err(StoreError::Conflict { .. })
         ));
-        assert_eq!(w.report_count(wf.id).await.unwrap(), 2);
+        assert_eq!(w.report_count(wf.id).await.unwrap(), 3);
     }
 }
