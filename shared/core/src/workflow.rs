@@ -472,4 +472,141 @@ mod tests {
         assert!(!s.state.is_terminal());
         assert!(WorkflowState::TimedOut.is_terminal());
     }
+
+    fn wf(timeout: u32, retries: u32) -> Workflow {
+        let actions: Vec<ActionSpec> = serde_json::from_value(serde_json::json!([
+            {"name": "disk", "type": "partition", "disk": "/dev/vda", "table": "gpt",
+             "timeoutSeconds": timeout, "retries": retries,
+             "partitions": [{"label": "root", "size": "rest", "type": "linux"}]},
+            {"name": "boot", "type": "kexec", "device": {"disk": "/dev/vda", "partition": 1},
+             "filesystem": "ext4", "kernel": "/boot/vmlinuz"}
+        ]))
+        .unwrap();
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        Workflow {
+            id: Uuid::from_u128(1),
+            name: "w".into(),
+            machine_id: MachineId(Uuid::from_u128(2)),
+            template: "t".into(),
+            status: WorkflowStatus::pending(actions.iter().map(|a| a.name.as_str())).actions,
+            actions,
+            values: Default::default(),
+            state: WorkflowState::Pending,
+            attempt: 1,
+            current_action: 0,
+            action_since: None,
+            action_timeout_seconds: 600,
+            workflow_timeout_seconds: 3600,
+            served: None,
+            request: None,
+            created_at: t0,
+            updated_at: t0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            resource_version: 1,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_000_000 + s).unwrap()
+    }
+
+    fn r(attempt: u32, action: u32, event: ReportEvent) -> ActionReport {
+        ActionReport {
+            workflow_id: Uuid::from_u128(1),
+            attempt,
+            action,
+            seq: 0,
+            event,
+        }
+    }
+
+    fn ok() -> ReportEvent {
+        ReportEvent::Succeeded { message: None }
+    }
+
+    #[test]
+    fn reports_run_the_workflow_and_stale_ones_change_nothing() {
+        let mut w = wf(60, 0);
+        assert_eq!(
+            w.apply(&r(1, 0, ReportEvent::Started), at(1)),
+            Change::Started
+        );
+        assert_eq!(
+            w.apply(&r(1, 1, ok()), at(2)),
+            Change::None,
+            "not the current action"
+        );
+        assert_eq!(
+            w.apply(&r(0, 0, ok()), at(2)),
+            Change::None,
+            "another attempt"
+        );
+        assert_eq!(w.apply(&r(1, 0, ok()), at(3)), Change::Progress);
+        assert_eq!(w.current_action, 1);
+        assert_eq!(w.apply(&r(1, 1, ok()), at(4)), Change::Succeeded);
+        assert_eq!(w.state, WorkflowState::Succeeded);
+        assert_eq!(w.apply(&r(1, 1, ok()), at(5)), Change::None, "finished");
+    }
+
+    #[test]
+    fn an_action_times_out_from_when_it_was_served() {
+        let mut w = wf(30, 0);
+        assert_eq!(
+            w.check_time(at(1000)),
+            Change::None,
+            "never served: only the workflow clock"
+        );
+        w.served = Some(Served {
+            attempt: 1,
+            index: 0,
+            at: at(10),
+        });
+        assert_eq!(w.check_time(at(39)), Change::None);
+        let Change::TimedOut(why) = w.check_time(at(40)) else {
+            panic!("not timed out")
+        };
+        assert!(why.contains("\"disk\""), "{why}");
+        assert_eq!(w.status[0].state, ActionState::TimedOut);
+        assert!(matches!(
+            wf(30, 0).check_time(at(3600)),
+            Change::TimedOut(_)
+        ));
+    }
+
+    #[test]
+    fn retries_rerun_the_action_then_fail_and_an_operator_restarts_it() {
+        let failed = || ReportEvent::Failed {
+            message: "no disk".into(),
+            log_tail: vec![],
+        };
+        let mut w = wf(60, 1);
+        w.apply(&r(1, 0, ReportEvent::Started), at(1));
+        assert_eq!(w.apply(&r(1, 0, failed()), at(2)), Change::Progress);
+        assert_eq!((w.attempt, w.current_action), (2, 0));
+        assert_eq!(w.to_serve(&[], &[]), Some(0));
+        assert!(matches!(
+            w.apply(&r(2, 0, failed()), at(3)),
+            Change::Failed(_)
+        ));
+        assert_eq!(w.to_serve(&[], &[]), None);
+        assert_eq!(
+            w.request(Request::Cancel, at(4)),
+            Change::None,
+            "already over"
+        );
+        assert_eq!(w.request(Request::Retry, at(4)), Change::Restarted);
+        assert_eq!(
+            (w.state, w.attempt, w.current_action),
+            (WorkflowState::Pending, 3, 0)
+        );
+        assert_eq!(w.to_serve(&[0], &[]), Some(1));
+        assert_eq!(
+            w.to_serve(&[1], &[]),
+            Some(0),
+            "a later success skips nothing"
+        );
+        assert_eq!(w.to_serve(&[], &[0]), None);
+    }
 }
