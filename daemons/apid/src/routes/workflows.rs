@@ -68,8 +68,7 @@ fn roots(text: &str) -> BTreeSet<String> {
         // `{{#each macs}}`: a helper, then its argument.
         let mut words = expr.split_whitespace();
         let Some(first) = words.next() else { continue };
-        let word = if let Some(helper) = first.strip_prefix('#') {
-            let _ = helper;
+        let word = if first.starts_with('#') {
             words.next().unwrap_or("")
         } else if first.starts_with('/') || first.starts_with('!') || first == "else" {
             continue;
@@ -97,15 +96,16 @@ fn check_template(spec: &TemplateSpec) -> Result<(), ApiError> {
     for a in &mut spec.actions {
         let name = a.name.clone();
         for text in rendered_fields(&mut a.action) {
-            if let Err(e) = h.render_template(text, &serde_json::json!({})) {
-                if !matches!(
+            // Rendered with nothing: a missing variable is expected here, a syntax error is not.
+            if let Err(e) = h.render_template(text, &serde_json::json!({}))
+                && !matches!(
                     e.reason(),
                     handlebars::RenderErrorReason::MissingVariable(_)
-                ) {
-                    return Err(ApiError::Unprocessable(format!(
-                        "action {name:?}: the template text does not parse: {e}"
-                    )));
-                }
+                )
+            {
+                return Err(ApiError::Unprocessable(format!(
+                    "action {name:?}: the template text does not parse: {e}"
+                )));
             }
             let unknown: Vec<String> = roots(text)
                 .into_iter()
