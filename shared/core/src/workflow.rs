@@ -83,6 +83,10 @@ pub struct ActionStatus {
     /// How many times the action was started (retries included).
     #[serde(default)]
     pub tries: u32,
+    /// The agent's last console lines when the action failed, kept with the workflow in the
+    /// store so an operator reads why an install failed after any daemon restarted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
 }
 
 /// A workflow's status: the `status` of a Workflow resource.
@@ -130,6 +134,7 @@ impl WorkflowStatus {
                     bytes_total: None,
                     bytes_per_second: None,
                     tries: 0,
+                    log_tail: Vec::new(),
                 })
                 .collect(),
             attempts: 0,
@@ -349,9 +354,10 @@ impl Workflow {
                     Change::Progress
                 }
             }
-            ReportEvent::Failed { message, .. } => {
+            ReportEvent::Failed { message, log_tail } => {
                 let retries = self.actions.get(i).map_or(0, |s| s.retries);
                 a.message = Some(message.clone());
+                a.log_tail.clone_from(log_tail);
                 if a.tries <= retries {
                     // Run the action again, as a new attempt; its clock keeps running
                     // (an action's timeout counts its retries).
@@ -579,7 +585,7 @@ mod tests {
     fn retries_rerun_the_action_then_fail_and_an_operator_restarts_it() {
         let failed = || ReportEvent::Failed {
             message: "no disk".into(),
-            log_tail: vec![],
+            log_tail: vec!["mage: no disk matches".into()],
         };
         let mut w = wf(60, 1);
         w.apply(&r(1, 0, ReportEvent::Started), at(1));
