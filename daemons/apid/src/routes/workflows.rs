@@ -129,6 +129,7 @@ fn render_actions(
     spec: &TemplateSpec,
     machine: &Machine,
     values: &serde_json::Map<String, serde_json::Value>,
+    leased: Option<std::net::Ipv4Addr>,
 ) -> Result<Vec<ActionSpec>, ApiError> {
     let macs: Vec<String> = machine.macs().iter().map(ToString::to_string).collect();
     let hostname = values
@@ -150,8 +151,11 @@ fn render_actions(
     if let Some(keys) = values.get("sshKeys") {
         ctx["sshKeys"] = keys.clone();
     }
+    // The address given at assignment, else the one dhcpd leased to the boot MAC.
     if let Some(ip) = values.get("ip") {
         ctx["ip"] = ip.clone();
+    } else if let Some(ip) = leased {
+        ctx["ip"] = ip.to_string().into();
     }
     let h = hb();
     let mut out = spec.actions.clone();
@@ -368,7 +372,8 @@ pub struct ProvisionRequest {
     /// The template's name.
     pub template: String,
     /// Values for the template's variables (`{{values.x}}`; `hostname`, `sshKeys` and `ip`
-    /// also set `{{hostname}}`, `{{sshKeys}}`, `{{ip}}`).
+    /// also set `{{hostname}}`, `{{sshKeys}}`, `{{ip}}`; without `ip`, `{{ip}}` is the
+    /// address dhcpd leased to the machine's first MAC, if any).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub values: serde_json::Map<String, serde_json::Value>,
@@ -447,7 +452,17 @@ pub async fn provision(
         .get(&req.template)
         .await?
         .ok_or(ApiError::NotFound("template"))?;
-    let actions = render_actions(&template.spec, &machine, &req.values)?;
+    let leased = match machine.macs().first() {
+        Some(mac) => state
+            .db
+            .leases()
+            .get_by_mac(*mac)
+            .await?
+            .filter(|l| l.state == dragonfly_store::leases::LeaseState::Bound)
+            .map(|l| l.ip),
+        None => None,
+    };
+    let actions = render_actions(&template.spec, &machine, &req.values, leased)?;
     let now = jiff::Timestamp::now();
     let wf = dragonfly_store::workflows::new_workflow(
         &machine,
