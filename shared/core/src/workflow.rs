@@ -217,6 +217,7 @@ pub struct Workflow {
     pub request: Option<Request>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// When the current run began: its first report, or an operator's retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -404,8 +405,14 @@ impl Workflow {
                 return Change::TimedOut(why);
             }
         }
+        // The whole run's clock: from its first report (or from the assignment, or the
+        // operator's retry, while none came), so a machine that never boots times out too.
         let limit = i64::from(self.workflow_timeout_seconds);
-        if now.duration_since(self.created_at).as_secs() >= limit {
+        if now
+            .duration_since(self.started_at.unwrap_or(self.created_at))
+            .as_secs()
+            >= limit
+        {
             let why = format!(
                 "workflow timed out after {limit} s, during action {:?}",
                 self.action_name(i)
@@ -434,8 +441,8 @@ impl Workflow {
                 self.state = WorkflowState::Pending;
                 self.current_action = 0;
                 self.action_since = None;
-                self.created_at = now;
-                self.started_at = None;
+                // The retry's own clock (`created_at` stays the assignment's time).
+                self.started_at = Some(now);
                 self.finished_at = None;
                 self.error = None;
                 let names: Vec<&str> = self.actions.iter().map(|a| a.name.as_str()).collect();
