@@ -116,9 +116,16 @@ pub struct Db<S: Schema = Shared> {
 struct Inner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// At most [`MAX_IDLE`] pieces of database work at once in this process. Without it, a
+    /// burst of requests (500 agents registering at once) opened a connection each and
+    /// queued in SQLite's busy handler, whose sleeps grow to 100 ms and give up after
+    /// [`BUSY_TIMEOUT`]: requests failed with "database is locked" while the lock sat idle
+    /// between sleeps. Waiting here is fair and wakes as soon as a connection is free; only
+    /// other processes' writers still meet the busy handler.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// Connections kept open when idle.
+/// Connections kept open when idle, and pieces of work run at once (`Inner::permits`).
 const MAX_IDLE: usize = 8;
 
 impl<S: Schema> Clone for Db<S> {
@@ -168,6 +175,7 @@ impl<S: Schema> Db<S> {
             inner: Arc::new(Inner {
                 path,
                 idle: Mutex::new(vec![conn]),
+                permits: Arc::new(tokio::sync::Semaphore::new(MAX_IDLE)),
             }),
             schema: PhantomData,
         }
@@ -201,7 +209,10 @@ impl<S: Schema> Db<S> {
         R: Send + 'static,
     {
         let inner = self.inner.clone();
+        // `None` only if the semaphore were closed, which nothing does.
+        let permit = inner.permits.clone().acquire_owned().await.ok();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let mut conn = match pooled {
                 Some(c) => c,
