@@ -1,6 +1,6 @@
 #!/bin/bash
-# Builds the agent's netboot image: a Debian kernel and an initramfs holding busybox, mage and
-# the kernel modules for common NICs and disks.  One command, no root needed:
+# Builds the agent's netboot image: a Debian kernel and an initramfs holding busybox, mage, the
+# mkfs tools of its disk actions and the kernel modules for common NICs, disks and filesystems.  One command, no root needed:
 #
 #     agent-image/build.sh            # → target/agent-image/{vmlinuz,initrd.img,manifest.json}
 #
@@ -36,6 +36,13 @@ fetch() { # package [version] → path of the cached .deb (apt writes an epoch's
 }
 KDEB=$(fetch "$KPKG" "${KPKG_VERSION:-}")
 BDEB=$(fetch busybox-static "${BUSYBOX_VERSION:-}")
+# The disk actions' tools (partition's `format`): mke2fs, mkfs.fat and mkfs.xfs with the shared
+# libraries they link and the glibc they were built for, unpacked the same way. mkswap is
+# busybox's (util-linux's would bring libselinux and pcre2 for one tiny tool).
+TOOL_PKGS=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 dosfstools xfsprogs libinih1
+           liburcu8 libc6)
+TOOL_DEBS=()
+for pkg in "${TOOL_PKGS[@]}"; do TOOL_DEBS+=("$(fetch "$pkg")"); done
 KX=$CACHE/x-$(basename "$KDEB" .deb)
 BX=$CACHE/x-$(basename "$BDEB" .deb)
 unpack() { # deb dir: dpkg -x, atomically (a half-unpacked tree is never reused)
@@ -46,6 +53,11 @@ unpack() { # deb dir: dpkg -x, atomically (a half-unpacked tree is never reused)
 }
 unpack "$KDEB" "$KX"
 unpack "$BDEB" "$BX"
+TOOLS_X=()
+for deb in "${TOOL_DEBS[@]}"; do
+    TOOLS_X+=("$CACHE/x-$(basename "$deb" .deb)")
+    unpack "$deb" "${TOOLS_X[-1]}"
+done
 BUSYBOX=$BX/bin/busybox
 KMOD=$KX/lib/modules/$KVER
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(stat -c %Y "$KX/boot/vmlinuz-$KVER")}
@@ -70,10 +82,13 @@ fi
 
 # --- kernel modules ----------------------------------------------------------------------
 # NICs: virtio, Intel (e1000 … ice), Mellanox, Broadcom, Realtek.  Disks: virtio, AHCI/PATA,
-# NVMe, SCSI disks, common RAID HBAs.  Dependencies come from depmod's modules.dep.
+# NVMe, SCSI disks, common RAID HBAs.  Filesystems the disk actions make and mount (ext4, vfat
+# with its code pages, xfs) and the crc32c they checksum with, which the kernel asks for by
+# name at mount time rather than through modules.dep.  Dependencies come from modules.dep.
 WANT=(virtio_pci virtio_net virtio_blk virtio_scsi
       e1000 e1000e igb igc ixgbe i40e ice mlx4_en mlx5_core bnxt_en tg3 r8169
-      ahci ata_piix nvme sd_mod megaraid_sas mpt3sas hpsa)
+      ahci ata_piix nvme sd_mod megaraid_sas mpt3sas hpsa
+      crc32c_generic crc32c_intel ext4 vfat nls_cp437 nls_ascii nls_utf8 xfs)
 STAGE_MODS=$CACHE/depmod-$KVER
 if [ ! -f "$STAGE_MODS/lib/modules/$KVER/modules.dep" ]; then
     rm -rf "$STAGE_MODS"; mkdir -p "$STAGE_MODS/lib/modules"
@@ -117,6 +132,61 @@ cp "$BUSYBOX" "$R/bin/busybox"
 cp "$MAGE" "$R/bin/mage"
 install -m 0755 "$HERE/rootfs/init" "$R/init"
 install -m 0755 "$HERE/rootfs/udhcpc.script" "$R/etc/udhcpc.script"
+# The mkfs tools in /sbin (first in /init's PATH, ahead of busybox's applets), their libraries
+# where Debian's dynamic loader looks for them.
+mkdir -p "$R/sbin" "$R/lib/x86_64-linux-gnu" "$R/lib64"
+for x in "${TOOLS_X[@]}"; do
+    for t in mke2fs mkfs.fat mkfs.xfs; do
+        [ -f "$x/sbin/$t" ] && cp "$x/sbin/$t" "$R/sbin/$t"
+    done
+    for d in "$x/lib/x86_64-linux-gnu" "$x/usr/lib/x86_64-linux-gnu"; do
+        [ -d "$d" ] || continue
+        for l in libext2fs.so.2 libe2p.so.2 libcom_err.so.2 libblkid.so.1 libuuid.so.1 \
+                 libinih.so.1 liburcu.so.8 libc.so.6 libm.so.6 ld-linux-x86-64.so.2; do
+            [ -e "$d/$l" ] && cp -L "$d/$l" "$R/lib/x86_64-linux-gnu/$l"
+        done
+    done
+done
+ln -sf mke2fs "$R/sbin/mkfs.ext4"
+ln -sf mkfs.fat "$R/sbin/mkfs.vfat"
+ln -sf /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"
+for t in mke2fs mkfs.fat mkfs.xfs; do
+    [ -f "$R/sbin/$t" ] || { say "$t is missing from the tool packages"; exit 1; }
+done
+# Every library a tool needs must be in the image: a missing one is a failed format on a
+# machine, far from here.
+python3 - "$R" <<'PY'
+import os, struct, sys
+root = sys.argv[1]
+def needed(path):
+    # DT_NEEDED entries from the ELF dynamic section (64-bit little-endian only).
+    b = open(path, "rb").read()
+    shoff, = struct.unpack_from("<Q", b, 0x28); shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x3a)
+    secs = [struct.unpack_from("<IIQQQQIIQQ", b, shoff + i * shentsize) for i in range(shnum)]
+    dyn = [s for s in secs if s[1] == 6]
+    if not dyn: return []
+    d = dyn[0]; strtab = secs[d[6]]
+    out = []
+    for off in range(d[4], d[4] + d[5], 16):
+        tag, val = struct.unpack_from("<qQ", b, off)
+        if tag == 0: break
+        if tag == 1:
+            s = strtab[4] + val; out.append(b[s:b.index(b"\0", s)].decode())
+    return out
+libdir = os.path.join(root, "lib/x86_64-linux-gnu")
+missing = set()
+todo = [os.path.join(root, "sbin", t) for t in ("mke2fs", "mkfs.fat", "mkfs.xfs")]
+seen = set()
+while todo:
+    p = todo.pop()
+    if p in seen: continue
+    seen.add(p)
+    for n in needed(p):
+        q = os.path.join(libdir, n)
+        if os.path.exists(q): todo.append(q)
+        else: missing.add(n)
+if missing: sys.exit("agent-image: libraries missing for the mkfs tools: " + ", ".join(sorted(missing)))
+PY
 
 # --- archive -----------------------------------------------------------------------------
 COMP=gzip

@@ -72,8 +72,11 @@ deps_packages() {
                 # isc-dhcp-client, busybox-static (udhcpc), kea-admin (perfdhcp): real DHCP
                 #   clients in dhcpd's tests; busybox is also the end-to-end tests' initramfs
                 # tftp-hpa, atftp: real TFTP clients in tftpd's tests (curl is the third)
+                # e2fsprogs, dosfstools, xfsprogs: the agent's partition/writefile tests make and
+                #   mount ext4, vfat and xfs on loop devices; zstd, xz-utils, bzip2: their images
                 printf '%s\n' python3-pip systemd-container debootstrap nftables \
-                    isc-dhcp-client busybox-static kea-admin tftp-hpa atftp
+                    isc-dhcp-client busybox-static kea-admin tftp-hpa atftp \
+                    e2fsprogs dosfstools xfsprogs zstd xz-utils bzip2
                 ;;
             lint)
                 # (the linter) shellcheck: every shell script, checked by integration/run-tests.sh
@@ -85,8 +88,9 @@ deps_packages() {
                 # tftpd-hpa, dnsmasq-base: the TFTP peers in bench/tftp.sh; atftp, curl: clients;
                 #   nftables: its lossy link
                 # wrk: the HTTP load of bench/ipxed.sh
+                # bmap-tools (bmaptool), zstd: the peers of bench/image2disk.sh
                 printf '%s\n' kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa atftp curl \
-                    nftables wrk
+                    nftables wrk bmap-tools zstd
                 ;;
             bmc)
                 # openipmi (ipmi_sim), ipmitool: a simulated BMC and a real IPMI client, for

@@ -152,49 +152,12 @@ const MAX_CHUNK_DIGITS: usize = 8;
 pub fn read_response(mut r: impl BufRead) -> Result<Response, HttpError> {
     let protocol = |what: &str| HttpError::Protocol(what.to_owned());
     let mut line = Vec::new();
-    read_line(&mut r, &mut line)?;
-    let status = parse_status(&line).ok_or_else(|| {
-        HttpError::Protocol(
-            String::from_utf8_lossy(&line)
-                .trim()
-                .chars()
-                .take(80)
-                .collect(),
-        )
-    })?;
-    let mut length = None;
-    let mut chunked = false;
-    let mut headers = 0usize;
-    loop {
-        if read_line(&mut r, &mut line)? == 0 {
-            return Err(protocol("headers cut short"));
-        }
-        let l = trim_crlf(&line);
-        if l.is_empty() {
-            break;
-        }
-        headers += 1;
-        if headers > MAX_HEADERS {
-            return Err(protocol("too many headers"));
-        }
-        let Some(colon) = l.iter().position(|&b| b == b':') else {
-            return Err(protocol("a header line without a colon"));
-        };
-        let (name, value) = (&l[..colon], l[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = parse_decimal(value).ok_or_else(|| protocol("bad Content-Length"))?;
-            // Two different lengths: which one frames the body is the server's secret.
-            if length.is_some_and(|m| m != n) {
-                return Err(protocol("conflicting Content-Length headers"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(protocol("unsupported Transfer-Encoding"));
-            }
-            chunked = true;
-        }
-    }
+    let Head {
+        status,
+        length,
+        chunked,
+        ..
+    } = read_head(&mut r, &mut line)?;
     let body = match (chunked, length) {
         (true, Some(_)) => return Err(protocol("both chunked and Content-Length")),
         (true, None) => read_chunked(&mut r, &mut line)?,
@@ -219,6 +182,243 @@ pub fn read_response(mut r: impl BufRead) -> Result<Response, HttpError> {
         }
     };
     Ok(Response { status, body })
+}
+
+/// A response's status line and the headers the agent acts on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub length: Option<u64>,
+    pub chunked: bool,
+    /// `Content-Range: bytes START-END/TOTAL`: START, and TOTAL when it is not `*`.
+    pub range_start: Option<u64>,
+    pub range_total: Option<u64>,
+    /// `Accept-Ranges: bytes`.
+    pub accept_ranges: bool,
+}
+
+/// Reads the status line and headers, under the same bounds as [`read_response`].
+pub fn read_head(r: &mut impl BufRead, line: &mut Vec<u8>) -> Result<Head, HttpError> {
+    let protocol = |what: &str| HttpError::Protocol(what.to_owned());
+    read_line(r, line)?;
+    let status = parse_status(line).ok_or_else(|| {
+        HttpError::Protocol(
+            String::from_utf8_lossy(line)
+                .trim()
+                .chars()
+                .take(80)
+                .collect(),
+        )
+    })?;
+    let mut head = Head {
+        status,
+        ..Head::default()
+    };
+    let mut headers = 0usize;
+    loop {
+        if read_line(r, line)? == 0 {
+            return Err(protocol("headers cut short"));
+        }
+        let l = trim_crlf(line);
+        if l.is_empty() {
+            break;
+        }
+        headers += 1;
+        if headers > MAX_HEADERS {
+            return Err(protocol("too many headers"));
+        }
+        let Some(colon) = l.iter().position(|&b| b == b':') else {
+            return Err(protocol("a header line without a colon"));
+        };
+        let (name, value) = (&l[..colon], l[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_decimal(value).ok_or_else(|| protocol("bad Content-Length"))?;
+            // Two different lengths: which one frames the body is the server's secret.
+            if head.length.is_some_and(|m| m != n) {
+                return Err(protocol("conflicting Content-Length headers"));
+            }
+            head.length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(protocol("unsupported Transfer-Encoding"));
+            }
+            head.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"accept-ranges") {
+            head.accept_ranges = value.eq_ignore_ascii_case(b"bytes");
+        } else if name.eq_ignore_ascii_case(b"content-range") {
+            let (start, total) =
+                parse_content_range(value).ok_or_else(|| protocol("bad Content-Range"))?;
+            head.range_start = Some(start);
+            head.range_total = total;
+        }
+    }
+    if head.chunked && head.length.is_some() {
+        return Err(protocol("both chunked and Content-Length"));
+    }
+    Ok(head)
+}
+
+/// `bytes START-END/TOTAL` or `bytes START-END/*`.
+fn parse_content_range(v: &[u8]) -> Option<(u64, Option<u64>)> {
+    let rest = v.strip_prefix(b"bytes ")?;
+    let dash = rest.iter().position(|&b| b == b'-')?;
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let start = parse_decimal(&rest[..dash])?;
+    let end = parse_decimal(rest.get(dash + 1..slash)?)?;
+    if end < start {
+        return None;
+    }
+    let total = match &rest[slash + 1..] {
+        b"*" => None,
+        t => Some(parse_decimal(t).filter(|&t| t > end)?),
+    };
+    Some((start, total))
+}
+
+/// A streamed `GET` of an absolute URL: no bearer token (image servers are not apid and must
+/// never see one), optionally from a byte offset (`Range: bytes=N-`).
+pub fn get_stream(
+    url: &Url,
+    from: u64,
+    timeout: Duration,
+) -> Result<(Head, Body<BufReader<TcpStream>>), HttpError> {
+    let addr = url
+        .authority
+        .to_socket_addrs()
+        .map_err(|_| HttpError::Resolve(url.authority.clone()))?
+        .next()
+        .ok_or_else(|| HttpError::Resolve(url.authority.clone()))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| HttpError::Connect(addr, e))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let range = if from > 0 {
+        format!("Range: bytes={from}-\r\n")
+    } else {
+        String::new()
+    };
+    let path = if url.prefix.is_empty() {
+        "/"
+    } else {
+        &url.prefix
+    };
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dragonfly-mage/{ver}\r\n\
+         Accept-Encoding: identity\r\n{range}Connection: close\r\n\r\n",
+        host = url.host,
+        ver = env!("CARGO_PKG_VERSION"),
+    );
+    stream.write_all(head.as_bytes())?;
+    // Large reads: the body is an OS image.
+    let mut r = BufReader::with_capacity(256 * 1024, stream);
+    let mut line = Vec::new();
+    let head = read_head(&mut r, &mut line)?;
+    let body = Body::new(r, &head);
+    Ok((head, body))
+}
+
+/// A response body read as a stream: `Content-Length`, chunked or until the connection
+/// closes. A body that ends before its declared length is an `UnexpectedEof` error, so a
+/// dropped connection is never mistaken for the end of the image.
+#[derive(Debug)]
+pub struct Body<R> {
+    r: R,
+    framing: Framing,
+    line: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    /// Bytes left in the current chunk; `None` before a size line; `Some(0)` at the end.
+    Chunked(Option<u64>, bool),
+    Close,
+}
+
+impl<R: BufRead> Body<R> {
+    pub fn new(r: R, head: &Head) -> Self {
+        let framing = if head.chunked {
+            Framing::Chunked(None, false)
+        } else if let Some(n) = head.length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        };
+        Self {
+            r,
+            framing,
+            line: Vec::new(),
+        }
+    }
+}
+
+fn eof(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, what.to_owned())
+}
+
+fn bad(e: HttpError) -> io::Error {
+    match e {
+        HttpError::Io(e) => e,
+        e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match &mut self.framing {
+                Framing::Close => return self.r.read(buf),
+                Framing::Length(0) => return Ok(0),
+                Framing::Length(left) => {
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = self.r.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(eof("body cut short"));
+                    }
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+                Framing::Chunked(_, true) => return Ok(0),
+                Framing::Chunked(Some(0), done) => {
+                    // The CRLF after a chunk's data, then the next size line.
+                    read_line(&mut self.r, &mut self.line).map_err(bad)?;
+                    if !trim_crlf(&self.line).is_empty() {
+                        return Err(bad(HttpError::Protocol(
+                            "chunk longer than its size".into(),
+                        )));
+                    }
+                    let _ = done;
+                    self.framing = Framing::Chunked(None, false);
+                }
+                Framing::Chunked(None, _) => {
+                    if read_line(&mut self.r, &mut self.line).map_err(bad)? == 0 {
+                        return Err(eof("chunked body cut short"));
+                    }
+                    let l = trim_crlf(&self.line);
+                    let digits = l
+                        .split(|&b| b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = parse_hex(digits)
+                        .ok_or_else(|| bad(HttpError::Protocol("bad chunk size".into())))?;
+                    self.framing = Framing::Chunked(Some(size), size == 0);
+                }
+                Framing::Chunked(Some(left), _) => {
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = self.r.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(eof("chunk cut short"));
+                    }
+                    *left -= n as u64;
+                    return Ok(n);
+                }
+            }
+        }
+    }
 }
 
 fn read_chunked(r: &mut impl BufRead, line: &mut Vec<u8>) -> Result<Vec<u8>, HttpError> {

@@ -7,6 +7,7 @@
 //! (a reboot loop hides the reason from the operator at the console) and must never print the
 //! boot token.
 
+pub mod actions;
 pub mod cmdline;
 pub mod detect;
 pub mod http;

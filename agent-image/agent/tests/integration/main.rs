@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 #![allow(unreachable_pub, reason = "test helpers")]
 
+mod actions;
 mod boot;
 mod common;
 mod register;
