@@ -22,7 +22,7 @@ bin_dir=${DRAGONFLY_BIN_DIR:-$repo/target/release}
 
 # One per daemon, plus the migration tool. A daemon added to units/ goes here too
 # (units/check.sh fails on a unit whose ExecStart= binary was not installed).
-binaries=(dragonfly-apid dragonfly-migrate dragonfly-tftpd dragonfly-ipxed dragonfly-dhcpd)
+binaries=(dragonfly-apid dragonfly-migrate dragonfly-tftpd dragonfly-ipxed dragonfly-dhcpd dragonfly-workflowd)
 
 for b in "${binaries[@]}"; do
     [ -x "$bin_dir/$b" ] || { echo "$0: $bin_dir/$b missing: run \`cargo build --release\` first" >&2; exit 1; }

@@ -131,7 +131,7 @@ cargo build --release --locked --bins
 bin=$repo/target/release
 # The lab network and the configuration file, made by the code the end-to-end tests use.
 lab=$bin/dragonfly-lab
-daemons=(dragonfly-apid dragonfly-migrate)
+daemons=(dragonfly-apid dragonfly-migrate dragonfly-workflowd)
 if [ $demo = 1 ]; then
     daemons+=(dragonfly-dhcpd dragonfly-tftpd dragonfly-ipxed)
     echo "==> agent-image/build.sh"
@@ -341,6 +341,8 @@ if [ $demo = 0 ]; then
 
     echo "==> starting dragonfly-apid on $listen"
     start apid "$bin/dragonfly-apid" --config "$config"
+    echo "==> starting dragonfly-workflowd"
+    start workflowd "$bin/dragonfly-workflowd" --config "$config"
 else
     check_config "${daemons[@]}"
 
@@ -381,7 +383,7 @@ else
     # Root binds each daemon's sockets and hands them over by name, as systemd's .socket
     # units do (units/); the daemon starts on the first connection or packet. UDP and TCP
     # need two nested calls (the inner --fdname names all fds); here each daemon has one kind.
-    echo "==> starting apid, ipxed, tftpd, dhcpd on $lab_ip in $ns"
+    echo "==> starting apid, ipxed, tftpd, dhcpd, workflowd on $lab_ip in $ns"
     sa=(systemd-socket-activate)
     start_cmd apid "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:3000" --listen="$lab_ip:3001" \
         --fdname=http:agent \
@@ -392,6 +394,8 @@ else
         "${confined[@]}" "$bin/dragonfly-tftpd" --config "$config"
     start_cmd dhcpd "${in_ns[@]}" "${sa[@]}" -d --listen=0.0.0.0:67 --listen=0.0.0.0:4011 \
         --fdname=dhcp:pxe "${confined[@]}" "$bin/dragonfly-dhcpd" --config "$config"
+    # No sockets: workflowd starts at once and talks only to the store and NATS.
+    start_cmd workflowd "${in_ns[@]}" "${confined[@]}" "$bin/dragonfly-workflowd" --config "$config"
     for name in apid ipxed tftpd dhcpd; do
         for ((n = 0; n < 100; n++)); do
             logged_since_start "$name" "Listening on" && break
@@ -494,7 +498,7 @@ Dragonfly is running: $url/  (health: $url/api/health)
   lab    network namespace $ns: br0 $lab_ip/24; dhcpd, tftpd, ipxed, apid, nats-server inside
   VM     $vm_mac, $firmware; console: tail -f var/log/demo-vm.log
   state  $state  (database, config, boot-token key)
-  logs   $state/log/{apid,ipxed,dhcpd,tftpd,nats-server,demo-vm}.log
+  logs   $state/log/{apid,ipxed,dhcpd,tftpd,workflowd,nats-server,demo-vm}.log
 
 Create the first administrator: run this in another terminal, then type a password of at
 least 12 characters, Enter, and Ctrl-D (it reads the password from standard input):

@@ -40,6 +40,8 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, agent_api::INSTRUCTIONS_PATH),
     (Method::POST, agent_api::LOG_PATH),
     (Method::POST, agent_api::RENEW_PATH),
+    (Method::GET, agent_api::WORKFLOW_PATH),
+    (Method::POST, agent_api::REPORT_PATH),
     (Method::GET, "/"),
     (Method::GET, "/ui/app.js"),
 ];

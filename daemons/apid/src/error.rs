@@ -137,6 +137,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::AlreadyExists { .. } => Self::Conflict(e.to_string()),
             StoreError::LastAdministrator => Self::Conflict(e.to_string()),
+            StoreError::InUse { .. } => Self::Conflict(e.to_string()),
             StoreError::IllegalTransition(t) => Self::Conflict(t.to_string()),
             other => Self::Internal(anyhow::Error::new(other)),
         }

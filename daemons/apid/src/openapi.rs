@@ -8,7 +8,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, conflicts, health, machines, resources, session, users};
+use crate::routes::{agent, conflicts, health, machines, resources, session, users, workflows};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,6 +23,11 @@ use crate::routes::{agent, conflicts, health, machines, resources, session, user
         machines::register, agent::instructions, agent::log, agent::renew, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
         machines::approve, conflicts::list, conflicts::of_machine,
         resources::list_hardware, resources::get_hardware,
+        workflows::list_templates, workflows::create_template, workflows::get_template,
+        workflows::replace_template, workflows::delete_template,
+        workflows::list_workflows, workflows::get_workflow,
+        workflows::provision, workflows::progress, workflows::cancel, workflows::retry,
+        workflows::next_step, workflows::report,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),
@@ -32,6 +37,7 @@ use crate::routes::{agent, conflicts, health, machines, resources, session, user
         (name = "auth", description = "Operator sessions and API tokens"),
         (name = "users", description = "Operator accounts (administrators only)"),
         (name = "system", description = "Health and API description"),
+        (name = "workflows", description = "Provisioning: assignment, progress, cancel and retry"),
     )
 )]
 #[derive(Debug)]

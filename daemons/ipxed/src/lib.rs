@@ -285,6 +285,7 @@ async fn boot_script(
     let fate = boot::decide(machine.as_ref().map(|m| BootView {
         state: m.state,
         workflow_id: m.workflow_id,
+        workflow_state: m.workflow_state,
     }));
     let view = MachineView {
         id: machine.as_ref().map(|m| m.id.0),

@@ -140,7 +140,7 @@ pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd: DhcpdConf
 /// Dragonfly's own boot path in `lab`: a NATS server and a migrated store inside the
 /// namespace, then dhcpd (configured by `dhcpd`), tftpd (root: Debian's iPXE binaries),
 /// ipxed (serving the agent kernel and initrd in `agent_dir`) and, when `apid`, apid on
-/// 10.99.0.1:3000 — each as
+/// 10.99.0.1:3000 and workflowd (which applies the agents' reports) — each as
 /// nobody through socket activation, as in production. One config file for all, as on a
 /// real host; ipxed and apid share the boot-token key file.
 pub(crate) fn start_dragonfly_with(
@@ -165,6 +165,8 @@ pub(crate) fn start_dragonfly_configured(
     let mut names = vec!["dragonfly-dhcpd", "dragonfly-tftpd", "dragonfly-ipxed"];
     if apid {
         names.push("dragonfly-apid");
+        // Provisioning needs its engine wherever the API can create workflows.
+        names.push("dragonfly-workflowd");
     }
     let binaries: Vec<_> = names.iter().map(|n| daemon_binary(n)).collect();
     let nats = lab.start_nats();
@@ -291,10 +293,19 @@ pub(crate) fn start_dragonfly_configured(
             &env,
         );
         labels.push("apid");
+        // No sockets: started at once (not on a first connection), as nobody.
+        lab.spawn_daemon("workflowd", &binaries[4], &[], &args, &env);
     }
     // socket-activate prints "Listening on …" once its sockets are bound.
     for label in labels {
         lab.wait_for_log(label, "Listening on", std::time::Duration::from_secs(5));
+    }
+    if apid {
+        lab.wait_for_log(
+            "workflowd",
+            "workflowd running",
+            std::time::Duration::from_secs(10),
+        );
     }
     Stack {
         nats,

@@ -25,6 +25,7 @@ use dragonfly_runtime::config::{
     StoreConfig, accepted_keys, parse_str,
 };
 use dragonfly_tftpd::config::{RawTftpd, TftpdConfig};
+use dragonfly_workflowd::config::{RawWorkflowd, WorkflowdConfig};
 
 const EXAMPLE: &str = include_str!("../../../packaging/dragonfly.toml.example");
 
@@ -42,6 +43,7 @@ fn tables() -> Tables {
         ("ipxed", accepted_keys::<RawIpxed>()),
         ("ipxed.http", accepted_keys::<RawHttpConfig>()),
         ("tftpd", accepted_keys::<RawTftpd>()),
+        ("workflowd", accepted_keys::<RawWorkflowd>()),
         ("dhcpd", accepted_keys::<RawDhcpd>()),
         ("dhcpd.subnets", accepted_keys::<RawSubnet>()),
         ("dhcpd.reservations", accepted_keys::<RawReservation>()),
@@ -139,6 +141,7 @@ fn example_loads_for_every_daemon() {
     let apid = load::<ApidConfig>(EXAMPLE);
     load::<IpxedConfig>(EXAMPLE);
     load::<TftpdConfig>(EXAMPLE);
+    load::<WorkflowdConfig>(EXAMPLE);
     load::<MigrateConfig>(EXAMPLE);
     // The shared sections are their defaults.
     assert_eq!(apid.store, StoreConfig::default());
@@ -160,6 +163,7 @@ fn every_commented_example_value_is_valid() {
     load::<ApidConfig>(&text);
     load::<IpxedConfig>(&text);
     load::<TftpdConfig>(&text);
+    load::<WorkflowdConfig>(&text);
     load::<MigrateConfig>(&text);
     let dhcpd = load::<DhcpdConfig>(&text).daemon;
     assert_eq!(dhcpd.subnets.len(), 1);
@@ -173,6 +177,11 @@ fn plain_values_are_the_defaults() {
     assert_eq!(apid, ApidConfig::validate(RawApid::default()).unwrap());
     let tftpd = load::<TftpdConfig>(EXAMPLE).daemon;
     assert_eq!(tftpd, TftpdConfig::validate(RawTftpd::default()).unwrap());
+    let workflowd = load::<WorkflowdConfig>(EXAMPLE).daemon;
+    assert_eq!(
+        workflowd,
+        WorkflowdConfig::validate(RawWorkflowd::default()).unwrap()
+    );
     // ipxed: only the three required keys differ from an empty section.
     let ipxed = load::<IpxedConfig>(EXAMPLE).daemon;
     let required = RawIpxed {

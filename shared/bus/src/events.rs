@@ -21,6 +21,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use dragonfly_core::{BootFate, MacAddr, MachineId};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::Event;
 
@@ -184,6 +185,96 @@ events! {
         #[serde(flatten)]
         pub fate: BootFate,
     }
+
+    /// An operator assigned a template: a workflow was created (Pending).
+    WorkflowCreated = "dragonfly.workflow.created", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its name.
+        pub name: String,
+        /// The machine it provisions.
+        pub machine_id: MachineId,
+        /// The template it runs.
+        pub template: String,
+    }
+
+    /// A hint from apid: an agent's report was stored durably (workflowd applies it).
+    WorkflowReported = "dragonfly.workflow.reported", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+    }
+
+    /// A hint from apid: an operator asked to cancel or retry a workflow.
+    WorkflowRequested = "dragonfly.workflow.requested", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+    }
+
+    /// The workflow's first report arrived: Pending → Running (also after a retry).
+    WorkflowStarted = "dragonfly.workflow.started", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+        /// Which start of the workflow.
+        pub attempt: u32,
+    }
+
+    /// An action moved (at most once a second per workflow).
+    WorkflowProgress = "dragonfly.workflow.progress", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+        /// The current action's index.
+        pub action: u32,
+        /// Its name.
+        pub action_name: String,
+        /// Its state.
+        pub state: String,
+        /// 0–100.
+        pub percent: u8,
+    }
+
+    /// Every action succeeded; the machine is Ready.
+    WorkflowSucceeded = "dragonfly.workflow.succeeded", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+    }
+
+    /// An action failed (retries spent); the machine is in Error.
+    WorkflowFailed = "dragonfly.workflow.failed", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+        /// Why.
+        pub message: String,
+    }
+
+    /// An action or the workflow ran out of time; the machine is in Error.
+    WorkflowTimedout = "dragonfly.workflow.timedout", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+        /// Which action and why.
+        pub message: String,
+    }
+
+    /// An operator cancelled the workflow; the machine is in Error, held in discovery.
+    WorkflowCancelled = "dragonfly.workflow.cancelled", about workflow_id {
+        /// The workflow.
+        pub workflow_id: Uuid,
+        /// Its machine.
+        pub machine_id: MachineId,
+    }
 }
 
 /// Why a lease ended.
@@ -289,6 +380,7 @@ mod tests {
         }
     }
 
+    const WF: Uuid = Uuid::from_u128(0x0193a5c0_0000_7000_8000_0000000000aa);
     const MACHINE: MachineId = MachineId(Uuid::from_u128(0x0193a5c0_0000_7000_8000_000000000001));
     const WORKFLOW: Uuid = Uuid::from_u128(0x0193a5c0_0000_7000_8000_0000000000ff);
     const MAC: MacAddr = MacAddr::new([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
@@ -297,6 +389,78 @@ mod tests {
     /// variant): the wire format docs/events.md promises, and what subscribers decode.
     pub(super) fn examples() -> Vec<(&'static str, Map<String, Value>)> {
         vec![
+            pin(
+                WorkflowCreated {
+                    workflow_id: WF,
+                    name: "hungry-00000aa".into(),
+                    machine_id: MACHINE,
+                    template: "debian".into(),
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","name":"hungry-00000aa","machineId":"0193a5c0-0000-7000-8000-000000000001","template":"debian"}"#,
+            ),
+            pin(
+                WorkflowReported {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001"}"#,
+            ),
+            pin(
+                WorkflowRequested {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001"}"#,
+            ),
+            pin(
+                WorkflowStarted {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                    attempt: 1,
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001","attempt":1}"#,
+            ),
+            pin(
+                WorkflowProgress {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                    action: 1,
+                    action_name: "image".into(),
+                    state: "Running".into(),
+                    percent: 42,
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001","action":1,"actionName":"image","state":"Running","percent":42}"#,
+            ),
+            pin(
+                WorkflowSucceeded {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001"}"#,
+            ),
+            pin(
+                WorkflowFailed {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                    message: "action \"image\" failed: checksum mismatch".into(),
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001","message":"action \"image\" failed: checksum mismatch"}"#,
+            ),
+            pin(
+                WorkflowTimedout {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                    message: "action \"image\" timed out".into(),
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001","message":"action \"image\" timed out"}"#,
+            ),
+            pin(
+                WorkflowCancelled {
+                    workflow_id: WF,
+                    machine_id: MACHINE,
+                },
+                r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001"}"#,
+            ),
             pin(
                 MachineRegistered {
                     machine_id: MACHINE,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::MachineState;
+use crate::workflow::WorkflowState;
 
 /// What the boot path knows about a machine when it asks. `None` means the MAC is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub struct BootView {
     pub state: MachineState,
     /// The workflow waiting for (or running on) the machine, if one exists.
     pub workflow_id: Option<Uuid>,
+    /// That workflow's state, when the store has it: it decides before the machine's state
+    /// (see [`decide`]).
+    pub workflow_state: Option<WorkflowState>,
 }
 
 /// What the machine should boot.
@@ -60,6 +64,18 @@ pub fn decide(machine: Option<BootView>) -> BootFate {
         };
     };
     let discovery = |reason| BootFate::Discovery { reason };
+    // The workflow decides when there is one: pending or running → imaging; succeeded → the
+    // installed OS; failed, timed out or cancelled → discovery, held (never re-imaged in a
+    // loop: only an operator's retry makes it pending again).
+    if let (Some(workflow_id), Some(ws)) = (m.workflow_id, m.workflow_state) {
+        return match ws {
+            WorkflowState::Pending | WorkflowState::Running => BootFate::Imaging { workflow_id },
+            WorkflowState::Succeeded => BootFate::LocalDisk,
+            WorkflowState::Failed | WorkflowState::TimedOut | WorkflowState::Cancelled => {
+                discovery(R::HeldAfterError)
+            }
+        };
+    }
     match m.state {
         MachineState::Discovered => discovery(R::NotRegistered),
         MachineState::Registered => discovery(R::AwaitingAssignment),
@@ -87,7 +103,11 @@ mod tests {
         );
         for state in MachineState::ALL {
             for workflow_id in [None, Some(wf)] {
-                let got = decide(Some(BootView { state, workflow_id }));
+                let got = decide(Some(BootView {
+                    state,
+                    workflow_id,
+                    workflow_state: None,
+                }));
                 let want = match (state, workflow_id) {
                     (MachineState::Discovered, _) => BootFate::Discovery {
                         reason: DiscoveryReason::NotRegistered,
@@ -119,12 +139,49 @@ mod tests {
             let fate = decide(Some(BootView {
                 state,
                 workflow_id: Some(Uuid::nil()),
+                workflow_state: None,
             }));
             let imaging = matches!(fate, BootFate::Imaging { .. });
             assert_eq!(
                 imaging,
                 matches!(state, MachineState::OsAssigned | MachineState::Provisioning),
                 "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_workflow_decides_and_a_failed_one_is_held() {
+        let wf = Uuid::from_u128(9);
+        let fate = |state, ws| {
+            decide(Some(BootView {
+                state,
+                workflow_id: Some(wf),
+                workflow_state: Some(ws),
+            }))
+        };
+        use MachineState as M;
+        use WorkflowState as W;
+        assert_eq!(
+            fate(M::OsAssigned, W::Pending),
+            BootFate::Imaging { workflow_id: wf }
+        );
+        assert_eq!(
+            fate(M::Provisioning, W::Running),
+            BootFate::Imaging { workflow_id: wf }
+        );
+        // A Ready machine given a new workflow (reimage) images again.
+        assert_eq!(
+            fate(M::Ready, W::Pending),
+            BootFate::Imaging { workflow_id: wf }
+        );
+        assert_eq!(fate(M::Ready, W::Succeeded), BootFate::LocalDisk);
+        for ws in [W::Failed, W::TimedOut, W::Cancelled] {
+            assert_eq!(
+                fate(M::Error, ws),
+                BootFate::Discovery {
+                    reason: DiscoveryReason::HeldAfterError
+                }
             );
         }
     }

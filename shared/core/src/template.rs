@@ -29,6 +29,10 @@ pub struct ActionSpec {
     /// Give up on the action after this many seconds (the workflow's default otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u32>,
+    /// How many times a failed run of the action is tried again before the workflow fails
+    /// (0: none). Each try is a new attempt of the workflow that re-runs this action only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
     #[serde(flatten)]
     pub action: Action,
 }
@@ -93,6 +97,10 @@ pub enum Action {
         #[serde(default)]
         cmdline: String,
     },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_mode() -> u32 {

@@ -1,7 +1,25 @@
-//! Workflows: one template running on one machine, with per-action progress.
+//! Workflows: one template running on one machine, with per-action progress, and the pure
+//! state machine that moves them.
+//!
+//! workflowd is the one process that changes a workflow's state; it does so only through
+//! [`Workflow::apply`] (an agent's report) and [`Workflow::check_time`] (timeouts), then
+//! writes the result with the reports it consumed in one transaction. Keeping the machine
+//! pure (no clock, no I/O: `now` is passed in) is what lets it be tested step by step, and
+//! what makes applying the same report twice harmless: a report that does not match the
+//! workflow's attempt and current action changes nothing.
+//!
+//! Retries: an action's `retries` re-run **that action** (each try is a new attempt, so a
+//! report from the failed try can never move the new one); an operator's retry of a failed,
+//! timed-out or cancelled workflow restarts it **from its first action** (every native action
+//! is safe to run again: tables and images are rewritten whole, files replaced atomically).
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::MachineId;
+use crate::agent_api::{ActionReport, ReportEvent};
+use crate::template::ActionSpec;
 
 /// Where a workflow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +71,18 @@ pub struct ActionStatus {
     pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// Bytes moved so far (image2disk), from the latest progress report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    /// Total bytes when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Throughput from the latest progress report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    /// How many times the action was started (retries included).
+    #[serde(default)]
+    pub tries: u32,
 }
 
 /// A workflow's status: the `status` of a Workflow resource.
@@ -96,10 +126,337 @@ impl WorkflowStatus {
                     message: None,
                     started_at: None,
                     finished_at: None,
+                    bytes_done: None,
+                    bytes_total: None,
+                    bytes_per_second: None,
+                    tries: 0,
                 })
                 .collect(),
             attempts: 0,
         }
+    }
+}
+
+impl WorkflowState {
+    /// The name stored and shown (`"TimedOut"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::TimedOut => "TimedOut",
+            Self::Cancelled => "Cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for WorkflowState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "Pending" => Self::Pending,
+            "Running" => Self::Running,
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            "TimedOut" => Self::TimedOut,
+            "Cancelled" => Self::Cancelled,
+            _ => return Err(UnknownState(s.to_owned())),
+        })
+    }
+}
+
+/// A workflow state name nobody knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown workflow state {0:?}")]
+pub struct UnknownState(pub String);
+
+/// An operator's request, recorded by apid and carried out by workflowd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Request {
+    Cancel,
+    Retry,
+}
+
+/// One workflow as stored: the template's actions rendered for its machine, where it is, and
+/// what was served to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workflow {
+    pub id: Uuid,
+    /// Unique, for the `workflows/{name}` resource (`<machine name>-<short id>`).
+    pub name: String,
+    pub machine_id: MachineId,
+    /// The template's name; its actions are copied (rendered) below, so editing the template
+    /// later never changes a running workflow.
+    pub template: String,
+    pub actions: Vec<ActionSpec>,
+    /// The values given at assignment (template variables).
+    pub values: serde_json::Map<String, serde_json::Value>,
+    pub state: WorkflowState,
+    /// 1 first, +1 on every retry (an action's or the operator's).
+    pub attempt: u32,
+    pub status: Vec<ActionStatus>,
+    /// The action to run now (or that ended the workflow).
+    pub current_action: u32,
+    /// When the current action's clock started (first served or reported started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_since: Option<Timestamp>,
+    /// Default per-action timeout, and the whole workflow's (`workflow_timeout_seconds`).
+    pub action_timeout_seconds: u32,
+    pub workflow_timeout_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Why the workflow failed, timed out or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub resource_version: i64,
+}
+
+/// What apid last served to the agent (recorded apart from what the agent reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Served {
+    pub attempt: u32,
+    pub index: u32,
+    /// The first time this (attempt, index) was served.
+    pub at: Timestamp,
+}
+
+/// What applying something to a workflow changed, for the events and the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing (a stale or duplicate report).
+    None,
+    /// Pending → Running.
+    Started,
+    /// An action moved (progress, an action started or succeeded, a retry of it).
+    Progress,
+    Succeeded,
+    Failed(String),
+    TimedOut(String),
+    Cancelled,
+    /// An operator's retry: back to Pending with a new attempt.
+    Restarted,
+}
+
+impl Workflow {
+    fn action_name(&self, i: u32) -> &str {
+        self.actions
+            .get(i as usize)
+            .map_or("?", |a| a.name.as_str())
+    }
+
+    fn timeout_of(&self, i: u32) -> u32 {
+        self.actions
+            .get(i as usize)
+            .and_then(|a| a.timeout_seconds)
+            .unwrap_or(self.action_timeout_seconds)
+    }
+
+    fn finish(&mut self, state: WorkflowState, error: Option<String>, now: Timestamp) {
+        let astate = match state {
+            WorkflowState::Failed => Some(ActionState::Failed),
+            WorkflowState::TimedOut => Some(ActionState::TimedOut),
+            WorkflowState::Cancelled => Some(ActionState::Cancelled),
+            _ => None,
+        };
+        if let Some(astate) = astate
+            && let Some(a) = self.status.get_mut(self.current_action as usize)
+            && !matches!(a.state, ActionState::Succeeded)
+        {
+            a.state = astate;
+            a.finished_at = Some(now);
+            if let Some(e) = &error {
+                a.message = Some(e.clone());
+            }
+        }
+        self.state = state;
+        self.error = error;
+        self.finished_at = Some(now);
+    }
+
+    /// Applies one agent report. Reports of another attempt or another action than the
+    /// current one, and any report to a finished workflow, change nothing.
+    pub fn apply(&mut self, r: &ActionReport, now: Timestamp) -> Change {
+        if self.state.is_terminal()
+            || r.workflow_id != self.id
+            || r.attempt != self.attempt
+            || r.action != self.current_action
+        {
+            return Change::None;
+        }
+        let i = self.current_action as usize;
+        let Some(a) = self.status.get_mut(i) else {
+            return Change::None;
+        };
+        let first = self.state == WorkflowState::Pending;
+        if first {
+            self.state = WorkflowState::Running;
+            self.started_at.get_or_insert(now);
+        }
+        if self.action_since.is_none() {
+            self.action_since = Some(now);
+        }
+        if a.state == ActionState::Pending {
+            a.state = ActionState::Running;
+            a.started_at = Some(now);
+            a.tries += 1;
+        }
+        let change = match &r.event {
+            ReportEvent::Started => Change::Progress,
+            ReportEvent::Progress {
+                bytes_done,
+                bytes_total,
+                bytes_per_second,
+                message,
+            } => {
+                a.bytes_done = Some(*bytes_done);
+                a.bytes_total = *bytes_total;
+                a.bytes_per_second = Some(*bytes_per_second);
+                if let Some(t) = bytes_total.filter(|t| *t > 0) {
+                    a.percent =
+                        u8::try_from((bytes_done.saturating_mul(100) / t).min(100)).unwrap_or(100);
+                }
+                if message.is_some() {
+                    a.message.clone_from(message);
+                }
+                Change::Progress
+            }
+            ReportEvent::Succeeded { message } => {
+                a.state = ActionState::Succeeded;
+                a.percent = 100;
+                a.finished_at = Some(now);
+                if message.is_some() {
+                    a.message.clone_from(message);
+                }
+                self.current_action += 1;
+                self.action_since = None;
+                if self.current_action as usize >= self.actions.len() {
+                    self.current_action -= 1;
+                    self.finish(WorkflowState::Succeeded, None, now);
+                    Change::Succeeded
+                } else {
+                    Change::Progress
+                }
+            }
+            ReportEvent::Failed { message, .. } => {
+                let retries = self.actions.get(i).map_or(0, |s| s.retries);
+                a.message = Some(message.clone());
+                if a.tries <= retries {
+                    // Run the action again, as a new attempt; its clock keeps running
+                    // (an action's timeout counts its retries).
+                    a.state = ActionState::Pending;
+                    self.attempt += 1;
+                    Change::Progress
+                } else {
+                    let why = format!(
+                        "action {:?} failed: {message}",
+                        self.action_name(self.current_action)
+                    );
+                    self.finish(WorkflowState::Failed, Some(why.clone()), now);
+                    Change::Failed(why)
+                }
+            }
+        };
+        if first && change == Change::Progress {
+            Change::Started
+        } else {
+            change
+        }
+    }
+
+    /// Times the workflow out when its current action, or the whole workflow, ran too long.
+    /// The action's clock starts when it is first served (or reported started): an agent
+    /// that never answers times out like one that stops answering.
+    pub fn check_time(&mut self, now: Timestamp) -> Change {
+        if self.state.is_terminal() {
+            return Change::None;
+        }
+        let i = self.current_action;
+        let since = self.action_since.or(self
+            .served
+            .filter(|s| s.attempt == self.attempt && s.index == i)
+            .map(|s| s.at));
+        if let Some(since) = since {
+            let limit = i64::from(self.timeout_of(i));
+            if now.duration_since(since).as_secs() >= limit {
+                let why = format!(
+                    "action {:?} timed out: no end reported within {limit} s",
+                    self.action_name(i)
+                );
+                self.finish(WorkflowState::TimedOut, Some(why.clone()), now);
+                return Change::TimedOut(why);
+            }
+        }
+        let limit = i64::from(self.workflow_timeout_seconds);
+        if now.duration_since(self.created_at).as_secs() >= limit {
+            let why = format!(
+                "workflow timed out after {limit} s, during action {:?}",
+                self.action_name(i)
+            );
+            self.finish(WorkflowState::TimedOut, Some(why.clone()), now);
+            return Change::TimedOut(why);
+        }
+        Change::None
+    }
+
+    /// Carries out an operator's request.
+    pub fn request(&mut self, req: Request, now: Timestamp) -> Change {
+        match req {
+            Request::Cancel if !self.state.is_terminal() => {
+                self.finish(
+                    WorkflowState::Cancelled,
+                    Some("cancelled by an operator".into()),
+                    now,
+                );
+                Change::Cancelled
+            }
+            Request::Retry
+                if self.state.is_terminal() && self.state != WorkflowState::Succeeded =>
+            {
+                self.attempt += 1;
+                self.state = WorkflowState::Pending;
+                self.current_action = 0;
+                self.action_since = None;
+                self.created_at = now;
+                self.started_at = None;
+                self.finished_at = None;
+                self.error = None;
+                let names: Vec<&str> = self.actions.iter().map(|a| a.name.as_str()).collect();
+                self.status = WorkflowStatus::pending(names).actions;
+                Change::Restarted
+            }
+            _ => Change::None,
+        }
+    }
+
+    /// The index an agent should run now, given the actions of this attempt whose success or
+    /// failure the store holds but workflowd has not applied yet: a stored success of the
+    /// current action moves past it (so an agent never runs an action twice for want of
+    /// workflowd), a stored failure serves nothing. Reports about other actions are ignored,
+    /// as [`Workflow::apply`] ignores them. `None`: nothing to run.
+    pub fn to_serve(&self, succeeded: &[u32], failed: &[u32]) -> Option<u32> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        let mut next = self.current_action;
+        while succeeded.contains(&next) {
+            next += 1;
+        }
+        if failed.contains(&next) {
+            return None;
+        }
+        ((next as usize) < self.actions.len()).then_some(next)
     }
 }
 

@@ -62,6 +62,9 @@ pub enum StoreError {
     /// A unique value (user name, …) is already taken.
     #[error("{what} already exists")]
     AlreadyExists { what: &'static str },
+    /// The row is used by something active (a template by a running workflow).
+    #[error("{what} is used by {by}")]
+    InUse { what: &'static str, by: String },
     /// The change would leave no enabled administrator.
     #[error("at least one enabled administrator must remain")]
     LastAdministrator,

@@ -9,7 +9,7 @@
 //! `SQLITE_BUSY` on upgrade.
 //!
 //! **One way in.** A [`Db`] is opened with [`Db::open`] and gives typed handles per table
-//! group — [`Db::machines`], [`Db::leases`], [`Db::boot`], and on apid's own file [`AuthDb`]'s `auth()` — whose async methods run on tokio's
+//! group — [`Db::machines`], [`Db::leases`], [`Db::boot`], [`Db::templates`], [`Db::workflows`], and on apid's own file [`AuthDb`]'s `auth()` — whose async methods run on tokio's
 //! blocking pool. The SQL library is private to this crate: no public item names a
 //! connection, a statement or its error type, and no daemon depends on it, so "no SQL in
 //! daemons" is enforced by the compiler. Callers without a runtime use [`BlockingDb`]; a
@@ -38,6 +38,7 @@ pub mod schema;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod time;
+pub mod workflows;
 
 pub use auth::AuthDb;
 pub use db::{BlockingDb, Db};

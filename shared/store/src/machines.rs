@@ -306,11 +306,14 @@ pub struct BootInfo {
     pub name: String,
     pub state: MachineState,
     pub workflow_id: Option<Uuid>,
+    /// The state of that workflow (it decides the boot fate before the machine's state).
+    pub workflow_state: Option<dragonfly_core::workflow::WorkflowState>,
 }
 
 /// See [`Machines::boot_info`].
-pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id \
-     FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id WHERE mm.mac = ?1";
+pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id, w.state \
+     FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id \
+     LEFT JOIN workflows w ON w.id = m.workflow_id WHERE mm.mac = ?1";
 
 fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>, StoreError> {
     let row = conn
@@ -322,16 +325,22 @@ fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })
         .optional()
         .sql()?;
-    row.map(|(id, name, state, wf)| {
+    row.map(|(id, name, state, wf, ws)| {
         Ok(BootInfo {
             id: MachineId(uuid_col(&id)?),
             name,
             state: state_col(&state)?,
             workflow_id: wf.as_deref().map(uuid_col).transpose()?,
+            workflow_state: ws
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| StoreError::corrupt("workflow state", e))?,
         })
     })
     .transpose()
@@ -854,6 +863,21 @@ fn transition(
     now: Timestamp,
 ) -> Result<Machine, StoreError> {
     write(conn, |tx| {
+        transition_tx(tx, id, expected_version, event, workflow_id, now)
+    })
+}
+
+/// [`Machines::transition`] inside a caller's transaction (a workflow's change moves its
+/// machine in the same commit).
+pub(crate) fn transition_tx(
+    tx: &Transaction<'_>,
+    id: MachineId,
+    expected_version: Option<i64>,
+    event: LifecycleEvent,
+    workflow_id: Option<Uuid>,
+    now: Timestamp,
+) -> Result<Machine, StoreError> {
+    {
         let current = current(tx, id, expected_version)?;
         let state = current.state.apply(event)?;
         let n = tx
@@ -875,7 +899,7 @@ fn transition(
             crate::boot::revoke_machine(tx, &id.0.to_string(), now)?;
         }
         get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
-    })
+    }
 }
 
 /// See [`Machines::delete`].

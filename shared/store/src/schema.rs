@@ -57,6 +57,10 @@ impl sealed::Sealed for Shared {
             name: "0003_identity",
             sql: include_str!("migrations/0003_identity.sql"),
         },
+        Migration {
+            name: "0004_workflows",
+            sql: include_str!("migrations/0004_workflows.sql"),
+        },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.

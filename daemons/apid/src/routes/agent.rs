@@ -172,6 +172,7 @@ pub async fn instructions(
     let fate = boot::decide(Some(BootView {
         state: info.state,
         workflow_id: info.workflow_id,
+        workflow_state: info.workflow_state,
     }));
     Ok(ApiJson(Instructions {
         machine_id: info.id,

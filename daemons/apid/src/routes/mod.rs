@@ -16,6 +16,7 @@ pub mod resources;
 pub mod session;
 pub mod ui;
 pub mod users;
+pub mod workflows;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -72,6 +73,8 @@ pub fn agent_routes() -> Router<AppState> {
         .route(agent_api::INSTRUCTIONS_PATH, get(agent::instructions))
         .route(agent_api::LOG_PATH, post(agent::log))
         .route(agent_api::RENEW_PATH, post(agent::renew))
+        .route(agent_api::WORKFLOW_PATH, get(workflows::next_step))
+        .route(agent_api::REPORT_PATH, post(workflows::report))
 }
 
 /// What only operators call.
@@ -114,6 +117,28 @@ fn operator_routes() -> Router<AppState> {
             "/apis/dragonfly.computer/v1/hardware/{name}",
             get(resources::get_hardware),
         )
+        .route(
+            "/apis/dragonfly.computer/v1/templates",
+            get(workflows::list_templates).post(workflows::create_template),
+        )
+        .route(
+            "/apis/dragonfly.computer/v1/templates/{name}",
+            get(workflows::get_template)
+                .put(workflows::replace_template)
+                .delete(workflows::delete_template),
+        )
+        .route(
+            "/apis/dragonfly.computer/v1/workflows",
+            get(workflows::list_workflows),
+        )
+        .route(
+            "/apis/dragonfly.computer/v1/workflows/{name}",
+            get(workflows::get_workflow),
+        )
+        .route("/api/machines/{id}/provision", post(workflows::provision))
+        .route("/api/workflows/{id}/progress", get(workflows::progress))
+        .route("/api/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/api/workflows/{id}/retry", post(workflows::retry))
 }
 
 /// The layers every listener has: 404 for other paths, operator authentication, the body

@@ -33,7 +33,7 @@ fn wants_yaml(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m != "application/json")
 }
 
-fn render<T: Serialize>(headers: &HeaderMap, doc: &T) -> Result<Response, ApiError> {
+pub(crate) fn render<T: Serialize>(headers: &HeaderMap, doc: &T) -> Result<Response, ApiError> {
     if wants_yaml(headers) {
         let text = serde_yaml_ng::to_string(doc)
             .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("rendering YAML")))?;

@@ -68,6 +68,8 @@ async fn every_documented_route_requires_credentials_except_the_allow_list() {
                 | "/api/agent/instructions"
                 | "/api/agent/log"
                 | "/api/agent/renew"
+                | "/api/agent/workflow"
+                | "/api/agent/report"
         );
         if is_public && !agent_route {
             assert_ne!(status, 401, "{method} {template} should be public");

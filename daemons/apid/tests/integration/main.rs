@@ -10,3 +10,4 @@ mod binary;
 mod common;
 mod listeners;
 mod operators;
+mod workflows;

@@ -1,0 +1,357 @@
+//! Provisioning over HTTP: templates, assignment, workflows, and the agent's workflow and
+//! report routes.
+
+use dragonfly_core::agent_api::{REPORT_PATH, WORKFLOW_PATH};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::{Server, mac, report, token_for};
+
+const TEMPLATES: &str = "/apis/dragonfly.computer/v1/templates";
+
+fn template(name: &str, contents: &str) -> Value {
+    json!({
+        "apiVersion": "dragonfly.computer/v1",
+        "kind": "Template",
+        "metadata": {"name": name},
+        "spec": {"actions": [
+            {"name": "disk", "type": "partition", "disk": "/dev/vda", "table": "gpt",
+             "partitions": [{"label": "root", "size": "rest", "type": "linux", "format": "ext4"}]},
+            {"name": "hostname", "type": "writefile",
+             "device": {"disk": "/dev/vda", "partition": 1}, "filesystem": "ext4",
+             "path": "/etc/hostname", "contents": contents},
+            {"name": "boot", "type": "kexec", "device": {"disk": "/dev/vda", "partition": 1},
+             "filesystem": "ext4", "kernel": "/boot/vmlinuz",
+             "cmdline": "root=LABEL=root console={{values.console}}"}
+        ]}
+    })
+}
+
+async fn post_json(s: &Server, cookie: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+    let r = s
+        .http
+        .post(s.url(path))
+        .header("cookie", cookie)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn templates_are_validated_when_written_in_json_or_yaml() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let (st, t) = post_json(
+        &s,
+        &cookie,
+        TEMPLATES,
+        &template("debian", "{{hostname}}\n"),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    assert_eq!(t["metadata"]["resourceVersion"], "1");
+    let (st, _) = post_json(&s, &cookie, TEMPLATES, &template("debian", "x")).await;
+    assert_eq!(st, 409, "the name is taken");
+    // A variable apid does not render: refused now, not half-way through an install.
+    let (st, e) = post_json(&s, &cookie, TEMPLATES, &template("bad", "{{hostnme}}")).await;
+    assert_eq!(st, 422);
+    assert!(e["message"].as_str().unwrap().contains("hostnme"), "{e}");
+    let mut dup = template("dup", "x");
+    dup["spec"]["actions"][1]["name"] = "disk".into();
+    let (st, e) = post_json(&s, &cookie, TEMPLATES, &dup).await;
+    assert_eq!(st, 422);
+    assert!(
+        e["message"].as_str().unwrap().contains("already used"),
+        "{e}"
+    );
+    // YAML in, YAML out.
+    let yaml = serde_yaml_ng::to_string(&template("yaml", "static")).unwrap();
+    let r = s
+        .http
+        .post(s.url(TEMPLATES))
+        .header("cookie", &cookie)
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .http
+        .get(s.url(TEMPLATES))
+        .header("cookie", &cookie)
+        .header("accept", "application/yaml")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("kind: TemplateList") && text.contains("name: yaml"),
+        "{text}"
+    );
+    // Replace names the version it read.
+    let mut doc = template("debian", "{{hostname}}");
+    doc["metadata"]["resourceVersion"] = "7".into();
+    let r = s
+        .http
+        .put(s.url(&format!("{TEMPLATES}/debian")))
+        .header("cookie", &cookie)
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    doc["metadata"]["resourceVersion"] = "1".into();
+    let r = s
+        .http
+        .put(s.url(&format!("{TEMPLATES}/debian")))
+        .header("cookie", &cookie)
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .http
+        .delete(s.url(&format!("{TEMPLATES}/yaml")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn provisioning_serves_actions_and_keeps_reports_once() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let (st, _) = post_json(
+        &s,
+        &cookie,
+        TEMPLATES,
+        &template("debian", "{{hostname}}\n"),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let r = s
+        .http
+        .post(s.url("/api/machines/register"))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
+        .json(&report(&[1]))
+        .send()
+        .await
+        .unwrap();
+    let m: Value = r.json().await.unwrap();
+    let name = m["name"].as_str().unwrap().to_owned();
+    let provision = format!("/api/machines/{name}/provision");
+
+    // A value the template needs is missing: 422 naming it, nothing created.
+    let (st, e) = post_json(&s, &cookie, &provision, &json!({"template": "debian"})).await;
+    assert_eq!(st, 422);
+    assert!(
+        e["message"].as_str().unwrap().contains("values.console"),
+        "{e}"
+    );
+    let body = json!({"template": "debian",
+        "values": {"hostname": "web-1", "console": "ttyS0"}});
+    let (st, wf) = post_json(&s, &cookie, &provision, &body).await;
+    assert_eq!(st, 201, "{wf}");
+    assert_eq!(wf["state"], "Pending");
+    let (st, _) = post_json(&s, &cookie, &provision, &body).await;
+    assert_eq!(st, 409, "one active workflow per machine");
+    let r = s
+        .http
+        .delete(s.url(&format!("{TEMPLATES}/debian")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a running workflow uses it");
+
+    // The agent: imaging fate, then its first action, rendered.
+    let token = token_for(&s.db, mac(1)).await;
+    let i: Value = s
+        .http
+        .get(s.url("/api/agent/instructions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(i["fate"], "imaging");
+    assert_eq!(i["workflowId"], wf["id"]);
+    let step = |token: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .http
+                .get(s.url(WORKFLOW_PATH))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let first = step(token.clone()).await;
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["action"]["index"], 0);
+    assert_eq!(first["action"]["name"], "disk");
+    // Asked again (an agent that reconnected): the same action.
+    assert_eq!(step(token.clone()).await["action"]["index"], 0);
+
+    let send = |seq: u64, action: u32, kind: &str| {
+        let s = &s;
+        let token = token.clone();
+        let body = json!({"workflowId": wf["id"], "attempt": 1, "action": action,
+            "seq": seq, "kind": kind});
+        async move {
+            s.http
+                .post(s.url(REPORT_PATH))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(send(0, 0, "started").await, 202);
+    assert_eq!(
+        send(0, 0, "started").await,
+        202,
+        "a re-sent report is 202 again"
+    );
+    assert_eq!(send(1, 0, "succeeded").await, 202);
+    let id: uuid::Uuid = wf["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        s.db.workflows().report_count(id).await.unwrap(),
+        2,
+        "kept once"
+    );
+    // Its success is stored: the next action is served even before workflowd applied it.
+    let second = step(token.clone()).await;
+    assert_eq!(second["action"]["index"], 1);
+    assert_eq!(second["action"]["spec"]["contents"], "web-1\n");
+    let third = &s.db.workflows().get(id).await.unwrap().unwrap().actions[2];
+    assert_eq!(
+        serde_json::to_value(third).unwrap()["cmdline"],
+        "root=LABEL=root console=ttyS0"
+    );
+
+    // Another machine's agent cannot report on this workflow.
+    let other = token_for(&s.db, mac(2)).await;
+    s.http
+        .post(s.url("/api/machines/register"))
+        .bearer_auth(&other)
+        .json(&report(&[2]))
+        .send()
+        .await
+        .unwrap();
+    let r = s
+        .http
+        .post(s.url(REPORT_PATH))
+        .bearer_auth(&other)
+        .json(
+            &json!({"workflowId": wf["id"], "attempt": 1, "action": 1, "seq": 0,
+            "kind": "started"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // Operators: progress, the resource, cancel (202, for workflowd), retry refused while active.
+    let r = s
+        .http
+        .get(s.url(&format!(
+            "/api/workflows/{}/progress",
+            wf["id"].as_str().unwrap()
+        )))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["actions"].as_array().unwrap().len(), 3);
+    let r = s
+        .http
+        .get(s.url(&format!(
+            "/apis/dragonfly.computer/v1/workflows/{}",
+            wf["name"].as_str().unwrap()
+        )))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["kind"], "Workflow");
+    let wid = wf["id"].as_str().unwrap();
+    let (st, _) = post_json(
+        &s,
+        &cookie,
+        &format!("/api/workflows/{wid}/retry"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(st, 409);
+    let (st, _) = post_json(
+        &s,
+        &cookie,
+        &format!("/api/workflows/{wid}/cancel"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(st, 202);
+}
+
+#[tokio::test]
+async fn a_ready_machine_is_reimaged_only_when_asked() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    post_json(&s, &cookie, TEMPLATES, &template("debian", "static")).await;
+    let r = s
+        .http
+        .post(s.url("/api/machines/register"))
+        .bearer_auth(token_for(&s.db, mac(1)).await)
+        .json(&report(&[1]))
+        .send()
+        .await
+        .unwrap();
+    let m: Value = r.json().await.unwrap();
+    let id: uuid::Uuid = m["id"].as_str().unwrap().parse().unwrap();
+    dragonfly_store::testing::set_state(
+        &s.db,
+        dragonfly_core::MachineId(id),
+        dragonfly_core::MachineState::Ready,
+        None,
+    )
+    .await;
+    let path = format!("/api/machines/{id}/provision");
+    let values = json!({"console": "ttyS0"});
+    let (st, _) = post_json(
+        &s,
+        &cookie,
+        &path,
+        &json!({"template": "debian", "values": values}),
+    )
+    .await;
+    assert_eq!(st, 409);
+    let (st, wf) = post_json(
+        &s,
+        &cookie,
+        &path,
+        &json!({"template": "debian", "values": values, "reimage": true}),
+    )
+    .await;
+    assert_eq!(st, 201, "{wf}");
+}
