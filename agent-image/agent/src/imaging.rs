@@ -290,6 +290,8 @@ impl Imaging<'_> {
         let spec = ActionSpec {
             name: action.name.clone(),
             timeout_seconds: Some(action.timeout_seconds),
+            // Retries are the server's: each is a new attempt, served like any action.
+            retries: 0,
             action: action.spec.clone(),
         };
         let outbox = Outbox::new(step.workflow_id, step.attempt, action.index, *seq);
