@@ -22,7 +22,7 @@ const SCRIPT: &str = include_str!("../e2e/build-test-image.sh");
 const SCRIPT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/build-test-image.sh");
 
 /// The test OS's ext4 root partition (integration/test-os/README.md, "Layout").
-pub const ROOT_PARTITION: u32 = 3;
+const ROOT_PARTITION: u32 = 3;
 
 /// Paths of the built kernel and initramfs (their directory can serve as ipxed's `agent_dir`).
 #[derive(Debug, Clone)]
@@ -175,7 +175,8 @@ fn build_test_os() -> TestOs {
 impl TestOs {
     /// The template that installs this image, as an operator would write it (a
     /// `dragonfly.computer/v1` Template document, JSON): image2disk of the zstd image from
-    /// `image_url` onto the first non-removable disk, checked against its sha256; writefile of
+    /// `image_url` onto the first non-removable disk, checked against the raw image's sha256;
+    /// writefile of
     /// `/etc/hostname` on the root partition from the machine's hostname (`{{hostname}}`,
     /// rendered by apid when it serves the action); kexec of the installed kernel and initrd
     /// with the image's own command line. No partition action: the image carries its table.
@@ -192,7 +193,8 @@ impl TestOs {
                     "type": "image2disk",
                     "url": image_url,
                     "disk": disk,
-                    "sha256": self.compressed_sha256,
+                    // image2disk checks the image it writes: the decompressed bytes.
+                    "sha256": self.image_sha256,
                     "compression": "zstd",
                 },
                 {
@@ -299,7 +301,7 @@ mod tests {
         let names: Vec<_> = doc.spec.actions.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["image", "hostname", "boot"]);
         let json = serde_json::to_string(&doc).unwrap();
-        assert!(json.contains(&"b".repeat(64)), "{json}");
+        assert!(json.contains(&"a".repeat(64)), "the raw image's digest: {json}");
         assert!(json.contains("{{hostname}}"), "{json}");
         assert!(json.contains("panic=-1"), "{json}");
     }
