@@ -301,7 +301,10 @@ mod tests {
         let names: Vec<_> = doc.spec.actions.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["image", "hostname", "boot"]);
         let json = serde_json::to_string(&doc).unwrap();
-        assert!(json.contains(&"a".repeat(64)), "the raw image's digest: {json}");
+        assert!(
+            json.contains(&"a".repeat(64)),
+            "the raw image's digest: {json}"
+        );
         assert!(json.contains("{{hostname}}"), "{json}");
         assert!(json.contains("panic=-1"), "{json}");
     }

@@ -109,13 +109,23 @@ fn provision(firmware: Firmware) {
     std::fs::create_dir_all(&images).unwrap();
     std::fs::copy(&os.compressed, images.join("test-os.img.zst")).unwrap();
     let mut server = lab.command("/usr/bin/python3");
-    server.args(["-u", "-m", "http.server", "--bind", BRIDGE_ADDR, "--directory"]);
+    server.args([
+        "-u",
+        "-m",
+        "http.server",
+        "--bind",
+        BRIDGE_ADDR,
+        "--directory",
+    ]);
     server.arg(&images).arg(IMAGES_PORT.to_string());
     lab.spawn("images", server);
     lab.wait_for_log("images", "Serving HTTP", Duration::from_secs(20));
 
     let disk = lab.dir().join("provision-virtio.img");
-    std::fs::File::create(&disk).unwrap().set_len(2 << 30).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
     let mut vm = Vm::boot(&mut lab, vm_config(firmware, &disk));
     let (registered, _) = vm
         .wait_for_line("Dragonfly agent: registered as", Duration::from_secs(400))
