@@ -551,4 +551,34 @@ mod tests {
             (WorkflowState::Cancelled, MachineState::Error)
         );
     }
+
+    #[tokio::test]
+    async fn progress_is_published_at_most_once_a_second_per_workflow() {
+        let t = TestDb::new();
+        let now = Timestamp::now();
+        let wf = setup(&t, 60, 0, now).await;
+        let mut e = Engine::new(t.db.clone(), 1);
+        send(&t, &wf, 1, 0, 0, ReportEvent::Started).await;
+        let progress = |n: u64| ReportEvent::Progress {
+            bytes_done: n,
+            bytes_total: Some(100),
+            bytes_per_second: 1,
+            message: None,
+        };
+        for seq in 1..=5 {
+            send(&t, &wf, 1, 0, seq, progress(seq * 10)).await;
+        }
+        // One report per batch: six saves, six changes, within a second.
+        let p = e.pass(now).await;
+        let count = |p: &[Published]| {
+            p.iter()
+                .filter(|p| matches!(p, Published::Progress(_)))
+                .count()
+        };
+        assert_eq!(count(&p), 1, "{p:?}");
+        assert!(matches!(p[0], Published::Started(_)));
+        let w = t.db.workflows().get(wf.id).await.unwrap().unwrap();
+        assert_eq!(w.status[0].percent, 50);
+        assert_eq!(w.status[0].bytes_done, Some(50));
+    }
 }

@@ -83,6 +83,10 @@ pub struct ActionStatus {
     /// How many times the action was started (retries included).
     #[serde(default)]
     pub tries: u32,
+    /// The agent's last console lines when the action failed, kept with the workflow in the
+    /// store so an operator reads why an install failed after any daemon restarted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
 }
 
 /// A workflow's status: the `status` of a Workflow resource.
@@ -130,6 +134,7 @@ impl WorkflowStatus {
                     bytes_total: None,
                     bytes_per_second: None,
                     tries: 0,
+                    log_tail: Vec::new(),
                 })
                 .collect(),
             attempts: 0,
@@ -212,6 +217,7 @@ pub struct Workflow {
     pub request: Option<Request>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// When the current run began: its first report, or an operator's retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,9 +355,10 @@ impl Workflow {
                     Change::Progress
                 }
             }
-            ReportEvent::Failed { message, .. } => {
+            ReportEvent::Failed { message, log_tail } => {
                 let retries = self.actions.get(i).map_or(0, |s| s.retries);
                 a.message = Some(message.clone());
+                a.log_tail.clone_from(log_tail);
                 if a.tries <= retries {
                     // Run the action again, as a new attempt; its clock keeps running
                     // (an action's timeout counts its retries).
@@ -398,8 +405,14 @@ impl Workflow {
                 return Change::TimedOut(why);
             }
         }
+        // The whole run's clock: from its first report (or from the assignment, or the
+        // operator's retry, while none came), so a machine that never boots times out too.
         let limit = i64::from(self.workflow_timeout_seconds);
-        if now.duration_since(self.created_at).as_secs() >= limit {
+        if now
+            .duration_since(self.started_at.unwrap_or(self.created_at))
+            .as_secs()
+            >= limit
+        {
             let why = format!(
                 "workflow timed out after {limit} s, during action {:?}",
                 self.action_name(i)
@@ -428,8 +441,8 @@ impl Workflow {
                 self.state = WorkflowState::Pending;
                 self.current_action = 0;
                 self.action_since = None;
-                self.created_at = now;
-                self.started_at = None;
+                // The retry's own clock (`created_at` stays the assignment's time).
+                self.started_at = Some(now);
                 self.finished_at = None;
                 self.error = None;
                 let names: Vec<&str> = self.actions.iter().map(|a| a.name.as_str()).collect();
@@ -471,5 +484,142 @@ mod tests {
         assert!(s.actions.iter().all(|a| a.state == ActionState::Pending));
         assert!(!s.state.is_terminal());
         assert!(WorkflowState::TimedOut.is_terminal());
+    }
+
+    fn wf(timeout: u32, retries: u32) -> Workflow {
+        let actions: Vec<ActionSpec> = serde_json::from_value(serde_json::json!([
+            {"name": "disk", "type": "partition", "disk": "/dev/vda", "table": "gpt",
+             "timeoutSeconds": timeout, "retries": retries,
+             "partitions": [{"label": "root", "size": "rest", "type": "linux"}]},
+            {"name": "boot", "type": "kexec", "device": {"disk": "/dev/vda", "partition": 1},
+             "filesystem": "ext4", "kernel": "/boot/vmlinuz"}
+        ]))
+        .unwrap();
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        Workflow {
+            id: Uuid::from_u128(1),
+            name: "w".into(),
+            machine_id: MachineId(Uuid::from_u128(2)),
+            template: "t".into(),
+            status: WorkflowStatus::pending(actions.iter().map(|a| a.name.as_str())).actions,
+            actions,
+            values: Default::default(),
+            state: WorkflowState::Pending,
+            attempt: 1,
+            current_action: 0,
+            action_since: None,
+            action_timeout_seconds: 600,
+            workflow_timeout_seconds: 3600,
+            served: None,
+            request: None,
+            created_at: t0,
+            updated_at: t0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            resource_version: 1,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_000_000 + s).unwrap()
+    }
+
+    fn r(attempt: u32, action: u32, event: ReportEvent) -> ActionReport {
+        ActionReport {
+            workflow_id: Uuid::from_u128(1),
+            attempt,
+            action,
+            seq: 0,
+            event,
+        }
+    }
+
+    fn ok() -> ReportEvent {
+        ReportEvent::Succeeded { message: None }
+    }
+
+    #[test]
+    fn reports_run_the_workflow_and_stale_ones_change_nothing() {
+        let mut w = wf(60, 0);
+        assert_eq!(
+            w.apply(&r(1, 0, ReportEvent::Started), at(1)),
+            Change::Started
+        );
+        assert_eq!(
+            w.apply(&r(1, 1, ok()), at(2)),
+            Change::None,
+            "not the current action"
+        );
+        assert_eq!(
+            w.apply(&r(0, 0, ok()), at(2)),
+            Change::None,
+            "another attempt"
+        );
+        assert_eq!(w.apply(&r(1, 0, ok()), at(3)), Change::Progress);
+        assert_eq!(w.current_action, 1);
+        assert_eq!(w.apply(&r(1, 1, ok()), at(4)), Change::Succeeded);
+        assert_eq!(w.state, WorkflowState::Succeeded);
+        assert_eq!(w.apply(&r(1, 1, ok()), at(5)), Change::None, "finished");
+    }
+
+    #[test]
+    fn an_action_times_out_from_when_it_was_served() {
+        let mut w = wf(30, 0);
+        assert_eq!(
+            w.check_time(at(1000)),
+            Change::None,
+            "never served: only the workflow clock"
+        );
+        w.served = Some(Served {
+            attempt: 1,
+            index: 0,
+            at: at(10),
+        });
+        assert_eq!(w.check_time(at(39)), Change::None);
+        let Change::TimedOut(why) = w.check_time(at(40)) else {
+            panic!("not timed out")
+        };
+        assert!(why.contains("\"disk\""), "{why}");
+        assert_eq!(w.status[0].state, ActionState::TimedOut);
+        assert!(matches!(
+            wf(30, 0).check_time(at(3600)),
+            Change::TimedOut(_)
+        ));
+    }
+
+    #[test]
+    fn retries_rerun_the_action_then_fail_and_an_operator_restarts_it() {
+        let failed = || ReportEvent::Failed {
+            message: "no disk".into(),
+            log_tail: vec!["mage: no disk matches".into()],
+        };
+        let mut w = wf(60, 1);
+        w.apply(&r(1, 0, ReportEvent::Started), at(1));
+        assert_eq!(w.apply(&r(1, 0, failed()), at(2)), Change::Progress);
+        assert_eq!((w.attempt, w.current_action), (2, 0));
+        assert_eq!(w.to_serve(&[], &[]), Some(0));
+        assert!(matches!(
+            w.apply(&r(2, 0, failed()), at(3)),
+            Change::Failed(_)
+        ));
+        assert_eq!(w.to_serve(&[], &[]), None);
+        assert_eq!(
+            w.request(Request::Cancel, at(4)),
+            Change::None,
+            "already over"
+        );
+        assert_eq!(w.request(Request::Retry, at(4)), Change::Restarted);
+        assert_eq!(
+            (w.state, w.attempt, w.current_action),
+            (WorkflowState::Pending, 3, 0)
+        );
+        assert_eq!(w.to_serve(&[0], &[]), Some(1));
+        assert_eq!(
+            w.to_serve(&[1], &[]),
+            Some(0),
+            "a later success skips nothing"
+        );
+        assert_eq!(w.to_serve(&[], &[0]), None);
     }
 }

@@ -873,6 +873,17 @@ mod tests {
         let (wf, m2) = t.db.workflows().create(wf, None, now).await.unwrap();
         assert_eq!(m2.state, MachineState::OsAssigned);
         assert_eq!(m2.workflow_id, Some(wf.id));
+        // The boot path sees the workflow's state with the machine's, in one statement.
+        let info =
+            t.db.machines()
+                .boot_info(m.macs()[0])
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (info.workflow_id, info.workflow_state),
+            (Some(wf.id), Some(WorkflowState::Pending))
+        );
         let again = new_workflow(
             &m2,
             "debian",

@@ -68,8 +68,7 @@ fn roots(text: &str) -> BTreeSet<String> {
         // `{{#each macs}}`: a helper, then its argument.
         let mut words = expr.split_whitespace();
         let Some(first) = words.next() else { continue };
-        let word = if let Some(helper) = first.strip_prefix('#') {
-            let _ = helper;
+        let word = if first.starts_with('#') {
             words.next().unwrap_or("")
         } else if first.starts_with('/') || first.starts_with('!') || first == "else" {
             continue;
@@ -97,15 +96,16 @@ fn check_template(spec: &TemplateSpec) -> Result<(), ApiError> {
     for a in &mut spec.actions {
         let name = a.name.clone();
         for text in rendered_fields(&mut a.action) {
-            if let Err(e) = h.render_template(text, &serde_json::json!({})) {
-                if !matches!(
+            // Rendered with nothing: a missing variable is expected here, a syntax error is not.
+            if let Err(e) = h.render_template(text, &serde_json::json!({}))
+                && !matches!(
                     e.reason(),
                     handlebars::RenderErrorReason::MissingVariable(_)
-                ) {
-                    return Err(ApiError::Unprocessable(format!(
-                        "action {name:?}: the template text does not parse: {e}"
-                    )));
-                }
+                )
+            {
+                return Err(ApiError::Unprocessable(format!(
+                    "action {name:?}: the template text does not parse: {e}"
+                )));
             }
             let unknown: Vec<String> = roots(text)
                 .into_iter()
@@ -129,6 +129,7 @@ fn render_actions(
     spec: &TemplateSpec,
     machine: &Machine,
     values: &serde_json::Map<String, serde_json::Value>,
+    leased: Option<std::net::Ipv4Addr>,
 ) -> Result<Vec<ActionSpec>, ApiError> {
     let macs: Vec<String> = machine.macs().iter().map(ToString::to_string).collect();
     let hostname = values
@@ -150,8 +151,11 @@ fn render_actions(
     if let Some(keys) = values.get("sshKeys") {
         ctx["sshKeys"] = keys.clone();
     }
+    // The address given at assignment, else the one dhcpd leased to the boot MAC.
     if let Some(ip) = values.get("ip") {
         ctx["ip"] = ip.clone();
+    } else if let Some(ip) = leased {
+        ctx["ip"] = ip.to_string().into();
     }
     let h = hb();
     let mut out = spec.actions.clone();
@@ -368,7 +372,8 @@ pub struct ProvisionRequest {
     /// The template's name.
     pub template: String,
     /// Values for the template's variables (`{{values.x}}`; `hostname`, `sshKeys` and `ip`
-    /// also set `{{hostname}}`, `{{sshKeys}}`, `{{ip}}`).
+    /// also set `{{hostname}}`, `{{sshKeys}}`, `{{ip}}`; without `ip`, `{{ip}}` is the
+    /// address dhcpd leased to the machine's first MAC, if any).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub values: serde_json::Map<String, serde_json::Value>,
@@ -447,7 +452,17 @@ pub async fn provision(
         .get(&req.template)
         .await?
         .ok_or(ApiError::NotFound("template"))?;
-    let actions = render_actions(&template.spec, &machine, &req.values)?;
+    let leased = match machine.macs().first() {
+        Some(mac) => state
+            .db
+            .leases()
+            .get_by_mac(*mac)
+            .await?
+            .filter(|l| l.state == dragonfly_store::leases::LeaseState::Bound)
+            .map(|l| l.ip),
+        None => None,
+    };
+    let actions = render_actions(&template.spec, &machine, &req.values, leased)?;
     let now = jiff::Timestamp::now();
     let wf = dragonfly_store::workflows::new_workflow(
         &machine,
