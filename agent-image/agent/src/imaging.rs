@@ -84,6 +84,9 @@ pub struct ImagingConfig {
     pub rerun_grace: Duration,
     /// A progress line on the console at most this often.
     pub console_every: Duration,
+    /// An action that reported nothing of its own for this long is said to be still running
+    /// (and where the kernel holds it), then again at this period.
+    pub quiet_after: Duration,
 }
 
 impl Default for ImagingConfig {
@@ -96,6 +99,7 @@ impl Default for ImagingConfig {
             heartbeat: Duration::from_secs(2),
             rerun_grace: Duration::from_secs(30),
             console_every: Duration::from_secs(10),
+            quiet_after: Duration::from_secs(30),
         }
     }
 }
@@ -114,7 +118,7 @@ pub enum Ended {
 /// One answer of `GET /api/agent/workflow`.
 #[derive(Debug)]
 pub enum Poll {
-    Step(WorkflowStep),
+    Step(Box<WorkflowStep>),
     /// 404: no workflow for this machine (any more).
     NoWorkflow,
     Failed(String),
@@ -124,7 +128,7 @@ pub enum Poll {
 pub fn ask(base: &Url, token: &str, timeout: Duration) -> Poll {
     match http::get(base, WORKFLOW_PATH, token, timeout) {
         Ok(r) if r.status == 200 => match serde_json::from_slice(&r.body) {
-            Ok(s) => Poll::Step(s),
+            Ok(s) => Poll::Step(Box::new(s)),
             Err(e) => Poll::Failed(format!(
                 "the server's answer is not understood: {}",
                 Chain(&e)
@@ -295,6 +299,13 @@ impl Imaging<'_> {
             action: action.spec.clone(),
         };
         let outbox = Outbox::new(step.workflow_id, step.attempt, action.index, *seq);
+        {
+            let mut s = outbox.lock();
+            s.name.clone_from(&action.name);
+            // The thread that runs the action: where the kernel holds it is said when the
+            // action is quiet for long (a mount or a sync that never returns).
+            s.tid = nix::unistd::gettid().as_raw();
+        }
         self.console.say(&format!(
             "action {} ({} of workflow {}, attempt {}): starting.",
             action.name,
@@ -375,6 +386,15 @@ impl Imaging<'_> {
                     if s.last_queued.elapsed() >= self.cfg.heartbeat {
                         let event = s.heartbeat();
                         s.enqueue(event);
+                        if s.said_quiet.elapsed() >= self.cfg.quiet_after
+                            && s.last_said.elapsed() >= self.cfg.quiet_after
+                        {
+                            s.said_quiet = Instant::now();
+                            let line = s.quiet_line();
+                            drop(s);
+                            self.console.say(&line);
+                            continue;
+                        }
                     } else {
                         let left = self.cfg.heartbeat.saturating_sub(s.last_queued.elapsed());
                         let (guard, _) = outbox
@@ -472,6 +492,12 @@ struct OutboxState {
     finished: bool,
     refused: Option<String>,
     last_queued: Instant,
+    /// The action's own last progress (not a heartbeat), and the last "still running" line.
+    last_said: Instant,
+    said_quiet: Instant,
+    name: String,
+    /// The thread running the action (`/proc/self/task/<tid>/wchan`).
+    tid: i32,
     /// The newest progress, repeated by heartbeats.
     last_progress: Option<(u64, Option<u64>, u64)>,
     started: Instant,
@@ -490,6 +516,10 @@ impl Outbox {
                 finished: false,
                 refused: None,
                 last_queued: Instant::now(),
+                last_said: Instant::now(),
+                said_quiet: Instant::now(),
+                name: String::new(),
+                tid: 0,
                 last_progress: None,
                 started: Instant::now(),
             }),
@@ -502,7 +532,10 @@ impl Outbox {
     }
 
     fn push(&self, event: ReportEvent) {
-        self.lock().enqueue(event);
+        let mut s = self.lock();
+        s.last_said = Instant::now();
+        s.enqueue(event);
+        drop(s);
         self.wake.notify_all();
     }
 
@@ -542,6 +575,24 @@ impl OutboxState {
             seq,
             event,
         });
+    }
+
+    /// The console line for an action quiet for long: how long, and where the kernel holds
+    /// its thread (`wchan`; `0` or empty when it is running, not waiting).
+    fn quiet_line(&self) -> String {
+        let wchan = std::fs::read_to_string(format!("/proc/self/task/{}/wchan", self.tid))
+            .unwrap_or_default();
+        let wchan = wchan.trim();
+        format!(
+            "action {}: still running after {} s{}.",
+            self.name,
+            self.started.elapsed().as_secs(),
+            if wchan.is_empty() || wchan == "0" {
+                String::new()
+            } else {
+                format!(" (waiting in the kernel at {wchan})")
+            }
+        )
     }
 
     /// A progress report saying the action is still running, with the newest figures.
@@ -777,6 +828,7 @@ mod tests {
             heartbeat: Duration::from_millis(100),
             rerun_grace: Duration::from_millis(300),
             console_every: Duration::from_millis(100),
+            quiet_after: Duration::from_millis(300),
         }
     }
 
@@ -863,9 +915,16 @@ mod tests {
             busy: Duration::from_millis(450),
             result: ok,
         };
-        let (ended, _) = run_loop(&base, &quick(), &mut runner);
+        let (ended, lines) = run_loop(&base, &quick(), &mut runner);
         assert_eq!(ended, Ended::Reboot(Reboot::Kexec));
         assert_eq!(runner.runs, ["image", "kexec"]);
+        // Quiet past `quiet_after` (300 ms): said on the console.
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("image: still running after")),
+            "{lines:?}"
+        );
         let fk = fake.lock().unwrap();
         for action in [0, 1] {
             let kept = fk.kept_for(action);
