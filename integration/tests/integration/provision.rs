@@ -208,3 +208,8 @@ fn provision(firmware: Firmware) {
 fn bios_vm_installs_the_test_os_and_boots_it_from_disk() {
     provision(Firmware::Bios);
 }
+
+#[test]
+fn uefi_vm_installs_the_test_os_and_boots_it_from_disk() {
+    provision(Firmware::Uefi);
+}
