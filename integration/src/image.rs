@@ -21,6 +21,9 @@ use nix::fcntl::{Flock, FlockArg};
 const SCRIPT: &str = include_str!("../e2e/build-test-image.sh");
 const SCRIPT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/build-test-image.sh");
 
+/// The test OS's ext4 root partition (integration/test-os/README.md, "Layout").
+const ROOT_PARTITION: u32 = 3;
+
 /// Paths of the built kernel and initramfs (their directory can serve as ipxed's `agent_dir`).
 #[derive(Debug, Clone)]
 pub struct TestImage {
@@ -170,6 +173,52 @@ fn build_test_os() -> TestOs {
 }
 
 impl TestOs {
+    /// The template that installs this image, as an operator would write it (a
+    /// `dragonfly.computer/v1` Template document, JSON): image2disk of the zstd image from
+    /// `image_url` onto the first non-removable disk, checked against the raw image's sha256;
+    /// writefile of
+    /// `/etc/hostname` on the root partition from the machine's hostname (`{{hostname}}`,
+    /// rendered by apid when it serves the action); kexec of the installed kernel and initrd
+    /// with the image's own command line. No partition action: the image carries its table.
+    pub fn template(&self, name: &str, image_url: &str) -> serde_json::Value {
+        let disk = serde_json::json!({ "rule": {} });
+        let root = serde_json::json!({ "disk": disk, "partition": ROOT_PARTITION });
+        serde_json::json!({
+            "apiVersion": dragonfly_core::resource::API_VERSION,
+            "kind": dragonfly_core::resource::TEMPLATE,
+            "metadata": { "name": name },
+            "spec": { "actions": [
+                {
+                    "name": "image",
+                    "type": "image2disk",
+                    "url": image_url,
+                    "disk": disk,
+                    // image2disk checks the image it writes: the decompressed bytes.
+                    "sha256": self.image_sha256,
+                    "compression": "zstd",
+                },
+                {
+                    "name": "hostname",
+                    "type": "writefile",
+                    "device": root,
+                    "filesystem": "ext4",
+                    "path": "/etc/hostname",
+                    "contents": "{{hostname}}\n",
+                    "mode": 0o644,
+                },
+                {
+                    "name": "boot",
+                    "type": "kexec",
+                    "device": root,
+                    "filesystem": "ext4",
+                    "kernel": "/boot/vmlinuz",
+                    "initrd": "/boot/initrd.img",
+                    "cmdline": self.cmdline,
+                },
+            ]},
+        })
+    }
+
     /// Copies the raw image to `dest` (sparse) and puts `hostname` into its `/etc/hostname`
     /// with `debugfs -w` (e2fsprogs; no mount, no root needed): what writefile does on a
     /// machine, for a test that boots the image without installing it.
@@ -225,4 +274,38 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_os_template_is_a_valid_template_document() {
+        let os = TestOs {
+            dir: "/t".into(),
+            image: "/t/disk.img".into(),
+            compressed: "/t/disk.img.zst".into(),
+            manifest: "/t/manifest.json".into(),
+            image_sha256: "a".repeat(64),
+            compressed_sha256: "b".repeat(64),
+            root_offset: 17 << 20,
+            root_label: "dragonfly-root".into(),
+            cmdline: "root=LABEL=dragonfly-root console=ttyS0,115200 panic=-1".into(),
+            default_hostname: "testos".into(),
+        };
+        let doc: dragonfly_core::resource::Template =
+            serde_json::from_value(os.template("test-os", "http://10.99.0.1:8080/os.zst")).unwrap();
+        assert_eq!(doc.check_type(dragonfly_core::resource::TEMPLATE), Ok(()));
+        assert_eq!(doc.spec.validate(), Ok(()));
+        let names: Vec<_> = doc.spec.actions.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["image", "hostname", "boot"]);
+        let json = serde_json::to_string(&doc).unwrap();
+        assert!(
+            json.contains(&"a".repeat(64)),
+            "the raw image's digest: {json}"
+        );
+        assert!(json.contains("{{hostname}}"), "{json}");
+        assert!(json.contains("panic=-1"), "{json}");
+    }
 }

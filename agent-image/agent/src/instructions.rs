@@ -44,7 +44,7 @@ pub fn describe(i: &Instructions) -> String {
     use DiscoveryReason as R;
     match i.fate {
         BootFate::Imaging { workflow_id } => format!(
-            "an OS was assigned to {} (workflow {workflow_id}): restarting to install it.",
+            "an OS was assigned to {} (workflow {workflow_id}): installing it.",
             i.name
         ),
         BootFate::LocalDisk => format!("{} is provisioned: restarting to boot its disk.", i.name),
@@ -69,13 +69,13 @@ pub fn describe(i: &Instructions) -> String {
     }
 }
 
-/// Whether the answer sends the machine elsewhere (the agent's job here is done), for an
-/// agent booted in `mode`.
-pub fn wants_elsewhere(fate: &BootFate, mode: crate::Mode) -> bool {
+/// Whether the answer sends the machine elsewhere (the agent's job here is done). Only the
+/// local disk does: imaging runs in place whatever mode the agent was booted in (a discovery
+/// agent takes the fast track, with no reboot through PXE).
+pub fn wants_elsewhere(fate: &BootFate, _mode: crate::Mode) -> bool {
     match fate {
         BootFate::LocalDisk => true,
-        BootFate::Imaging { .. } => mode == crate::Mode::Discovery,
-        BootFate::Discovery { .. } => false,
+        BootFate::Imaging { .. } | BootFate::Discovery { .. } => false,
     }
 }
 
@@ -109,7 +109,7 @@ mod tests {
                 .contains("waiting for an operator")
         );
         let imaging = describe(&answer(BootFate::Imaging { workflow_id: wf }));
-        assert!(imaging.contains("restarting to install"), "{imaging}");
+        assert!(imaging.contains("installing it"), "{imaging}");
         assert!(imaging.contains(&wf.to_string()), "{imaging}");
         assert!(describe(&answer(BootFate::LocalDisk)).contains("boot its disk"));
         assert!(describe(&answer(discovery(DiscoveryReason::HeldAfterError))).contains("failed"));
@@ -120,12 +120,12 @@ mod tests {
     }
 
     #[test]
-    fn only_local_disk_and_foreign_imaging_send_the_machine_away() {
+    fn only_local_disk_sends_the_machine_away() {
         let imaging = BootFate::Imaging {
             workflow_id: Uuid::nil(),
         };
         assert!(wants_elsewhere(&BootFate::LocalDisk, Mode::Discovery));
-        assert!(wants_elsewhere(&imaging, Mode::Discovery));
+        assert!(!wants_elsewhere(&imaging, Mode::Discovery));
         assert!(!wants_elsewhere(&imaging, Mode::Imaging));
         assert!(!wants_elsewhere(
             &discovery(DiscoveryReason::AwaitingAssignment),

@@ -11,6 +11,7 @@ pub mod actions;
 pub mod cmdline;
 pub mod detect;
 pub mod http;
+pub mod imaging;
 pub mod instructions;
 pub mod net;
 pub mod register;
@@ -51,6 +52,8 @@ impl Console for Stdout {
 pub struct Shipping<'a> {
     inner: &'a dyn Console,
     pending: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// The newest lines, shipped or not: a failed action's report carries them.
+    recent: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 impl std::fmt::Debug for Shipping<'_> {
@@ -61,13 +64,22 @@ impl std::fmt::Debug for Shipping<'_> {
 
 /// Lines waiting to be shipped, at most.
 const PENDING_LINES: usize = 500;
+/// Lines kept for a failure report's tail.
+const RECENT_LINES: usize = 100;
 
 impl<'a> Shipping<'a> {
     pub fn new(inner: &'a dyn Console) -> Self {
         Self {
             inner,
             pending: std::sync::Mutex::default(),
+            recent: std::sync::Mutex::default(),
         }
+    }
+
+    /// The newest `n` lines said (at most [`RECENT_LINES`]), oldest first.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().skip(r.len().saturating_sub(n)).cloned().collect()
     }
 
     /// Sends what is pending; lines that could not be sent stay for the next call.
@@ -111,6 +123,12 @@ impl Console for Shipping<'_> {
             p.pop_front();
         }
         p.push_back(line.to_owned());
+        drop(p);
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() == RECENT_LINES {
+            r.pop_front();
+        }
+        r.push_back(line.to_owned());
     }
 }
 
@@ -128,9 +146,14 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Longest wait between two questions to the server (it may ask for less).
     pub poll: Duration,
-    /// Restart the machine when the server wants it elsewhere (imaging, local disk). Off in
-    /// tests; in the image, `/init` is PID 1 and `reboot -f` restarts the machine.
+    /// Restart the machine when the server wants it elsewhere (local disk), and jump into
+    /// the installed kernel when the workflow's kexec action succeeded. Off in tests; in the
+    /// image, `/init` is PID 1 and `reboot -f` restarts the machine.
     pub reboot_when_told: bool,
+    /// The imaging loop's timing.
+    pub imaging: imaging::ImagingConfig,
+    /// Where the native actions find the machine's `/sys` and `/dev`.
+    pub actions: actions::Context,
 }
 
 impl Default for AgentConfig {
@@ -143,6 +166,8 @@ impl Default for AgentConfig {
             heartbeat: Duration::from_secs(5 * 60),
             poll: Duration::from_secs(10),
             reboot_when_told: true,
+            imaging: imaging::ImagingConfig::default(),
+            actions: actions::Context::default(),
         }
     }
 }
@@ -160,12 +185,6 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
             Mode::Imaging => "imaging",
         }
     ));
-    if params.mode == Mode::Imaging {
-        console.say(
-            "imaging is not implemented in this agent yet: registering and waiting, as in \
-             discovery.",
-        );
-    }
     if cfg.configure_network {
         match net::bring_up(params.mac, &cfg.dhcp_script, console, stop) {
             Some(ifname) => console.say(&format!("network is up on {ifname}.")),
@@ -221,6 +240,45 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
     }
 }
 
+/// Runs the workflow (see [`imaging`]); performs the restart its last action asks for, and
+/// stays up if that restart fails.
+fn image(
+    base: &http::Url,
+    cfg: &AgentConfig,
+    console: &Shipping<'_>,
+    token: &token::Token,
+    stop: &AtomicBool,
+) -> imaging::Ended {
+    let session = imaging::Imaging {
+        base,
+        token,
+        console,
+        cfg: &cfg.imaging,
+        stop,
+    };
+    let ended = session.run(&mut imaging::Native(cfg.actions.clone()));
+    if let imaging::Ended::Reboot(how) = &ended {
+        match how {
+            actions::kexec::Reboot::Kexec => {
+                console.say("the installed OS is loaded: jumping into it (kexec).");
+            }
+            actions::kexec::Reboot::Firmware(why) => console.say(&format!(
+                "the kernel refused to load the installed OS ({why}): restarting through the \
+                 firmware; the next boot starts from the local disk."
+            )),
+        }
+        console.flush(base, &token.get(), cfg.timing.request_timeout);
+        if cfg.reboot_when_told {
+            let e = how.now();
+            console.say(&format!(
+                "PROBLEM: cannot restart this machine: {}. It stays up.",
+                Chain(&e)
+            ));
+        }
+    }
+    ended
+}
+
 /// Polls for instructions until the next heartbeat is due (returns true: register again) or
 /// `stop` is set (returns false). Each change of answer is said once on the console.
 fn follow_instructions(
@@ -234,6 +292,8 @@ fn follow_instructions(
     use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
     let mut last: Option<Instructions> = None;
+    // Why the imaging loop last returned, said once.
+    let mut over_said: Option<String> = None;
     let mut failing = false;
     while started.elapsed() < cfg.heartbeat {
         // Tokens live minutes: keep this boot's token fresh while the agent waits.
@@ -258,6 +318,24 @@ fn follow_instructions(
                 if changed && elsewhere && cfg.reboot_when_told {
                     // The server decides what the next boot does; this agent's job is done.
                     let _ = std::process::Command::new("reboot").arg("-f").status();
+                }
+                if changed {
+                    over_said = None;
+                }
+                if matches!(i.fate, BootFate::Imaging { .. }) {
+                    // Booted for imaging, or the fast track: a discovery agent installs in
+                    // place, without a reboot through PXE. Entered at every poll that says
+                    // imaging (a retried workflow may follow a failed one unseen), said once.
+                    match image(base, cfg, console, token, stop) {
+                        imaging::Ended::Stopped => return false,
+                        imaging::Ended::Over(why) => {
+                            if over_said.as_deref() != Some(why.as_str()) {
+                                console.say(&format!("{why}: asking the server what comes next."));
+                                over_said = Some(why);
+                            }
+                        }
+                        imaging::Ended::Reboot(_) => {}
+                    }
                 }
                 last = Some(i);
                 wait

@@ -95,7 +95,7 @@ fn agent_image(lab: &Lab) -> PathBuf {
 }
 
 /// The lab with every daemon, an admin to log in as, and a NATS watcher.
-fn full_lab() -> Option<(Lab, Stack, EventWatcher)> {
+pub(crate) fn full_lab() -> Option<(Lab, Stack, EventWatcher)> {
     if !require_vm_tools() || dragonfly_testkit::require_nats_servers().is_empty() {
         return None;
     }

@@ -21,6 +21,7 @@
 mod common;
 mod discovery;
 mod example_config;
+mod provision;
 mod proxy;
 mod reservation;
 mod standin;

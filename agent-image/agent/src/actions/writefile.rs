@@ -48,6 +48,25 @@ pub(crate) fn fs_type(fs: Filesystem) -> Result<&'static str, ActionError> {
     }
 }
 
+/// A new, empty directory under `base` for one mount. Named by process and counter, not by a
+/// random UUID: randomness blocks until the kernel's pool is seeded, which on a machine
+/// without a hardware RNG (a QEMU VM without virtio-rng) can be never — the agent hung in
+/// its first writefile that way.
+fn fresh_dir(base: &Path) -> Result<PathBuf, ActionError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("mnt-{}-{n}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            // Left by an earlier agent process with the same id: take the next name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {}
+            Err(e) => return Err(ActionError::io("creating", &dir)(e)),
+        }
+    }
+}
+
 /// A mounted filesystem, unmounted on drop (lazily, if busy, so an error path never leaves it
 /// behind) and its directory removed.
 #[derive(Debug)]
@@ -62,8 +81,7 @@ impl Mounted {
         let kind = fs_type(fs)?;
         let base = Path::new("/run/dragonfly");
         fs::create_dir_all(base).map_err(ActionError::io("creating", base))?;
-        let dir = base.join(format!("mnt-{}", uuid::Uuid::new_v4().simple()));
-        fs::create_dir(&dir).map_err(ActionError::io("creating", &dir))?;
+        let dir = fresh_dir(base)?;
         let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         if read_only {
             flags |= MsFlags::MS_RDONLY;
