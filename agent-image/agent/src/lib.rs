@@ -76,7 +76,7 @@ impl<'a> Shipping<'a> {
         }
     }
 
-    /// The newest `n` lines said (at most [`RECENT_LINES`]), oldest first.
+    /// The newest `n` lines said (at most `RECENT_LINES`), oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         r.iter().skip(r.len().saturating_sub(n)).cloned().collect()
