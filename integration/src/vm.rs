@@ -265,6 +265,11 @@ impl Vm {
                     "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
                     "-drive".into(),
                     format!("if=pflash,format=raw,file={}", vars.display()),
+                    // No PXE or HTTP boot over IPv6: the lab has no IPv6 service, and each of
+                    // those boot options waits out its own timeouts before the firmware tries
+                    // the next one (the disk, when ipxed answers local boot).
+                    "-fw_cfg".into(),
+                    "name=opt/org.tianocore/IPv6Support,string=no".into(),
                 ]);
             }
         }
@@ -310,10 +315,13 @@ impl Vm {
         }
         let mut sata = 0;
         for (i, disk) in config.disks.iter().enumerate() {
-            let bootindex = if i == 0 && !network {
-                ",bootindex=1"
-            } else {
-                ""
+            // Booting from the network, the disks follow the NIC: OVMF drops every boot option
+            // that has no bootindex when QEMU gives it a boot order, so a disk without one could
+            // never boot after iPXE returns to the firmware (ipxed's local-disk answer on UEFI).
+            let bootindex = match (network, i) {
+                (false, 0) => ",bootindex=1".to_owned(),
+                (false, _) => String::new(),
+                (true, i) => format!(",bootindex={}", i + 2),
             };
             qemu.extend([
                 "-drive".into(),
