@@ -199,3 +199,120 @@ impl Drop for EventWatcher {
         }
     }
 }
+
+/// Collects every message on a NATS subject pattern (`dragonfly.workflow.>`) inside the lab as
+/// `(subject, JSON)`, from the moment [`start`](Self::start) returns until it drops; a message
+/// that is not a CloudEvents 1.0 JSON document fails the test.
+#[derive(Debug)]
+pub struct SubjectWatcher {
+    seen: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SubjectWatcher {
+    /// Connects to `nats_url` from inside `lab` and subscribes to `subject`; returns once the
+    /// server has the subscription, so no later message is missed.
+    ///
+    /// # Panics
+    /// When the connection or the subscription fails within 10 s.
+    pub fn start(lab: &Lab, nats_url: &str, subject: &str) -> SubjectWatcher {
+        let seen: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (url, subject) = (nats_url.to_owned(), subject.to_owned());
+        let sink = Arc::clone(&seen);
+        let thread = lab.spawn_in_namespace(move || {
+            runtime().block_on(async move {
+                let subscribed = async {
+                    let client = async_nats::connect(&url)
+                        .await
+                        .map_err(|e| format!("connecting to {url}: {e}"))?;
+                    let sub = client
+                        .subscribe(subject.clone())
+                        .await
+                        .map_err(|e| format!("subscribing: {e}"))?;
+                    client.flush().await.map_err(|e| format!("flushing: {e}"))?;
+                    Ok::<_, String>((client, sub))
+                };
+                let (_client, mut sub) =
+                    match tokio::time::timeout(Duration::from_secs(10), subscribed).await {
+                        Ok(Ok(s)) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Ok(Err(e)) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = ready_tx.send(Err(format!("no NATS at {url} within 10 s")));
+                            return;
+                        }
+                    };
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        msg = sub.next() => {
+                            let Some(msg) = msg else { return };
+                            let json: serde_json::Value = serde_json::from_slice(&msg.payload)
+                                .unwrap_or_else(|e| panic!(
+                                    "undecodable message on {}: {e}: {}",
+                                    msg.subject,
+                                    String::from_utf8_lossy(&msg.payload)
+                                ));
+                            assert!(
+                                json["specversion"] == "1.0"
+                                    && json["type"].is_string()
+                                    && json["source"].is_string()
+                                    && json["id"].is_string(),
+                                "not a CloudEvent on {}: {json}",
+                                msg.subject
+                            );
+                            sink.lock().expect("seen").push((msg.subject.to_string(), json));
+                        }
+                    }
+                }
+            });
+        });
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("NATS watcher: {e}"),
+            Err(_) => panic!("NATS watcher thread died"),
+        }
+        SubjectWatcher {
+            seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The subjects seen so far, in arrival order.
+    pub fn subjects(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Every message seen so far, in arrival order.
+    pub fn messages(&self) -> Vec<(String, serde_json::Value)> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+impl Drop for SubjectWatcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+            && !std::thread::panicking()
+        {
+            panic!("the NATS watcher panicked (see above)");
+        }
+    }
+}

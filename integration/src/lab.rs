@@ -437,6 +437,22 @@ impl Lab {
         pid
     }
 
+    /// Kills the process started as `label` with SIGKILL, as a crash or an OOM kill would,
+    /// and reaps it. Its log stays.
+    ///
+    /// # Panics
+    /// When no process was started as `label`.
+    pub fn kill(&mut self, label: &str) {
+        let i = self
+            .children
+            .iter()
+            .position(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no process {label} in the lab"));
+        let (_, mut child) = self.children.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// The path of `<label>.log`.
     pub fn log_path(&self, label: &str) -> PathBuf {
         self.dir().join(format!("{label}.log"))

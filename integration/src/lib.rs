@@ -27,16 +27,18 @@ mod config;
 mod image;
 mod lab;
 pub mod load;
+mod serve;
 mod vm;
 
 use std::path::PathBuf;
 
-pub use api::{EventWatcher, list_machines};
+pub use api::{EventWatcher, SubjectWatcher, list_machines};
 pub use config::{
     ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, SubnetConfig, TftpdConfig,
 };
 pub use image::{TESTOS_MARKER, TestImage, TestOs, test_image, test_os};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
+pub use serve::{GATE_BYTES, ImageServer};
 pub use vm::{
     BootFrom, BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig,
     VmLock,

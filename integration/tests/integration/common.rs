@@ -274,44 +274,70 @@ pub(crate) fn start_dragonfly_configured(
         &args,
         &env,
     );
-    let mut labels = vec!["dhcpd", "tftpd", "ipxed"];
-    if apid {
-        lab.spawn_daemon(
-            "apid",
-            &binaries[3],
-            &[
-                Socket::Tcp {
-                    addr: "10.99.0.1:3000",
-                    name: "http",
-                },
-                Socket::Tcp {
-                    addr: "10.99.0.1:3001",
-                    name: "agent",
-                },
-            ],
-            &args,
-            &env,
-        );
-        labels.push("apid");
-        // No sockets: started at once (not on a first connection), as nobody.
-        lab.spawn_daemon("workflowd", &binaries[4], &[], &args, &env);
-    }
+    let labels = ["dhcpd", "tftpd", "ipxed"];
     // socket-activate prints "Listening on …" once its sockets are bound.
     for label in labels {
         lab.wait_for_log(label, "Listening on", std::time::Duration::from_secs(5));
     }
     if apid {
-        lab.wait_for_log(
-            "workflowd",
-            "workflowd running",
-            std::time::Duration::from_secs(10),
-        );
+        spawn_apid(lab, "apid");
+        spawn_workflowd(lab, "workflowd");
     }
     Stack {
         nats,
         apid: apid.then(|| "http://10.99.0.1:3000".to_owned()),
         apid_agent: apid.then(|| "http://10.99.0.1:3001".to_owned()),
     }
+}
+
+/// apid of the lab [`start_dragonfly_with`] made, started (again) as `label`: socket-activated
+/// on both listeners, as nobody, with the lab's configuration. Returns when its sockets are
+/// bound (apid itself starts on the first connection).
+pub(crate) fn spawn_apid(lab: &mut Lab, label: &str) {
+    use dragonfly_integration::{Socket, daemon_binary};
+    let args = lab_config_args(lab);
+    lab.spawn_daemon(
+        label,
+        &daemon_binary("dragonfly-apid"),
+        &[
+            Socket::Tcp {
+                addr: "10.99.0.1:3000",
+                name: "http",
+            },
+            Socket::Tcp {
+                addr: "10.99.0.1:3001",
+                name: "agent",
+            },
+        ],
+        &args,
+        &[("RUST_LOG", "debug")],
+    );
+    lab.wait_for_log(label, "Listening on", std::time::Duration::from_secs(5));
+}
+
+/// workflowd of the lab [`start_dragonfly_with`] made, started (again) as `label`; it has no
+/// sockets, so it starts at once, as nobody. Returns once it runs.
+pub(crate) fn spawn_workflowd(lab: &mut Lab, label: &str) {
+    let args = lab_config_args(lab);
+    lab.spawn_daemon(
+        label,
+        &dragonfly_integration::daemon_binary("dragonfly-workflowd"),
+        &[],
+        &args,
+        &[("RUST_LOG", "debug")],
+    );
+    lab.wait_for_log(
+        label,
+        "workflowd running",
+        std::time::Duration::from_secs(10),
+    );
+}
+
+fn lab_config_args(lab: &Lab) -> [std::ffi::OsString; 2] {
+    [
+        "--config".into(),
+        lab.dir().join("dragonfly.toml").into_os_string(),
+    ]
 }
 
 /// The first operator, straight into the store (as `dragonfly-apid create-admin` would).

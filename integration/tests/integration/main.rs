@@ -22,6 +22,7 @@ mod common;
 mod discovery;
 mod example_config;
 mod provision;
+mod provision_faults;
 mod proxy;
 mod reservation;
 mod standin;

@@ -9,11 +9,12 @@
 //! The phase times printed (QEMU start → agent registered, image2disk, kexec → marker, power
 //! on → marker from disk) are the figures of docs/performance.md; tests do not assert times.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dragonfly_integration::{
-    BRIDGE_ADDR, Disk, DiskBus, Firmware, Lab, Nic, NicRom, TESTOS_MARKER, Vm, VmConfig,
-    list_machines, test_os,
+    BRIDGE_ADDR, Disk, DiskBus, Firmware, ImageServer, Lab, Nic, NicRom, TESTOS_MARKER, Vm,
+    VmConfig, VmLock, list_machines, test_os,
 };
 use serde_json::{Value, json};
 
@@ -25,14 +26,14 @@ const IMAGES_PORT: u16 = 8090;
 const HOSTNAME: &str = "installed-by-dragonfly";
 
 /// Logs in as the admin and makes operator calls from inside the lab's namespace.
-struct Operator<'a> {
+pub(crate) struct Operator<'a> {
     lab: &'a Lab,
     base: String,
     cookie: String,
 }
 
 impl<'a> Operator<'a> {
-    fn login(lab: &'a Lab, base: &str) -> Self {
+    pub(crate) fn login(lab: &'a Lab, base: &str) -> Self {
         let cookie = lab.in_namespace(|| {
             let r = reqwest::blocking::Client::new()
                 .post(format!("{base}/api/auth/login"))
@@ -56,7 +57,7 @@ impl<'a> Operator<'a> {
     }
 
     /// `method path` with an optional JSON body: (status, JSON body or Null).
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.lab.in_namespace(|| {
             let c = reqwest::blocking::Client::new();
             let mut req = c
@@ -75,13 +76,13 @@ impl<'a> Operator<'a> {
 }
 
 /// Seconds between the VM's first console lines containing `a` and `b`.
-fn between(vm: &mut Vm, a: &str, b: &str) -> f64 {
+pub(crate) fn between(vm: &mut Vm, a: &str, b: &str) -> f64 {
     let (ta, _) = vm.wait_for_line(a, Duration::from_secs(1)).unwrap();
     let (tb, _) = vm.wait_for_line(b, Duration::from_secs(1)).unwrap();
     tb.saturating_sub(ta).as_secs_f64()
 }
 
-fn vm_config(firmware: Firmware, disk: &std::path::Path) -> VmConfig {
+pub(crate) fn vm_config(firmware: Firmware, disk: &std::path::Path) -> VmConfig {
     let rom = match firmware {
         Firmware::Bios => NicRom::Ipxe,
         Firmware::Uefi => NicRom::None,
@@ -204,12 +205,127 @@ fn provision(firmware: Firmware) {
     );
 }
 
+impl Operator<'_> {
+    /// Polls the workflow's progress until its state is `want` (panics with the lab's logs
+    /// after `timeout`, or when it ends in another terminal state); returns the progress.
+    pub(crate) fn wait_workflow(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, w) = self.call("GET", &format!("/api/workflows/{id}/progress"), None);
+            if status == 200 && w["state"] == want {
+                return w;
+            }
+            let terminal = ["Succeeded", "Failed", "TimedOut", "Cancelled"];
+            assert!(
+                Instant::now() < deadline
+                    && !(status == 200 && terminal.contains(&w["state"].as_str().unwrap_or(""))),
+                "workflow {id}: wanted {want}, got {status} {w:#}\n{}",
+                self.lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The one machine's id and record.
+    pub(crate) fn machine(&self, base: &str) -> (String, Value) {
+        let m = list_machines(self.lab, base, ADMIN, PASSWORD).unwrap();
+        assert_eq!(m.len(), 1, "{m:#?}");
+        (m[0]["id"].as_str().unwrap().to_owned(), m[0].clone())
+    }
+}
+
 #[test]
 fn bios_vm_installs_the_test_os_and_boots_it_from_disk() {
     provision(Firmware::Bios);
 }
 
-// UEFI: the same flow installs and kexecs the test OS (marker with `firmware=uefi` seen), but
-// after the power cycle OVMF does not boot the disk when ipxed returns to the firmware (it
-// stops after "No more network devices"), so there is no UEFI test yet: see
-// docs/performance.md.
+/// Three VMs with empty disks PXE-boot at once (one hold of the VM lock); the operator
+/// assigns the test OS to each with its own hostname, one call after the other: all three
+/// install at the same time, and each boots its OS with its own hostname.
+#[test]
+fn three_vms_provisioned_at_once_each_with_its_hostname() {
+    let Some((mut lab, stack, _events)) = full_lab() else {
+        return;
+    };
+    let base = stack.apid.clone().unwrap();
+    let os = test_os();
+    let images = ImageServer::start(
+        &lab,
+        format!("{BRIDGE_ADDR}:{IMAGES_PORT}").parse().unwrap(),
+    );
+    images.add("test-os.img.zst", std::fs::read(&os.compressed).unwrap());
+    for i in 1..3 {
+        lab.add_tap(&format!("tap{i}"));
+    }
+    let lock = Arc::new(VmLock::acquire());
+    let macs: Vec<String> = (0..3).map(|i| format!("52:54:00:99:0a:0{i}")).collect();
+    let mut vms: Vec<Vm> = (0..3)
+        .map(|i| {
+            let disk = lab.dir().join(format!("three-{i}.img"));
+            std::fs::File::create(&disk)
+                .unwrap()
+                .set_len(2 << 30)
+                .unwrap();
+            let mut c = vm_config(Firmware::Bios, &disk);
+            c.name = format!("three-{i}");
+            c.mac = macs[i].clone();
+            c.tap = format!("tap{i}");
+            Vm::boot_holding(&mut lab, c, Arc::clone(&lock))
+        })
+        .collect();
+    for vm in &mut vms {
+        vm.wait_for_line("Dragonfly agent: registered as", Duration::from_secs(600))
+            .unwrap_or_else(|e| panic!("{e}\n===== lab logs =====\n{}", lab.logs()));
+    }
+    let op = Operator::login(&lab, &base);
+    let template = os.template("test-os", &images.url("test-os.img.zst", false));
+    let (status, body) = op.call(
+        "POST",
+        "/apis/dragonfly.computer/v1/templates",
+        Some(template),
+    );
+    assert_eq!(status, 201, "{body:#}");
+    let machines = list_machines(&lab, &base, ADMIN, PASSWORD).unwrap();
+    assert_eq!(machines.len(), 3, "{machines:#?}");
+    let assigned = Instant::now();
+    let mut workflows = Vec::new();
+    for (i, mac) in macs.iter().enumerate() {
+        let name = dragonfly_core::names::memorable_name(mac.parse().unwrap());
+        let m = machines.iter().find(|m| m["name"] == name).unwrap();
+        let (status, wf) = op.call(
+            "POST",
+            &format!("/api/machines/{}/provision", m["id"].as_str().unwrap()),
+            Some(json!({"template": "test-os", "values": {"hostname": format!("rack-{i}")}})),
+        );
+        assert_eq!(status, 201, "{wf:#}");
+        workflows.push(wf["id"].as_str().unwrap().to_owned());
+    }
+    let mut times = Vec::new();
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let marker = format!("{TESTOS_MARKER} hostname=rack-{i}");
+        vm.wait_for_line(&marker, Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("{e}\n===== lab logs =====\n{}", lab.logs()));
+        times.push(assigned.elapsed().as_secs_f64());
+    }
+    for id in &workflows {
+        op.wait_workflow(id, "Succeeded", Duration::from_secs(60));
+    }
+    let machines = list_machines(&lab, &base, ADMIN, PASSWORD).unwrap();
+    assert!(
+        machines.iter().all(|m| m["state"] == "Ready"),
+        "{machines:#?}"
+    );
+    println!(
+        "three at once: assignment → each installed OS's marker {:.1} / {:.1} / {:.1} s; \
+         image downloads {}",
+        times[0],
+        times[1],
+        times[2],
+        images.requests()
+    );
+}
+
+#[test]
+fn uefi_vm_installs_the_test_os_and_boots_it_from_disk() {
+    provision(Firmware::Uefi);
+}
