@@ -594,4 +594,90 @@ mod tests {
         assert_eq!(consistent(&t).await, 0);
         assert_eq!(t.db.console().usage().await.unwrap().machines, 0);
     }
+
+    /// The in-memory buffer apid had, as the reference: line by line, the oldest out first,
+    /// then whole machines least recently written first.
+    #[derive(Default)]
+    struct Model {
+        machines: Vec<(usize, std::collections::VecDeque<String>)>,
+        order: Vec<usize>,
+    }
+
+    impl Model {
+        fn push(&mut self, m: usize, lines: &[String], b: ConsoleBudget) {
+            self.order.retain(|x| *x != m);
+            self.order.push(m);
+            let i = match self.machines.iter().position(|(x, _)| *x == m) {
+                Some(i) => i,
+                None => {
+                    self.machines.push((m, Default::default()));
+                    self.machines.len() - 1
+                }
+            };
+            let kept = &mut self.machines[i].1;
+            for l in lines {
+                if cost(l) > b.per_machine_bytes {
+                    continue;
+                }
+                while kept.iter().map(|k| cost(k)).sum::<usize>() + cost(l) > b.per_machine_bytes {
+                    kept.pop_front();
+                }
+                kept.push_back(l.clone());
+            }
+            let bytes = |ms: &Vec<(usize, std::collections::VecDeque<String>)>| {
+                ms.iter()
+                    .flat_map(|(_, k)| k.iter().map(|l| cost(l)))
+                    .sum::<usize>()
+            };
+            while bytes(&self.machines) > b.total_bytes {
+                let victim = self.order.remove(0);
+                self.machines.retain(|(x, _)| *x != victim);
+            }
+        }
+
+        fn lines(&self, m: usize) -> Vec<String> {
+            self.machines
+                .iter()
+                .find(|(x, _)| *x == m)
+                .map(|(_, k)| k.iter().cloned().collect())
+                .unwrap_or_default()
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Any sequence of appends keeps exactly what the memory buffer kept.
+        #[test]
+        fn appends_keep_what_the_memory_buffer_kept(
+            appends in proptest::collection::vec(
+                (0..4usize, proptest::collection::vec(0..400usize, 0..12)),
+                1..25,
+            )
+        ) {
+            let b = ConsoleBudget { per_machine_bytes: 1_000, total_bytes: 2_500 };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let t = TestDb::new();
+            let ms = rt.block_on(machines(&t, 4));
+            let mut model = Model::default();
+            for (n, (m, lens)) in appends.iter().enumerate() {
+                let lines: Vec<String> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, len)| format!("{n}.{i}:{}", "z".repeat(*len)))
+                    .collect();
+                model.push(*m, &lines, b);
+                rt.block_on(t.db.console().append(ms[*m], lines, Timestamp::now(), b)).unwrap();
+                for (i, id) in ms.iter().enumerate() {
+                    let stored: Vec<String> = rt
+                        .block_on(all(&t, *id))
+                        .into_iter()
+                        .map(|l| l.line)
+                        .collect();
+                    proptest::prop_assert_eq!(stored, model.lines(i), "machine {} after append {}", i, n);
+                }
+                rt.block_on(consistent(&t));
+            }
+        }
+    }
 }
