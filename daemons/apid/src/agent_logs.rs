@@ -1,25 +1,37 @@
-//! The agents' recent console lines, in memory, under byte budgets an attacker cannot exceed.
+//! The agents' console lines: the rates and budgets that keep an attacker-fed log bounded.
 //!
-//! Anyone on the provisioning network who holds a boot token can send log lines, so this
-//! buffer is attacker-fed. Before it had budgets, 40 machines' lines added 54 MB to apid in
-//! 1.3 s and the bound was gigabytes (10 000 machines × 500 lines × 1 000 characters). Now:
-//! - every machine has a byte budget; its oldest lines go first;
-//! - all machines together have a byte budget; beyond it the machine that has been quiet the
-//!   longest loses its whole buffer (least recently written first: a machine still talking
-//!   keeps its lines, and no machine can hold more than its own share);
+//! Anyone on the provisioning network who holds a boot token can send log lines, so they are
+//! attacker-fed. Before there were budgets, 40 machines' lines added 54 MB to apid in 1.3 s
+//! and the bound was gigabytes (10 000 machines × 500 lines × 1 000 characters). Now:
+//! - the lines are kept in the store (`dragonfly_store::console`), not here: the store *is*
+//!   the buffer, so an operator still reads why an install failed after apid restarted, and
+//!   apid holds no line longer than a request. The store enforces the byte budgets in the
+//!   transaction that appends ([`AgentLogLimits::budget`]): every machine keeps its newest
+//!   lines within its budget, and beyond the total the machine written least recently loses
+//!   all its lines (a machine still talking keeps its lines, and no machine can hold more
+//!   than its own share);
 //! - each token (its MAC) may send so many requests a minute ([`AgentLogs::admit`]; the
-//!   route answers 429 with `Retry-After` beyond it), which bounds the CPU a flood costs;
+//!   route answers 429 with `Retry-After` beyond it), which bounds the CPU and the database
+//!   writes a flood costs;
 //! - only so many lines per machine per minute are copied into apid's own log (the journal),
-//!   with a count of what was left out, so a flood cannot flood the journal either.
+//!   with a count of what was left out, so a flood cannot flood the journal either
+//!   ([`AgentLogs::journal`]).
 //!
-//! The buffer must never hold a lock across an await, and never grow with anything an agent
-//! chooses except within these budgets.
+//! Only the rates live here, in memory: they are apid's policy, not data an operator reads,
+//! and forgetting them on restart only gives each token a fresh burst. Why not a memory
+//! buffer in front of the store as well: it would be a second copy of the same lines with its
+//! own budgets, lost on restart, and a flood's cost is the per-token rate's to bound, not a
+//! cache's.
+//!
+//! Nothing here may hold a lock across an await, or grow with anything an agent chooses
+//! except within these bounds.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dragonfly_core::MacAddr;
+use dragonfly_store::console::{ConsoleBudget, ConsoleLine};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -33,15 +45,20 @@ pub struct LogLine {
     pub line: String,
 }
 
-/// What a kept line costs against the budgets: its text plus its bookkeeping.
-fn cost(line: &LogLine) -> usize {
-    line.line.len() + std::mem::size_of::<LogLine>()
+impl From<ConsoleLine> for LogLine {
+    fn from(l: ConsoleLine) -> Self {
+        Self {
+            received_at: l.received_at,
+            line: l.line,
+        }
+    }
 }
 
 /// The budgets, from `[apid]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AgentLogLimits {
-    /// Bytes kept per machine.
+    /// Bytes kept per machine (each line counts its text and
+    /// [`dragonfly_store::console::LINE_OVERHEAD`]).
     pub per_machine_bytes: usize,
     /// Bytes kept for all machines together; at least `per_machine_bytes`.
     pub total_bytes: usize,
@@ -53,39 +70,39 @@ pub struct AgentLogLimits {
     pub journal_lines_per_minute_total: u32,
 }
 
+impl AgentLogLimits {
+    /// The byte budgets the store enforces when it appends.
+    pub fn budget(&self) -> ConsoleBudget {
+        ConsoleBudget {
+            per_machine_bytes: self.per_machine_bytes,
+            total_bytes: self.total_bytes,
+        }
+    }
+}
+
 /// Tokens whose request rate is tracked at most; past it, full (idle) buckets are dropped,
 /// and if every one is busy a new MAC goes untracked rather than refused: the byte budgets
 /// still hold, and a legitimate agent is never locked out by a table full of attackers.
+/// Machines whose journal window is tracked at most, likewise (past it, windows over are
+/// dropped, and with them the count of what they left out).
 const MAX_TRACKED_MACS: usize = 100_000;
 
 /// The journal sampling window.
 const JOURNAL_WINDOW: Duration = Duration::from_secs(60);
 
-/// The agents' recent console lines, per machine, bounded in bytes (see the module docs).
+/// The rates that bound the agents' console lines (see the module docs).
 #[derive(Debug)]
 pub struct AgentLogs {
     limits: AgentLogLimits,
-    buffers: Mutex<Buffers>,
+    journal: Mutex<Journal>,
     rates: Mutex<HashMap<MacAddr, Bucket>>,
 }
 
 #[derive(Debug, Default)]
-struct Buffers {
-    by_machine: HashMap<uuid::Uuid, MachineLog>,
-    /// Machines by their last write (a sequence number), least recent first.
-    by_last_write: BTreeMap<u64, uuid::Uuid>,
-    next_seq: u64,
-    bytes: usize,
+struct Journal {
+    by_machine: HashMap<uuid::Uuid, JournalWindow>,
     /// The journal allowance of all machines together.
-    journal: Option<JournalWindow>,
-}
-
-#[derive(Debug)]
-struct MachineLog {
-    lines: VecDeque<LogLine>,
-    bytes: usize,
-    last_write: u64,
-    journal: JournalWindow,
+    total: Option<JournalWindow>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,13 +112,27 @@ struct JournalWindow {
     suppressed: u64,
 }
 
+impl JournalWindow {
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn over(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= JOURNAL_WINDOW
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-/// What the caller should copy into apid's own log after a [`AgentLogs::push`].
+/// What the caller should copy into apid's own log, from [`AgentLogs::journal`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ToJournal {
     /// Lines to log, in order.
@@ -116,16 +147,16 @@ pub struct ToJournal {
 }
 
 impl AgentLogs {
-    /// An empty buffer with these budgets.
+    /// No requests seen yet, these limits.
     pub fn new(limits: AgentLogLimits) -> Self {
         Self {
             limits,
-            buffers: Mutex::default(),
+            journal: Mutex::default(),
             rates: Mutex::default(),
         }
     }
 
-    /// The budgets in force.
+    /// The limits in force.
     pub fn limits(&self) -> AgentLogLimits {
         self.limits
     }
@@ -157,119 +188,42 @@ impl AgentLogs {
         }
     }
 
-    /// Keeps `lines` (already cleaned) as `machine`'s newest, within the budgets, and says
-    /// which of them may go to apid's own log.
-    pub fn push(
-        &self,
-        machine: uuid::Uuid,
-        lines: Vec<String>,
-        received_at: jiff::Timestamp,
-        now: Instant,
-    ) -> ToJournal {
-        let mut all = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let all = &mut *all;
-        let seq = all.next_seq;
-        all.next_seq += 1;
-        let log = all.by_machine.entry(machine).or_insert_with(|| MachineLog {
-            lines: VecDeque::new(),
-            bytes: 0,
-            last_write: seq,
-            journal: JournalWindow {
-                started: now,
-                logged: 0,
-                suppressed: 0,
-            },
-        });
-        all.by_last_write.remove(&log.last_write);
-        all.by_last_write.insert(seq, machine);
-        log.last_write = seq;
-
+    /// Says which of `machine`'s `lines` (already cleaned) may go to apid's own log at
+    /// `now`, within the per-machine and total allowances, and what earlier windows left out.
+    pub fn journal(&self, machine: uuid::Uuid, lines: &[String], now: Instant) -> ToJournal {
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let j = &mut *j;
+        if !j.by_machine.contains_key(&machine) && j.by_machine.len() >= MAX_TRACKED_MACS {
+            j.by_machine.retain(|_, w| !w.over(now));
+        }
         let mut out = ToJournal::default();
-        let total = all.journal.get_or_insert(JournalWindow {
-            started: now,
-            logged: 0,
-            suppressed: 0,
-        });
-        if now.saturating_duration_since(total.started) >= JOURNAL_WINDOW {
+        let total = j.total.get_or_insert(JournalWindow::new(now));
+        if total.over(now) {
             out.suppressed_total_before = total.suppressed;
-            *total = JournalWindow {
-                started: now,
-                logged: 0,
-                suppressed: 0,
-            };
+            *total = JournalWindow::new(now);
         }
-        if now.saturating_duration_since(log.journal.started) >= JOURNAL_WINDOW {
-            out.suppressed_before = log.journal.suppressed;
-            log.journal = JournalWindow {
-                started: now,
-                logged: 0,
-                suppressed: 0,
-            };
+        let mine = j
+            .by_machine
+            .entry(machine)
+            .or_insert(JournalWindow::new(now));
+        if mine.over(now) {
+            out.suppressed_before = mine.suppressed;
+            *mine = JournalWindow::new(now);
         }
-        for mut line in lines {
-            if log.journal.logged >= self.limits.journal_lines_per_minute {
-                log.journal.suppressed += 1;
+        for line in lines {
+            if mine.logged >= self.limits.journal_lines_per_minute {
+                mine.suppressed += 1;
                 out.suppressed_now += 1;
             } else if total.logged >= self.limits.journal_lines_per_minute_total {
                 total.suppressed += 1;
                 out.suppressed_now += 1;
             } else {
-                log.journal.logged += 1;
+                mine.logged += 1;
                 total.logged += 1;
                 out.lines.push(line.clone());
             }
-            line.shrink_to_fit();
-            let kept = LogLine { received_at, line };
-            let c = cost(&kept);
-            if c > self.limits.per_machine_bytes {
-                continue;
-            }
-            while log.bytes + c > self.limits.per_machine_bytes {
-                let Some(old) = log.lines.pop_front() else {
-                    break;
-                };
-                log.bytes -= cost(&old);
-                all.bytes -= cost(&old);
-            }
-            log.bytes += c;
-            all.bytes += c;
-            log.lines.push_back(kept);
-        }
-
-        // The total: whole buffers of the machines quiet the longest go first. This machine
-        // was just written, so it is last in line, and its own budget fits in the total.
-        while all.bytes > self.limits.total_bytes {
-            let Some((_, victim)) = all.by_last_write.pop_first() else {
-                break;
-            };
-            if let Some(gone) = all.by_machine.remove(&victim) {
-                all.bytes -= gone.bytes;
-            }
         }
         out
-    }
-
-    /// The lines kept for `machine`, oldest first.
-    pub fn get(&self, machine: uuid::Uuid) -> Vec<LogLine> {
-        let all = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        all.by_machine
-            .get(&machine)
-            .map(|b| b.lines.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Bytes held for all machines, as counted against the total budget.
-    pub fn bytes(&self) -> usize {
-        self.buffers.lock().unwrap_or_else(|p| p.into_inner()).bytes
-    }
-
-    /// Machines whose lines are held.
-    pub fn machines(&self) -> usize {
-        self.buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_machine
-            .len()
     }
 }
 
@@ -295,71 +249,6 @@ mod tests {
 
     fn id(n: u128) -> uuid::Uuid {
         uuid::Uuid::from_u128(n)
-    }
-
-    #[test]
-    fn a_machine_keeps_its_newest_lines_within_its_budget() {
-        let logs = AgentLogs::new(limits());
-        let now = Instant::now();
-        let t = jiff::Timestamp::now();
-        for batch in 0..50 {
-            logs.push(id(1), lines(100, 100, &format!("b{batch}-")), t, now);
-        }
-        let kept = logs.get(id(1));
-        assert!(
-            logs.bytes() <= limits().per_machine_bytes,
-            "{}",
-            logs.bytes()
-        );
-        assert!(!kept.is_empty());
-        // The newest line survives and the kept lines are the tail, in order.
-        assert!(kept.last().unwrap().line.starts_with("b49-00099"));
-        let expected = kept.iter().map(cost).sum::<usize>();
-        assert_eq!(expected, logs.bytes());
-        assert!(logs.bytes() + cost(&kept[0]) > limits().per_machine_bytes);
-    }
-
-    #[test]
-    fn the_total_evicts_whole_buffers_of_the_quietest_machines() {
-        let logs = AgentLogs::new(limits());
-        let now = Instant::now();
-        let t = jiff::Timestamp::now();
-        // A legitimate machine speaks, then many others fill the total.
-        logs.push(id(0), lines(5, 50, "legit"), t, now);
-        for m in 1..=10 {
-            logs.push(id(m), lines(100, 200, "flood"), t, now);
-            assert!(logs.bytes() <= limits().total_bytes, "{}", logs.bytes());
-        }
-        // At most three machines' worth fits: the quietest (including the first) went whole.
-        assert!(logs.machines() <= 3, "{}", logs.machines());
-        assert!(logs.get(id(0)).is_empty());
-        assert!(logs.get(id(1)).is_empty());
-        assert!(!logs.get(id(10)).is_empty());
-        // A machine that keeps talking keeps its lines while others flood.
-        logs.push(id(0), lines(5, 50, "legit"), t, now);
-        for m in 11..=20 {
-            logs.push(id(0), lines(1, 50, "still"), t, now);
-            logs.push(id(m), lines(100, 200, "flood"), t, now);
-        }
-        assert!(logs.get(id(0)).iter().any(|l| l.line.starts_with("still")));
-        assert!(logs.bytes() <= limits().total_bytes);
-    }
-
-    #[test]
-    fn a_line_larger_than_the_budget_is_not_kept() {
-        let logs = AgentLogs::new(AgentLogLimits {
-            per_machine_bytes: 100,
-            total_bytes: 100,
-            ..limits()
-        });
-        logs.push(
-            id(1),
-            vec!["y".repeat(500)],
-            jiff::Timestamp::now(),
-            Instant::now(),
-        );
-        assert_eq!(logs.bytes(), 0);
-        assert!(logs.get(id(1)).is_empty());
     }
 
     #[test]
@@ -411,24 +300,38 @@ mod tests {
     #[test]
     fn the_journal_gets_a_sample_and_a_count() {
         let logs = AgentLogs::new(limits());
-        let t = jiff::Timestamp::now();
         let t0 = Instant::now();
-        let first = logs.push(id(1), lines(5, 1, "a"), t, t0);
+        let first = logs.journal(id(1), &lines(5, 1, "a"), t0);
         assert_eq!(first.lines.len(), 3);
         assert_eq!(first.suppressed_now, 2);
         assert_eq!(first.suppressed_before, 0);
-        let second = logs.push(id(1), lines(5, 1, "b"), t, t0 + Duration::from_secs(30));
+        let second = logs.journal(id(1), &lines(5, 1, "b"), t0 + Duration::from_secs(30));
         assert!(second.lines.is_empty());
         assert_eq!(second.suppressed_now, 5);
         // Another machine has its own allowance, within the total (5 a minute).
-        assert_eq!(logs.push(id(2), lines(1, 1, "c"), t, t0).lines.len(), 1);
-        let over_total = logs.push(id(3), lines(3, 1, "d"), t, t0);
+        assert_eq!(logs.journal(id(2), &lines(1, 1, "c"), t0).lines.len(), 1);
+        let over_total = logs.journal(id(3), &lines(3, 1, "d"), t0);
         assert_eq!(over_total.lines.len(), 1);
         assert_eq!(over_total.suppressed_now, 2);
         // The next window reports what the last one left out, and logs again.
-        let third = logs.push(id(1), lines(1, 1, "c"), t, t0 + Duration::from_secs(61));
+        let third = logs.journal(id(1), &lines(1, 1, "c"), t0 + Duration::from_secs(61));
         assert_eq!(third.suppressed_before, 7);
         assert_eq!(third.suppressed_total_before, 2);
         assert_eq!(third.lines.len(), 1);
+    }
+
+    #[test]
+    fn the_journal_windows_stay_bounded() {
+        let logs = AgentLogs::new(limits());
+        let t0 = Instant::now();
+        for i in 0..MAX_TRACKED_MACS {
+            logs.journal(id(i as u128), &lines(1, 1, "x"), t0);
+        }
+        // Full of windows still open: a new machine is tracked anyway (the table may exceed
+        // the cap by the machines of one window, which the store's machine cap bounds).
+        logs.journal(id(u128::MAX), &lines(1, 1, "y"), t0);
+        // Once they are over, the next new machine clears them out.
+        logs.journal(id(u128::MAX - 1), &lines(1, 1, "z"), t0 + JOURNAL_WINDOW);
+        assert_eq!(logs.journal.lock().unwrap().by_machine.len(), 1);
     }
 }

@@ -139,7 +139,7 @@ pub struct AppState {
     pub account_throttle: Arc<throttle::AccountThrottle>,
     /// The bounded Argon2 workers every password check goes through.
     pub passwords: Arc<password::PasswordPool>,
-    /// Agents' recent console lines.
+    /// The rates that bound the agents' console lines (the lines themselves are in the store).
     pub agent_logs: Arc<agent_logs::AgentLogs>,
     /// The rate at which agents may add machines.
     pub new_machines: Arc<registration::NewMachineLimiter>,

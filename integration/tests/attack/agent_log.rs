@@ -6,6 +6,10 @@
 //! `agent_log_bytes_total` in all (32 KiB and 32 MiB by default), refuses a token's requests
 //! beyond `agent_log_requests_per_minute` with 429, and a legitimate agent's lines still reach
 //! an operator.
+//!
+//! The lines are kept in the store (`agent_console`), not in apid's memory: the total budget
+//! bounds the database file, which is checked here too, and apid's RSS bounds what the flood
+//! costs in flight and in SQLite's caches.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -268,6 +272,18 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
         (ok, too_many, retry_after)
     });
 
+    // The lines are in the store: its file holds the total budget (32 MiB counted as text and
+    // a row overhead each) and what SQLite keeps around it (free pages of evicted lines,
+    // reused; partly filled pages). The WAL is printed: it is reused after each checkpoint,
+    // and how large it grew depends on how often readers let a checkpoint finish.
+    let store = lab.lab.store();
+    let file_len = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", store.display()))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let (stored, wal) = (file_len(""), file_len("-wal"));
+
     // apid's own log got a sample of the flood, not the flood.
     let journal_lines = lab
         .lab
@@ -282,7 +298,7 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
          (+{:.1} MiB; budget 32 MiB); legitimate agent {:?}, each line read back by an operator during the flood \
          ({} not), {} readable after; \
          one token's 40 quick requests: {ok} accepted, {too_many} × 429 (Retry-After {:?}); \
-         {journal_lines} flood lines in apid's log of {} sent",
+         {journal_lines} flood lines in apid's log of {} sent; database {:.1} MiB, WAL {:.1} MiB",
         ATTACKER_MACHINES,
         mib(sent_bytes.load(Ordering::Relaxed) as u64),
         elapsed.as_secs_f64(),
@@ -299,6 +315,8 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
         legit_lines.len(),
         retry_after,
         accepted.load(Ordering::Relaxed) * 100,
+        mib(stored),
+        mib(wal),
     );
     assert!(
         journal_lines <= 3_000,
@@ -323,6 +341,11 @@ fn a_log_flood_from_many_tokens_stays_within_the_budgets() {
         grown < 96 << 20,
         "apid grew by {:.1} MiB under the flood",
         mib(grown)
+    );
+    assert!(
+        stored < 96 << 20,
+        "the database holds {:.1} MiB after the flood",
+        mib(stored)
     );
     assert!(too_many >= 5, "{ok} accepted, {too_many} refused");
     let wait: u64 = retry_after.unwrap().parse().unwrap();

@@ -9,12 +9,13 @@
 //! `SQLITE_BUSY` on upgrade.
 //!
 //! **One way in.** A [`Db`] is opened with [`Db::open`] and gives typed handles per table
-//! group — [`Db::machines`], [`Db::leases`], [`Db::boot`], [`Db::templates`], [`Db::workflows`], and on apid's own file [`AuthDb`]'s `auth()` — whose async methods run on tokio's
-//! blocking pool. The SQL library is private to this crate: no public item names a
-//! connection, a statement or its error type, and no daemon depends on it, so "no SQL in
-//! daemons" is enforced by the compiler. Callers without a runtime use [`BlockingDb`]; a
-//! stream of writes that must each be durable before they are answered uses a
-//! [`GroupWriter`] (one transaction per batch, a completion per write after the commit).
+//! group — [`Db::machines`], [`Db::leases`], [`Db::boot`], [`Db::templates`],
+//! [`Db::workflows`], [`Db::console`], and on apid's own file [`AuthDb`]'s `auth()` — whose
+//! async methods run on tokio's blocking pool. The SQL library is private to this crate: no
+//! public item names a connection, a statement or its error type, and no daemon depends on
+//! it, so "no SQL in daemons" is enforced by the compiler. Callers without a runtime use
+//! [`BlockingDb`]; a stream of writes that must each be durable before they are answered uses
+//! a [`GroupWriter`] (one transaction per batch, a completion per write after the commit).
 //!
 //! The schema is versioned, and changed in exactly one place: the `dragonfly-migrate`
 //! oneshot, through [`migrate_file`]. Daemons only check that the file's version is the one
@@ -28,6 +29,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod console;
 mod db;
 mod error;
 pub mod group;

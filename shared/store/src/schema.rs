@@ -33,9 +33,9 @@ pub(crate) mod sealed {
 }
 
 /// The database every daemon shares (`/var/lib/dragonfly/dragonfly.db` by default): machines,
-/// their MACs, identity conflicts, DHCP leases, boot sightings and sessions. Its `users`,
-/// `sessions` and `api_tokens` tables (from migration 0001) are no longer used: apid moves
-/// their rows into [`ApidAuth`] once and empties them.
+/// their MACs, identity conflicts, DHCP leases, boot sightings and sessions, workflows, the
+/// agents' console lines. Its `users`, `sessions` and `api_tokens` tables (from migration
+/// 0001) are no longer used: apid moves their rows into [`ApidAuth`] once and empties them.
 #[derive(Debug, Clone, Copy)]
 pub struct Shared;
 
@@ -60,6 +60,10 @@ impl sealed::Sealed for Shared {
         Migration {
             name: "0004_workflows",
             sql: include_str!("migrations/0004_workflows.sql"),
+        },
+        Migration {
+            name: "0005_agent_console",
+            sql: include_str!("migrations/0005_agent_console.sql"),
         },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and

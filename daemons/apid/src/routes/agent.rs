@@ -185,9 +185,10 @@ pub async fn instructions(
 
 pub use crate::agent_logs::{AgentLogs, LogLine};
 
-/// Receives the agent's console lines: they go into a per-machine buffer operators read with
-/// `GET /api/machines/{id}/agent-log`, within byte budgets, and a sample of them to apid's log
-/// with the machine's name. A token sending too often is told 429 with `Retry-After`.
+/// Receives the agent's console lines: they are kept in the store (so they outlive apid),
+/// per machine, within byte budgets, for `GET /api/machines/{id}/agent-log`, and a sample of
+/// them goes to apid's log with the machine's name. A token sending too often is told 429
+/// with `Retry-After`.
 #[utoipa::path(post, path = agent_api::LOG_PATH, tag = "machines", request_body = AgentLog,
     security(("bootToken" = [])),
     responses((status = 204, description = "Stored"), (status = 401, body = ErrorBody),
@@ -221,12 +222,19 @@ pub async fn log(
                 .collect()
         })
         .collect();
-    let journal = state.agent_logs.push(
-        info.id.0,
-        lines,
-        jiff::Timestamp::now(),
-        std::time::Instant::now(),
-    );
+    let journal = state
+        .agent_logs
+        .journal(info.id.0, &lines, std::time::Instant::now());
+    state
+        .db
+        .console()
+        .append(
+            info.id,
+            lines,
+            jiff::Timestamp::now(),
+            state.agent_logs.limits().budget(),
+        )
+        .await?;
     if journal.suppressed_before > 0 {
         tracing::info!(target: "agent", machine = %info.name, %mac,
             suppressed = journal.suppressed_before,
@@ -242,8 +250,9 @@ pub async fn log(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The machine's agent's recent console lines (kept in memory, the newest that fit its budget,
-/// `[apid] agent_log_bytes_per_machine`).
+/// The machine's agent's recent console lines: those kept in the store, oldest first (the
+/// newest that fit its budget, `[apid] agent_log_bytes_per_machine`; they survive apid
+/// restarting).
 #[utoipa::path(get, path = "/api/machines/{id}/agent-log", tag = "machines",
     params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
     responses((status = 200, body = Vec<LogLine>), (status = 401, body = ErrorBody),
@@ -262,5 +271,7 @@ pub async fn read_log(
         .get_by_id_or_name(&id)
         .await?
         .ok_or(ApiError::NotFound("machine"))?;
-    Ok(ApiJson(state.agent_logs.get(m.id.0)))
+    // Everything kept: the per-machine budget bounds it.
+    let lines = state.db.console().tail(m.id, usize::MAX).await?;
+    Ok(ApiJson(lines.into_iter().map(LogLine::from).collect()))
 }

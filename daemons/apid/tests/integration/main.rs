@@ -8,6 +8,7 @@ mod api;
 mod auth_walk;
 mod binary;
 mod common;
+mod console;
 mod listeners;
 mod operators;
 mod workflows;

@@ -312,6 +312,58 @@ async fn provisioning_serves_actions_and_keeps_reports_once() {
     )
     .await;
     assert_eq!(st, 202);
+
+    // The second action fails first: its message and the agent's last console lines are what
+    // an operator reads in the progress, once applied (as workflowd applies reports).
+    assert_eq!(send(2, 1, "started").await, 202);
+    let failed = json!({"workflowId": wf["id"], "attempt": 1, "action": 1, "seq": 3,
+        "kind": "failed", "message": "no space left on device",
+        "logTail": ["writing /etc/hostname", "ENOSPC"]});
+    let r = s
+        .http
+        .post(s.url(REPORT_PATH))
+        .bearer_auth(&token)
+        .json(&failed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let now = jiff::Timestamp::now();
+    let mut w = s.db.workflows().get(id).await.unwrap().unwrap();
+    let reports = s.db.workflows().unapplied(100).await.unwrap();
+    for r in &reports {
+        w.apply(&r.report, now);
+    }
+    s.db.workflows()
+        .save(
+            dragonfly_store::workflows::Save {
+                workflow: w,
+                applied: reports.iter().map(|r| r.id).collect(),
+                clear_request: false,
+                machine: vec![],
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let p: Value = s
+        .http
+        .get(s.url(&format!("/api/workflows/{wid}/progress")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["state"], "Failed", "{p}");
+    assert_eq!(p["actions"][1]["state"], "Failed", "{p}");
+    let message = p["actions"][1]["message"].as_str().unwrap();
+    assert!(message.contains("no space left on device"), "{message}");
+    assert_eq!(
+        p["actions"][1]["logTail"],
+        json!(["writing /etc/hostname", "ENOSPC"])
+    );
 }
 
 #[tokio::test]
