@@ -162,15 +162,15 @@ pub struct ActionReport {
 /// What an [`ActionReport`] says happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+// Each variant says `rename_all` itself rather than the enum saying `rename_all_fields`:
+// utoipa does not read the latter, and the OpenAPI document then named the fields in
+// snake_case, which the wire never uses.
+#[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ReportEvent {
     /// The agent began the action.
     Started,
     /// At least every 2 s while the action runs.
+    #[serde(rename_all = "camelCase")]
     Progress {
         bytes_done: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,11 +180,13 @@ pub enum ReportEvent {
         message: Option<String>,
     },
     /// The action finished well.
+    #[serde(rename_all = "camelCase")]
     Succeeded {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
     /// The action failed: why, and the last console lines.
+    #[serde(rename_all = "camelCase")]
     Failed {
         message: String,
         #[serde(default)]
