@@ -17,8 +17,10 @@
 //! is finished for the agent only when its last report is acknowledged: a kexec happens after
 //! that, never before (the completion would be lost to the jump).
 //!
-//! Sequence numbers keep increasing for an action the server serves again within this
-//! process, so a re-run's reports are never mistaken for the first run's copies.
+//! Sequence numbers keep increasing for an action the server serves again, so a re-run's
+//! reports are never mistaken for the first run's copies: within this process by memory, and
+//! across a reboot (a new agent process) from the server, which serves each action with the
+//! `nextSeq` past the reports it already keeps.
 //!
 //! What the loop must never do: reboot on a failure (the machine stays up, on the console and
 //! shipping its lines, until an operator acts), run an action it was not served, or skip an
@@ -223,7 +225,10 @@ impl Imaging<'_> {
                                 ));
                                 finished.remove(&key);
                             }
+                            // The server knows the seqs it keeps, also from this machine's
+                            // earlier boots; this process knows those it used (kept or not).
                             let seq = seqs.entry(key).or_insert(0);
+                            *seq = (*seq).max(action.next_seq);
                             match self.run_one(&step, action, runner, seq) {
                                 Finished::Stopped => return Ended::Stopped,
                                 Finished::Refused(why) => {
@@ -816,6 +821,7 @@ mod tests {
                 initrd: None,
                 cmdline: String::new(),
             },
+            next_seq: 0,
         }
     }
 
@@ -1038,6 +1044,36 @@ mod tests {
         );
         assert!(fk.kept_for(1).is_empty());
         assert!(lines.iter().any(|l| l.contains("stays up")), "{lines:?}");
+    }
+
+    #[test]
+    fn reports_number_on_from_the_seq_the_server_serves() {
+        // The server keeps seqs 0 to 3 of `image` from before this machine rebooted.
+        let resumed = ServedAction {
+            next_seq: 4,
+            ..served(0, "image")
+        };
+        let (base, fake) = workflow_server(vec![resumed, served(1, "kexec")], true, |_| false);
+        let mut runner = Fake2 {
+            runs: Vec::new(),
+            busy: Duration::ZERO,
+            result: ok,
+        };
+        let (ended, _) = run_loop(&base, &quick(), &mut runner);
+        assert_eq!(ended, Ended::Reboot(Reboot::Kexec));
+        let fk = fake.lock().unwrap();
+        let kept = fk.kept_for(0);
+        assert!(matches!(kept[0].event, ReportEvent::Started), "{kept:?}");
+        for (i, r) in kept.iter().enumerate() {
+            assert_eq!(r.seq, 4 + i as u64, "{kept:?}");
+        }
+        assert!(matches!(
+            kept.last().unwrap().event,
+            ReportEvent::Succeeded { .. }
+        ));
+        assert_life(&fk.kept_for(1), |e| {
+            matches!(e, ReportEvent::Succeeded { .. })
+        });
     }
 
     #[test]
