@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use dragonfly_core::template::Compression;
 use sha2::Digest;
 
-use super::{ActionError, Context, Outcome, Report};
+use super::{ActionError, Cancel, Context, Outcome, Report};
 use crate::http;
 
 /// Write size and buffer size.
@@ -164,13 +164,16 @@ impl Read for ChannelReader {
     }
 }
 
-/// The download thread: chunks to `tx` until the body ends; reconnects on a drop.
+/// The download thread: chunks to `tx` until the body ends; reconnects on a drop. Every read
+/// has `timeout` (a server that stalls is a dropped connection), and `cancel` is seen between
+/// reads and reconnections, so the thread ends within one `timeout` of the action's end.
 fn download(
     url: &http::Url,
     timeout: Duration,
     tx: &SyncSender<io::Result<Vec<u8>>>,
     total: &SyncSender<u64>,
     counter: &AtomicU64,
+    cancel: &Cancel,
 ) {
     let mut got: u64 = 0;
     let mut failures = 0u32;
@@ -202,6 +205,9 @@ fn download(
                 let mut chunk = vec![0u8; CHUNK];
                 let mut n = 0;
                 while n < CHUNK {
+                    if cancel.is_cancelled() {
+                        return Err("stopped".into());
+                    }
                     match body.read(&mut chunk[n..]) {
                         Ok(0) => break,
                         Ok(k) => n += k,
@@ -241,6 +247,11 @@ fn download(
         })();
         match attempt {
             Ok(_) => return,
+            // Not a clean end of the body: the image must not look complete.
+            Err(_) if cancel.is_cancelled() => {
+                let _ = tx.try_send(Err(io::Error::other("downloading: stopped")));
+                return;
+            }
             Err(why) => {
                 failures += 1;
                 if failures > RETRIES {
@@ -250,7 +261,12 @@ fn download(
                     ))));
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(500 << failures.min(4)));
+                let pause = Instant::now();
+                while pause.elapsed() < Duration::from_millis(500 << failures.min(4))
+                    && !cancel.is_cancelled()
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
@@ -450,7 +466,8 @@ pub fn run(
                 let _ = free_tx.send(Aligned::new());
             }
             let counter = &downloaded;
-            s.spawn(move || download(&url, timeout, &chunk_tx, &total_tx, counter));
+            let cancel = &ctx.cancel;
+            s.spawn(move || download(&url, timeout, &chunk_tx, &total_tx, counter, cancel));
             let compression = job.compression;
             let decomp = s.spawn(move || -> Result<Compression, ActionError> {
                 let reader = ChannelReader {
@@ -488,6 +505,10 @@ pub fn run(
             let mut total = None;
             let mut failed = None;
             loop {
+                if ctx.cancel.is_cancelled() {
+                    failed = Some(ActionError::Cancelled);
+                    break;
+                }
                 match hashed_rx.recv_timeout(TICK) {
                     Ok(buf) => {
                         if let Err(e) = w.put(buf.data(), at) {
@@ -535,6 +556,10 @@ pub fn run(
             w.flush_zeros()?;
             Ok((kind, digest, at, total))
         })?;
+    if ctx.cancel.is_cancelled() {
+        // However the stages ended, the image is not known to be whole.
+        return Err(ActionError::Cancelled);
+    }
     let (written, skipped) = (w.written, w.skipped);
     direct
         .sync_all()
@@ -724,6 +749,61 @@ mod tests {
         assert_eq!(
             backup_layout(262_144, 4096, 128, 128),
             (262_143, 262_138, 262_139)
+        );
+    }
+
+    /// A server that sends a head and the first bytes of a body, then stalls (holding the
+    /// connection) for `stall`.
+    fn stalling_server(stall: Duration) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let mut w = s;
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n");
+                    let _ = w.write_all(&[0x42; 64 << 10]);
+                    std::thread::sleep(stall);
+                });
+            }
+        });
+        format!("http://{addr}/os.img")
+    }
+
+    #[test]
+    fn a_cancelled_image2disk_ends_within_a_read_timeout_even_when_the_server_stalls() {
+        let url = stalling_server(Duration::from_secs(60));
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(16 << 20).unwrap();
+        let ctx = Context {
+            http_timeout: Duration::from_secs(1),
+            ..Context::default()
+        };
+        let job = Job {
+            url,
+            disk: disk.path().into(),
+            expected: None,
+            compression: Compression::None,
+        };
+        let cancel = ctx.cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let started = Instant::now();
+        let r = run(&ctx, &job, &mut |_| {});
+        // Without the cancel it would reconnect and wait for 5 retries (half a minute).
+        assert!(matches!(r, Err(ActionError::Cancelled)), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
         );
     }
 
