@@ -169,6 +169,7 @@ impl Read for ChannelReader {
 /// reads and reconnections, so the thread ends within one `timeout` of the action's end.
 fn download(
     url: &http::Url,
+    shown: &str,
     timeout: Duration,
     tx: &SyncSender<io::Result<Vec<u8>>>,
     total: &SyncSender<u64>,
@@ -256,8 +257,7 @@ fn download(
                 failures += 1;
                 if failures > RETRIES {
                     let _ = tx.send(Err(io::Error::other(format!(
-                        "downloading {}: {why} (gave up after {RETRIES} retries)",
-                        url.host
+                        "downloading {shown}: {why} (gave up after {RETRIES} retries)"
                     ))));
                     return;
                 }
@@ -467,7 +467,10 @@ pub fn run(
             }
             let counter = &downloaded;
             let cancel = &ctx.cancel;
-            s.spawn(move || download(&url, timeout, &chunk_tx, &total_tx, counter, cancel));
+            let shown = job.url.as_str();
+            s.spawn(move || {
+                download(&url, shown, timeout, &chunk_tx, &total_tx, counter, cancel);
+            });
             let compression = job.compression;
             let decomp = s.spawn(move || -> Result<Compression, ActionError> {
                 let reader = ChannelReader {
@@ -476,9 +479,12 @@ pub fn run(
                     pos: 0,
                 };
                 let (mut d, kind) =
-                    decoder(reader, compression).map_err(|e| stream_error(e, compression))?;
+                    decoder(reader, compression).map_err(|e| stream_error(e, compression, 0))?;
+                // Image bytes produced so far: where a corrupt stream went wrong.
+                let mut out = 0u64;
                 while let Ok(mut buf) = free_rx.recv() {
-                    let n = fill(&mut d, buf.full()).map_err(|e| stream_error(e, kind))?;
+                    let n = fill(&mut d, buf.full()).map_err(|e| stream_error(e, kind, out))?;
+                    out += n as u64;
                     buf.len = n;
                     if n == 0 {
                         break;
@@ -629,7 +635,8 @@ pub fn run(
     })
 }
 
-fn stream_error(e: io::Error, kind: Compression) -> ActionError {
+/// A stream error of the decompressor thread; `at`: image bytes it produced before it.
+fn stream_error(e: io::Error, kind: Compression, at: u64) -> ActionError {
     // The download's own errors arrive as `Other` with their text.
     if e.kind() == io::ErrorKind::Other && e.to_string().starts_with("downloading") {
         return ActionError::Download(e.to_string());
@@ -641,7 +648,11 @@ fn stream_error(e: io::Error, kind: Compression) -> ActionError {
         Compression::Bzip2 => "bzip2",
         Compression::None | Compression::Auto => "raw",
     };
-    ActionError::Decompress(what, e)
+    ActionError::Decompress {
+        kind: what,
+        at,
+        source: e,
+    }
 }
 
 /// Where a GPT's backup belongs on a disk of `sectors`: (backup header LBA, last usable LBA,
@@ -804,6 +815,64 @@ mod tests {
             started.elapsed() < Duration::from_secs(4),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_image_past_the_disks_end_says_how_far_it_got_and_the_disks_size() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        let mut w = Writer {
+            direct: &f,
+            plain: &f,
+            size: 1 << 20,
+            path: Path::new("/dev/vdz"),
+            punch: false,
+            zeros: None,
+            written: 0,
+            skipped: 0,
+        };
+        let e = w.put(&[1u8; 8192], (1 << 20) - 4096).unwrap_err();
+        assert_eq!(
+            dragonfly_core::Chain(&e).to_string(),
+            "the image does not fit: it reached byte 1052672 of the disk /dev/vdz, which has \
+             1048576 bytes"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_stream_names_its_decompressor_and_where_it_broke() {
+        let image: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut z = zstd::encode_all(&image[..], 3).unwrap();
+        let mid = z.len() / 2;
+        for b in &mut z[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        tx.send(Ok(z)).unwrap();
+        drop(tx);
+        let reader = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let (mut d, kind) = decoder(reader, Compression::Auto).unwrap();
+        assert_eq!(kind, Compression::Zstd);
+        let mut out = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        let e = loop {
+            match fill(&mut d, &mut buf) {
+                Ok(0) => panic!("the corruption went unseen"),
+                Ok(n) => out += n as u64,
+                Err(e) => break stream_error(e, kind, out),
+            }
+        };
+        let text = dragonfly_core::Chain(&e).to_string();
+        assert!(
+            text.starts_with(&format!(
+                "decompressing the image (zstd) failed after {out} bytes of image"
+            )),
+            "{text}"
         );
     }
 

@@ -167,19 +167,34 @@ pub enum ActionError {
     },
     #[error("{0}")]
     Download(String),
-    #[error("decompressing the image ({0})")]
-    Decompress(&'static str, #[source] std::io::Error),
+    /// `at`: the image bytes decompressed before the error (the stream is bad about there).
+    #[error("decompressing the image ({kind}) failed after {at} bytes of image")]
+    Decompress {
+        kind: &'static str,
+        at: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{algorithm} mismatch: the template expects {expected}, the image is {actual}")]
     Checksum {
         algorithm: &'static str,
         expected: String,
         actual: String,
     },
-    #[error("the image does not fit: it reached byte {image} of the disk {disk}, which has {size}")]
+    #[error(
+        "the image does not fit: it reached byte {image} of the disk {disk}, which has {size} bytes"
+    )]
     TooLarge {
         image: u64,
         disk: PathBuf,
         size: u64,
+    },
+    #[error(
+        "{device} has no {filesystem} filesystem the kernel can mount (blank, or formatted otherwise?)"
+    )]
+    NoFilesystem {
+        device: PathBuf,
+        filesystem: &'static str,
     },
     #[error("{0}")]
     Unsupported(String),
