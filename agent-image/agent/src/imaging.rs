@@ -17,8 +17,10 @@
 //! is finished for the agent only when its last report is acknowledged: a kexec happens after
 //! that, never before (the completion would be lost to the jump).
 //!
-//! Sequence numbers keep increasing for an action the server serves again within this
-//! process, so a re-run's reports are never mistaken for the first run's copies.
+//! Sequence numbers keep increasing for an action the server serves again, so a re-run's
+//! reports are never mistaken for the first run's copies: within this process by memory, and
+//! across a reboot (a new agent process) from the server, which serves each action with the
+//! `nextSeq` past the reports it already keeps.
 //!
 //! What the loop must never do: reboot on a failure (the machine stays up, on the console and
 //! shipping its lines, until an operator acts), run an action it was not served, or skip an
@@ -28,7 +30,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dragonfly_core::Chain;
@@ -38,19 +42,21 @@ use dragonfly_core::agent_api::{
 use dragonfly_core::template::ActionSpec;
 use uuid::Uuid;
 
-use crate::actions::{self, ActionError, Outcome, Progress, Report, kexec::Reboot};
+use crate::actions::{self, ActionError, Cancel, Outcome, Progress, Report, kexec::Reboot};
 use crate::http::{self, Url};
 use crate::register::sleep_unless_stopped;
 use crate::token::Token;
 use crate::{Console, Shipping};
 
-/// Runs one action; the seam between the loop and the actions (tests run fakes).
+/// One action's work, as the loop runs it: on a thread of its own, so that the loop can stop
+/// waiting for it when its time is up (see [`Imaging`]'s timeout).
+pub type Job = Box<dyn FnOnce(&mut dyn Progress) -> Result<Outcome, ActionError> + Send>;
+
+/// Prepares each action's work; the seam between the loop and the actions (tests run fakes).
 pub trait Runner {
-    fn run(
-        &mut self,
-        spec: &ActionSpec,
-        progress: &mut dyn Progress,
-    ) -> Result<Outcome, ActionError>;
+    /// The work of `spec`. `cancel` is set when the loop stops waiting for it: the work should
+    /// end soon after (what it returns then is not reported).
+    fn prepare(&mut self, spec: &ActionSpec, cancel: &Cancel) -> Job;
 }
 
 /// The native actions on this machine's `/sys` and `/dev`.
@@ -58,12 +64,13 @@ pub trait Runner {
 pub struct Native(pub actions::Context);
 
 impl Runner for Native {
-    fn run(
-        &mut self,
-        spec: &ActionSpec,
-        progress: &mut dyn Progress,
-    ) -> Result<Outcome, ActionError> {
-        actions::run(spec, &self.0, progress)
+    fn prepare(&mut self, spec: &ActionSpec, cancel: &Cancel) -> Job {
+        let ctx = actions::Context {
+            cancel: cancel.clone(),
+            ..self.0.clone()
+        };
+        let spec = spec.clone();
+        Box::new(move |progress| actions::run(&spec, &ctx, progress))
     }
 }
 
@@ -87,6 +94,9 @@ pub struct ImagingConfig {
     /// An action that reported nothing of its own for this long is said to be still running
     /// (and where the kernel holds it), then again at this period.
     pub quiet_after: Duration,
+    /// How long the next action waits for the thread of one that timed out to end, before it
+    /// runs anyway (the old one is then stuck in the kernel, and said to be).
+    pub stopping_grace: Duration,
 }
 
 impl Default for ImagingConfig {
@@ -100,6 +110,8 @@ impl Default for ImagingConfig {
             rerun_grace: Duration::from_secs(30),
             console_every: Duration::from_secs(10),
             quiet_after: Duration::from_secs(30),
+            // One HTTP read timeout (actions::Context::http_timeout) and some.
+            stopping_grace: Duration::from_secs(45),
         }
     }
 }
@@ -176,6 +188,8 @@ impl Imaging<'_> {
         let mut seqs: HashMap<Key, u64> = HashMap::new();
         let mut failing: Option<String> = None;
         let mut waiting_said = false;
+        // Threads of actions that timed out and may still be ending.
+        let mut stopping: Vec<Stopping> = Vec::new();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ended::Stopped;
@@ -223,8 +237,12 @@ impl Imaging<'_> {
                                 ));
                                 finished.remove(&key);
                             }
+                            // The server knows the seqs it keeps, also from this machine's
+                            // earlier boots; this process knows those it used (kept or not).
                             let seq = seqs.entry(key).or_insert(0);
-                            match self.run_one(&step, action, runner, seq) {
+                            *seq = (*seq).max(action.next_seq);
+                            self.wait_for_stopping(&mut stopping);
+                            match self.run_one(&step, action, runner, seq, &mut stopping) {
                                 Finished::Stopped => return Ended::Stopped,
                                 Finished::Refused(why) => {
                                     self.console.say(&format!(
@@ -283,13 +301,15 @@ impl Imaging<'_> {
         sleep_unless_stopped(wait, self.stop);
     }
 
-    /// Runs one served action while a sender thread delivers its reports.
+    /// Runs one served action on a thread of its own, while a sender thread delivers its
+    /// reports; gives up waiting for it after its `timeout_seconds` (see [`Imaging::run_job`]).
     fn run_one(
         &self,
         step: &WorkflowStep,
         action: &ServedAction,
         runner: &mut dyn Runner,
         seq: &mut u64,
+        stopping: &mut Vec<Stopping>,
     ) -> Finished {
         let spec = ActionSpec {
             name: action.name.clone(),
@@ -299,13 +319,7 @@ impl Imaging<'_> {
             action: action.spec.clone(),
         };
         let outbox = Outbox::new(step.workflow_id, step.attempt, action.index, *seq);
-        {
-            let mut s = outbox.lock();
-            s.name.clone_from(&action.name);
-            // The thread that runs the action: where the kernel holds it is said when the
-            // action is quiet for long (a mount or a sync that never returns).
-            s.tid = nix::unistd::gettid().as_raw();
-        }
+        outbox.lock().name.clone_from(&action.name);
         self.console.say(&format!(
             "action {} ({} of workflow {}, attempt {}): starting.",
             action.name,
@@ -322,7 +336,9 @@ impl Imaging<'_> {
                 every: self.cfg.console_every,
                 said: None,
             };
-            let result = runner.run(&spec, &mut sink);
+            let cancel = Cancel::default();
+            let job = runner.prepare(&spec, &cancel);
+            let result = self.run_job(action, job, &cancel, &outbox, &mut sink, stopping);
             let result = match result {
                 Ok(o) => {
                     self.console
@@ -357,6 +373,112 @@ impl Imaging<'_> {
             return Finished::Stopped;
         }
         Finished::Acked(result)
+    }
+
+    /// Runs `job` on its own thread and forwards its progress until it ends or its served
+    /// `timeout_seconds` pass (0: no limit on the agent's side; the server still has one).
+    ///
+    /// Why a thread the loop can walk away from: an action may block where nothing can
+    /// interrupt it (a `mount` or `sync` on a dying disk, a server that keeps a download
+    /// trickling), and a loop stuck there would never report, never see an operator's retry,
+    /// and leave the machine to the server's timeout and a reboot. At the deadline the loop
+    /// sets `cancel` (image2disk stops between buffers, its download within one read timeout),
+    /// reports the timeout as the action's failure, and goes on. The thread is left behind
+    /// (in `stopping`) and ends when the action notices `cancel` or the kernel returns; a
+    /// thread stuck in the kernel for good stays until the machine restarts.
+    fn run_job(
+        &self,
+        action: &ServedAction,
+        job: Job,
+        cancel: &Cancel,
+        outbox: &Outbox,
+        sink: &mut Sink<'_>,
+        stopping: &mut Vec<Stopping>,
+    ) -> Result<Outcome, ActionError> {
+        let (tx, rx) = mpsc::channel();
+        let to_loop = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("action-{}", action.index))
+            .spawn(move || {
+                let _ = tx.send(FromJob::Tid(nix::unistd::gettid().as_raw()));
+                let r = job(&mut ToLoop(to_loop));
+                let _ = tx.send(FromJob::Done(r));
+            });
+        let handle = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(ActionError::Unsupported(format!(
+                    "cannot start a thread for the action: {e}"
+                )));
+            }
+        };
+        let deadline = (action.timeout_seconds > 0)
+            .then(|| Instant::now().checked_add(Duration::from_secs(action.timeout_seconds.into())))
+            .flatten();
+        loop {
+            let msg = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
+                Ok(FromJob::Tid(tid)) => outbox.lock().tid = tid,
+                Ok(FromJob::Progress(name, r)) => sink.progress(&name, &r),
+                Ok(FromJob::Done(r)) => {
+                    let _ = handle.join();
+                    return r;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    cancel.cancel();
+                    stopping.push(Stopping {
+                        name: action.name.clone(),
+                        thread: handle,
+                    });
+                    return Err(ActionError::TimedOut {
+                        name: action.name.clone(),
+                        seconds: action.timeout_seconds,
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = handle.join();
+                    return Err(ActionError::Unsupported(
+                        "the action's thread ended without a result (it panicked)".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Before the next action: gives the threads of timed-out actions
+    /// [`ImagingConfig::stopping_grace`] to end, so two actions do not work on one disk at
+    /// once; then goes on regardless (a thread stuck in the kernel never ends), saying so.
+    fn wait_for_stopping(&self, stopping: &mut Vec<Stopping>) {
+        stopping.retain(|s| !s.thread.is_finished());
+        if stopping.is_empty() {
+            return;
+        }
+        let names = stopping
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.console.say(&format!(
+            "waiting up to {} s for the timed-out action {names} to stop.",
+            self.cfg.stopping_grace.as_secs(),
+        ));
+        let since = Instant::now();
+        while since.elapsed() < self.cfg.stopping_grace && !self.stop.load(Ordering::Relaxed) {
+            stopping.retain(|s| !s.thread.is_finished());
+            if stopping.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.console.say(&format!(
+            "the timed-out action {names} has not stopped (held in the kernel?): going on \
+             without it; restarting the machine ends it."
+        ));
+        // Waited for once: left to the kernel from now on.
+        stopping.clear();
     }
 
     /// The sender: delivers the outbox's reports in order, each until acknowledged; adds a
@@ -610,6 +732,34 @@ impl OutboxState {
     }
 }
 
+/// The thread of an action the loop stopped waiting for.
+struct Stopping {
+    name: String,
+    thread: JoinHandle<()>,
+}
+
+/// What an action's thread tells the loop.
+enum FromJob {
+    /// Its kernel thread id, for the "still running" line's `wchan`.
+    Tid(i32),
+    Progress(String, Report),
+    Done(Result<Outcome, ActionError>),
+}
+
+/// The action thread's [`Progress`]: to the loop, which forwards it to the [`Sink`]. Sends to
+/// a loop that stopped waiting go nowhere.
+struct ToLoop(mpsc::Sender<FromJob>);
+
+impl Progress for ToLoop {
+    // The loop reports the start and the end itself.
+    fn start(&mut self, _: &str) {}
+    fn end(&mut self, _: &str, _: Result<&Outcome, &ActionError>) {}
+
+    fn progress(&mut self, action: &str, r: &Report) {
+        let _ = self.0.send(FromJob::Progress(action.to_owned(), r.clone()));
+    }
+}
+
 /// The actions' progress, into the outbox and (now and then) onto the console.
 struct Sink<'a> {
     outbox: &'a Outbox,
@@ -816,6 +966,7 @@ mod tests {
                 initrd: None,
                 cmdline: String::new(),
             },
+            next_seq: 0,
         }
     }
 
@@ -829,6 +980,7 @@ mod tests {
             rerun_grace: Duration::from_millis(300),
             console_every: Duration::from_millis(100),
             quiet_after: Duration::from_millis(300),
+            stopping_grace: Duration::from_secs(5),
         }
     }
 
@@ -840,26 +992,25 @@ mod tests {
     }
 
     impl Runner for Fake2 {
-        fn run(
-            &mut self,
-            spec: &ActionSpec,
-            progress: &mut dyn Progress,
-        ) -> Result<Outcome, ActionError> {
+        fn prepare(&mut self, spec: &ActionSpec, _: &Cancel) -> Job {
             self.runs.push(spec.name.clone());
-            let started = Instant::now();
-            progress.progress(
-                &spec.name,
-                &Report {
-                    done: 1 << 20,
-                    total: Some(4 << 20),
-                    percent: Some(25),
-                    bytes_per_sec: 1 << 20,
-                    message: String::new(),
-                },
-            );
-            // Quiet for a while: the loop's heartbeat must speak for it.
-            std::thread::sleep(self.busy.saturating_sub(started.elapsed()));
-            (self.result)(&spec.name)
+            let (name, busy, result) = (spec.name.clone(), self.busy, self.result);
+            Box::new(move |progress| {
+                let started = Instant::now();
+                progress.progress(
+                    &name,
+                    &Report {
+                        done: 1 << 20,
+                        total: Some(4 << 20),
+                        percent: Some(25),
+                        bytes_per_sec: 1 << 20,
+                        message: String::new(),
+                    },
+                );
+                // Quiet for a while: the loop's heartbeat must speak for it.
+                std::thread::sleep(busy.saturating_sub(started.elapsed()));
+                result(&name)
+            })
         }
     }
 
@@ -1038,6 +1189,249 @@ mod tests {
         );
         assert!(fk.kept_for(1).is_empty());
         assert!(lines.iter().any(|l| l.contains("stays up")), "{lines:?}");
+    }
+
+    /// A job that hangs until cancelled (or `hang` passes), then claims success.
+    struct Hang {
+        runs: Vec<String>,
+        hang: Duration,
+        saw_cancel: Arc<AtomicBool>,
+    }
+
+    impl Runner for Hang {
+        fn prepare(&mut self, spec: &ActionSpec, cancel: &Cancel) -> Job {
+            self.runs.push(spec.name.clone());
+            if spec.name == "kexec" {
+                return Box::new(|_| ok("kexec"));
+            }
+            let (cancel, hang, saw) = (cancel.clone(), self.hang, self.saw_cancel.clone());
+            Box::new(move |_| {
+                let started = Instant::now();
+                while started.elapsed() < hang {
+                    if cancel.is_cancelled() {
+                        saw.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // Not reported: the loop has given up on it.
+                ok("late")
+            })
+        }
+    }
+
+    #[test]
+    fn an_action_that_outlives_its_timeout_is_failed_by_the_agent_which_goes_on() {
+        let image = ServedAction {
+            timeout_seconds: 1,
+            ..served(0, "image")
+        };
+        let (base, fake) = workflow_server(vec![image, served(1, "kexec")], true, |_| false);
+        let mut runner = Hang {
+            runs: Vec::new(),
+            hang: Duration::from_secs(20),
+            saw_cancel: Arc::default(),
+        };
+        let started = Instant::now();
+        let (ended, lines) = run_loop(&base, &quick(), &mut runner);
+        // The loop did not wait for the hung action; the server's Failed workflow ended it.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(ended, Ended::Over(ref why) if why.contains("Failed")),
+            "{ended:?}"
+        );
+        assert_eq!(runner.runs, ["image"]);
+        let fk = fake.lock().unwrap();
+        let kept = fk.kept_for(0);
+        assert_life(&kept, |e| matches!(e, ReportEvent::Failed { .. }));
+        let ReportEvent::Failed { message, .. } = &kept.last().unwrap().event else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("action image") && message.contains("timeout of 1 s"),
+            "{message}"
+        );
+        assert!(lines.iter().any(|l| l.contains("stays up")), "{lines:?}");
+        // The action was told to stop.
+        let asked = Instant::now();
+        while !runner.saw_cancel.load(Ordering::Relaxed) {
+            assert!(asked.elapsed() < Duration::from_secs(2), "never cancelled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_next_action_waits_a_while_for_a_timed_out_one_that_ignores_its_cancel() {
+        // The server never applies reports (so it serves the failed action again after the
+        // grace): the second run must wait for the first's thread, up to `stopping_grace`.
+        let image = ServedAction {
+            timeout_seconds: 1,
+            ..served(0, "image")
+        };
+        let (base, _fake) = workflow_server(vec![image], false, |_| false);
+        struct Deaf(Vec<Instant>);
+        impl Runner for Deaf {
+            fn prepare(&mut self, _: &ActionSpec, _: &Cancel) -> Job {
+                self.0.push(Instant::now());
+                Box::new(|_| {
+                    std::thread::sleep(Duration::from_millis(1800));
+                    ok("late")
+                })
+            }
+        }
+        let mut runner = Deaf(Vec::new());
+        let quiet = Quiet;
+        let shipping = Shipping::new(&quiet);
+        let token = Token::new("dfb1.first".into());
+        let stop = AtomicBool::new(false);
+        let cfg = ImagingConfig {
+            rerun_grace: Duration::from_millis(50),
+            ..quick()
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(2500));
+                stop.store(true, Ordering::Relaxed);
+            });
+            Imaging {
+                base: &base,
+                token: &token,
+                console: &shipping,
+                cfg: &cfg,
+                stop: &stop,
+            }
+            .run(&mut runner);
+        });
+        let runs = &runner.0;
+        assert!(runs.len() >= 2, "{runs:?}");
+        // Timed out at 1 s, but the thread ran 1.8 s: the re-run waited for it.
+        assert!(
+            runs[1] - runs[0] >= Duration::from_millis(1800),
+            "{:?}",
+            runs[1] - runs[0]
+        );
+        let lines = shipping.tail(100);
+        assert!(
+            lines.iter().any(|l| l.contains("waiting up to 5 s")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn after_a_failure_the_loop_keeps_polling_and_runs_the_operators_retry() {
+        // Attempt 1's action fails; the server (workflowd not done yet) then has nothing to
+        // serve for a few polls, until an operator's retry serves attempt 2.
+        #[derive(Default)]
+        struct Retry {
+            kept: Vec<ActionReport>,
+            polls_since_failure: u32,
+        }
+        let state = Arc::new(Mutex::new(Retry::default()));
+        let st = state.clone();
+        let base = serve(Arc::new(move |method: &str, path: &str, body: &[u8]| {
+            let mut s = st.lock().unwrap();
+            match (method, path) {
+                ("POST", REPORT_PATH) => {
+                    let r: ActionReport = serde_json::from_slice(body).unwrap();
+                    if !s
+                        .kept
+                        .iter()
+                        .any(|k| (k.attempt, k.action, k.seq) == (r.attempt, r.action, r.seq))
+                    {
+                        s.kept.push(r);
+                    }
+                    (202, Vec::new())
+                }
+                ("POST", _) => (204, Vec::new()),
+                ("GET", WORKFLOW_PATH) => {
+                    let ended = |s: &Retry, attempt: u32, action: u32| {
+                        s.kept.iter().any(|k| {
+                            (k.attempt, k.action) == (attempt, action)
+                                && matches!(
+                                    k.event,
+                                    ReportEvent::Succeeded { .. } | ReportEvent::Failed { .. }
+                                )
+                        })
+                    };
+                    let (attempt, action) = if !ended(&s, 1, 0) {
+                        (1, Some(served(0, "image")))
+                    } else if s.polls_since_failure < 3 {
+                        s.polls_since_failure += 1;
+                        (1, None)
+                    } else if !ended(&s, 2, 0) {
+                        (2, Some(served(0, "image")))
+                    } else {
+                        (2, Some(served(1, "kexec")))
+                    };
+                    let step = WorkflowStep {
+                        workflow_id: WF,
+                        attempt,
+                        state: WorkflowState::Running,
+                        action,
+                        poll_after_seconds: 1,
+                    };
+                    (200, serde_json::to_vec(&step).unwrap())
+                }
+                _ => (404, Vec::new()),
+            }
+        }));
+        struct FailOnce(Vec<String>);
+        impl Runner for FailOnce {
+            fn prepare(&mut self, spec: &ActionSpec, _: &Cancel) -> Job {
+                self.0.push(spec.name.clone());
+                let (name, first) = (spec.name.clone(), self.0.len() == 1);
+                Box::new(move |_| {
+                    if first {
+                        Err(ActionError::Download("connection refused".into()))
+                    } else {
+                        ok(&name)
+                    }
+                })
+            }
+        }
+        let mut runner = FailOnce(Vec::new());
+        let (ended, lines) = run_loop(&base, &quick(), &mut runner);
+        assert_eq!(ended, Ended::Reboot(Reboot::Kexec));
+        assert_eq!(runner.0, ["image", "image", "kexec"]);
+        assert!(lines.iter().any(|l| l.contains("stays up")), "{lines:?}");
+        let s = state.lock().unwrap();
+        assert!(s.kept.iter().any(|k| k.attempt == 2
+            && k.action == 0
+            && matches!(k.event, ReportEvent::Succeeded { .. })));
+    }
+
+    #[test]
+    fn reports_number_on_from_the_seq_the_server_serves() {
+        // The server keeps seqs 0 to 3 of `image` from before this machine rebooted.
+        let resumed = ServedAction {
+            next_seq: 4,
+            ..served(0, "image")
+        };
+        let (base, fake) = workflow_server(vec![resumed, served(1, "kexec")], true, |_| false);
+        let mut runner = Fake2 {
+            runs: Vec::new(),
+            busy: Duration::ZERO,
+            result: ok,
+        };
+        let (ended, _) = run_loop(&base, &quick(), &mut runner);
+        assert_eq!(ended, Ended::Reboot(Reboot::Kexec));
+        let fk = fake.lock().unwrap();
+        let kept = fk.kept_for(0);
+        assert!(matches!(kept[0].event, ReportEvent::Started), "{kept:?}");
+        for (i, r) in kept.iter().enumerate() {
+            assert_eq!(r.seq, 4 + i as u64, "{kept:?}");
+        }
+        assert!(matches!(
+            kept.last().unwrap().event,
+            ReportEvent::Succeeded { .. }
+        ));
+        assert_life(&fk.kept_for(1), |e| {
+            matches!(e, ReportEvent::Succeeded { .. })
+        });
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod http;
 pub mod imaging;
 pub mod instructions;
 pub mod net;
+pub mod random;
 pub mod register;
 pub mod token;
 

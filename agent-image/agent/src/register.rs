@@ -6,7 +6,6 @@
 //! the server, so it is shown and retried slowly. This loop never gives up and never reboots:
 //! a reboot loop hides the reason from the person at the console.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -113,9 +112,9 @@ pub fn backoff(t: &Timing, n: u32, random: u64) -> Duration {
     half + Duration::from_nanos(if nanos == 0 { 0 } else { random % (nanos + 1) })
 }
 
-/// A random number, good enough for jitter (std seeds `RandomState` from the OS).
+/// A random number for jitter, from [`crate::random`] like every random value of the agent.
 pub fn jitter_random() -> u64 {
-    RandomState::new().hash_one(std::time::SystemTime::now())
+    crate::random::u64()
 }
 
 /// Registers, retrying until it works or `stop` is set (tests; the agent never sets it).

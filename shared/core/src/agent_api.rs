@@ -140,6 +140,13 @@ pub struct ServedAction {
     /// What to do (the template's action, rendered for this machine).
     #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
     pub spec: Action,
+    /// The `seq` the agent's first report for this action must carry: one past the highest
+    /// the server already keeps for it in this attempt (0 when it keeps none). An agent that
+    /// rebooted and is served the same action again numbers on from there, so its new reports
+    /// are never taken for re-sent copies of the old ones and dropped. Absent (0) from an
+    /// older server.
+    #[serde(default)]
+    pub next_seq: u64,
 }
 
 /// The body of `POST /api/agent/report`.
@@ -152,8 +159,9 @@ pub struct ActionReport {
     pub attempt: u32,
     /// The action's index, as served.
     pub action: u32,
-    /// Increases with every report the agent sends for this action, from 0; with the fields
-    /// above it makes a report idempotent.
+    /// Increases with every report the agent sends for this action, from the served action's
+    /// `nextSeq` (so across agent restarts too); with the fields above it makes a report
+    /// idempotent.
     pub seq: u64,
     #[serde(flatten)]
     pub event: ReportEvent,

@@ -214,6 +214,18 @@ fn check_version(expected: Option<i64>, current: i64) -> Result<(), StoreError> 
     }
 }
 
+/// The action [`Workflows::serve`] gives an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToServe {
+    /// The action's index in the workflow.
+    pub index: u32,
+    /// The seq the agent's next report for it must carry: one past the highest kept for this
+    /// (workflow, attempt, action), or 0. Served so that an agent that restarted mid-action
+    /// does not number its reports from 0 again, into seqs already kept (its reports would be
+    /// acknowledged as re-sent copies and never applied).
+    pub next_seq: u64,
+}
+
 /// The `workflows` and `workflow_reports` tables: see [`Db::workflows`].
 #[derive(Debug, Clone, Copy)]
 pub struct Workflows<'a> {
@@ -487,7 +499,7 @@ impl Workflows<'_> {
             .await
     }
 
-    /// What to serve an agent of this workflow now: the workflow and the action index
+    /// What to serve an agent of this workflow now: the workflow and the action
     /// (`None`: nothing to run), recording it as served. A success the agent already reported
     /// but workflowd has not applied yet moves past that action, so the agent never runs an
     /// action twice for want of workflowd.
@@ -495,7 +507,7 @@ impl Workflows<'_> {
         self,
         id: Uuid,
         now: Timestamp,
-    ) -> Result<(Workflow, Option<u32>), StoreError> {
+    ) -> Result<(Workflow, Option<ToServe>), StoreError> {
         self.db
             .run(move |c| {
                 write(c, |tx| {
@@ -521,6 +533,7 @@ impl Workflows<'_> {
                         }
                     }
                     let index = wf.to_serve(&succeeded, &failed);
+                    let mut served = None;
                     if let Some(i) = index {
                         tx.execute(
                             "UPDATE workflows SET served_at_ms = CASE WHEN served_attempt = ?2 \
@@ -529,9 +542,23 @@ impl Workflows<'_> {
                             params![id.to_string(), wf.attempt, i, to_column(now)],
                         )
                         .sql()?;
+                        // Applied reports count too: their seqs are taken all the same (the
+                        // unique key ignores `applied`).
+                        let top: Option<i64> = tx
+                            .query_row(
+                                "SELECT max(seq) FROM workflow_reports \
+                                 WHERE workflow_id = ?1 AND attempt = ?2 AND action = ?3",
+                                params![id.to_string(), wf.attempt, i],
+                                |r| r.get(0),
+                            )
+                            .sql()?;
+                        served = Some(ToServe {
+                            index: i,
+                            next_seq: top.map_or(0, |s| u64::try_from(s).unwrap_or(0) + 1),
+                        });
                     }
                     let wf = wf_get(tx, id)?.ok_or(StoreError::NotFound { what: "workflow" })?;
-                    Ok((wf, index))
+                    Ok((wf, served))
                 })
             })
             .await
@@ -920,7 +947,13 @@ mod tests {
         let (wf, _) = t.db.workflows().create(wf, None, now).await.unwrap();
         let w = t.db.workflows();
         let (served, i) = w.serve(wf.id, now).await.unwrap();
-        assert_eq!(i, Some(0));
+        assert_eq!(
+            i,
+            Some(ToServe {
+                index: 0,
+                next_seq: 0
+            })
+        );
         assert_eq!(served.served.unwrap().index, 0);
         assert!(
             w.report(report(wf.id, 0, 0, ReportEvent::Started), now)
@@ -935,11 +968,17 @@ mod tests {
         let done = ReportEvent::Succeeded { message: None };
         assert!(w.report(report(wf.id, 0, 1, done), now).await.unwrap());
         // Not applied yet, but the agent that asks again is given the next action.
-        assert_eq!(w.serve(wf.id, now).await.unwrap().1, Some(1));
+        assert_eq!(
+            w.serve(wf.id, now).await.unwrap().1.map(|a| a.index),
+            Some(1)
+        );
         // A success claimed for an action never served skips nothing.
         let skip = ReportEvent::Succeeded { message: None };
         assert!(w.report(report(wf.id, 5, 0, skip), now).await.unwrap());
-        assert_eq!(w.serve(wf.id, now).await.unwrap().1, Some(1));
+        assert_eq!(
+            w.serve(wf.id, now).await.unwrap().1.map(|a| a.index),
+            Some(1)
+        );
         assert!(matches!(
             w.report(report(Uuid::nil(), 0, 0, ReportEvent::Started), now)
                 .await,
@@ -984,5 +1023,69 @@ mod tests {
             Err(StoreError::Conflict { .. })
         ));
         assert_eq!(w.report_count(wf.id).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_action_served_again_says_where_its_reports_numbering_goes_on() {
+        let t = TestDb::new();
+        let now = Timestamp::now();
+        let m = machine(&t.db).await;
+        let wf = new_workflow(
+            &m,
+            "debian",
+            spec().actions,
+            Default::default(),
+            60,
+            600,
+            now,
+        );
+        let (wf, _) = t.db.workflows().create(wf, None, now).await.unwrap();
+        let w = t.db.workflows();
+        assert_eq!(w.serve(wf.id, now).await.unwrap().1.unwrap().next_seq, 0);
+        // An agent reported seqs 0..=3 of action 0, then its machine rebooted mid-action.
+        let progress = || ReportEvent::Progress {
+            bytes_done: 1,
+            bytes_total: None,
+            bytes_per_second: 1,
+            message: None,
+        };
+        assert!(
+            w.report(report(wf.id, 0, 0, ReportEvent::Started), now)
+                .await
+                .unwrap()
+        );
+        for seq in 1..=3 {
+            assert!(
+                w.report(report(wf.id, 0, seq, progress()), now)
+                    .await
+                    .unwrap()
+            );
+        }
+        // Reports of another action and another attempt number apart.
+        assert!(
+            w.report(report(wf.id, 1, 9, ReportEvent::Started), now)
+                .await
+                .unwrap()
+        );
+        let mut other = report(wf.id, 0, 20, ReportEvent::Started);
+        other.attempt = 2;
+        assert!(w.report(other, now).await.unwrap());
+        assert_eq!(
+            w.serve(wf.id, now).await.unwrap().1,
+            Some(ToServe {
+                index: 0,
+                next_seq: 4
+            })
+        );
+        // Applied reports keep their seqs taken.
+        let ids = w
+            .unapplied(100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        w.mark_applied(ids).await.unwrap();
+        assert_eq!(w.serve(wf.id, now).await.unwrap().1.unwrap().next_seq, 4);
     }
 }

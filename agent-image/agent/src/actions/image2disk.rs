@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use dragonfly_core::template::Compression;
 use sha2::Digest;
 
-use super::{ActionError, Context, Outcome, Report};
+use super::{ActionError, Cancel, Context, Outcome, Report};
 use crate::http;
 
 /// Write size and buffer size.
@@ -164,13 +164,17 @@ impl Read for ChannelReader {
     }
 }
 
-/// The download thread: chunks to `tx` until the body ends; reconnects on a drop.
+/// The download thread: chunks to `tx` until the body ends; reconnects on a drop. Every read
+/// has `timeout` (a server that stalls is a dropped connection), and `cancel` is seen between
+/// reads and reconnections, so the thread ends within one `timeout` of the action's end.
 fn download(
     url: &http::Url,
+    shown: &str,
     timeout: Duration,
     tx: &SyncSender<io::Result<Vec<u8>>>,
     total: &SyncSender<u64>,
     counter: &AtomicU64,
+    cancel: &Cancel,
 ) {
     let mut got: u64 = 0;
     let mut failures = 0u32;
@@ -202,6 +206,9 @@ fn download(
                 let mut chunk = vec![0u8; CHUNK];
                 let mut n = 0;
                 while n < CHUNK {
+                    if cancel.is_cancelled() {
+                        return Err("stopped".into());
+                    }
                     match body.read(&mut chunk[n..]) {
                         Ok(0) => break,
                         Ok(k) => n += k,
@@ -241,16 +248,25 @@ fn download(
         })();
         match attempt {
             Ok(_) => return,
+            // Not a clean end of the body: the image must not look complete.
+            Err(_) if cancel.is_cancelled() => {
+                let _ = tx.try_send(Err(io::Error::other("downloading: stopped")));
+                return;
+            }
             Err(why) => {
                 failures += 1;
                 if failures > RETRIES {
                     let _ = tx.send(Err(io::Error::other(format!(
-                        "downloading {}: {why} (gave up after {RETRIES} retries)",
-                        url.host
+                        "downloading {shown}: {why} (gave up after {RETRIES} retries)"
                     ))));
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(500 << failures.min(4)));
+                let pause = Instant::now();
+                while pause.elapsed() < Duration::from_millis(500 << failures.min(4))
+                    && !cancel.is_cancelled()
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
@@ -450,7 +466,11 @@ pub fn run(
                 let _ = free_tx.send(Aligned::new());
             }
             let counter = &downloaded;
-            s.spawn(move || download(&url, timeout, &chunk_tx, &total_tx, counter));
+            let cancel = &ctx.cancel;
+            let shown = job.url.as_str();
+            s.spawn(move || {
+                download(&url, shown, timeout, &chunk_tx, &total_tx, counter, cancel);
+            });
             let compression = job.compression;
             let decomp = s.spawn(move || -> Result<Compression, ActionError> {
                 let reader = ChannelReader {
@@ -459,9 +479,12 @@ pub fn run(
                     pos: 0,
                 };
                 let (mut d, kind) =
-                    decoder(reader, compression).map_err(|e| stream_error(e, compression))?;
+                    decoder(reader, compression).map_err(|e| stream_error(e, compression, 0))?;
+                // Image bytes produced so far: where a corrupt stream went wrong.
+                let mut out = 0u64;
                 while let Ok(mut buf) = free_rx.recv() {
-                    let n = fill(&mut d, buf.full()).map_err(|e| stream_error(e, kind))?;
+                    let n = fill(&mut d, buf.full()).map_err(|e| stream_error(e, kind, out))?;
+                    out += n as u64;
                     buf.len = n;
                     if n == 0 {
                         break;
@@ -488,6 +511,10 @@ pub fn run(
             let mut total = None;
             let mut failed = None;
             loop {
+                if ctx.cancel.is_cancelled() {
+                    failed = Some(ActionError::Cancelled);
+                    break;
+                }
                 match hashed_rx.recv_timeout(TICK) {
                     Ok(buf) => {
                         if let Err(e) = w.put(buf.data(), at) {
@@ -535,6 +562,10 @@ pub fn run(
             w.flush_zeros()?;
             Ok((kind, digest, at, total))
         })?;
+    if ctx.cancel.is_cancelled() {
+        // However the stages ended, the image is not known to be whole.
+        return Err(ActionError::Cancelled);
+    }
     let (written, skipped) = (w.written, w.skipped);
     direct
         .sync_all()
@@ -604,7 +635,8 @@ pub fn run(
     })
 }
 
-fn stream_error(e: io::Error, kind: Compression) -> ActionError {
+/// A stream error of the decompressor thread; `at`: image bytes it produced before it.
+fn stream_error(e: io::Error, kind: Compression, at: u64) -> ActionError {
     // The download's own errors arrive as `Other` with their text.
     if e.kind() == io::ErrorKind::Other && e.to_string().starts_with("downloading") {
         return ActionError::Download(e.to_string());
@@ -616,7 +648,11 @@ fn stream_error(e: io::Error, kind: Compression) -> ActionError {
         Compression::Bzip2 => "bzip2",
         Compression::None | Compression::Auto => "raw",
     };
-    ActionError::Decompress(what, e)
+    ActionError::Decompress {
+        kind: what,
+        at,
+        source: e,
+    }
 }
 
 /// Where a GPT's backup belongs on a disk of `sectors`: (backup header LBA, last usable LBA,
@@ -724,6 +760,119 @@ mod tests {
         assert_eq!(
             backup_layout(262_144, 4096, 128, 128),
             (262_143, 262_138, 262_139)
+        );
+    }
+
+    /// A server that sends a head and the first bytes of a body, then stalls (holding the
+    /// connection) for `stall`.
+    fn stalling_server(stall: Duration) -> String {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let mut w = s;
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n");
+                    let _ = w.write_all(&[0x42; 64 << 10]);
+                    std::thread::sleep(stall);
+                });
+            }
+        });
+        format!("http://{addr}/os.img")
+    }
+
+    #[test]
+    fn a_cancelled_image2disk_ends_within_a_read_timeout_even_when_the_server_stalls() {
+        let url = stalling_server(Duration::from_secs(60));
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(16 << 20).unwrap();
+        let ctx = Context {
+            http_timeout: Duration::from_secs(1),
+            ..Context::default()
+        };
+        let job = Job {
+            url,
+            disk: disk.path().into(),
+            expected: None,
+            compression: Compression::None,
+        };
+        let cancel = ctx.cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let started = Instant::now();
+        let r = run(&ctx, &job, &mut |_| {});
+        // Without the cancel it would reconnect and wait for 5 retries (half a minute).
+        assert!(matches!(r, Err(ActionError::Cancelled)), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_image_past_the_disks_end_says_how_far_it_got_and_the_disks_size() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        let mut w = Writer {
+            direct: &f,
+            plain: &f,
+            size: 1 << 20,
+            path: Path::new("/dev/vdz"),
+            punch: false,
+            zeros: None,
+            written: 0,
+            skipped: 0,
+        };
+        let e = w.put(&[1u8; 8192], (1 << 20) - 4096).unwrap_err();
+        assert_eq!(
+            dragonfly_core::Chain(&e).to_string(),
+            "the image does not fit: it reached byte 1052672 of the disk /dev/vdz, which has \
+             1048576 bytes"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_stream_names_its_decompressor_and_where_it_broke() {
+        let image: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut z = zstd::encode_all(&image[..], 3).unwrap();
+        let mid = z.len() / 2;
+        for b in &mut z[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        tx.send(Ok(z)).unwrap();
+        drop(tx);
+        let reader = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let (mut d, kind) = decoder(reader, Compression::Auto).unwrap();
+        assert_eq!(kind, Compression::Zstd);
+        let mut out = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        let e = loop {
+            match fill(&mut d, &mut buf) {
+                Ok(0) => panic!("the corruption went unseen"),
+                Ok(n) => out += n as u64,
+                Err(e) => break stream_error(e, kind, out),
+            }
+        };
+        let text = dragonfly_core::Chain(&e).to_string();
+        assert!(
+            text.starts_with(&format!(
+                "decompressing the image (zstd) failed after {out} bytes of image"
+            )),
+            "{text}"
         );
     }
 

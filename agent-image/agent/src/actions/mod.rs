@@ -18,6 +18,8 @@ pub mod partition;
 pub mod writefile;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dragonfly_core::template::{Action, ActionSpec};
@@ -32,6 +34,25 @@ pub struct Context {
     pub settle: Duration,
     /// Per-read timeout of HTTP downloads.
     pub http_timeout: Duration,
+    /// Set when the imaging loop has stopped waiting for the action (its timeout passed).
+    pub cancel: Cancel,
+}
+
+/// Asks a running action to stop: set by the imaging loop when the action's time is up, read
+/// by the actions where they can stop (between image2disk's buffers and download reads).
+/// An action blocked in the kernel (a `mount` of a dead disk) cannot see it: its thread is
+/// left behind, and ends if the kernel ever returns.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for Context {
@@ -41,6 +62,7 @@ impl Default for Context {
             dev: "/dev".into(),
             settle: Duration::from_secs(10),
             http_timeout: Duration::from_secs(30),
+            cancel: Cancel::default(),
         }
     }
 }
@@ -145,24 +167,48 @@ pub enum ActionError {
     },
     #[error("{0}")]
     Download(String),
-    #[error("decompressing the image ({0})")]
-    Decompress(&'static str, #[source] std::io::Error),
+    /// `at`: the image bytes decompressed before the error (the stream is bad about there).
+    #[error("decompressing the image ({kind}) failed after {at} bytes of image")]
+    Decompress {
+        kind: &'static str,
+        at: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{algorithm} mismatch: the template expects {expected}, the image is {actual}")]
     Checksum {
         algorithm: &'static str,
         expected: String,
         actual: String,
     },
-    #[error("the image does not fit: it reached byte {image} of the disk {disk}, which has {size}")]
+    #[error(
+        "the image does not fit: it reached byte {image} of the disk {disk}, which has {size} bytes"
+    )]
     TooLarge {
         image: u64,
         disk: PathBuf,
         size: u64,
     },
+    #[error(
+        "{device} has no {filesystem} filesystem the kernel can mount (blank, or formatted otherwise?)"
+    )]
+    NoFilesystem {
+        device: PathBuf,
+        filesystem: &'static str,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("partition table")]
     Gpt(#[from] gptman::Error),
+    /// The imaging loop's verdict on an action that outlived its served timeout.
+    #[error(
+        "action {name} did not finish within its timeout of {seconds} s: the agent stopped \
+         waiting for it"
+    )]
+    TimedOut { name: String, seconds: u32 },
+    /// How a cancelled action ends (its report was already sent as [`ActionError::TimedOut`]).
+    #[error("stopped: the action's time was up")]
+    Cancelled,
 }
 
 impl ActionError {

@@ -179,12 +179,14 @@ pub fn run(
     wipe_ends(&f, size).map_err(ActionError::io("wiping", &dev))?;
     match table {
         PartitionTable::Gpt => {
-            let mut gpt = GPT::new_from(&mut f, sector, *uuid::Uuid::new_v4().as_bytes())?;
+            // GUIDs from crate::random, which never blocks on an unseeded entropy pool (see
+            // there), stored mixed-endian like the type GUIDs.
+            let mut gpt = GPT::new_from(&mut f, sector, crate::random::gpt_guid())?;
             for (i, (p, at)) in parts.iter().zip(&placed).enumerate() {
                 let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 gpt[n] = GPTPartitionEntry {
                     partition_type_guid: guid_bytes(gpt_type(p.kind)),
-                    unique_partition_guid: *uuid::Uuid::new_v4().as_bytes(),
+                    unique_partition_guid: crate::random::gpt_guid(),
                     starting_lba: at.first,
                     ending_lba: at.last,
                     attribute_bits: 0,
@@ -200,11 +202,7 @@ pub fn run(
                 .zip(&placed)
                 .map(|(p, at)| (*at, mbr_type(p.kind)))
                 .collect();
-            let sig = u32::from_le_bytes(
-                uuid::Uuid::new_v4().as_bytes()[..4]
-                    .try_into()
-                    .unwrap_or_default(),
-            );
+            let sig = crate::random::u32();
             f.write_all_at(&mbr_sector(sig, &entries), 0)
                 .map_err(ActionError::io("writing the MBR to", &dev))?;
         }

@@ -67,6 +67,23 @@ fn fresh_dir(base: &Path) -> Result<PathBuf, ActionError> {
     }
 }
 
+/// Why `dev` did not mount as `kind`. `EINVAL` is the kernel's answer for a device without
+/// that filesystem (blank, or formatted otherwise): said in words, naming the device, since
+/// "Invalid argument" alone sends an operator looking at the wrong thing.
+fn mount_error(dev: &Path, kind: &'static str, e: nix::Error) -> ActionError {
+    if e == nix::Error::EINVAL {
+        return ActionError::NoFilesystem {
+            device: dev.to_owned(),
+            filesystem: kind,
+        };
+    }
+    ActionError::Io {
+        what: "mounting",
+        path: dev.to_owned(),
+        source: std::io::Error::from(e),
+    }
+}
+
 /// A mounted filesystem, unmounted on drop (lazily, if busy, so an error path never leaves it
 /// behind) and its directory removed.
 #[derive(Debug)]
@@ -88,11 +105,7 @@ impl Mounted {
         }
         if let Err(e) = mount(Some(dev), &dir, Some(kind), flags, None::<&str>) {
             let _ = fs::remove_dir(&dir);
-            return Err(ActionError::Io {
-                what: "mounting",
-                path: dev.to_owned(),
-                source: std::io::Error::from(e),
-            });
+            return Err(mount_error(dev, kind, e));
         }
         // Keep this mount out of any shared peer group (a host with systemd shares `/`).
         let _ = mount(
@@ -269,6 +282,20 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_without_the_filesystem_is_named_in_words() {
+        let dev = Path::new("/dev/vda2");
+        let e = mount_error(dev, "ext4", nix::Error::EINVAL);
+        assert_eq!(
+            dragonfly_core::Chain(&e).to_string(),
+            "/dev/vda2 has no ext4 filesystem the kernel can mount (blank, or formatted \
+             otherwise?)"
+        );
+        let e = mount_error(dev, "ext4", nix::Error::EBUSY);
+        let text = dragonfly_core::Chain(&e).to_string();
+        assert!(text.starts_with("mounting /dev/vda2: "), "{text}");
+    }
 
     #[test]
     fn paths_stay_inside() {

@@ -525,7 +525,7 @@ fn image2disk_fails_clearly_on_bad_images() {
     let (url, _) = serve(corrupt, Serve::default());
     let e = image2disk(&url, &disk.dev, "").unwrap_err();
     assert!(
-        matches!(e, ActionError::Decompress("zstd", _)),
+        matches!(e, ActionError::Decompress { kind: "zstd", .. }),
         "{}",
         dragonfly_core::Chain(&e)
     );
@@ -534,7 +534,7 @@ fn image2disk_fails_clearly_on_bad_images() {
     let (url, _) = serve(z[..z.len() / 3].to_vec(), Serve::default());
     let e = image2disk(&url, &disk.dev, "").unwrap_err();
     assert!(
-        matches!(e, ActionError::Decompress(..)),
+        matches!(e, ActionError::Decompress { .. }),
         "{}",
         dragonfly_core::Chain(&e)
     );
@@ -542,17 +542,20 @@ fn image2disk_fails_clearly_on_bad_images() {
     let small = Loop::new(16);
     let (url, _) = serve(z, Serve::default());
     let e = image2disk(&url, &small.dev, "").unwrap_err();
+    let msg = dragonfly_core::Chain(&e).to_string();
+    assert!(matches!(e, ActionError::TooLarge { .. }), "{msg}");
     assert!(
-        matches!(e, ActionError::TooLarge { .. }),
-        "{}",
-        dragonfly_core::Chain(&e)
+        msg.contains(&format!("which has {} bytes", 16 << 20)),
+        "{msg}"
     );
 
     let e = image2disk("http://127.0.0.1:9/nothing", &disk.dev, "").unwrap_err();
+    let msg = dragonfly_core::Chain(&e).to_string();
+    assert!(matches!(e, ActionError::Download(_)), "{msg}");
+    // The URL, and the cause.
     assert!(
-        matches!(e, ActionError::Download(_)),
-        "{}",
-        dragonfly_core::Chain(&e)
+        msg.contains("http://127.0.0.1:9/nothing") && msg.contains("connecting to 127.0.0.1:9"),
+        "{msg}"
     );
 }
 

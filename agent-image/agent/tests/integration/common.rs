@@ -17,9 +17,8 @@ pub const KEY: [u8; 32] = [0x5a; 32];
 
 pub struct Server {
     pub base: String,
+    /// The store; what agents shipped with `POST /api/agent/log` is in `db.console()`.
     pub db: Db,
-    /// What agents shipped with `POST /api/agent/log`.
-    pub agent_logs: std::sync::Arc<dragonfly_apid::routes::agent::AgentLogs>,
     pub rt: tokio::runtime::Runtime,
     _store: TestDb,
 }
@@ -34,7 +33,7 @@ impl Server {
             .unwrap();
         let cfg = ApidConfig::validate(dragonfly_apid::config::RawApid::default()).unwrap();
         let db = store.db.clone();
-        let (addr, agent_logs) = rt.block_on(async {
+        let addr = rt.block_on(async {
             let state = AppState::new(
                 db.clone(),
                 store.auth_db(),
@@ -43,7 +42,6 @@ impl Server {
                 cfg,
                 Secret::new(KEY.to_vec()),
             );
-            let agent_logs = state.agent_logs.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
@@ -54,12 +52,11 @@ impl Server {
                 .await
                 .unwrap();
             });
-            (addr, agent_logs)
+            addr
         });
         Self {
             base: format!("http://{addr}"),
             db,
-            agent_logs,
             rt,
             _store: store,
         }

@@ -288,8 +288,9 @@ fn an_os_assignment_reaches_the_waiting_agent_within_a_poll() {
         .items[0]
         .id;
     let shipped: Vec<String> = server
-        .agent_logs
-        .get(machine.0)
+        .rt
+        .block_on(server.db.console().tail(machine, 10_000))
+        .unwrap()
         .into_iter()
         .map(|l| l.line)
         .collect();

@@ -651,18 +651,19 @@ pub async fn next_step(
     agent: Agent,
 ) -> Result<ApiJson<WorkflowStep>, ApiError> {
     let id = agent_workflow(&state, agent).await?;
-    let (wf, index) = state
+    let (wf, served) = state
         .db
         .workflows()
         .serve(id, jiff::Timestamp::now())
         .await?;
-    let action = index.and_then(|i| {
-        let a = wf.actions.get(i as usize)?;
+    let action = served.and_then(|s| {
+        let a = wf.actions.get(s.index as usize)?;
         Some(ServedAction {
-            index: i,
+            index: s.index,
             name: a.name.clone(),
             timeout_seconds: a.timeout_seconds.unwrap_or(wf.action_timeout_seconds),
             spec: a.action.clone(),
+            next_seq: s.next_seq,
         })
     });
     Ok(ApiJson(WorkflowStep {

@@ -204,6 +204,7 @@ async fn provisioning_serves_actions_and_keeps_reports_once() {
     assert_eq!(first["attempt"], 1);
     assert_eq!(first["action"]["index"], 0);
     assert_eq!(first["action"]["name"], "disk");
+    assert_eq!(first["action"]["nextSeq"], 0, "nothing reported yet");
     // Asked again (an agent that reconnected): the same action.
     assert_eq!(step(token.clone()).await["action"]["index"], 0);
 
@@ -229,11 +230,29 @@ async fn provisioning_serves_actions_and_keeps_reports_once() {
         202,
         "a re-sent report is 202 again"
     );
-    assert_eq!(send(1, 0, "succeeded").await, 202);
+    for seq in 1..=3u64 {
+        let body = json!({"workflowId": wf["id"], "attempt": 1, "action": 0, "seq": seq,
+            "kind": "progress", "bytesDone": seq, "bytesPerSecond": 1});
+        let r = s
+            .http
+            .post(s.url(REPORT_PATH))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // An agent that rebooted mid-action is served it again, and numbers on from seq 4: seqs
+    // 0 to 3 are kept, and a new report with one of them would be dropped as a copy.
+    let again = step(token.clone()).await;
+    assert_eq!(again["action"]["index"], 0);
+    assert_eq!(again["action"]["nextSeq"], 4);
+    assert_eq!(send(4, 0, "succeeded").await, 202);
     let id: uuid::Uuid = wf["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         s.db.workflows().report_count(id).await.unwrap(),
-        2,
+        5,
         "kept once"
     );
     // Its success is stored: the next action is served even before workflowd applied it.
