@@ -320,7 +320,9 @@ fn partition_gpt_format_and_writefile_on_ext4_and_vfat() {
     ))
     .unwrap_err();
     assert!(
-        dragonfly_core::Chain(&e).to_string().contains("mounting"),
+        dragonfly_core::Chain(&e)
+            .to_string()
+            .contains(&format!("{d}p1 has no ext4 filesystem")),
         "{e}"
     );
 }
