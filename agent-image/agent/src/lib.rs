@@ -23,7 +23,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use dragonfly_core::agent_api::{AgentLog, Instructions, LOG_PATH};
-use dragonfly_core::{BootFate, Chain, DiscoveryReason};
+use dragonfly_core::{BootFate, Chain, DiscoveryReason, MachineState};
 
 pub use cmdline::{BootParams, Mode};
 
@@ -222,8 +222,17 @@ pub fn run(params: &BootParams, cfg: &AgentConfig, console: &dyn Console, stop: 
             return;
         };
         if first {
+            // Only a machine with nothing assigned waits for an operator; one booted to
+            // install (OsAssigned, Provisioning) or held (Error) hears what next from the
+            // server's instructions, said just after.
+            let next = match machine.state {
+                MachineState::Discovered | MachineState::Registered => {
+                    " Waiting for an operator to assign an OS."
+                }
+                _ => " Asking the server what to do next.",
+            };
             console.say(&format!(
-                "registered as {} ({}{}). Waiting for an operator to assign an OS.",
+                "registered as {} ({}{}).{next}",
                 machine.name,
                 machine.state,
                 if created {
