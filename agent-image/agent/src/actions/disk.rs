@@ -149,9 +149,41 @@ pub fn pick<'a>(disks: &'a [DiskInfo], rule: &DiskRule) -> Result<&'a DiskInfo, 
                 && rule.rotational.is_none_or(|r| r == d.rotational)
         })
         .ok_or_else(|| DiskError::NoMatch {
-            rule: format!("{rule:?}"),
+            rule: describe_rule(rule),
             seen: summary(disks),
         })
+}
+
+/// A rule as the template says it (`minSize 1TiB, not removable`), for messages.
+fn describe_rule(rule: &DiskRule) -> String {
+    let mut parts = Vec::new();
+    if let Some(min) = &rule.min_size {
+        parts.push(format!("minSize {min}"));
+    }
+    parts.push(
+        if rule.removable {
+            "removable"
+        } else {
+            "not removable"
+        }
+        .to_owned(),
+    );
+    match rule.rotational {
+        Some(true) => parts.push("rotational".into()),
+        Some(false) => parts.push("not rotational".into()),
+        None => {}
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// A size in the largest binary unit that keeps it at least 1 (`32 MiB`, `2 GiB`).
+fn human(bytes: u64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut i = 0;
+    while i + 1 < units.len() && bytes >> (10 * (i + 1)) > 0 {
+        i += 1;
+    }
+    format!("{} {}", bytes >> (10 * i), units[i])
 }
 
 fn summary(disks: &[DiskInfo]) -> String {
@@ -162,9 +194,9 @@ fn summary(disks: &[DiskInfo]) -> String {
         .iter()
         .map(|d| {
             format!(
-                "{} {} GiB{}{}",
+                "{} {}{}{}",
                 d.name,
-                d.size >> 30,
+                human(d.size),
                 if d.removable { " removable" } else { "" },
                 if d.read_only { " read-only" } else { "" }
             )
@@ -405,6 +437,10 @@ mod tests {
         assert_eq!(pick(&all, &rule("1GiB")).unwrap().name, "nvme1n1");
         let e = pick(&all, &rule("1TiB")).unwrap_err().to_string();
         assert!(e.contains("sdc 64 GiB"), "{e}");
+        assert!(e.contains("the rule {minSize 1TiB, not removable}"), "{e}");
+        assert_eq!(human(32 << 20), "32 MiB");
+        assert_eq!(human(512), "512 bytes");
+        assert_eq!(human((2 << 30) + 5), "2 GiB");
         let sd: Vec<_> = all
             .iter()
             .filter(|d| d.name.starts_with("sd"))
