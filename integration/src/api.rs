@@ -83,27 +83,30 @@ pub fn list_machines(
     })
 }
 
-/// Collects every `dragonfly.machine.registered` CloudEvent published on a NATS server inside
-/// the lab, from the moment [`start`](Self::start) returns until the watcher drops.
+/// A subscription on the lab's NATS, served by a thread inside the namespace that hands each
+/// message to a callback; dropping it unsubscribes and joins the thread (a panic in the
+/// callback fails the test there, unless the test is already failing).
 #[derive(Debug)]
-pub struct EventWatcher {
-    events: Arc<Mutex<Vec<CloudEvent<MachineRegistered>>>>,
+struct Subscription {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl EventWatcher {
-    /// Connects to `nats_url` from inside `lab` and subscribes; returns once the server has
-    /// the subscription (a flush round trip), so no later event is missed.
+impl Subscription {
+    /// Connects to `nats_url` from inside `lab` and subscribes to `subject`; returns once the
+    /// server has the subscription (a flush round trip), so no later message is missed.
     ///
     /// # Panics
     /// When the connection or the subscription fails within 10 s.
-    pub fn start(lab: &Lab, nats_url: &str) -> EventWatcher {
-        let events: Arc<Mutex<Vec<CloudEvent<MachineRegistered>>>> = Arc::default();
+    fn start(
+        lab: &Lab,
+        nats_url: &str,
+        subject: &str,
+        mut on_message: impl FnMut(&async_nats::Message) + Send + 'static,
+    ) -> Subscription {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
-        let url = nats_url.to_owned();
-        let sink = Arc::clone(&events);
+        let (url, subject) = (nats_url.to_owned(), subject.to_owned());
         let thread = lab.spawn_in_namespace(move || {
             runtime().block_on(async move {
                 let subscribed = async {
@@ -111,9 +114,9 @@ impl EventWatcher {
                         .await
                         .map_err(|e| format!("connecting to {url}: {e}"))?;
                     let sub = client
-                        .subscribe("dragonfly.machine.registered")
+                        .subscribe(subject.clone())
                         .await
-                        .map_err(|e| format!("subscribing: {e}"))?;
+                        .map_err(|e| format!("subscribing to {subject}: {e}"))?;
                     client.flush().await.map_err(|e| format!("flushing: {e}"))?;
                     Ok::<_, String>((client, sub))
                 };
@@ -137,13 +140,7 @@ impl EventWatcher {
                         _ = &mut stopped => return,
                         msg = sub.next() => {
                             let Some(msg) = msg else { return };
-                            match CloudEvent::<MachineRegistered>::from_json(&msg.payload) {
-                                Ok(event) => sink.lock().expect("events").push(event),
-                                Err(e) => panic!(
-                                    "undecodable event on dragonfly.machine.registered: {e}: {}",
-                                    String::from_utf8_lossy(&msg.payload)
-                                ),
-                            }
+                            on_message(&msg);
                         }
                     }
                 }
@@ -154,11 +151,54 @@ impl EventWatcher {
             Ok(Err(e)) => panic!("NATS watcher: {e}"),
             Err(_) => panic!("NATS watcher thread died"),
         }
-        EventWatcher {
-            events,
+        Subscription {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+            && !std::thread::panicking()
+        {
+            panic!("the NATS watcher panicked (see above)");
+        }
+    }
+}
+
+/// Collects every `dragonfly.machine.registered` CloudEvent published on a NATS server inside
+/// the lab, from the moment [`start`](Self::start) returns until the watcher drops.
+#[derive(Debug)]
+pub struct EventWatcher {
+    events: Arc<Mutex<Vec<CloudEvent<MachineRegistered>>>>,
+    _sub: Subscription,
+}
+
+impl EventWatcher {
+    /// Connects to `nats_url` from inside `lab` and subscribes; returns once the server has
+    /// the subscription (a flush round trip), so no later event is missed.
+    ///
+    /// # Panics
+    /// When the connection or the subscription fails within 10 s.
+    pub fn start(lab: &Lab, nats_url: &str) -> EventWatcher {
+        let events: Arc<Mutex<Vec<CloudEvent<MachineRegistered>>>> = Arc::default();
+        let sink = Arc::clone(&events);
+        let sub = Subscription::start(lab, nats_url, "dragonfly.machine.registered", move |msg| {
+            match CloudEvent::<MachineRegistered>::from_json(&msg.payload) {
+                Ok(event) => sink.lock().expect("events").push(event),
+                Err(e) => panic!(
+                    "undecodable event on dragonfly.machine.registered: {e}: {}",
+                    String::from_utf8_lossy(&msg.payload)
+                ),
+            }
+        });
+        EventWatcher { events, _sub: sub }
     }
 
     /// Every event seen so far, in arrival order.
@@ -185,29 +225,13 @@ impl EventWatcher {
     }
 }
 
-impl Drop for EventWatcher {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            // A panic in the watcher (an undecodable event) fails the test here, unless the
-            // test is already failing.
-            if thread.join().is_err() && !std::thread::panicking() {
-                panic!("the NATS watcher panicked (see above)");
-            }
-        }
-    }
-}
-
 /// Collects every message on a NATS subject pattern (`dragonfly.workflow.>`) inside the lab as
 /// `(subject, JSON)`, from the moment [`start`](Self::start) returns until it drops; a message
 /// that is not a CloudEvents 1.0 JSON document fails the test.
 #[derive(Debug)]
 pub struct SubjectWatcher {
-    seen: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+    _sub: Subscription,
 }
 
 impl SubjectWatcher {
@@ -217,74 +241,29 @@ impl SubjectWatcher {
     /// # Panics
     /// When the connection or the subscription fails within 10 s.
     pub fn start(lab: &Lab, nats_url: &str, subject: &str) -> SubjectWatcher {
-        let seen: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
-        let (url, subject) = (nats_url.to_owned(), subject.to_owned());
+        let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
         let sink = Arc::clone(&seen);
-        let thread = lab.spawn_in_namespace(move || {
-            runtime().block_on(async move {
-                let subscribed = async {
-                    let client = async_nats::connect(&url)
-                        .await
-                        .map_err(|e| format!("connecting to {url}: {e}"))?;
-                    let sub = client
-                        .subscribe(subject.clone())
-                        .await
-                        .map_err(|e| format!("subscribing: {e}"))?;
-                    client.flush().await.map_err(|e| format!("flushing: {e}"))?;
-                    Ok::<_, String>((client, sub))
-                };
-                let (_client, mut sub) =
-                    match tokio::time::timeout(Duration::from_secs(10), subscribed).await {
-                        Ok(Ok(s)) => {
-                            let _ = ready_tx.send(Ok(()));
-                            s
-                        }
-                        Ok(Err(e)) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                        Err(_) => {
-                            let _ = ready_tx.send(Err(format!("no NATS at {url} within 10 s")));
-                            return;
-                        }
-                    };
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => return,
-                        msg = sub.next() => {
-                            let Some(msg) = msg else { return };
-                            let json: serde_json::Value = serde_json::from_slice(&msg.payload)
-                                .unwrap_or_else(|e| panic!(
-                                    "undecodable message on {}: {e}: {}",
-                                    msg.subject,
-                                    String::from_utf8_lossy(&msg.payload)
-                                ));
-                            assert!(
-                                json["specversion"] == "1.0"
-                                    && json["type"].is_string()
-                                    && json["source"].is_string()
-                                    && json["id"].is_string(),
-                                "not a CloudEvent on {}: {json}",
-                                msg.subject
-                            );
-                            sink.lock().expect("seen").push((msg.subject.to_string(), json));
-                        }
-                    }
-                }
+        let sub = Subscription::start(lab, nats_url, subject, move |msg| {
+            let json: Value = serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
+                panic!(
+                    "undecodable message on {}: {e}: {}",
+                    msg.subject,
+                    String::from_utf8_lossy(&msg.payload)
+                )
             });
+            assert!(
+                json["specversion"] == "1.0"
+                    && json["type"].is_string()
+                    && json["source"].is_string()
+                    && json["id"].is_string(),
+                "not a CloudEvent on {}: {json}",
+                msg.subject
+            );
+            sink.lock()
+                .expect("seen")
+                .push((msg.subject.to_string(), json));
         });
-        match ready.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("NATS watcher: {e}"),
-            Err(_) => panic!("NATS watcher thread died"),
-        }
-        SubjectWatcher {
-            seen,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        SubjectWatcher { seen, _sub: sub }
     }
 
     /// The subjects seen so far, in arrival order.
@@ -298,21 +277,7 @@ impl SubjectWatcher {
     }
 
     /// Every message seen so far, in arrival order.
-    pub fn messages(&self) -> Vec<(String, serde_json::Value)> {
+    pub fn messages(&self) -> Vec<(String, Value)> {
         self.seen.lock().expect("seen").clone()
-    }
-}
-
-impl Drop for SubjectWatcher {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-            && !std::thread::panicking()
-        {
-            panic!("the NATS watcher panicked (see above)");
-        }
     }
 }

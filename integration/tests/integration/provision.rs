@@ -137,12 +137,7 @@ fn provision(firmware: Firmware) {
         "test-os",
         &format!("http://{BRIDGE_ADDR}:{IMAGES_PORT}/test-os.img.zst"),
     );
-    let (status, body) = op.call(
-        "POST",
-        "/apis/dragonfly.computer/v1/templates",
-        Some(template),
-    );
-    assert_eq!(status, 201, "{body:#}");
+    op.create_template(template);
     let machines = list_machines(&lab, &base, ADMIN, PASSWORD).unwrap();
     assert_eq!(machines.len(), 1, "{machines:#?}");
     let id = machines[0]["id"].as_str().unwrap().to_owned();
@@ -226,6 +221,17 @@ impl Operator<'_> {
         }
     }
 
+    /// Creates a template (201, or the test fails with apid's answer).
+    pub(crate) fn create_template(&self, template: Value) {
+        let name = template["metadata"]["name"].clone();
+        let (status, body) = self.call(
+            "POST",
+            "/apis/dragonfly.computer/v1/templates",
+            Some(template),
+        );
+        assert_eq!(status, 201, "template {name}: {body:#}");
+    }
+
     /// The one machine's id and record.
     pub(crate) fn machine(&self, base: &str) -> (String, Value) {
         let m = list_machines(self.lab, base, ADMIN, PASSWORD).unwrap();
@@ -279,12 +285,7 @@ fn three_vms_provisioned_at_once_each_with_its_hostname() {
     }
     let op = Operator::login(&lab, &base);
     let template = os.template("test-os", &images.url("test-os.img.zst", false));
-    let (status, body) = op.call(
-        "POST",
-        "/apis/dragonfly.computer/v1/templates",
-        Some(template),
-    );
-    assert_eq!(status, 201, "{body:#}");
+    op.create_template(template);
     let machines = list_machines(&lab, &base, ADMIN, PASSWORD).unwrap();
     assert_eq!(machines.len(), 3, "{machines:#?}");
     let assigned = Instant::now();

@@ -106,12 +106,7 @@ fn killed_daemons_and_a_silent_agent_lose_nothing() {
         .unwrap_or_else(|e| panic!("{e}\n===== lab logs =====\n{}", lab.logs()));
 
     let template = os.template("held", &images.url("test-os.img.zst", true));
-    let (status, body) = op!().call(
-        "POST",
-        "/apis/dragonfly.computer/v1/templates",
-        Some(template),
-    );
-    assert_eq!(status, 201, "{body:#}");
+    op!().create_template(template);
     let (id, _) = op!().machine(&base);
     let (status, wf) = op!().call(
         "POST",
@@ -181,8 +176,7 @@ fn killed_daemons_and_a_silent_agent_lose_nothing() {
     images.close_gate();
     let mut short = os.template("held-short", &images.url("test-os.img.zst", true));
     short["spec"]["actions"][0]["timeoutSeconds"] = json!(20);
-    let (status, body) = op!().call("POST", "/apis/dragonfly.computer/v1/templates", Some(short));
-    assert_eq!(status, 201, "{body:#}");
+    op!().create_template(short);
     let (status, body) = op!().call(
         "POST",
         &format!("/api/machines/{id}/provision"),
@@ -360,12 +354,7 @@ fn bad_images_and_templates_fail_clearly() {
             "metadata": { "name": name },
             "spec": { "actions": [action] },
         });
-        let (status, body) = op.call(
-            "POST",
-            "/apis/dragonfly.computer/v1/templates",
-            Some(template),
-        );
-        assert_eq!(status, 201, "{name}: {body:#}");
+        op.create_template(template);
         let started = Instant::now();
         let (status, wf) = op.call(
             "POST",
