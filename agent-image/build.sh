@@ -26,16 +26,21 @@ fetch() { # package [version] → path of the cached .deb (apt writes an epoch's
     local pkg=$1 ver=${2:-} deb
     ver=${ver:-$(apt-cache policy "$pkg" | awk '/Candidate:/{print $2}')}
     deb=$CACHE/${pkg}_${ver/:/%3a}_amd64.deb
+    # Architecture-independent packages (ca-certificates) are _all.
+    [ -f "$deb" ] || [ ! -f "${deb%_amd64.deb}_all.deb" ] || deb=${deb%_amd64.deb}_all.deb
     if [ ! -f "$deb" ]; then
         say "downloading $pkg $ver"
         # grep fails when apt printed nothing else: the check below is what counts.
         (cd "$CACHE" && { apt-get download -q "$pkg=$ver" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true; })
+        [ -f "$deb" ] || [ ! -f "${deb%_amd64.deb}_all.deb" ] || deb=${deb%_amd64.deb}_all.deb
         [ -f "$deb" ] || { say "apt-get download $pkg=$ver gave no $deb"; return 1; }
     fi
     echo "$deb"
 }
 KDEB=$(fetch "$KPKG" "${KPKG_VERSION:-}")
 BDEB=$(fetch busybox-static "${BUSYBOX_VERSION:-}")
+# The CAs https:// downloads trust (image2disk, writefile): Debian's Mozilla set.
+CADEB=$(fetch ca-certificates)
 # The disk actions' tools (partition's `format`): mke2fs, mkfs.fat and mkfs.xfs with the shared
 # libraries they link and the glibc they were built for, unpacked the same way. mkswap is
 # busybox's (util-linux's would bring libselinux and pcre2 for one tiny tool).
@@ -53,6 +58,8 @@ unpack() { # deb dir: dpkg -x, atomically (a half-unpacked tree is never reused)
 }
 unpack "$KDEB" "$KX"
 unpack "$BDEB" "$BX"
+CAX=$CACHE/x-$(basename "$CADEB" .deb)
+unpack "$CADEB" "$CAX"
 TOOLS_X=()
 for deb in "${TOOL_DEBS[@]}"; do
     TOOLS_X+=("$CACHE/x-$(basename "$deb" .deb)")
@@ -147,6 +154,13 @@ for x in "${TOOLS_X[@]}"; do
         done
     done
 done
+# The CA bundle the agent's https:// downloads trust, made as update-ca-certificates makes it
+# (the package ships the certificates; its postinst, which never runs here, joins them), in
+# a fixed order so the image stays reproducible; and the directory for a site's own CAs.
+mkdir -p "$R/etc/ssl/certs" "$R/etc/dragonfly/ca.d"
+find "$CAX/usr/share/ca-certificates" -name '*.crt' -print0 | LC_ALL=C sort -z \
+    | xargs -0 cat > "$R/etc/ssl/certs/ca-certificates.crt"
+[ -s "$R/etc/ssl/certs/ca-certificates.crt" ] || { say "no CA certificates in $CADEB"; exit 1; }
 # mke2fs checks /etc/mtab before formatting (is the device mounted?).
 ln -sf /proc/mounts "$R/etc/mtab"
 ln -sf mke2fs "$R/sbin/mkfs.ext4"

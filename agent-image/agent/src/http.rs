@@ -1,33 +1,60 @@
 //! A tiny blocking HTTP/1.1 client over `std::net::TcpStream`: one request per connection.
 //!
-//! It exists because the agent needs exactly one kind of request (a JSON POST to apid, by IP
-//! address, in plain HTTP on the boot network) and the initramfs must stay small: no async
-//! runtime, no TLS stack. It must never follow redirects or resolve names through NSS (the
+//! It exists because the agent needs two kinds of request — JSON to apid, by IP address, in
+//! plain HTTP on the boot network, and streamed image downloads — and the initramfs must stay
+//! small: no async runtime. It must never follow redirects or resolve names through NSS (the
 //! binary is statically linked against glibc, whose NSS cannot load modules: see README).
+//!
+//! Downloads (images, writefile contents) may be `https://`: rustls (ring, the workspace's one
+//! TLS stack), certificates checked against the CA files the agent is given
+//! ([`tls_config`]; in the initramfs, Debian's `ca-certificates` bundle and any PEM files in
+//! `/etc/dragonfly/ca.d`). apid is only ever spoken to in plain HTTP: its boot tokens are
+//! per-boot and short-lived, and the machine has no trust anchor for it before it is
+//! installed.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 /// The most of a response body the agent reads; a machine record is a few KiB.
 const MAX_BODY: usize = 1 << 20;
 
-/// An `http://host[:port][/prefix]` URL.
+/// An `http://host[:port][/prefix]` (or, for downloads, `https://`) URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
-    /// `host:port` as written (port defaulted to 80).
+    /// `host:port` as written (port defaulted to 80, or 443 with TLS).
     pub authority: String,
     /// The `Host` header value.
     pub host: String,
     /// Path prefix without a trailing slash (empty for the root).
     pub prefix: String,
+    /// `https://`: the connection is TLS.
+    pub tls: bool,
 }
 
 impl Url {
     /// Parses a plain-HTTP base URL. Refuses `https://`, user info, queries and fragments.
     pub fn parse(s: &str) -> Result<Self, HttpError> {
+        Self::parse_with(s, false)
+    }
+
+    /// Parses a download URL: `http://` or `https://`, the same rules otherwise.
+    pub fn parse_download(s: &str) -> Result<Self, HttpError> {
+        Self::parse_with(s, true)
+    }
+
+    fn parse_with(s: &str, https: bool) -> Result<Self, HttpError> {
         let bad = || HttpError::BadUrl(s.to_owned());
-        let rest = s.strip_prefix("http://").ok_or_else(bad)?;
+        let (rest, tls) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) if https => (rest, true),
+            _ => return Err(bad()),
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -46,6 +73,8 @@ impl Url {
         };
         let authority = if has_port {
             hostport.to_owned()
+        } else if tls {
+            format!("{hostport}:443")
         } else {
             format!("{hostport}:80")
         };
@@ -53,7 +82,101 @@ impl Url {
             authority,
             host: hostport.to_owned(),
             prefix: path.trim_end_matches('/').to_owned(),
+            tls,
         })
+    }
+
+    /// The host without its port or IPv6 brackets: the name a certificate must carry.
+    fn server_name(&self) -> &str {
+        let h = match self.host.rfind(']') {
+            Some(close) => &self.host[..=close],
+            None => self.host.split(':').next().unwrap_or(&self.host),
+        };
+        h.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// A connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The TLS client settings for `https://` downloads: the certificates of every readable PEM
+/// file among `files` (a missing file is skipped: the list names where CAs may be) as trust
+/// anchors, ring as the crypto provider, TLS 1.2 and 1.3.
+///
+/// # Errors
+/// [`HttpError::Tls`] when no certificate at all was found: an `https://` download could
+/// then never succeed, and the message says where the agent looked.
+pub fn tls_config(files: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>, HttpError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for file in files {
+        let paths: Vec<PathBuf> = if file.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(file)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        } else {
+            vec![file.clone()]
+        };
+        for path in paths {
+            add_pem(&mut roots, &path);
+        }
+    }
+    if roots.is_empty() {
+        return Err(HttpError::Tls(format!(
+            "no CA certificate found in {}, so no https:// server can be trusted",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HttpError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Adds the certificates of one PEM file; unreadable files and bad entries are skipped (a
+/// system bundle may hold a certificate rustls refuses; the others still count).
+fn add_pem(roots: &mut rustls::RootCertStore, path: &Path) {
+    let Ok(iter) = CertificateDer::pem_file_iter(path) else {
+        return;
+    };
+    for cert in iter.flatten() {
+        let _ = roots.add(cert);
     }
 }
 
@@ -77,6 +200,8 @@ pub enum HttpError {
     Io(#[from] io::Error),
     #[error("the server sent something that is not HTTP/1.x: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Sends `GET {base}{path}` with a bearer token; returns the response.
@@ -277,21 +402,46 @@ fn parse_content_range(v: &[u8]) -> Option<(u64, Option<u64>)> {
 
 /// A streamed `GET` of an absolute URL: no bearer token (image servers are not apid and must
 /// never see one), optionally from a byte offset (`Range: bytes=N-`).
+///
+/// An `https://` URL needs `tls` ([`tls_config`]); the handshake (and so the certificate
+/// check) is done before the request is sent, so a server that is not trusted is said as
+/// such rather than as a failed write.
 pub fn get_stream(
     url: &Url,
     from: u64,
     timeout: Duration,
-) -> Result<(Head, Body<BufReader<TcpStream>>), HttpError> {
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Head, Body<BufReader<Stream>>), HttpError> {
     let addr = url
         .authority
         .to_socket_addrs()
         .map_err(|_| HttpError::Resolve(url.authority.clone()))?
         .next()
         .ok_or_else(|| HttpError::Resolve(url.authority.clone()))?;
-    let mut stream =
+    let tcp =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| HttpError::Connect(addr, e))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut stream = if url.tls {
+        let config = tls.ok_or_else(|| {
+            HttpError::Tls(format!(
+                "{} is https:// but no TLS settings were given",
+                url.host
+            ))
+        })?;
+        let name = ServerName::try_from(url.server_name().to_owned())
+            .map_err(|e| HttpError::Tls(format!("{:?}: {e}", url.server_name())))?;
+        let mut conn = rustls::ClientConnection::new(Arc::clone(config), name)
+            .map_err(|e| HttpError::Tls(e.to_string()))?;
+        let mut tcp = tcp;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)
+                .map_err(|e| HttpError::Tls(format!("handshake with {}: {e}", url.authority)))?;
+        }
+        Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+    } else {
+        Stream::Plain(tcp)
+    };
     let range = if from > 0 {
         format!("Range: bytes={from}-\r\n")
     } else {
@@ -551,6 +701,26 @@ mod tests {
         ] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn download_urls_may_be_https() {
+        let u = Url::parse_download("https://images.example/debian.img.zst").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.authority, "images.example:443");
+        assert_eq!(u.server_name(), "images.example");
+        let u = Url::parse_download("https://10.0.0.1:8443/x").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.server_name()),
+            ("10.0.0.1:8443", "10.0.0.1")
+        );
+        let u = Url::parse_download("https://[fd00::1]:8443/x").unwrap();
+        assert_eq!(u.server_name(), "fd00::1");
+        let u = Url::parse_download("http://10.0.0.1/x").unwrap();
+        assert!(!u.tls);
+        // apid's base URL stays plain HTTP.
+        assert!(Url::parse("https://10.0.0.1").is_err());
+        assert!(Url::parse_download("ftp://10.0.0.1/x").is_err());
     }
 
     #[test]

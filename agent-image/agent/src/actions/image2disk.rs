@@ -167,8 +167,13 @@ impl Read for ChannelReader {
 /// The download thread: chunks to `tx` until the body ends; reconnects on a drop. Every read
 /// has `timeout` (a server that stalls is a dropped connection), and `cancel` is seen between
 /// reads and reconnections, so the thread ends within one `timeout` of the action's end.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one thread's whole world: its channels, counters and the download's settings"
+)]
 fn download(
     url: &http::Url,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     shown: &str,
     timeout: Duration,
     tx: &SyncSender<io::Result<Vec<u8>>>,
@@ -181,7 +186,7 @@ fn download(
     let mut told_total = false;
     loop {
         let attempt = (|| -> Result<bool, String> {
-            let (head, mut body) = http::get_stream(url, got, timeout)
+            let (head, mut body) = http::get_stream(url, got, timeout, tls)
                 .map_err(|e| format!("{}", dragonfly_core::Chain(&e)))?;
             let mut skip = 0u64;
             match (head.status, got) {
@@ -417,13 +422,16 @@ pub fn run(
     job: &Job,
     tick: &mut dyn FnMut(&Report),
 ) -> Result<Outcome, ActionError> {
-    if job.url.starts_with("https://") {
-        return Err(ActionError::Unsupported(
-            "https:// images are not supported by this agent yet; serve the image over http:// and set sha256 or sha512".into(),
-        ));
-    }
-    let url = http::Url::parse(&job.url)
+    let url = http::Url::parse_download(&job.url)
         .map_err(|e| ActionError::Download(dragonfly_core::Chain(&e).to_string()))?;
+    let tls = if url.tls {
+        Some(
+            http::tls_config(&ctx.ca_files)
+                .map_err(|e| ActionError::Download(format!("downloading {}: {e}", job.url)))?,
+        )
+    } else {
+        None
+    };
     let direct = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
@@ -469,7 +477,16 @@ pub fn run(
             let cancel = &ctx.cancel;
             let shown = job.url.as_str();
             s.spawn(move || {
-                download(&url, shown, timeout, &chunk_tx, &total_tx, counter, cancel);
+                download(
+                    &url,
+                    tls.as_ref(),
+                    shown,
+                    timeout,
+                    &chunk_tx,
+                    &total_tx,
+                    counter,
+                    cancel,
+                );
             });
             let compression = job.compression;
             let decomp = s.spawn(move || -> Result<Compression, ActionError> {

@@ -36,7 +36,14 @@ pub struct Context {
     pub http_timeout: Duration,
     /// Set when the imaging loop has stopped waiting for the action (its timeout passed).
     pub cancel: Cancel,
+    /// Where `https://` downloads find their trust anchors: PEM files, or directories of them
+    /// (missing ones are skipped). See [`crate::http::tls_config`].
+    pub ca_files: Vec<PathBuf>,
 }
+
+/// The CA files of the agent's initramfs: Debian's `ca-certificates` bundle (public image
+/// servers) and a directory for a site's own CAs.
+pub const CA_FILES: [&str; 2] = ["/etc/ssl/certs/ca-certificates.crt", "/etc/dragonfly/ca.d"];
 
 /// Asks a running action to stop: set by the imaging loop when the action's time is up, read
 /// by the actions where they can stop (between image2disk's buffers and download reads).
@@ -63,6 +70,7 @@ impl Default for Context {
             settle: Duration::from_secs(10),
             http_timeout: Duration::from_secs(30),
             cancel: Cancel::default(),
+            ca_files: CA_FILES.iter().map(PathBuf::from).collect(),
         }
     }
 }

@@ -229,16 +229,19 @@ pub fn write_atomic(dest: &Path, reader: &mut dyn Read, owner: Owner) -> Result<
     result
 }
 
-/// Fetches a URL's body (plain HTTP, no token) as a reader.
+/// Fetches a URL's body (`http://` or `https://`, no token) as a reader.
 fn fetch(url: &str, ctx: &Context) -> Result<Box<dyn Read>, ActionError> {
-    if url.starts_with("https://") {
-        return Err(ActionError::Unsupported(
-            "https:// contents are not supported by this agent yet".into(),
-        ));
-    }
-    let u = http::Url::parse(url)
+    let u = http::Url::parse_download(url)
         .map_err(|e| ActionError::Download(dragonfly_core::Chain(&e).to_string()))?;
-    let (head, body) = http::get_stream(&u, 0, ctx.http_timeout).map_err(|e| {
+    let tls = if u.tls {
+        Some(
+            http::tls_config(&ctx.ca_files)
+                .map_err(|e| ActionError::Download(format!("fetching {url}: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let (head, body) = http::get_stream(&u, 0, ctx.http_timeout, tls.as_ref()).map_err(|e| {
         ActionError::Download(format!("fetching {url}: {}", dragonfly_core::Chain(&e)))
     })?;
     if head.status != 200 {

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,8 +91,44 @@ fn serve(body: Vec<u8>, how: Serve) -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
-fn answer(mut s: TcpStream, body: &[u8], how: Serve, first: bool) -> std::io::Result<()> {
-    let mut r = BufReader::new(s.try_clone()?);
+/// Serves `body` at any path on 127.0.0.1 over TLS with `cert` (for `127.0.0.1`); returns
+/// the `https://` URL.
+fn serve_tls(body: Vec<u8>, cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> String {
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/image", l.local_addr().unwrap());
+    let body = Arc::new(body);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let (body, config) = (body.clone(), config.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let _ = answer(
+                    rustls::StreamOwned::new(conn, s),
+                    &body,
+                    Serve::default(),
+                    false,
+                );
+            });
+        }
+    });
+    url
+}
+
+fn answer(s: impl Read + Write, body: &[u8], how: Serve, first: bool) -> std::io::Result<()> {
+    // The client sends its head and waits: nothing is read past it.
+    let mut r = BufReader::new(s);
     let mut from = 0usize;
     loop {
         let mut line = String::new();
@@ -125,6 +161,7 @@ fn answer(mut s: TcpStream, body: &[u8], how: Serve, first: bool) -> std::io::Re
     } else {
         head.push_str(&format!("Content-Length: {}\r\n\r\n", part.len()));
     }
+    let s = r.get_mut();
     s.write_all(head.as_bytes())?;
     let cut = match how.drop_after {
         Some(n) if first => n.min(part.len()),
@@ -142,6 +179,7 @@ fn answer(mut s: TcpStream, body: &[u8], how: Serve, first: bool) -> std::io::Re
     if cut == part.len() && how.chunked {
         s.write_all(b"0\r\n\r\n")?;
     }
+    s.flush()?;
     // Dropping the socket mid-body is the "dropped connection".
     Ok(())
 }
@@ -407,6 +445,71 @@ fn sha256(b: &[u8]) -> String {
         .iter()
         .map(|x| format!("{x:02x}"))
         .collect()
+}
+
+/// `https://` images: the certificate is checked against the CA files the agent is given; an
+/// untrusted server is refused before anything is written, and says why.
+#[test]
+fn image2disk_over_https_trusts_only_its_cas() {
+    if !dragonfly_testkit::require_root() {
+        return;
+    }
+    let img = image();
+    let sum = sha256(&img);
+    let disk = Loop::new(64);
+    let z = compress(&img, &["zstd", "-c"]);
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let url = serve_tls(z, &cert);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    fs::write(&ca, cert.cert.pem()).unwrap();
+    let action = action(&format!(
+        "- name: image\n  type: image2disk\n  url: {url}\n  disk: {}\n  sha256: {sum}\n",
+        disk.dev.display()
+    ));
+
+    // Trusted: written and verified.
+    let trusting = Context {
+        ca_files: vec![dir.path().join("missing.pem"), ca.clone()],
+        ..ctx()
+    };
+    let out = actions::run(&action, &trusting, &mut Log::default()).unwrap();
+    assert!(out.message.contains("sha256 verified"), "{}", out.message);
+    let mut back = vec![0u8; img.len()];
+    File::open(&disk.dev)
+        .unwrap()
+        .read_exact(&mut back)
+        .unwrap();
+    assert!(back == img, "the disk does not hold the image");
+
+    // A CA directory counts too.
+    let dir_ctx = Context {
+        ca_files: vec![dir.path().to_owned()],
+        ..ctx()
+    };
+    actions::run(&action, &dir_ctx, &mut Log::default()).unwrap();
+
+    // Not trusted: the system bundle does not know this self-signed certificate.
+    let system = Context {
+        ca_files: vec!["/etc/ssl/certs/ca-certificates.crt".into()],
+        ..ctx()
+    };
+    if system.ca_files[0].exists() {
+        let e = actions::run(&action, &system, &mut Log::default()).unwrap_err();
+        let msg = dragonfly_core::Chain(&e).to_string();
+        assert!(
+            msg.contains("handshake") && msg.contains("certificate"),
+            "{msg}"
+        );
+    }
+    // No CA at all: said before connecting.
+    let none = Context {
+        ca_files: vec![dir.path().join("missing.pem")],
+        ..ctx()
+    };
+    let e = actions::run(&action, &none, &mut Log::default()).unwrap_err();
+    let msg = dragonfly_core::Chain(&e).to_string();
+    assert!(msg.contains("no CA certificate found"), "{msg}");
 }
 
 fn image2disk(url: &str, disk: &Path, extra: &str) -> Result<Outcome, ActionError> {
