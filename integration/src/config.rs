@@ -57,6 +57,9 @@ pub struct IpxedConfig {
     pub apid_url: String,
     /// The agent's kernel and initrd.
     pub agent_dir: PathBuf,
+    /// The iPXE binaries served at `/ipxe/{file}` (UEFI HTTP boot); ipxed's default
+    /// (`/usr/lib/ipxe`) when `None`.
+    pub ipxe_dir: Option<PathBuf>,
     pub kernel_cmdline_extra: Option<String>,
     pub boot_token_key_file: PathBuf,
     /// `[ipxed.http]`.
@@ -104,6 +107,9 @@ pub struct DhcpdConfig {
     pub server_ip: Option<String>,
     /// ipxed's address (`IP:PORT`), for iPXE's script URL.
     pub ipxed: Option<String>,
+    /// The URL of the EFI binary UEFI HTTP-boot firmware is sent to (x86-64); none sent
+    /// when `None`.
+    pub http_boot_x64_url: Option<String>,
     pub lease_time: Option<String>,
     /// The PXE port's address; `Some("")` turns it off.
     pub pxe_listen: Option<String>,
@@ -126,8 +132,10 @@ pub struct SubnetConfig {
 
 impl DhcpdConfig {
     /// dhcpd in `mode` on the lab network ([`Network::new`](crate::Network::new)'s shape):
-    /// serving from 10.99.0.1, sending iPXE to ipxed on 10.99.0.1:8080 and, in reservation
-    /// mode, handing out 10.99.0.100–200 itself.
+    /// serving from 10.99.0.1, sending iPXE to ipxed on 10.99.0.1:8080, UEFI HTTP-boot
+    /// firmware to ipxed's `/ipxe/ipxe.efi` (as a configured site does: without it OVMF waits
+    /// out its HTTP boot option, about a minute, whenever its PXE option returns) and, in
+    /// reservation mode, handing out 10.99.0.100–200 itself.
     pub fn lab(mode: &str) -> DhcpdConfig {
         let subnets = if mode == "reservation" {
             vec![SubnetConfig {
@@ -143,6 +151,7 @@ impl DhcpdConfig {
             mode: mode.into(),
             server_ip: Some(BRIDGE_ADDR.into()),
             ipxed: Some(format!("{BRIDGE_ADDR}:8080")),
+            http_boot_x64_url: Some(format!("http://{BRIDGE_ADDR}:8080/ipxe/ipxe.efi")),
             lease_time: None,
             pxe_listen: None,
             relays: Vec::new(),
@@ -212,6 +221,9 @@ impl LabConfig {
                 quote(&ipxed.apid_url),
                 path(&ipxed.agent_dir),
             );
+            if let Some(dir) = &ipxed.ipxe_dir {
+                let _ = writeln!(out, "ipxe_dir = {}", path(dir));
+            }
             if let Some(extra) = &ipxed.kernel_cmdline_extra {
                 let _ = writeln!(out, "kernel_cmdline_extra = {}", quote(extra));
             }
@@ -241,6 +253,7 @@ impl LabConfig {
             for (key, value) in [
                 ("server_ip", &dhcpd.server_ip),
                 ("ipxed", &dhcpd.ipxed),
+                ("http_boot_x64_url", &dhcpd.http_boot_x64_url),
                 ("lease_time", &dhcpd.lease_time),
                 ("pxe_listen", &dhcpd.pxe_listen),
             ] {
@@ -330,6 +343,7 @@ mod tests {
                 public_url: "http://10.99.0.1:8080".into(),
                 apid_url: "http://10.99.0.1:3001".into(),
                 agent_dir: "/lab/agent \"quoted\" \\ dir".into(),
+                ipxe_dir: Some("/lab/tftp".into()),
                 kernel_cmdline_extra: Some("console=ttyS0\tquiet".into()),
                 boot_token_key_file: key,
                 http: HttpSettings::default(),
@@ -377,6 +391,11 @@ mod tests {
         assert_eq!(
             doc["ipxed"]["kernel_cmdline_extra"].as_str(),
             Some("console=ttyS0\tquiet")
+        );
+        assert_eq!(doc["ipxed"]["ipxe_dir"].as_str(), Some("/lab/tftp"));
+        assert_eq!(
+            doc["dhcpd"]["http_boot_x64_url"].as_str(),
+            Some("http://10.99.0.1:8080/ipxe/ipxe.efi")
         );
         assert_eq!(doc["tftpd"]["roots"].as_array().map(Vec::len), Some(2));
         assert_eq!(doc["dhcpd"]["mode"].as_str(), Some("reservation"));

@@ -118,6 +118,10 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// SMBIOS type 1 system UUID (`-smbios type=1,uuid=…`).
     pub smbios_uuid: Option<String>,
+    /// UEFI only: keep OVMF's PXE (IPv4) boot option. `false` turns it off
+    /// (`opt/org.tianocore/IPv4PXESupport`), so the NIC's first boot option is UEFI HTTP boot
+    /// over IPv4: the way to test dhcpd's `HTTPClient` answer and ipxed's `/ipxe/` files.
+    pub uefi_pxe: bool,
 }
 
 impl VmConfig {
@@ -138,6 +142,7 @@ impl VmConfig {
             extra_nics: Vec::new(),
             disks: Vec::new(),
             smbios_uuid: None,
+            uefi_pxe: true,
         }
     }
 
@@ -271,6 +276,12 @@ impl Vm {
                     "-fw_cfg".into(),
                     "name=opt/org.tianocore/IPv6Support,string=no".into(),
                 ]);
+                if !config.uefi_pxe {
+                    qemu.extend([
+                        "-fw_cfg".into(),
+                        "name=opt/org.tianocore/IPv4PXESupport,string=no".into(),
+                    ]);
+                }
             }
         }
         let rom = match config.rom {
@@ -602,6 +613,8 @@ fn milestones(lines: &[SerialLine], boot: BootFrom) -> Vec<(&'static str, Durati
         ("TFTP NBP done", false, |l| {
             l.contains("NBP file downloaded") || (l.contains("tftp://") && l.contains("ok"))
         }),
+        // OVMF's HTTP boot: "URI: http://…/ipxe/ipxe.efi", then the image runs.
+        ("HTTP boot URI", false, |l| l.contains("URI: http")),
         ("iPXE DHCP", false, configured),
         ("GET /boot/{mac}", true, |l| l.contains("/boot/")),
         ("GET vmlinuz", true, |l| l.contains("/vmlinuz")),

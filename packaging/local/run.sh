@@ -221,6 +221,8 @@ if [ $demo = 1 ]; then
         --ipxed "$lab_ip:8080" --public-url "http://$lab_ip:8080" --apid-url "http://$lab_ip:3001"
         --agent-dir "$state/agent" --kernel-cmdline-extra "console=tty0 console=ttyS0,115200 quiet"
         --tftp-root "$state/tftp"
+        # UEFI HTTP boot: ipxed serves the same copies (regular files, not Debian's links).
+        --ipxe-dir "$state/tftp" --http-boot-x64-url "http://$lab_ip:8080/ipxe/ipxe.efi"
         --dhcpd reservation --server-ip "$lab_ip" --dhcpd-ipxed "$lab_ip:8080"
         --subnet "10.99.0.0/24,10.99.0.100,10.99.0.200,$lab_ip")
 fi

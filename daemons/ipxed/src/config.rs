@@ -32,6 +32,9 @@ pub struct RawIpxed {
     pub agent_kernel: Option<String>,
     /// Name of the agent initrd among `agent_files`; default `initrd.img`.
     pub agent_initrd: Option<String>,
+    /// Directory of iPXE binaries served at `/ipxe/{file}` (UEFI HTTP boot); default
+    /// `/usr/lib/ipxe`.
+    pub ipxe_dir: Option<PathBuf>,
     /// Appended to the agent's kernel command line.
     pub kernel_cmdline_extra: Option<String>,
     /// How long a minted boot token stays valid, e.g. `15m` (the agent renews it with apid).
@@ -58,6 +61,8 @@ pub struct IpxedConfig {
     pub agent_files: Vec<String>,
     pub agent_kernel: String,
     pub agent_initrd: String,
+    /// Served at `/ipxe/{file}`; may be missing (HTTP boot is optional).
+    pub ipxe_dir: PathBuf,
     pub kernel_cmdline_extra: String,
     pub token_ttl: Duration,
     pub sighting_window: Duration,
@@ -86,6 +91,9 @@ pub const DEFAULT_BOOT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 360
 pub const DEFAULT_AGENT_KERNEL: &str = "vmlinuz";
 /// Default agent initrd, in `agent_dir`.
 pub const DEFAULT_AGENT_INITRD: &str = "initrd.img";
+/// Default `ipxe_dir`: where Debian's `ipxe` package puts `ipxe.efi`, `snponly.efi` and
+/// `undionly.kpxe`, and tftpd's first default root, so both daemons serve the same binaries.
+pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
 /// Longest `kernel_cmdline_extra`, in bytes.
 pub const MAX_CMDLINE_EXTRA: usize = 1024;
 
@@ -130,6 +138,10 @@ impl DaemonConfig for IpxedConfig {
                 ));
             }
         }
+        let ipxe_dir = absolute_path(
+            "ipxe_dir",
+            raw.ipxe_dir.unwrap_or_else(|| DEFAULT_IPXE_DIR.into()),
+        )?;
         let kernel_cmdline_extra = raw
             .kernel_cmdline_extra
             .unwrap_or_else(|| DEFAULT_CMDLINE_EXTRA.to_owned());
@@ -181,6 +193,7 @@ impl DaemonConfig for IpxedConfig {
             agent_files,
             agent_kernel,
             agent_initrd,
+            ipxe_dir,
             kernel_cmdline_extra: kernel_cmdline_extra.trim().to_owned(),
             token_ttl,
             sighting_window,
@@ -229,6 +242,7 @@ mod tests {
         assert_eq!(c.agent_files, ["vmlinuz", "initrd.img"]);
         assert_eq!(c.token_ttl, DEFAULT_TOKEN_TTL);
         assert_eq!(c.kernel_cmdline_extra, DEFAULT_CMDLINE_EXTRA);
+        assert_eq!(c.ipxe_dir, PathBuf::from(DEFAULT_IPXE_DIR));
     }
 
     #[test]
@@ -246,6 +260,8 @@ mod tests {
             (|r| r.apid_url = Some("http://h/${x}".into()), "apid_url"),
             (|r| r.agent_dir = None, "agent_dir"),
             (|r| r.agent_dir = Some("rel".into()), "agent_dir"),
+            (|r| r.ipxe_dir = Some("ipxe".into()), "ipxe_dir"),
+            (|r| r.ipxe_dir = Some("".into()), "ipxe_dir"),
             (
                 |r| r.agent_files = Some(vec!["../etc/passwd".into()]),
                 "agent_files[0]",

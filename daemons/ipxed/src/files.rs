@@ -1,11 +1,24 @@
-//! `GET /agent/{file}`: the agent's kernel and initrd, streamed, with single `Range` requests.
+//! `GET /agent/{file}` and `GET /ipxe/{file}`: the agent's kernel and initrd, and the iPXE
+//! binaries UEFI HTTP-boot firmware fetches (dhcpd's `http_boot_*_url`), streamed, with single
+//! `Range` requests and validators. Both routes share one `serve`, so they behave alike.
 //!
-//! Only names in the configured list are served; the path is `agent_dir` joined with a name
-//! from that list (never with the request's text), so no request can reach another file.
-//! Files are streamed from disk in chunks, never read whole: an initrd is tens of MiB and many
-//! machines may boot at once.
+//! Why two rules for which file a name means:
+//! - `/agent/{file}`: only names in the configured list are served; the path is `agent_dir`
+//!   joined with a name from that list (never with the request's text).
+//! - `/ipxe/{file}`: any regular file directly in `ipxe_dir` (a distribution's directory whose
+//!   contents we do not list: `ipxe.efi`, `snponly.efi`, `ipxe-arm64.efi`, …). The name must be
+//!   a plain file name (letters, digits, `.`, `_`, `-`, not starting with `.`), so it has no
+//!   directory part and no `..`; it is opened with `O_NOFOLLOW`, so a symlink — which could
+//!   lead anywhere on the host — is refused by the kernel at open time, with no check-then-open
+//!   race; only what `fstat` calls a regular file is served. Stricter than tftpd (which
+//!   follows symlinks that stay beneath its roots): with one path component there is nothing
+//!   to walk, and a refused link is one `cp -L` away from working.
+//!
+//! This module must never open a path built from a request other than `dir/<plain name>`,
+//! and never read a file whole: an initrd is tens of MiB and many machines may boot at once.
+//! Refusals and missing files are all 404 to the client (no hint of what exists); the log says
+//! which.
 
-use std::path::Path;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -13,6 +26,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dragonfly_runtime::cli::Chain;
+use dragonfly_runtime::config::file_name;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -119,13 +133,17 @@ pub(crate) async fn agent_file(
 ) -> Response {
     // Look the name up and use the configured string: the request's text never reaches a path.
     let Some(allowed) = state.config.agent_files.iter().find(|f| **f == name) else {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        return not_found();
     };
-    match serve(&state.config.agent_dir.join(allowed), &headers).await {
+    let served = match tokio::fs::File::open(state.config.agent_dir.join(allowed)).await {
+        Ok(file) => serve(file, &headers).await,
+        Err(e) => Err(e),
+    };
+    match served {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(file = %allowed, "agent file missing from agent_dir");
-            (StatusCode::NOT_FOUND, "not found\n").into_response()
+            not_found()
         }
         Err(e) => {
             tracing::error!(file = %allowed, error = %Chain(&e), "cannot serve agent file");
@@ -134,8 +152,65 @@ pub(crate) async fn agent_file(
     }
 }
 
-async fn serve(path: &Path, headers: &HeaderMap) -> std::io::Result<Response> {
-    let mut file = tokio::fs::File::open(path).await?;
+/// Handles `GET`/`HEAD /ipxe/{file}`: a regular file directly in `ipxe_dir`, never through a
+/// symlink (see the module docs).
+pub(crate) async fn ipxe_file(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    // No `/`, no `..`, nothing hidden: after this, `ipxe_dir/name` names an entry of ipxe_dir.
+    if file_name("file", &name).is_err() {
+        return not_found();
+    }
+    let path = state.config.ipxe_dir.join(&name);
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO someone left in the directory must not hang the handler.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .await;
+    let served = match opened {
+        Ok(file) => serve(file, &headers).await,
+        Err(e) => Err(e),
+    };
+    match served {
+        Ok(r) => r,
+        // A missing name, a missing ipxe_dir (logged at start), or not a regular file.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            tracing::debug!(path = %path.display(), "no such iPXE file");
+            not_found()
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            tracing::warn!(
+                path = %path.display(),
+                "refused an iPXE file that is a symlink: ipxed serves only regular files of \
+                 ipxe_dir (Debian links ipxe.efi to /boot; copy it with cp -L into a directory \
+                 of its own and point ipxe_dir there)"
+            );
+            not_found()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(path = %path.display(), "iPXE file not readable by ipxed");
+            not_found()
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %Chain(&e), "cannot serve iPXE file");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// Streams `file` (opened by the route's own rules) with validators and single ranges. A file
+/// that is not a regular file is `NotFound`.
+async fn serve(mut file: tokio::fs::File, headers: &HeaderMap) -> std::io::Result<Response> {
     let meta = file.metadata().await?;
     if !meta.is_file() {
         return Err(std::io::ErrorKind::NotFound.into());

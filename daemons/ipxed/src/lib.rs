@@ -4,7 +4,8 @@
 //! machine from the store, lets [`dragonfly_core::boot::decide`] choose its fate, and answers
 //! with a script rendered by [`script`] (pure) that boots the agent (discovery or imaging,
 //! with a fresh per-boot token on the kernel line) or the local disk. It also serves the
-//! agent's kernel and initrd ([`files`]) and publishes `BootDecided` for every answer.
+//! agent's kernel and initrd and, for UEFI HTTP-boot firmware (dhcpd's `http_boot_*_url`), the
+//! iPXE binaries of `ipxe_dir` ([`files`]), and publishes `BootDecided` for every answer.
 //!
 //! A token is minted only for a boot dhcpd witnessed ([`admission`]: the MAC's leased address,
 //! or a fresh boot sighting), and each mint opens the MAC's boot session in the store (its one
@@ -179,6 +180,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/boot/{mac}", get(boot_script))
         .route("/agent/{file}", get(files::agent_file))
+        .route("/ipxe/{file}", get(files::ipxe_file))
         .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.http.max_body_bytes,
@@ -449,6 +451,10 @@ pub async fn run(
         if !path.is_file() {
             tracing::warn!(path = %path.display(), "agent file not found; machines cannot boot the agent until it exists");
         }
+    }
+    // Not fatal: HTTP boot is optional, and a site may install the iPXE binaries later.
+    if !ctx.config.ipxe_dir.is_dir() {
+        tracing::warn!(path = %ctx.config.ipxe_dir.display(), "ipxe_dir is not a directory; UEFI HTTP-boot clients get 404 for /ipxe/… until it exists");
     }
     let key = Secret::new(ctx.credentials.get(BOOT_TOKEN_KEY)?.expose().to_vec());
     let tls = match ctx.config.http.tls {

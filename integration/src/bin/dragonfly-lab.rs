@@ -118,6 +118,9 @@ struct Config {
     /// Added to the agent's kernel command line.
     #[arg(long, value_name = "ARGS", requires = "ipxed")]
     kernel_cmdline_extra: Option<String>,
+    /// The iPXE binaries ipxed serves at /ipxe/{file} for UEFI HTTP boot.
+    #[arg(long, value_name = "DIR", requires = "ipxed")]
+    ipxe_dir: Option<PathBuf>,
     /// Adds tftpd's section, serving DIR (repeatable).
     #[arg(long, value_name = "DIR")]
     tftp_root: Vec<PathBuf>,
@@ -133,6 +136,9 @@ struct Config {
     /// ipxed's IP:PORT, where dhcpd sends iPXE.
     #[arg(long, value_name = "ADDR", requires = "dhcpd")]
     dhcpd_ipxed: Option<String>,
+    /// The EFI binary's URL for x86-64 UEFI HTTP boot (e.g. ipxed's /ipxe/ipxe.efi).
+    #[arg(long, value_name = "URL", requires = "dhcpd")]
+    http_boot_x64_url: Option<String>,
     /// Lease time (e.g. 1h).
     #[arg(long, value_name = "TIME", requires = "dhcpd")]
     lease_time: Option<String>,
@@ -206,6 +212,7 @@ fn lab_config(c: &Config) -> LabConfig {
             public_url: c.public_url.clone().unwrap_or_default(),
             apid_url: c.apid_url.clone().unwrap_or_default(),
             agent_dir: c.agent_dir.clone().unwrap_or_default(),
+            ipxe_dir: c.ipxe_dir.clone(),
             kernel_cmdline_extra: c.kernel_cmdline_extra.clone(),
             boot_token_key_file: key.clone(),
             http: HttpSettings::default(),
@@ -218,6 +225,7 @@ fn lab_config(c: &Config) -> LabConfig {
             mode,
             server_ip: c.server_ip.clone(),
             ipxed: c.dhcpd_ipxed.clone(),
+            http_boot_x64_url: c.http_boot_x64_url.clone(),
             lease_time: c.lease_time.clone(),
             pxe_listen: c.pxe_listen.clone(),
             relays: c.relay.clone(),

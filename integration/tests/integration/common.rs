@@ -139,7 +139,8 @@ pub(crate) fn start_dragonfly(lab: &mut Lab, image: &TestImage, dhcpd: DhcpdConf
 
 /// Dragonfly's own boot path in `lab`: a NATS server and a migrated store inside the
 /// namespace, then dhcpd (configured by `dhcpd`), tftpd (root: Debian's iPXE binaries),
-/// ipxed (serving the agent kernel and initrd in `agent_dir`) and, when `apid`, apid on
+/// ipxed (serving the agent kernel and initrd in `agent_dir`, and the same iPXE binaries
+/// for UEFI HTTP boot) and, when `apid`, apid on
 /// 10.99.0.1:3000 and workflowd (which applies the agents' reports) — each as
 /// nobody through socket activation, as in production. One config file for all, as on a
 /// real host; ipxed and apid share the boot-token key file.
@@ -194,7 +195,7 @@ pub(crate) fn start_dragonfly_configured(
         store: Some(store),
         log_level: "debug".into(),
         tftpd: Some(TftpdConfig {
-            roots: vec![tftp],
+            roots: vec![tftp.clone()],
             listen: None,
         }),
         ipxed: Some(IpxedConfig {
@@ -203,6 +204,9 @@ pub(crate) fn start_dragonfly_configured(
             // The agents' listener: the agent never talks to the operators' side.
             apid_url: "http://10.99.0.1:3001".into(),
             agent_dir: agent_dir.to_owned(),
+            // The lab's copies (regular files: Debian's /usr/lib/ipxe/ipxe.efi is a symlink
+            // to /boot, which ipxed refuses), the same bytes tftpd serves.
+            ipxe_dir: Some(tftp.clone()),
             kernel_cmdline_extra: Some("console=ttyS0 quiet panic=-1".into()),
             boot_token_key_file: key.clone(),
             http: HttpSettings::default(),

@@ -269,13 +269,14 @@ fn the_one_machine(lab: &Lab, stack: &Stack) -> Value {
     list.into_iter().next().unwrap()
 }
 
-fn discover(firmware: Firmware) {
-    let Some((mut lab, stack, watcher)) = full_lab() else {
-        return;
-    };
+/// Boots the VM of the known shape twice and checks it registers once; returns the lab for
+/// checks of how it booted. `tweak` changes the VM's settings (how it network-boots).
+fn discover(firmware: Firmware, tweak: impl FnOnce(&mut VmConfig)) -> Option<Lab> {
+    let (mut lab, stack, watcher) = full_lab()?;
     lab.add_tap("tap1");
     let vm_shape = Shape::new("vm0", 0);
-    let config = vm_shape.config(&lab, firmware, ["tap0", "tap1"]);
+    let mut config = vm_shape.config(&lab, firmware, ["tap0", "tap1"]);
+    tweak(&mut config);
 
     // First boot: unknown to Dragonfly.
     let mut vm = Vm::boot(&mut lab, config.clone());
@@ -322,19 +323,41 @@ fn discover(firmware: Firmware) {
         "{:#?}",
         watcher.events()
     );
+    Some(lab)
 }
 
 /// SeaBIOS + virtio-net with QEMU's iPXE ROM: dhcpd → ipxed `/boot/{mac}` (discovery) →
 /// the agent image → apid.
 #[test]
 fn discovery_bios_virtio_registers_the_vm_once() {
-    discover(Firmware::Bios);
+    discover(Firmware::Bios, |_| {});
 }
 
 /// OVMF's own PXE client → dhcpd → TFTP `ipxe.efi` (tftpd) → iPXE → ipxed → agent → apid.
 #[test]
 fn discovery_uefi_virtio_registers_the_vm_once() {
-    discover(Firmware::Uefi);
+    discover(Firmware::Uefi, |_| {});
+}
+
+/// OVMF with its PXE option turned off, so its UEFI HTTP boot (IPv4) runs: dhcpd answers
+/// `HTTPClient` with ipxed's `/ipxe/ipxe.efi` → the firmware downloads and runs it → iPXE
+/// DHCPs → ipxed `/boot/{mac}` → agent → apid. No TFTP on the way.
+#[test]
+fn discovery_uefi_http_boot_registers_the_vm() {
+    let Some(lab) = discover(Firmware::Uefi, |c| c.uefi_pxe = false) else {
+        return;
+    };
+    let dhcpd = lab.log("dhcpd");
+    assert!(
+        dhcpd.contains("boot=http://10.99.0.1:8080/ipxe/ipxe.efi"),
+        "dhcpd sent the HTTP-boot URL:\n{dhcpd}"
+    );
+    assert!(
+        !dhcpd.contains("boot=ipxe.efi"),
+        "no PXE (TFTP) answer: the firmware's PXE option is off:\n{dhcpd}"
+    );
+    let tftpd = lab.log("tftpd");
+    assert!(!tftpd.contains("ipxe.efi"), "nothing over TFTP:\n{tftpd}");
 }
 
 /// Three VMs PXE-boot at the same time (BIOS, each its own MACs, disks and UUID; under one

@@ -2,10 +2,8 @@
 
 use std::process::Command;
 
+use crate::common::{Fixture, Server, bytes, raw_get};
 use dragonfly_testkit::require_binary;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::common::{Fixture, Server, bytes};
 
 #[tokio::test]
 async fn full_download_is_byte_identical_with_validators() {
@@ -111,18 +109,6 @@ fn curl_ranged_download_matches() {
     assert!(st.success());
     assert_eq!(std::fs::read(&part).unwrap(), &s.fx.kernel[100..200]);
     assert_eq!(std::fs::read(&whole).unwrap(), s.fx.kernel);
-}
-
-/// Sends `path` verbatim (no client-side normalisation) and returns the raw response.
-async fn raw_get(base: &str, path: &str) -> String {
-    let addr = base.strip_prefix("http://").unwrap();
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    c.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use dragonfly_runtime::Secret;
 use dragonfly_runtime::config::DaemonConfig;
 use dragonfly_store::Db;
 use dragonfly_store::testing::{self, NewMachine, TestDb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 /// The boot-token key every test server uses.
@@ -201,4 +202,16 @@ pub(crate) fn check_syntax(script: &str) {
             }
         }
     }
+}
+
+/// Sends `path` verbatim (no client-side normalisation) and returns the raw response.
+pub(crate) async fn raw_get(base: &str, path: &str) -> String {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -9,3 +9,4 @@ mod binary;
 mod boot;
 mod common;
 mod golden;
+mod ipxe;
