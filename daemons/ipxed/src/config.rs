@@ -33,7 +33,7 @@ pub struct RawIpxed {
     /// Name of the agent initrd among `agent_files`; default `initrd.img`.
     pub agent_initrd: Option<String>,
     /// Directory of iPXE binaries served at `/ipxe/{file}` (UEFI HTTP boot); default
-    /// `/usr/lib/ipxe`.
+    /// `/var/lib/dragonfly/tftp`.
     pub ipxe_dir: Option<PathBuf>,
     /// Appended to the agent's kernel command line.
     pub kernel_cmdline_extra: Option<String>,
@@ -91,9 +91,10 @@ pub const DEFAULT_BOOT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 360
 pub const DEFAULT_AGENT_KERNEL: &str = "vmlinuz";
 /// Default agent initrd, in `agent_dir`.
 pub const DEFAULT_AGENT_INITRD: &str = "initrd.img";
-/// Default `ipxe_dir`: where Debian's `ipxe` package puts `ipxe.efi`, `snponly.efi` and
-/// `undionly.kpxe`, and tftpd's first default root, so both daemons serve the same binaries.
-pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
+/// Default `ipxe_dir`: tftpd's own default root, where the iPXE binaries are put as regular
+/// files (`cp -L`), so both daemons serve the same ones. Not Debian's `/usr/lib/ipxe`: its
+/// `ipxe.efi` is a symlink to `/boot/ipxe.efi`, which ipxed (and tftpd) refuse.
+pub const DEFAULT_IPXE_DIR: &str = "/var/lib/dragonfly/tftp";
 /// Longest `kernel_cmdline_extra`, in bytes.
 pub const MAX_CMDLINE_EXTRA: usize = 1024;
 
