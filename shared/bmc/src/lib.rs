@@ -26,6 +26,7 @@
 //! answers `dragonfly.power.<op>` requests. Policy (retries, "cycle an off machine means power
 //! it on", concurrency limits) belongs there, not here: a driver does exactly one operation.
 
+pub mod ipmi;
 
 use std::fmt;
 use std::future::Future;
