@@ -27,6 +27,7 @@
 //! it on", concurrency limits) belongs there, not here: a driver does exactly one operation.
 
 pub mod ipmi;
+pub mod wol;
 
 use std::fmt;
 use std::future::Future;

@@ -11,3 +11,4 @@
 mod child;
 mod ipmi;
 mod sim;
+mod wol;
