@@ -1,0 +1,14 @@
+//! dragonfly-bmc's integration tests: one binary, one module per area.
+//!
+//! The IPMI tests drive a real `ipmi_sim` (OpenIPMI's BMC simulator) on loopback with the real
+//! `ipmitool`, and cross-check every effect with `ipmitool` itself; they skip outside CI when
+//! either is missing (`apt-get install openipmi ipmitool`, or `packaging/deps.sh bmc`).
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic on set-up failure by design"
+)]
+
+mod child;
+mod ipmi;
+mod sim;
+mod wol;
