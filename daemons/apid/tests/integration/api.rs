@@ -204,16 +204,7 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let unchanged: Value = s
-        .http
-        .get(s.url(&format!("/api/machines/{id}")))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let unchanged: Value = s.get_json(&format!("/api/machines/{id}"), &cookie).await;
     assert_eq!(unchanged["resourceVersion"], 1);
 }
 
@@ -404,28 +395,15 @@ async fn hardware_resources_in_json_and_yaml() {
     );
 
     let page: Value = s
-        .http
-        .get(s.url("/apis/dragonfly.computer/v1/hardware?limit=1"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/apis/dragonfly.computer/v1/hardware?limit=1", &cookie)
+        .await;
     let cont = page["metadata"]["continue"].as_str().unwrap();
     let rest: Value = s
-        .http
-        .get(s.url(&format!(
-            "/apis/dragonfly.computer/v1/hardware?limit=1&continue={cont}"
-        )))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(
+            &format!("/apis/dragonfly.computer/v1/hardware?limit=1&continue={cont}"),
+            &cookie,
+        )
+        .await;
     assert_eq!(rest["items"].as_array().unwrap().len(), 1);
     assert!(rest["metadata"].get("continue").is_none());
 }
@@ -477,16 +455,7 @@ async fn sessions_and_api_tokens() {
         assert!(set.contains(attr), "{set} lacks {attr}");
     }
     let cookie = set.split(';').next().unwrap().to_owned();
-    let me: Value = s
-        .http
-        .get(s.url("/api/auth/me"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = s.get_json("/api/auth/me", &cookie).await;
     assert_eq!(me["username"], "ops");
 
     let created: Value = s
@@ -863,16 +832,7 @@ async fn a_report_cannot_take_another_machines_identity() {
     assert_eq!(before, after, "nothing written");
     // The operator sees both claims.
     let cookie = s.admin_cookie().await;
-    let conflicts: Value = s
-        .http
-        .get(s.url("/api/conflicts"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conflicts: Value = s.get_json("/api/conflicts", &cookie).await;
     let list = conflicts.as_array().unwrap();
     assert_eq!(list.len(), 2, "{conflicts}");
     for c in list {
@@ -882,18 +842,14 @@ async fn a_report_cannot_take_another_machines_identity() {
     let kinds: Vec<&str> = list.iter().map(|c| c["kind"].as_str().unwrap()).collect();
     // And on the victim machine.
     let on_machine: Value = s
-        .http
-        .get(s.url(&format!(
-            "/api/machines/{}/conflicts",
-            victim["name"].as_str().unwrap()
-        )))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(
+            &format!(
+                "/api/machines/{}/conflicts",
+                victim["name"].as_str().unwrap()
+            ),
+            &cookie,
+        )
+        .await;
     assert_eq!(&on_machine, &conflicts);
     assert!(
         kinds.contains(&"mac") && kinds.contains(&"smbiosUuid"),

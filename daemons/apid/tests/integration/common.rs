@@ -64,6 +64,19 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// `GET path` as the operator of `cookie`; the body as JSON (whatever the status).
+    pub(crate) async fn get_json(&self, path: &str, cookie: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Creates an administrator directly in the store; returns (username, password).
     pub(crate) async fn add_admin(&self, name: &str) -> (String, String) {
         let password = format!("{name}-correct-horse");

@@ -202,16 +202,7 @@ async fn admins_manage_users_and_operators_their_own_password() {
     assert_eq!(ops["isAdmin"], false);
     assert_eq!(ops["disabled"], false);
     let ops_id = ops["id"].as_i64().unwrap();
-    let listed: Value = s
-        .http
-        .get(s.url("/api/users"))
-        .header("cookie", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = s.get_json("/api/users", &admin).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert!(!listed.to_string().contains("argon2"), "no hash shown");
 

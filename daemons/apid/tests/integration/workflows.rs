@@ -366,15 +366,8 @@ async fn provisioning_serves_actions_and_keeps_reports_once() {
         .await
         .unwrap();
     let p: Value = s
-        .http
-        .get(s.url(&format!("/api/workflows/{wid}/progress")))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/workflows/{wid}/progress"), &cookie)
+        .await;
     assert_eq!(p["state"], "Failed", "{p}");
     assert_eq!(p["actions"][1]["state"], "Failed", "{p}");
     let message = p["actions"][1]["message"].as_str().unwrap();
