@@ -9,6 +9,7 @@
 #    sudo) only to install.
 # 2. Names both NATS servers in DRAGONFLY_NATS_SERVER, so the bus tests run against Debian's
 #    2.9.10 and a current 2.x (see shared/testkit/src/nats.rs).
+#    Names sushy-emulator (PyPI sushy-tools) in DRAGONFLY_SUSHY_EMULATOR for the Redfish tests.
 # 3. Runs each step under a `==> step` banner with its time and stops at the first that fails,
 #    naming it: cargo fmt, clippy, doc, shellcheck (every shell script), build, test (unit,
 #    integration and doc tests; the fuzz corpora are replayed there), units/check.sh, and as
@@ -62,6 +63,11 @@ deps_apt_lists
 nats_pypi=$(deps_nats_pypi)
 export DRAGONFLY_NATS_SERVER="/usr/sbin/nats-server:$nats_pypi"
 echo "DRAGONFLY_NATS_SERVER=$DRAGONFLY_NATS_SERVER"
+# The Redfish driver's tests run a sushy-emulator (PyPI sushy-tools), whose script pip puts
+# where PATH may not look (pyenv's bin).
+DRAGONFLY_SUSHY_EMULATOR=$(deps_sushy_pypi)
+export DRAGONFLY_SUSHY_EMULATOR
+echo "DRAGONFLY_SUSHY_EMULATOR=$DRAGONFLY_SUSHY_EMULATOR"
 for server in /usr/sbin/nats-server "$nats_pypi"; do
     echo "  $("$server" --version)"
 done

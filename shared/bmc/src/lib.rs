@@ -10,23 +10,27 @@
 //!   every BMC firmware quirk already (docs/dependencies.md has the full reason). The child
 //!   gets an argument vector, never a shell string, and the password only through its
 //!   environment (`-E` reads `IPMI_PASSWORD`), never in its argv where `ps` would show it.
+//! - [`redfish::RedfishDriver`]: Redfish over HTTP (basic authentication, no sessions), the
+//!   REST interface of current BMCs; its module docs list every request it makes. Plain
+//!   `http://` only for now.
 //! - [`wol::WolDriver`]: Wake-on-LAN, power on only: a magic packet per MAC over UDP.
 //!
 //! Each driver keeps what it says on the wire pure and separate from the I/O: the argument
 //! vectors, the boot-flag bytes and the parsing of `ipmitool`'s output live in
-//! `ipmi::command`, the magic packet in [`wol::magic_packet`], all unit-tested without a BMC.
+//! `ipmi::command`, the Redfish request bodies and answer parsing in `redfish::wire`, the magic packet in [`wol::magic_packet`], all unit-tested without a BMC.
 //!
 //! What this crate must never do: log or print a credential (`Password`'s `Debug` is
 //! redacted), put one in a child's argv, or let an operation run without a deadline — every
 //! driver bounds every operation with its configured timeout and kills a child that outlives
 //! it.
 //!
-//! What comes next (issue 10): a Redfish driver behind the same trait, then the `bmcd` daemon,
+//! What comes next (issue 10): the `bmcd` daemon,
 //! which owns per-machine credentials, serialises commands per BMC, polls power state and
 //! answers `dragonfly.power.<op>` requests. Policy (retries, "cycle an off machine means power
 //! it on", concurrency limits) belongs there, not here: a driver does exactly one operation.
 
 pub mod ipmi;
+pub mod redfish;
 pub mod wol;
 
 use std::fmt;
@@ -142,6 +146,10 @@ pub enum BmcError {
     /// The BMC answered something this driver cannot read.
     #[error("unexpected answer from the BMC: {output:?}")]
     UnexpectedOutput { output: String },
+    /// A Redfish service manages no system or several, and the configuration does not say
+    /// which one is the machine: an operator must name it. `members` are their `@odata.id`s.
+    #[error("the BMC has {} systems ({}); configure which one", members.len(), members.join(", "))]
+    NoSingleSystem { members: Vec<String> },
     /// This kind of driver cannot do this operation at all (Wake-on-LAN cannot power off).
     #[error("{driver} cannot {operation}")]
     Unsupported {
