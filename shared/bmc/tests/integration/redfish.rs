@@ -94,11 +94,34 @@ async fn power_operations_change_the_emulated_system() {
     // sushy-tools lists no PowerCycle: the driver powers off, waits for Off, powers on.
     driver.power(PowerAction::On).await.unwrap();
     settles_to(&sushy, "On").await;
+    let logged_before = sushy.output().lines().count();
     let ((r, t), seen) = watching(&sushy, timed(driver.power(PowerAction::Cycle))).await;
     times.push(("cycle (off, wait, on)", t));
     r.unwrap();
     settles_to(&sushy, "On").await;
-    assert!(seen.contains(&"Off".to_owned()), "never off: {seen:?}");
+    // The Off between the two resets can be shorter than the watcher's polling (the driver
+    // sends On as soon as it reads Off), so the proof is the emulator's request log: two
+    // resets (ForceOff, On) with the driver's reads of the system between them.
+    let log = sushy.output();
+    let during: Vec<&str> = log
+        .lines()
+        .skip(logged_before)
+        .filter(|l| l.contains("\"POST ") || l.contains("\"GET "))
+        .collect();
+    let resets: Vec<usize> = during
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"POST ") && l.contains("ComputerSystem.Reset"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(resets.len(), 2, "two resets in the cycle: {during:#?}");
+    assert!(
+        during[resets[0] + 1..resets[1]]
+            .iter()
+            .any(|l| l.contains("\"GET ")),
+        "no read of the system between ForceOff and On: {during:#?}"
+    );
+    println!("cycle: states seen by the watcher {seen:?}");
 
     // ForceRestart: the fake system goes Off at once and comes back On by itself.
     let (r, t) = timed(driver.power(PowerAction::Reset)).await;
