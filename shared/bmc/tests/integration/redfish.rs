@@ -123,11 +123,22 @@ async fn power_operations_change_the_emulated_system() {
     );
     println!("cycle: states seen by the watcher {seen:?}");
 
-    // ForceRestart: the fake system goes Off at once and comes back On by itself.
+    // ForceRestart: the fake system goes Off at once and comes back On by itself, after 0 to
+    // 11 s (sushy-tools rounds its "apply time" down to a whole second): the read right after
+    // is usually Off, but not always, so the emulator's log is the proof that it was asked.
+    let logged_before = sushy.output().lines().count();
     let (r, t) = timed(driver.power(PowerAction::Reset)).await;
     times.push(("reset", t));
     r.unwrap();
-    assert_eq!(power_state(&sushy).await, "Off");
+    let right_after = power_state(&sushy).await;
+    let log = sushy.output();
+    assert!(
+        log.lines()
+            .skip(logged_before)
+            .any(|l| l.contains("\"POST ") && l.contains("ComputerSystem.Reset")),
+        "no reset reached the emulator: {log}"
+    );
+    println!("reset: the state read right after was {right_after}");
     settles_to(&sushy, "On").await;
 
     let (r, t) = timed(driver.power(PowerAction::OffSoft)).await;
