@@ -835,6 +835,22 @@ mod tests {
             .clone()
     }
 
+    /// A registered machine with a new workflow of [`spec`] (60 s per action, 600 s in all):
+    /// the workflow and the machine as `create` leaves them.
+    async fn assigned(db: &Db, now: Timestamp) -> (Workflow, Machine) {
+        let m = machine(db).await;
+        let wf = new_workflow(
+            &m,
+            "debian",
+            spec().actions,
+            Default::default(),
+            60,
+            600,
+            now,
+        );
+        db.workflows().create(wf, None, now).await.unwrap()
+    }
+
     fn report(wf: Uuid, action: u32, seq: u64, event: ReportEvent) -> ActionReport {
         ActionReport {
             workflow_id: wf,
@@ -887,23 +903,13 @@ mod tests {
             .create("debian".into(), spec(), now)
             .await
             .unwrap();
-        let m = machine(&t.db).await;
-        let wf = new_workflow(
-            &m,
-            "debian",
-            spec().actions,
-            Default::default(),
-            60,
-            600,
-            now,
-        );
-        let (wf, m2) = t.db.workflows().create(wf, None, now).await.unwrap();
+        let (wf, m2) = assigned(&t.db, now).await;
         assert_eq!(m2.state, MachineState::OsAssigned);
         assert_eq!(m2.workflow_id, Some(wf.id));
         // The boot path sees the workflow's state with the machine's, in one statement.
         let info =
             t.db.machines()
-                .boot_info(m.macs()[0])
+                .boot_info(m2.macs()[0])
                 .await
                 .unwrap()
                 .unwrap();
@@ -934,17 +940,7 @@ mod tests {
     async fn reports_are_kept_once_served_apart_and_applied_with_the_machine() {
         let t = TestDb::new();
         let now = Timestamp::now();
-        let m = machine(&t.db).await;
-        let wf = new_workflow(
-            &m,
-            "debian",
-            spec().actions,
-            Default::default(),
-            60,
-            600,
-            now,
-        );
-        let (wf, _) = t.db.workflows().create(wf, None, now).await.unwrap();
+        let (wf, m) = assigned(&t.db, now).await;
         let w = t.db.workflows();
         let (served, i) = w.serve(wf.id, now).await.unwrap();
         assert_eq!(
@@ -1029,17 +1025,7 @@ mod tests {
     async fn an_action_served_again_says_where_its_reports_numbering_goes_on() {
         let t = TestDb::new();
         let now = Timestamp::now();
-        let m = machine(&t.db).await;
-        let wf = new_workflow(
-            &m,
-            "debian",
-            spec().actions,
-            Default::default(),
-            60,
-            600,
-            now,
-        );
-        let (wf, _) = t.db.workflows().create(wf, None, now).await.unwrap();
+        let (wf, _) = assigned(&t.db, now).await;
         let w = t.db.workflows();
         assert_eq!(w.serve(wf.id, now).await.unwrap().1.unwrap().next_seq, 0);
         // An agent reported seqs 0..=3 of action 0, then its machine rebooted mid-action.
