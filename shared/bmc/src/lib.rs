@@ -31,6 +31,7 @@
 
 pub mod ipmi;
 pub mod redfish;
+pub mod seal;
 pub mod wol;
 
 use std::fmt;

@@ -275,6 +275,27 @@ events! {
         /// Its machine.
         pub machine_id: MachineId,
     }
+
+    /// bmcd read a power state different from the one it had stored (or its first).
+    PowerChanged = "dragonfly.power.changed", about machine_id {
+        /// The machine.
+        pub machine_id: MachineId,
+        /// The state before (`on`, `off`, `unknown`); absent on the first reading.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub from: Option<String>,
+        /// The state now.
+        pub to: String,
+    }
+
+    /// bmcd can no longer drive a machine's BMC (`condition` says why: unreachable,
+    /// credentials refused, …), or can again (`condition` absent).
+    PowerCondition = "dragonfly.power.condition", about machine_id {
+        /// The machine.
+        pub machine_id: MachineId,
+        /// Why the BMC cannot be driven; absent when it can again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub condition: Option<String>,
+    }
 }
 
 /// Why a lease ended.
@@ -437,6 +458,36 @@ mod tests {
                     machine_id: MACHINE,
                 },
                 r#"{"workflowId":"0193a5c0-0000-7000-8000-0000000000aa","machineId":"0193a5c0-0000-7000-8000-000000000001"}"#,
+            ),
+            pin(
+                PowerChanged {
+                    machine_id: MACHINE,
+                    from: Some("off".into()),
+                    to: "on".into(),
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","from":"off","to":"on"}"#,
+            ),
+            pin(
+                PowerChanged {
+                    machine_id: MACHINE,
+                    from: None,
+                    to: "off".into(),
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","to":"off"}"#,
+            ),
+            pin(
+                PowerCondition {
+                    machine_id: MACHINE,
+                    condition: None,
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001"}"#,
+            ),
+            pin(
+                PowerCondition {
+                    machine_id: MACHINE,
+                    condition: Some("BMC refused the credentials".into()),
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","condition":"BMC refused the credentials"}"#,
             ),
             pin(
                 WorkflowFailed {

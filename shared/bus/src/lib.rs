@@ -37,6 +37,7 @@ mod cloudevent;
 mod error;
 pub mod events;
 mod follow;
+pub mod power;
 mod publisher;
 
 use serde::Serialize;

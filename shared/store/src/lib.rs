@@ -10,7 +10,7 @@
 //!
 //! **One way in.** A [`Db`] is opened with [`Db::open`] and gives typed handles per table
 //! group — [`Db::machines`], [`Db::leases`], [`Db::boot`], [`Db::templates`],
-//! [`Db::workflows`], [`Db::console`], and on apid's own file [`AuthDb`]'s `auth()` — whose
+//! [`Db::workflows`], [`Db::console`], [`Db::bmcs`], and on apid's own file [`AuthDb`]'s `auth()` — whose
 //! async methods run on tokio's blocking pool. The SQL library is private to this crate: no
 //! public item names a connection, a statement or its error type, and no daemon depends on
 //! it, so "no SQL in daemons" is enforced by the compiler. Callers without a runtime use
@@ -28,6 +28,7 @@
 //! they read ([`StoreError::Conflict`] otherwise), so a lost update is impossible.
 
 pub mod auth;
+pub mod bmc;
 pub mod boot;
 pub mod console;
 mod db;

@@ -554,6 +554,7 @@ fn register(
                 )
                 .sql()?;
                 replace_macs(tx, id, &report.macs)?;
+                crate::bmc::prefill_tx(tx, id, report.bmc.as_ref(), now)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
                 Ok(Outcome::Done(Box::new(Registered::Created(m))))
             }
@@ -572,6 +573,7 @@ fn register(
                 )
                 .sql()?;
                 replace_macs(tx, id, &report.macs)?;
+                crate::bmc::prefill_tx(tx, id, report.bmc.as_ref(), now)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
                 Ok(Outcome::Done(Box::new(Registered::Updated {
                     machine: m,

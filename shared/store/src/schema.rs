@@ -65,6 +65,10 @@ impl sealed::Sealed for Shared {
             name: "0005_agent_console",
             sql: include_str!("migrations/0005_agent_console.sql"),
         },
+        Migration {
+            name: "0006_bmc",
+            sql: include_str!("migrations/0006_bmc.sql"),
+        },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.

@@ -453,6 +453,14 @@ impl Workflows<'_> {
                         params![wf.machine_id.0.to_string(), wf.template],
                     )
                     .sql()?;
+                    // Power work: next boot from the network and power on, if it has a BMC.
+                    crate::bmc::request_tx(
+                        tx,
+                        wf.machine_id,
+                        crate::bmc::PowerRequestKind::Provision,
+                        Some(wf.id),
+                        now,
+                    )?;
                     let m = crate::machines::get(tx, wf.machine_id)?
                         .ok_or(StoreError::NotFound { what: "machine" })?;
                     let w = wf_get(tx, wf.id)?.ok_or(StoreError::NotFound { what: "workflow" })?;
@@ -696,6 +704,14 @@ impl Workflows<'_> {
             .run(move |c| {
                 write(c, |tx| {
                     let w = &s.workflow;
+                    let before: Option<String> = tx
+                        .query_row(
+                            "SELECT state FROM workflows WHERE id = ?1",
+                            [w.id.to_string()],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .sql()?;
                     let n = tx
                         .execute(
                             "UPDATE workflows SET state = ?2, attempt = ?3, status = ?4, current_action = ?5, \
@@ -728,6 +744,18 @@ impl Workflows<'_> {
                         });
                     }
                     mark(tx, &s.applied)?;
+                    // Power work: next boot from disk, once, when it has just succeeded.
+                    if w.state == WorkflowState::Succeeded
+                        && before.as_deref() != Some(WorkflowState::Succeeded.as_str())
+                    {
+                        crate::bmc::request_tx(
+                            tx,
+                            w.machine_id,
+                            crate::bmc::PowerRequestKind::Provisioned,
+                            Some(w.id),
+                            now,
+                        )?;
+                    }
                     for &event in &s.machine {
                         match crate::machines::transition_tx(
                             tx,
