@@ -10,9 +10,11 @@
 
 mod activate;
 mod fuzz;
+pub mod ipmi_sim;
 mod nats;
 mod privilege;
 mod require;
+pub mod sushy;
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::Duration;

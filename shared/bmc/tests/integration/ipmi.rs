@@ -9,7 +9,7 @@ use dragonfly_bmc::{
 };
 use dragonfly_testkit::{free_port, require_binary, wait_for};
 
-use crate::sim::{PASSWORD, Sim, USER};
+use crate::sim::{PASSWORD, Sim, SimConfig as _, USER};
 
 /// Runs one driver call, returning its result and how long it took.
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {

@@ -9,7 +9,7 @@ use dragonfly_bmc::{
 };
 use dragonfly_testkit::free_port;
 
-use crate::sushy::{PASSWORD, SYSTEM_UUID, Sushy, USER};
+use crate::sushy::{PASSWORD, SYSTEM_UUID, Sushy, SushyExt as _, USER};
 
 /// Runs one driver call, returning its result and how long it took.
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
