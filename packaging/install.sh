@@ -5,7 +5,7 @@
 #
 # Binaries come from $DRAGONFLY_BIN_DIR (default: target/release of this repository), as left
 # by `cargo build --release`; this script builds nothing. It never overwrites
-# /etc/dragonfly/dragonfly.toml or an existing boot-token key.
+# /etc/dragonfly/dragonfly.toml or an existing key (boot-token-key, bmc-key).
 #
 # This installs onto a machine (or a container root, or the temporary root units/check.sh
 # verifies); it is not a package build: a package must generate the key in its post-install
@@ -22,7 +22,7 @@ bin_dir=${DRAGONFLY_BIN_DIR:-$repo/target/release}
 
 # One per daemon, plus the migration tool. A daemon added to units/ goes here too
 # (units/check.sh fails on a unit whose ExecStart= binary was not installed).
-binaries=(dragonfly-apid dragonfly-migrate dragonfly-tftpd dragonfly-ipxed dragonfly-dhcpd dragonfly-workflowd)
+binaries=(dragonfly-apid dragonfly-migrate dragonfly-tftpd dragonfly-ipxed dragonfly-dhcpd dragonfly-workflowd dragonfly-bmcd)
 
 for b in "${binaries[@]}"; do
     [ -x "$bin_dir/$b" ] || { echo "$0: $bin_dir/$b missing: run \`cargo build --release\` first" >&2; exit 1; }
@@ -51,19 +51,24 @@ install -d -m 0750 "$dest/etc/dragonfly"
 [ -e "$dest/etc/dragonfly/dragonfly.toml" ] ||
     install -m 0644 "$repo/packaging/dragonfly.toml.example" "$dest/etc/dragonfly/dragonfly.toml"
 
-# The HMAC key for per-boot agent tokens: 32 random bytes, read only by systemd
-# (LoadCredential= in dragonfly-apid.service). Generated once; replacing it invalidates every
-# outstanding agent token.
+# Per-host secrets, 32 random bytes each, read only by systemd (LoadCredential=), generated
+# once and never overwritten:
+# - boot-token-key: the HMAC key of per-boot agent tokens (apid, ipxed); replacing it
+#   invalidates every outstanding agent token;
+# - bmc-key: bmcd's private key, which opens the BMC passwords apid sealed to its public key;
+#   replacing it means setting every BMC password again.
 install -d -m 0700 "$dest/etc/dragonfly/credentials"
-key=$dest/etc/dragonfly/credentials/boot-token-key
-if [ ! -e "$key" ]; then
-    (
-        umask 077
-        head -c 32 /dev/urandom > "$key.tmp"
-        [ "$(id -u)" -ne 0 ] || chown 0:0 "$key.tmp"
-        mv "$key.tmp" "$key"
-    )
-fi
+for name in boot-token-key bmc-key; do
+    key=$dest/etc/dragonfly/credentials/$name
+    if [ ! -e "$key" ]; then
+        (
+            umask 077
+            head -c 32 /dev/urandom > "$key.tmp"
+            [ "$(id -u)" -ne 0 ] || chown 0:0 "$key.tmp"
+            mv "$key.tmp" "$key"
+        )
+    fi
+done
 
 if [ "${dest:-/}" = / ]; then
     echo "installed; now: systemd-sysusers && systemd-tmpfiles --create dragonfly.conf &&" \

@@ -46,7 +46,7 @@ bin_dir=${1:-${DRAGONFLY_BIN_DIR:-$repo/target/release}}
 cache=$repo/target/nspawn-root
 base=$cache/base
 soak=${DRAGONFLY_NSPAWN_SOAK:-95}
-daemons=(apid ipxed dhcpd tftpd workflowd)
+daemons=(apid ipxed dhcpd tftpd workflowd bmcd)
 
 skip() { echo "SKIP: $*"; exit 0; }
 [ "$(id -u)" -eq 0 ] || skip "needs root (systemd-nspawn)"

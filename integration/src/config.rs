@@ -6,7 +6,7 @@
 //! lab, so a renamed or added key is one change here, not one per script and test.
 //!
 //! What it must never do: judge a value (the daemons' `--check-config` does, and every user
-//! of this runs it) or hold a secret (only the path of the boot-token key file).
+//! of this runs it) or hold a secret (only the paths of the key files).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,6 +29,18 @@ pub struct LabConfig {
     pub ipxed: Option<IpxedConfig>,
     pub tftpd: Option<TftpdConfig>,
     pub dhcpd: Option<DhcpdConfig>,
+    pub bmcd: Option<BmcdConfig>,
+}
+
+/// `[bmcd]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcdConfig {
+    /// The `bmc-key` credential's file (outside systemd).
+    pub key_file: PathBuf,
+    /// `poll_interval`, e.g. `2s`; bmcd's default when `None`.
+    pub poll_interval: Option<String>,
+    /// The `ipmitool` program; bmcd's default when `None`.
+    pub ipmitool: Option<PathBuf>,
 }
 
 /// `[apid]`. Always plain HTTP in a lab, so the session cookie is not marked Secure.
@@ -173,6 +185,7 @@ impl LabConfig {
             ipxed: None,
             tftpd: None,
             dhcpd: None,
+            bmcd: None,
         }
     }
 
@@ -279,6 +292,15 @@ impl LabConfig {
                 );
             }
         }
+        if let Some(bmcd) = &self.bmcd {
+            let _ = writeln!(out, "\n[bmcd]\nkey_file = {}", path(&bmcd.key_file));
+            if let Some(interval) = &bmcd.poll_interval {
+                let _ = writeln!(out, "poll_interval = {}", quote(interval));
+            }
+            if let Some(ipmitool) = &bmcd.ipmitool {
+                let _ = writeln!(out, "ipmitool = {}", path(ipmitool));
+            }
+        }
         out
     }
 
@@ -358,6 +380,11 @@ mod tests {
                 new_clients: Some(1000),
                 ..DhcpdConfig::lab("reservation")
             }),
+            bmcd: Some(BmcdConfig {
+                key_file: "/lab/bmc-key".into(),
+                poll_interval: Some("2s".into()),
+                ipmitool: Some("/usr/bin/ipmitool".into()),
+            }),
             ..LabConfig::new("nats://127.0.0.1:4222")
         }
     }
@@ -405,6 +432,8 @@ mod tests {
         let subnets = doc["dhcpd"]["subnets"].as_array().expect("subnets");
         assert_eq!(subnets.len(), 1);
         assert_eq!(subnets[0]["pool_end"].as_str(), Some("10.99.0.200"));
+        assert_eq!(doc["bmcd"]["key_file"].as_str(), Some("/lab/bmc-key"));
+        assert_eq!(doc["bmcd"]["poll_interval"].as_str(), Some("2s"));
         assert!(text.starts_with("# Written by a test.\n"));
     }
 

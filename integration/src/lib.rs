@@ -34,7 +34,8 @@ use std::path::PathBuf;
 
 pub use api::{EventWatcher, SubjectWatcher, list_machines};
 pub use config::{
-    ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, SubnetConfig, TftpdConfig,
+    ApidConfig, BmcdConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, SubnetConfig,
+    TftpdConfig,
 };
 pub use image::{TESTOS_MARKER, TestImage, TestOs, test_image, test_os};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};

@@ -30,7 +30,8 @@
 #
 # State lives in ./var (git-ignored): dragonfly.toml (rewritten on every start; edit this
 # script, not the file), dragonfly.db, credentials/boot-token-key (made once: replacing it
-# invalidates outstanding agent tokens), agent/ and tftp/ (what ipxed and tftpd serve), and
+# invalidates outstanding agent tokens), credentials/bmc-key (bmcd's private key, made once:
+# replacing it means setting every BMC password again), agent/ and tftp/ (what ipxed and tftpd serve), and
 # log/<process>.log.
 #
 # The daemons refuse to run as root. As root, this script runs every process (QEMU too) as
@@ -131,7 +132,7 @@ cargo build --release --locked --bins
 bin=$repo/target/release
 # The lab network and the configuration file, made by the code the end-to-end tests use.
 lab=$bin/dragonfly-lab
-daemons=(dragonfly-apid dragonfly-migrate dragonfly-workflowd)
+daemons=(dragonfly-apid dragonfly-migrate dragonfly-workflowd dragonfly-bmcd)
 if [ $demo = 1 ]; then
     daemons+=(dragonfly-dhcpd dragonfly-tftpd dragonfly-ipxed)
     echo "==> agent-image/build.sh"
@@ -176,12 +177,18 @@ mkdir -p var
 state=$(readlink -f var)
 install -d "$state/log"
 install -d -m 0700 "$state/credentials"
+# Per-host secrets, made once: the boot-token key (apid, ipxed) and bmcd's private key (it
+# opens the BMC passwords apid seals to its public key).
+for name in boot-token-key bmc-key; do
+    f=$state/credentials/$name
+    if [ ! -s "$f" ]; then
+        (umask 077 && head -c 32 /dev/urandom >"$f.tmp" && mv "$f.tmp" "$f")
+        echo "==> generated $f"
+    fi
+    chmod 0600 "$f"
+done
 key=$state/credentials/boot-token-key
-if [ ! -s "$key" ]; then
-    (umask 077 && head -c 32 /dev/urandom >"$key.tmp" && mv "$key.tmp" "$key")
-    echo "==> generated $key"
-fi
-chmod 0600 "$key"
+bmc_key=$state/credentials/bmc-key
 
 if [ $demo = 1 ]; then
     # What ipxed and tftpd serve: copies the daemon user can read but not change.
@@ -211,6 +218,7 @@ config_args=(--out "$config"
     # The script's own nats-server, on a port of its own so it never meets a system one on 4222.
     --nats "nats://$nats_host:$nats_port"
     --boot-token-key "$key" --apid "$apid_listen" --apid-agent "$apid_agent_listen"
+    --bmc-key "$bmc_key"
     # apid's own database of operators and credentials (0600 in a 0700 directory it creates).
     --auth-db "$state/apid/auth.db")
 if [ $demo = 1 ]; then
@@ -345,6 +353,8 @@ if [ $demo = 0 ]; then
     start apid "$bin/dragonfly-apid" --config "$config"
     echo "==> starting dragonfly-workflowd"
     start workflowd "$bin/dragonfly-workflowd" --config "$config"
+    echo "==> starting dragonfly-bmcd"
+    start bmcd "$bin/dragonfly-bmcd" --config "$config"
 else
     check_config "${daemons[@]}"
 
@@ -385,7 +395,7 @@ else
     # Root binds each daemon's sockets and hands them over by name, as systemd's .socket
     # units do (units/); the daemon starts on the first connection or packet. UDP and TCP
     # need two nested calls (the inner --fdname names all fds); here each daemon has one kind.
-    echo "==> starting apid, ipxed, tftpd, dhcpd, workflowd on $lab_ip in $ns"
+    echo "==> starting apid, ipxed, tftpd, dhcpd, workflowd, bmcd on $lab_ip in $ns"
     sa=(systemd-socket-activate)
     start_cmd apid "${in_ns[@]}" "${sa[@]}" --listen="$lab_ip:3000" --listen="$lab_ip:3001" \
         --fdname=http:agent \
@@ -398,6 +408,8 @@ else
         --fdname=dhcp:pxe "${confined[@]}" "$bin/dragonfly-dhcpd" --config "$config"
     # No sockets: workflowd starts at once and talks only to the store and NATS.
     start_cmd workflowd "${in_ns[@]}" "${confined[@]}" "$bin/dragonfly-workflowd" --config "$config"
+    # Nor does bmcd: it reaches BMCs (outgoing only) from the namespace.
+    start_cmd bmcd "${in_ns[@]}" "${confined[@]}" "$bin/dragonfly-bmcd" --config "$config"
     for name in apid ipxed tftpd dhcpd; do
         for ((n = 0; n < 100; n++)); do
             logged_since_start "$name" "Listening on" && break
@@ -424,8 +436,8 @@ if [ $demo = 0 ]; then
     cat <<EOF
 
 Dragonfly is running: $url/  (health: $url/api/health)
-  state  $state  (database, config, boot-token key)
-  logs   $state/log/{nats-server,migrate,apid}.log
+  state  $state  (database, config, boot-token key, BMC key)
+  logs   $state/log/{nats-server,migrate,apid,workflowd,bmcd}.log
 
 Create the first administrator: run this in another terminal, then type a password of at
 least 12 characters, Enter, and Ctrl-D (it reads the password from standard input):
@@ -499,8 +511,8 @@ Discovered: $m_name ($m_state), $secs s after the VM started ($how)
 Dragonfly is running: $url/  (health: $url/api/health)
   lab    network namespace $ns: br0 $lab_ip/24; dhcpd, tftpd, ipxed, apid, nats-server inside
   VM     $vm_mac, $firmware; console: tail -f var/log/demo-vm.log
-  state  $state  (database, config, boot-token key)
-  logs   $state/log/{apid,ipxed,dhcpd,tftpd,workflowd,nats-server,demo-vm}.log
+  state  $state  (database, config, boot-token key, BMC key)
+  logs   $state/log/{apid,ipxed,dhcpd,tftpd,workflowd,bmcd,nats-server,demo-vm}.log
 
 Create the first administrator: run this in another terminal, then type a password of at
 least 12 characters, Enter, and Ctrl-D (it reads the password from standard input):

@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dragonfly_integration::{
-    ApidConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, Network, Peer, SubnetConfig,
-    Tap, TftpdConfig, destroy_network,
+    ApidConfig, BmcdConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, Network, Peer,
+    SubnetConfig, Tap, TftpdConfig, destroy_network,
 };
 
 /// The lab network and configuration, for scripts.
@@ -88,6 +88,9 @@ struct Config {
     /// The boot-token key file, for apid and ipxed.
     #[arg(long, value_name = "PATH")]
     boot_token_key: Option<PathBuf>,
+    /// Adds bmcd's section, with its private key (the `bmc-key` credential) in PATH.
+    #[arg(long, value_name = "PATH")]
+    bmc_key: Option<PathBuf>,
     /// Adds apid's section: the operators' listener on ADDR when not socket-activated.
     #[arg(long, value_name = "ADDR", requires = "boot_token_key")]
     apid: Option<String>,
@@ -231,6 +234,11 @@ fn lab_config(c: &Config) -> LabConfig {
             relays: c.relay.clone(),
             new_clients: c.new_clients,
             subnets: c.subnet.clone(),
+        }),
+        bmcd: c.bmc_key.clone().map(|key_file| BmcdConfig {
+            key_file,
+            poll_interval: None,
+            ipmitool: None,
         }),
         ..LabConfig::new(c.nats.clone())
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use dragonfly_apid::config::{ApidConfig, RawApid};
+use dragonfly_bmcd::config::{BmcdConfig, RawBmcd};
 use dragonfly_dhcpd::config::{DhcpdConfig, RawDhcpd, RawReservation, RawSubnet};
 use dragonfly_http::RawHttpConfig;
 use dragonfly_ipxed::config::{IpxedConfig, RawIpxed};
@@ -44,6 +45,7 @@ fn tables() -> Tables {
         ("ipxed.http", accepted_keys::<RawHttpConfig>()),
         ("tftpd", accepted_keys::<RawTftpd>()),
         ("workflowd", accepted_keys::<RawWorkflowd>()),
+        ("bmcd", accepted_keys::<RawBmcd>()),
         ("dhcpd", accepted_keys::<RawDhcpd>()),
         ("dhcpd.subnets", accepted_keys::<RawSubnet>()),
         ("dhcpd.reservations", accepted_keys::<RawReservation>()),
@@ -142,6 +144,7 @@ fn example_loads_for_every_daemon() {
     load::<IpxedConfig>(EXAMPLE);
     load::<TftpdConfig>(EXAMPLE);
     load::<WorkflowdConfig>(EXAMPLE);
+    load::<BmcdConfig>(EXAMPLE);
     load::<MigrateConfig>(EXAMPLE);
     // The shared sections are their defaults.
     assert_eq!(apid.store, StoreConfig::default());
@@ -164,6 +167,7 @@ fn every_commented_example_value_is_valid() {
     load::<IpxedConfig>(&text);
     load::<TftpdConfig>(&text);
     load::<WorkflowdConfig>(&text);
+    load::<BmcdConfig>(&text);
     load::<MigrateConfig>(&text);
     let dhcpd = load::<DhcpdConfig>(&text).daemon;
     assert_eq!(dhcpd.subnets.len(), 1);
@@ -182,6 +186,8 @@ fn plain_values_are_the_defaults() {
         workflowd,
         WorkflowdConfig::validate(RawWorkflowd::default()).unwrap()
     );
+    let bmcd = load::<BmcdConfig>(EXAMPLE).daemon;
+    assert_eq!(bmcd, BmcdConfig::validate(RawBmcd::default()).unwrap());
     // ipxed: only the three required keys differ from an empty section.
     let ipxed = load::<IpxedConfig>(EXAMPLE).daemon;
     let required = RawIpxed {
