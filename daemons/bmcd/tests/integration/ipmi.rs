@@ -322,3 +322,63 @@ async fn a_bmcd_killed_mid_request_completes_it_once_after_restart() {
         .count();
     assert_eq!(ons, 1, "powered on exactly once: {:?}", sim.chassis_log());
 }
+
+#[tokio::test]
+async fn a_bmc_that_hangs_mid_command_times_out_and_says_so() {
+    let Some(sim) = IpmiSim::start().await else {
+        return;
+    };
+    // An ipmitool that never answers "power off" (a BMC that hangs mid-command).
+    let wrapper_dir = TempDir::new().unwrap();
+    let wrapper = wrapper_dir.path().join("ipmitool");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *\"power off\"*) exec sleep 300;; esac\nexec {} \"$@\"\n",
+            sim.ipmitool.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let Some(fx) = Fixture::new("").await else {
+        return;
+    };
+    let cfg = std::fs::read_to_string(&fx.cfg)
+        .unwrap()
+        .replace(
+            "ipmitool = \"/usr/bin/ipmitool\"",
+            &format!("ipmitool = {:?}", wrapper.display().to_string()),
+        )
+        .replace("command_timeout = \"10s\"", "command_timeout = \"2s\"")
+        .replace(
+            "retry_delay = \"200ms\"",
+            "retry_delay = \"100ms\"\nretries = 1",
+        );
+    std::fs::write(&fx.cfg, cfg).unwrap();
+    let _bmcd = fx.start().await;
+    let m = fx.machine(8).await;
+    fx.set_bmc(m.id, ipmi(sim.port, USER), PASSWORD).await;
+    let r = fx.power(m.id, PowerOp::On, false).await;
+    assert!(r.ok, "{r:?}");
+    let started = std::time::Instant::now();
+    let r = fx.power(m.id, PowerOp::Off, false).await;
+    let took = started.elapsed();
+    assert_eq!(r.failure, Some(PowerFailure::TimedOut), "{r:?}");
+    assert_eq!(r.attempts, 2, "{r:?}");
+    assert!(r.message.contains("2s"), "{r:?}");
+    // Two attempts of 2 s and the delay between: bounded, not the 300 s the BMC would take.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        !in_any_cmdline(&["sleep\0301"]),
+        "the hung child was not killed"
+    );
+    let b = fx.store.db.bmcs().get(m.id).await.unwrap().unwrap();
+    assert!(b.condition.is_some(), "{b:?}");
+    // The BMC still answers other operations: the machine is still on.
+    let r = fx.power(m.id, PowerOp::Status, false).await;
+    assert_eq!(r.power_state.as_deref(), Some("on"), "{r:?}");
+}
