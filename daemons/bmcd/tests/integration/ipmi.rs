@@ -303,7 +303,7 @@ async fn a_bmcd_killed_mid_request_completes_it_once_after_restart() {
     );
     bmcd.kill().await.unwrap();
     let _ = std::process::Command::new("pkill")
-        .args(["-f", "sleep 300"])
+        .args(["-f", "^sleep 300$"])
         .status();
     let r = &fx.store.db.bmcs().requests_of(m.id, 1).await.unwrap()[0];
     assert_eq!((r.state, r.attempts), (PowerRequestState::Running, 1));
@@ -334,7 +334,7 @@ async fn a_bmc_that_hangs_mid_command_times_out_and_says_so() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ncase \"$*\" in *\"power off\"*) exec sleep 300;; esac\nexec {} \"$@\"\n",
+            "#!/bin/sh\ncase \"$*\" in *\"power off\"*) exec sleep 301;; esac\nexec {} \"$@\"\n",
             sim.ipmitool.display()
         ),
     )
@@ -373,7 +373,7 @@ async fn a_bmc_that_hangs_mid_command_times_out_and_says_so() {
     // Two attempts of 2 s and the delay between: bounded, not the 300 s the BMC would take.
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(
-        !in_any_cmdline(&["sleep\0301"]),
+        !in_any_cmdline(&["sleep\x00301"]),
         "the hung child was not killed"
     );
     let b = fx.store.db.bmcs().get(m.id).await.unwrap().unwrap();
