@@ -15,4 +15,5 @@
 mod fixture;
 mod ipmi;
 mod load;
+mod overhead;
 mod redfish;
