@@ -59,6 +59,9 @@ pub struct RawApid {
     /// `true`: a new machine is `Registered` at once; `false`: it waits in `Discovered` for an
     /// operator's `POST /api/machines/{id}/approve`.
     pub auto_register: Option<bool>,
+    /// How long `POST /api/machines/{id}/power` (and each machine of `POST /api/power`) waits
+    /// for bmcd's answer, e.g. `60s`.
+    pub power_timeout: Option<String>,
 }
 
 /// `[apid]`, validated.
@@ -84,6 +87,8 @@ pub struct ApidConfig {
     pub agent_token_ttl: Duration,
     /// How fast and how far agents may add machines.
     pub registration: RegistrationLimits,
+    /// How long a power command waits for bmcd's answer.
+    pub power_timeout: Duration,
 }
 
 /// The default port: the web UI and API.
@@ -113,6 +118,10 @@ pub const DEFAULT_AGENT_LOG_JOURNAL_LINES_PER_MINUTE_TOTAL: u32 = 3_000;
 
 /// How long a renewed agent token lives unless configured: as long as ipxed's first one.
 pub const DEFAULT_AGENT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// How long a power command waits for bmcd unless configured: bmcd bounds each BMC operation
+/// and retries an unanswered one a few times, so a minute covers a slow BMC's power cycle.
+pub const DEFAULT_POWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// New machines per second unless configured.
 pub const DEFAULT_NEW_MACHINES_PER_SECOND: u32 = 20;
@@ -224,6 +233,12 @@ impl DaemonConfig for ApidConfig {
             DEFAULT_MAX_MACHINES,
             1..=10_000_000,
         )?;
+        let power_timeout = duration_between(
+            "power_timeout",
+            raw.power_timeout.as_deref(),
+            DEFAULT_POWER_TIMEOUT,
+            Duration::from_secs(1)..=Duration::from_secs(15 * 60),
+        )?;
         let boot_token_key_file = raw
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
@@ -252,6 +267,7 @@ impl DaemonConfig for ApidConfig {
                 max_machines,
                 auto_register: raw.auto_register.unwrap_or(true),
             },
+            power_timeout,
         })
     }
 }
@@ -283,6 +299,7 @@ mod tests {
         assert!(tls.secure_cookies);
         assert_eq!(c.http, HttpConfig::default());
         assert_eq!(c.session_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(c.power_timeout, DEFAULT_POWER_TIMEOUT);
         // A rack of 1 000 machines fits the total with a full buffer each, in tens of MiB.
         assert!(c.agent_logs.total_bytes >= 1000 * c.agent_logs.per_machine_bytes);
         assert!(c.agent_logs.total_bytes <= 64 << 20);
@@ -416,6 +433,13 @@ mod tests {
                     ..Default::default()
                 },
                 "agent_log_journal_lines_per_minute",
+            ),
+            (
+                RawApid {
+                    power_timeout: Some("0s".into()),
+                    ..Default::default()
+                },
+                "power_timeout",
             ),
         ];
         for (raw, key) in cases {

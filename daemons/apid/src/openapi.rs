@@ -8,7 +8,9 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{agent, conflicts, health, machines, resources, session, users, workflows};
+use crate::routes::{
+    agent, bmc, conflicts, health, machines, power, resources, session, users, workflows,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -28,6 +30,7 @@ use crate::routes::{agent, conflicts, health, machines, resources, session, user
         workflows::list_workflows, workflows::get_workflow,
         workflows::provision, workflows::progress, workflows::cancel, workflows::retry,
         workflows::next_step, workflows::report,
+        bmc::put, bmc::get, bmc::delete, power::power, power::bulk,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),
@@ -38,6 +41,7 @@ use crate::routes::{agent, conflicts, health, machines, resources, session, user
         (name = "users", description = "Operator accounts (administrators only)"),
         (name = "system", description = "Health and API description"),
         (name = "workflows", description = "Provisioning: assignment, progress, cancel and retry"),
+        (name = "power", description = "Machines' BMCs and power commands (carried out by bmcd)"),
     )
 )]
 #[derive(Debug)]

@@ -197,14 +197,20 @@ pub struct MachineList {
 
 /// Parses `k=v,k2=v2` into a label map.
 pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    selector_labels(s).map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))
+}
+
+/// The label map of a selector `k=v,k2=v2` (every pair must match), or why it is not one:
+/// the one parser of label selectors (`GET /api/machines`, `POST /api/power`).
+pub fn selector_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| {
-            ApiError::BadRequest(format!("labelSelector: {part:?} is not key=value"))
-        })?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not key=value"))?;
         out.insert(k.trim().to_owned(), v.trim().to_owned());
     }
-    labels::validate(&out).map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?;
+    labels::validate(&out).map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -243,7 +249,8 @@ pub async fn list(
     }))
 }
 
-async fn find(state: &AppState, key: String) -> Result<Machine, ApiError> {
+/// The machine named by id or memorable name, or 404.
+pub(crate) async fn find(state: &AppState, key: String) -> Result<Machine, ApiError> {
     if key.len() > 256 {
         return Err(ApiError::NotFound("machine"));
     }

@@ -9,9 +9,11 @@
 //! listener only. [`router`] has every route, for tests that play both sides on one address.
 
 pub mod agent;
+pub mod bmc;
 pub mod conflicts;
 pub mod health;
 pub mod machines;
+pub mod power;
 pub mod resources;
 pub mod session;
 pub mod ui;
@@ -135,6 +137,12 @@ fn operator_routes() -> Router<AppState> {
             "/apis/dragonfly.computer/v1/workflows/{name}",
             get(workflows::get_workflow),
         )
+        .route(
+            "/api/machines/{id}/bmc",
+            get(bmc::get).put(bmc::put).delete(bmc::delete),
+        )
+        .route("/api/machines/{id}/power", post(power::power))
+        .route("/api/power", post(power::bulk))
         .route("/api/machines/{id}/provision", post(workflows::provision))
         .route("/api/workflows/{id}/progress", get(workflows::progress))
         .route("/api/workflows/{id}/cancel", post(workflows::cancel))

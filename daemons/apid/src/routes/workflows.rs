@@ -421,20 +421,39 @@ impl From<&Workflow> for WorkflowView {
     }
 }
 
+/// The answer to `POST /api/machines/{id}/provision`: the workflow, and what happens to the
+/// machine's power.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Provisioned {
+    #[serde(flatten)]
+    pub workflow: WorkflowView,
+    /// Who powers the machine on: bmcd (the machine has a BMC: the power request was made
+    /// with the workflow, in the same transaction) or the operator.
+    pub power: String,
+}
+
+/// `power` when bmcd has a power request for the new workflow.
+pub const POWER_BY_BMCD: &str = "bmcd sets next boot to the network and powers the machine on";
+/// `power` when the machine has no BMC.
+pub const POWER_BY_OPERATOR: &str =
+    "no BMC configured: power the machine on (it boots from the network) yourself";
+
 /// Assigns a template to a machine: renders its actions for the machine and creates a
 /// Workflow (Pending), moving the machine to OsAssigned. 409 when the machine has an active
-/// workflow, or is Ready without `reimage: true`; 422 for a missing template value.
+/// workflow, or is Ready without `reimage: true`; 422 for a missing template value. `power`
+/// says whether bmcd powers the machine on (it has a BMC) or the operator must.
 #[utoipa::path(post, path = "/api/machines/{id}/provision", tag = "workflows",
     params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
     request_body = ProvisionRequest,
-    responses((status = 201, body = WorkflowView), (status = 401, body = ErrorBody),
+    responses((status = 201, body = Provisioned), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub async fn provision(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ProvisionRequest>,
-) -> Result<(StatusCode, ApiJson<WorkflowView>), ApiError> {
+) -> Result<(StatusCode, ApiJson<Provisioned>), ApiError> {
     let machine = state
         .db
         .machines()
@@ -486,8 +505,28 @@ pub async fn provision(
             machine_id: wf.machine_id,
             template: wf.template.clone(),
         });
-    tracing::info!(workflow = %wf.name, machine = %machine.name, template = %wf.template, "workflow created");
-    Ok((StatusCode::CREATED, ApiJson(WorkflowView::from(&wf))))
+    // The store made the power request in the workflow's transaction when the machine had a
+    // BMC: the newest request naming this workflow is the truth, whatever changed since.
+    let by_bmcd = state
+        .db
+        .bmcs()
+        .requests_of(machine.id, 1)
+        .await?
+        .first()
+        .is_some_and(|r| r.workflow_id == Some(wf.id));
+    tracing::info!(workflow = %wf.name, machine = %machine.name, template = %wf.template, by_bmcd, "workflow created");
+    let power = if by_bmcd {
+        POWER_BY_BMCD
+    } else {
+        POWER_BY_OPERATOR
+    };
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(Provisioned {
+            workflow: WorkflowView::from(&wf),
+            power: power.to_owned(),
+        }),
+    ))
 }
 
 fn workflow_doc(w: &Workflow) -> resource::Workflow {

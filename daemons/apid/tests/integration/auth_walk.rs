@@ -56,7 +56,10 @@ async fn every_documented_route_requires_credentials_except_the_allow_list() {
     for (method, template, path) in &routes {
         let is_public = dragonfly_apid::auth::is_public(method, template);
         let mut req = s.http.request(method.clone(), s.url(path));
-        if method == reqwest::Method::POST || method == reqwest::Method::PATCH {
+        if method == reqwest::Method::POST
+            || method == reqwest::Method::PATCH
+            || method == reqwest::Method::PUT
+        {
             req = req.json(&serde_json::json!({}));
         }
         let status = req.send().await.unwrap().status();

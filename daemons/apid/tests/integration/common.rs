@@ -34,13 +34,18 @@ impl Server {
     }
 
     pub(crate) async fn start_with(cfg: ApidConfig) -> Self {
+        Self::start_with_bus(cfg, None).await
+    }
+
+    /// apid with `bus` as its NATS connection (requests such as power commands go over it).
+    pub(crate) async fn start_with_bus(cfg: ApidConfig, bus: Option<dragonfly_bus::Bus>) -> Self {
         let store = TestDb::new();
         let db = store.db.clone();
         let auth_db = store.auth_db();
         let state = AppState::new(
             db.clone(),
             auth_db.clone(),
-            None,
+            bus,
             dragonfly_bus::Publisher::disabled(),
             cfg,
             Secret::new(KEY.to_vec()),

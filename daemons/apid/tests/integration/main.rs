@@ -11,4 +11,5 @@ mod common;
 mod console;
 mod listeners;
 mod operators;
+mod power;
 mod workflows;

@@ -419,3 +419,64 @@ async fn a_ready_machine_is_reimaged_only_when_asked() {
     .await;
     assert_eq!(st, 201, "{wf}");
 }
+
+#[tokio::test]
+async fn provision_says_who_powers_the_machine_on() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let (st, _) = post_json(&s, &cookie, TEMPLATES, &template("debian", "x\n")).await;
+    assert_eq!(st, 201);
+    let body = json!({"template": "debian", "values": {"console": "ttyS0"}});
+    let bare = s
+        .store
+        .machine(dragonfly_store::testing::NewMachine::with_mac(mac(1)))
+        .await;
+    let (st, wf) = post_json(
+        &s,
+        &cookie,
+        &format!("/api/machines/{}/provision", bare.name),
+        &body,
+    )
+    .await;
+    assert_eq!(st, 201, "{wf}");
+    assert_eq!(wf["state"], "Pending", "the workflow's own fields are kept");
+    assert_eq!(
+        wf["power"],
+        "no BMC configured: power the machine on (it boots from the network) yourself"
+    );
+
+    let with_bmc = s
+        .store
+        .machine(dragonfly_store::testing::NewMachine::with_mac(mac(2)))
+        .await;
+    let spec = dragonfly_store::bmc::BmcSpec {
+        kind: dragonfly_store::bmc::BmcKind::Ipmi,
+        address: Some("10.0.0.5".into()),
+        port: None,
+        username: Some("admin".into()),
+        system: None,
+        uefi: true,
+    };
+    s.db.bmcs()
+        .put(with_bmc.id, spec, None, None, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    let (st, wf) = post_json(
+        &s,
+        &cookie,
+        &format!("/api/machines/{}/provision", with_bmc.name),
+        &body,
+    )
+    .await;
+    assert_eq!(st, 201, "{wf}");
+    assert_eq!(
+        wf["power"],
+        "bmcd sets next boot to the network and powers the machine on"
+    );
+    // The BMC view lists the power request made with the workflow.
+    let v = s
+        .get_json(&format!("/api/machines/{}/bmc", with_bmc.name), &cookie)
+        .await;
+    assert_eq!(v["lastRequests"][0]["kind"], "provision", "{v}");
+    assert_eq!(v["lastRequests"][0]["state"], "pending", "{v}");
+}
