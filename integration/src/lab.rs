@@ -413,9 +413,7 @@ impl Lab {
 
     /// `ip netns exec <ns> <program>`: add arguments, then [`spawn`](Self::spawn) it.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+        netns_command(&self.name, program)
     }
 
     /// Runs `cmd` in the background with stdout and stderr in `<label>.log`; it is killed
@@ -743,6 +741,15 @@ impl Drop for Lab {
             eprintln!("lab files kept in {}", dir.keep().display());
         }
     }
+}
+
+/// `ip netns exec <namespace> <program>`: [`Lab::command`] for code that holds only the
+/// namespace's name (the power harness's thread, which boots VMs after the test's `&mut Lab`
+/// has moved on).
+pub(crate) fn netns_command(namespace: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", namespace]).arg(program);
+    cmd
 }
 
 fn enter_namespace(path: &str) {

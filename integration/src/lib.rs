@@ -18,6 +18,9 @@
 //! Everything here needs root (namespaces, taps, binding ports 67/69): tests call
 //! `dragonfly_testkit::require_root()` and `require_binary(…)` first.
 //!
+//! [`PoweredVm`] puts a VM behind a BMC emulator (IPMI or Redfish) whose power commands
+//! really start and stop its QEMU, for bmcd's tests.
+//!
 //! It is also the one lab of the scripts: `dragonfly-lab` (`src/bin/dragonfly-lab.rs`) makes
 //! the demo's and the benchmarks' networks with [`Network`] and writes their configuration
 //! with [`LabConfig`], the one place the lab spells the daemons' configuration keys.
@@ -27,6 +30,7 @@ mod config;
 mod image;
 mod lab;
 pub mod load;
+mod power;
 mod serve;
 mod vm;
 
@@ -39,6 +43,10 @@ pub use config::{
 };
 pub use image::{TESTOS_MARKER, TestImage, TestOs, test_image, test_os};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
+pub use power::{
+    BMC_USER, Bmc, BootDevice, IpmiBmc, PowerChange, PowerError, PowerEvent, PoweredVm, RedfishBmc,
+    SUSHY_ENV, find_sushy_emulator,
+};
 pub use serve::{GATE_BYTES, ImageServer};
 pub use vm::{
     BootFrom, BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -199,7 +199,7 @@ struct SerialLine {
 }
 
 /// A running QEMU (TCG, `-no-reboot`, booting from its tap or its first disk), killed on drop. Holds the
-/// crate-wide VM lock ([`VmLock`]) while it lives.
+/// crate-wide VM lock ([`VmLock`]) while it lives, or until it is stopped.
 #[derive(Debug)]
 pub struct Vm {
     config: VmConfig,
@@ -207,7 +207,8 @@ pub struct Vm {
     started: Instant,
     lines: Lines,
     reader: Option<JoinHandle<()>>,
-    _lock: Arc<VmLock>,
+    /// Held while QEMU may run; let go by [`stop`](Self::stop).
+    _lock: Option<Arc<VmLock>>,
 }
 
 impl Vm {
@@ -227,7 +228,16 @@ impl Vm {
     /// # Panics
     /// When QEMU cannot be started.
     pub fn boot_holding(lab: &mut Lab, config: VmConfig, lock: Arc<VmLock>) -> Vm {
-        let dir = lab.dir().to_owned();
+        Self::start(lab.name(), lab.dir(), config, lock)
+    }
+
+    /// [`boot_holding`](Self::boot_holding) given only the lab's namespace and directory,
+    /// which a thread can own (the power harness boots VMs from its own thread).
+    ///
+    /// # Panics
+    /// When QEMU cannot be started.
+    pub(crate) fn start(namespace: &str, dir: &Path, config: VmConfig, lock: Arc<VmLock>) -> Vm {
+        let log_path = |label: &str| dir.join(format!("{label}.log"));
         let mut qemu: Vec<String> = vec![
             "timeout".into(),
             "--kill-after=5".into(),
@@ -353,9 +363,9 @@ impl Vm {
         if let Some(uuid) = &config.smbios_uuid {
             qemu.extend(["-smbios".into(), format!("type=1,uuid={uuid}")]);
         }
-        let mut cmd = lab.command(&qemu[0]);
+        let mut cmd = crate::lab::netns_command(namespace, &qemu[0]);
         cmd.args(&qemu[1..]);
-        let stderr = File::create(lab.log_path(&config.file("qemu"))).expect("creating qemu.log");
+        let stderr = File::create(log_path(&config.file("qemu"))).expect("creating qemu.log");
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -365,8 +375,7 @@ impl Vm {
             .expect("starting qemu-system-x86_64");
         let stdout = child.stdout.take().expect("qemu's stdout");
         let lines: Lines = Arc::default();
-        let serial =
-            File::create(lab.log_path(&config.file("serial"))).expect("creating serial.log");
+        let serial = File::create(log_path(&config.file("serial"))).expect("creating serial.log");
         let reader = {
             let lines = Arc::clone(&lines);
             std::thread::spawn(move || read_serial(stdout, serial, started, &lines))
@@ -377,7 +386,7 @@ impl Vm {
             started,
             lines,
             reader: Some(reader),
-            _lock: lock,
+            _lock: Some(lock),
         }
     }
 
@@ -448,16 +457,39 @@ impl Vm {
         }
     }
 
-    /// Stops QEMU (SIGTERM through `timeout`) and waits for it and the serial reader.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+    /// Whether QEMU (its `timeout` wrapper) is still running: `false` once it exited by
+    /// itself (`-no-reboot` turns a guest's reboot or panic into an exit) or was stopped.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The first serial console line so far that contains `needle`, with its time since QEMU
+    /// started (when the line ended). Unlike [`wait_for_line`](Self::wait_for_line) it
+    /// neither waits nor stops QEMU.
+    pub fn find_line(&self, needle: &str) -> Option<(Duration, String)> {
+        self.lines
+            .lock()
+            .expect("serial lines")
+            .iter()
+            .find(|l| l.text.contains(needle))
+            .map(|l| (l.end, l.text.clone()))
+    }
+
+    /// Stops QEMU (SIGTERM through `timeout`) and waits for it and the serial reader. A QEMU
+    /// already reaped is not signalled again (its PID may belong to another process by now).
+    pub(crate) fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if self.is_running() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let status = self.child.wait().ok();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        // QEMU is gone: another VM may run while this one's console is still read.
+        self._lock = None;
         status
     }
 
@@ -507,7 +539,7 @@ impl Vm {
         }
     }
 
-    fn serial_tail(&self, n: usize) -> String {
+    pub(crate) fn serial_tail(&self, n: usize) -> String {
         let lines = self.lines.lock().expect("serial lines");
         let skip = lines.len().saturating_sub(n);
         lines[skip..]
@@ -545,15 +577,9 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         // `timeout` forks QEMU: kill QEMU itself through the namespace sweep of Lab's drop,
-        // and here at least the timeout process so that QEMU gets SIGTERM from it.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id().cast_signed()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
+        // and here at least the timeout process so that QEMU gets SIGTERM from it (unless it
+        // was reaped already: a VM stopped by the power harness is dropped later).
+        self.stop();
     }
 }
 
