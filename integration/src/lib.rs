@@ -45,7 +45,6 @@ pub use image::{TESTOS_MARKER, TestImage, TestOs, test_image, test_os};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
 pub use power::{
     BMC_USER, Bmc, BootDevice, IpmiBmc, PowerChange, PowerError, PowerEvent, PoweredVm, RedfishBmc,
-    SUSHY_ENV, find_sushy_emulator,
 };
 pub use serve::{GATE_BYTES, ImageServer};
 pub use vm::{

@@ -116,10 +116,6 @@ use crate::{Lab, Vm, VmConfig, VmLock};
 /// The BMC user both emulators know (with the password the test gives).
 pub const BMC_USER: &str = "admin";
 
-/// Names the `sushy-emulator` to run when it is not on `PATH` (pip's `bin` of a pyenv
-/// Python usually is not).
-pub const SUSHY_ENV: &str = "DRAGONFLY_SUSHY_EMULATOR";
-
 /// How often the harness thread looks at requests and at QEMU.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -1124,21 +1120,6 @@ fn free_tcp_port() -> Result<u16, PowerError> {
 fn free_udp_port() -> Result<u16, PowerError> {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(PowerError::Bind)?;
     Ok(socket.local_addr().map_err(PowerError::Bind)?.port())
-}
-
-/// The `sushy-emulator` to run: [`SUSHY_ENV`] when set, else the one on `PATH`; `None`
-/// (after printing `SKIP:`) when there is none outside CI.
-///
-/// # Panics
-/// When there is none and `CI` is set (see `dragonfly_testkit::require_binary`).
-pub fn find_sushy_emulator() -> Option<PathBuf> {
-    match std::env::var_os(SUSHY_ENV) {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => dragonfly_testkit::require_binary(
-            "sushy-emulator",
-            "pip install sushy-tools; or set DRAGONFLY_SUSHY_EMULATOR",
-        ),
-    }
 }
 
 /// ipmi_sim's `chassis_control` program for the harness whose files are in `dir` (see the

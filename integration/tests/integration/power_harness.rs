@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use dragonfly_core::Chain;
 use dragonfly_integration::{
     BootDevice, Firmware, Lab, Nic, NicRom, PowerChange, PoweredVm, RedfishBmc, VmConfig,
-    find_sushy_emulator,
 };
 use dragonfly_testkit::require_binary;
 use serde_json::Value;
@@ -267,7 +266,7 @@ fn redfish_reset_starts_and_stops_the_vm() {
     if !require_vm_tools() || require_binary("curl", "apt-get install curl").is_none() {
         return;
     }
-    let Some(sushy) = find_sushy_emulator() else {
+    let Some(sushy) = dragonfly_testkit::sushy::sushy_emulator() else {
         return;
     };
     let mut lab = Lab::new();
