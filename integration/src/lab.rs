@@ -382,15 +382,7 @@ impl Lab {
     /// # Panics
     /// When the namespace cannot be entered, or when `f` panics.
     pub fn in_namespace<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                enter_namespace(&path);
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        in_named_namespace(&self.name, f)
     }
 
     /// [`in_namespace`](Self::in_namespace) on a thread that outlives the call (e.g. a NATS
@@ -399,11 +391,7 @@ impl Lab {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            enter_namespace(&path);
-            f()
-        })
+        spawn_in_named_namespace(&self.name, f)
     }
 
     /// The lab's temporary directory (mode 0755): logs, configs, state.
@@ -750,6 +738,33 @@ pub(crate) fn netns_command(namespace: &str, program: impl AsRef<OsStr>) -> Comm
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", namespace]).arg(program);
     cmd
+}
+
+/// Runs `f` on a thread inside the namespace named `namespace` (see [`Lab::in_namespace`]),
+/// for code that holds only the name. Sockets made there stay in that namespace wherever
+/// they are used afterwards, and so do threads spawned from `f` (a blocking HTTP client's).
+pub(crate) fn in_named_namespace<T: Send>(namespace: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{namespace}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_namespace(&path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// A thread inside the namespace named `namespace`, for code that holds only the name.
+pub(crate) fn spawn_in_named_namespace<T: Send + 'static>(
+    namespace: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{namespace}");
+    std::thread::spawn(move || {
+        enter_namespace(&path);
+        f()
+    })
 }
 
 fn enter_namespace(path: &str) {

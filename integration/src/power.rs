@@ -9,8 +9,9 @@
 //! exits by itself (`-no-reboot`: a guest reboot, a panic, its timeout) reads as off.
 //!
 //! What it must never do: listen anywhere but loopback, or run a VM anywhere but the lab's
-//! namespace. Both emulators run in the host's namespace on 127.0.0.1 (bmcd runs there too
-//! and reaches them over loopback); QEMU runs inside the lab's namespace exactly as
+//! namespace. Both emulators run inside the lab's namespace on its 127.0.0.1 (bmcd runs there
+//! too, beside the lab's NATS, and reaches them over that loopback; so do the harness's own
+//! clients: [`IpmiBmc::ipmitool`], [`RedfishBmc::curl`]); QEMU runs inside the namespace exactly as
 //! [`Vm::boot`] runs it. The VM boots as its [`VmConfig`] says whatever boot device the BMC
 //! was told: the device is only recorded ([`PoweredVm::boot_device`]), for tests to assert
 //! what a client asked.
@@ -169,9 +170,11 @@ pub enum PowerError {
     },
 }
 
-/// An IPMI BMC (ipmi_sim, RMCP+ on UDP).
+/// An IPMI BMC (ipmi_sim, RMCP+ on UDP), inside the lab's namespace.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IpmiBmc {
+    /// The lab's namespace, whose loopback the BMC listens on.
+    pub namespace: String,
     /// 127.0.0.1 and a port that was free.
     pub address: SocketAddr,
     pub username: String,
@@ -183,7 +186,7 @@ impl IpmiBmc {
     /// `IPMI_PASSWORD` (never on the command line): add the command's words. `-C 3` spares
     /// a 10 s stall, as ipmi_sim does not answer ipmitool's cipher-suite query.
     pub fn ipmitool(&self) -> Command {
-        let mut cmd = Command::new("ipmitool");
+        let mut cmd = crate::lab::netns_command(&self.namespace, "ipmitool");
         cmd.args(["-I", "lanplus", "-C", "3", "-H"])
             .arg(self.address.ip().to_string())
             .arg("-p")
@@ -206,7 +209,9 @@ impl fmt::Debug for IpmiBmc {
 /// A Redfish BMC (sushy-emulator over plain HTTP, basic authentication).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedfishBmc {
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// The lab's namespace, whose loopback the service listens on.
+    pub namespace: String,
+    /// `http://127.0.0.1:PORT` (inside the namespace), no trailing slash.
     pub endpoint: String,
     /// The system's id in `/redfish/v1/Systems/{id}`: its UUID.
     pub system_id: String,
@@ -215,6 +220,11 @@ pub struct RedfishBmc {
 }
 
 impl RedfishBmc {
+    /// `curl` inside the namespace: add its arguments (and the credentials, on stdin).
+    pub fn curl(&self) -> Command {
+        crate::lab::netns_command(&self.namespace, "curl")
+    }
+
     /// `{endpoint}/redfish/v1/Systems/{system_id}`.
     pub fn system_url(&self) -> String {
         format!("{}/redfish/v1/Systems/{}", self.endpoint, self.system_id)
@@ -642,7 +652,7 @@ impl PoweredVm {
         fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
             .map_err(file_error("making executable", &hook))?;
         let frontend = IpmiFrontend::new(&dir)?;
-        let port = free_udp_port()?;
+        let port = crate::lab::in_named_namespace(&place.namespace, free_udp_port)?;
         let lan_conf = dir.join("lan.conf");
         write(
             &lan_conf,
@@ -671,7 +681,7 @@ impl PoweredVm {
              mc_enable 0x20\n",
         )?;
         let log = place.dir.join(format!("ipmi_sim{}.log", suffix(&config)));
-        let mut cmd = Command::new("ipmi_sim");
+        let mut cmd = crate::lab::netns_command(&place.namespace, "ipmi_sim");
         // -n: no console on stdio; -s: its persistent state (SEL, users) in our directory.
         cmd.arg("-c")
             .arg(&lan_conf)
@@ -684,7 +694,9 @@ impl PoweredVm {
         // Ready once its socket is bound: then binding the same port fails.
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if crate::lab::in_named_namespace(&place.namespace, || {
+                UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_err()
+            }) {
                 break;
             }
             let why = match emulator.try_wait() {
@@ -704,6 +716,7 @@ impl PoweredVm {
             std::thread::sleep(TICK);
         }
         let bmc = Bmc::Ipmi(IpmiBmc {
+            namespace: place.namespace.clone(),
             address: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             username: BMC_USER.to_owned(),
             password: password.to_owned(),
@@ -746,9 +759,13 @@ impl PoweredVm {
         let hash = bcrypt(sushy_emulator, password)?;
         let htpasswd = dir.join("htpasswd");
         write(&htpasswd, &format!("{BMC_USER}:{hash}\n"))?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(PowerError::Bind)?;
+        // The notifications' listener, inside the namespace where sushy runs.
+        let listener = crate::lab::in_named_namespace(&place.namespace, || {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        })
+        .map_err(PowerError::Bind)?;
         let notify_port = listener.local_addr().map_err(PowerError::Bind)?.port();
-        let port = free_tcp_port()?;
+        let port = crate::lab::in_named_namespace(&place.namespace, free_tcp_port)?;
         let name = if config.name.is_empty() {
             "vm"
         } else {
@@ -774,7 +791,7 @@ impl PoweredVm {
             ),
         )?;
         let log = place.dir.join(format!("sushy{}.log", suffix(&config)));
-        let mut cmd = Command::new(sushy_emulator);
+        let mut cmd = crate::lab::netns_command(&place.namespace, sushy_emulator);
         cmd.arg("--config").arg(&conf).args([
             "--interface",
             "127.0.0.1",
@@ -783,20 +800,24 @@ impl PoweredVm {
         ]);
         let mut emulator = spawn_logged("sushy-emulator", cmd, &log)?;
         let bmc = RedfishBmc {
+            namespace: place.namespace.clone(),
             endpoint: format!("http://127.0.0.1:{port}"),
             system_id: uuid,
             username: BMC_USER.to_owned(),
             password: password.to_owned(),
         };
-        // Ready once the service root (not behind authentication) answers.
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| PowerError::NotReady {
-                what: "sushy-emulator",
-                why: format!("no HTTP client: {e}"),
-                log: String::new(),
-            })?;
+        // Ready once the service root (not behind authentication) answers. The client is built
+        // inside the namespace: its connections come from its own thread, made there.
+        let http = crate::lab::in_named_namespace(&place.namespace, || {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+        })
+        .map_err(|e| PowerError::NotReady {
+            what: "sushy-emulator",
+            why: format!("no HTTP client: {e}"),
+            log: String::new(),
+        })?;
         let root = format!("{}/redfish/v1/", bmc.endpoint);
         let deadline = Instant::now() + READY_WITHIN;
         loop {

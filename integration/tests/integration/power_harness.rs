@@ -3,7 +3,7 @@
 //! lab's stand-in DHCP server. Each VM runs only until its firmware's DHCP is answered.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dragonfly_core::Chain;
@@ -219,7 +219,7 @@ fn ipmi_reads_off_once_the_vm_exits_by_itself() {
 /// `curl` against the Redfish BMC, the credentials given on stdin (`-K -`), never on the
 /// command line. Returns the body.
 fn curl(bmc: &RedfishBmc, method: &str, url: &str, body: Option<&Value>) -> String {
-    let mut cmd = Command::new("curl");
+    let mut cmd = bmc.curl();
     cmd.args(["-sS", "-f", "-K", "-", "-X", method, url]);
     if let Some(body) = body {
         cmd.args(["-H", "Content-Type: application/json", "-d"])
