@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use dragonfly_integration::{
-    ApidConfig, BootReport, DhcpdConfig, HttpSettings, IpxedConfig, Lab, LabConfig, TestImage,
-    TftpdConfig, Vm, VmConfig,
+    ApidConfig, BmcdConfig, BootReport, DhcpdConfig, HttpSettings, IpxedConfig, Lab, LabConfig,
+    TestImage, TftpdConfig, Vm, VmConfig,
 };
 use dragonfly_testkit::{require_binary, require_root};
 
@@ -166,8 +166,10 @@ pub(crate) fn start_dragonfly_configured(
     let mut names = vec!["dragonfly-dhcpd", "dragonfly-tftpd", "dragonfly-ipxed"];
     if apid {
         names.push("dragonfly-apid");
-        // Provisioning needs its engine wherever the API can create workflows.
+        // Provisioning needs its engine wherever the API can create workflows, and power
+        // control wherever the API can send power commands.
         names.push("dragonfly-workflowd");
+        names.push("dragonfly-bmcd");
     }
     let binaries: Vec<_> = names.iter().map(|n| daemon_binary(n)).collect();
     let nats = lab.start_nats();
@@ -190,6 +192,14 @@ pub(crate) fn start_dragonfly_configured(
     // ipxed refuses a secret others can read.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     dragonfly_testkit::chown_for_unprivileged(&key).unwrap();
+    // bmcd's private key (the BMC passwords are sealed to its public half).
+    let bmc_key = lab.write_file("bmc-key", "e2e-bmc-key-0123456789abcdef0123456789abcdef");
+    std::fs::set_permissions(
+        &bmc_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    dragonfly_testkit::chown_for_unprivileged(&bmc_key).unwrap();
     let config = lab.dir().join("dragonfly.toml");
     let mut lab_config = LabConfig {
         store: Some(store),
@@ -219,6 +229,12 @@ pub(crate) fn start_dragonfly_configured(
             auth_db: Some(auth_db),
         }),
         dhcpd: Some(dhcpd),
+        bmcd: Some(BmcdConfig {
+            key_file: bmc_key,
+            // Quick enough for a test to see power changes without asking.
+            poll_interval: Some("2s".into()),
+            ipmitool: None,
+        }),
         ..LabConfig::new(&nats)
     };
     tweak(&mut lab_config);
@@ -286,6 +302,7 @@ pub(crate) fn start_dragonfly_configured(
     if apid {
         spawn_apid(lab, "apid");
         spawn_workflowd(lab, "workflowd");
+        spawn_bmcd(lab, "bmcd");
     }
     Stack {
         nats,
@@ -335,6 +352,21 @@ pub(crate) fn spawn_workflowd(lab: &mut Lab, label: &str) {
         "workflowd running",
         std::time::Duration::from_secs(10),
     );
+}
+
+/// bmcd of the lab [`start_dragonfly_with`] made, started (again) as `label`, inside the
+/// namespace (beside NATS and the BMC emulators of `dragonfly_integration::PoweredVm`), as
+/// nobody. Returns once it runs.
+pub(crate) fn spawn_bmcd(lab: &mut Lab, label: &str) {
+    let args = lab_config_args(lab);
+    lab.spawn_daemon(
+        label,
+        &dragonfly_integration::daemon_binary("dragonfly-bmcd"),
+        &[],
+        &args,
+        &[("RUST_LOG", "debug")],
+    );
+    lab.wait_for_log(label, "bmcd running", std::time::Duration::from_secs(10));
 }
 
 fn lab_config_args(lab: &Lab) -> [std::ffi::OsString; 2] {

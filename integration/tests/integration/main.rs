@@ -21,6 +21,7 @@
 mod common;
 mod discovery;
 mod example_config;
+mod power;
 mod power_harness;
 mod provision;
 mod provision_faults;
