@@ -253,6 +253,11 @@ fn powered_provision(protocol: Protocol) {
     );
     let (_, b) = op.call("GET", &format!("/api/machines/{id}/bmc"), None);
     assert!(!b.to_string().contains(BMC_PASSWORD));
+    // Every daemon's log of the whole run (bmcd's and apid's included), and the emulators'.
+    assert!(
+        !lab.logs().contains(BMC_PASSWORD),
+        "the BMC password is in a log"
+    );
     println!(
         "power {protocol:?}: API power on → first DHCP {api_to_dhcp:.2} s (the BMC's own \
          client: {direct_to_dhcp:.2} s); assignment of an off machine → installed OS marker \
@@ -269,4 +274,66 @@ fn ipmi_powered_off_vm_is_installed_and_booted_from_disk_with_no_other_action() 
 #[test]
 fn redfish_powered_off_vm_is_installed_and_booted_from_disk_with_no_other_action() {
     powered_provision(Protocol::Redfish);
+}
+
+/// Wake-on-LAN from bmcd inside the lab: a magic packet for each of the machine's MACs
+/// reaches a listener on the lab's bridge (the directed broadcast of its subnet); what WoL
+/// cannot do (off) is refused as such.
+#[test]
+fn wake_on_lan_sends_a_magic_packet_for_each_mac_on_the_lab_network() {
+    let Some((lab, stack, _events)) = full_lab() else {
+        return;
+    };
+    let base = stack.apid.clone().unwrap();
+    let macs = ["52:54:00:99:0c:01", "52:54:00:99:0c:02"];
+    let listener = lab.in_namespace(|| std::net::UdpSocket::bind("0.0.0.0:9").unwrap());
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let op = Operator::login(&lab, &base);
+    let (status, m) = op.call(
+        "POST",
+        "/api/machines/register",
+        Some(json!({ "macs": macs })),
+    );
+    assert_eq!(status, 201, "{m:#}");
+    let id = m["id"].as_str().unwrap().to_owned();
+    let (status, b) = op.call(
+        "PUT",
+        &format!("/api/machines/{id}/bmc"),
+        Some(json!({"type": "wol", "address": "10.99.0.255"})),
+    );
+    assert_eq!(status, 200, "{b:#}");
+    let reply = power(&op, &id, "on");
+    assert_eq!(reply["ok"], true, "{reply:#}");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while seen.len() < macs.len() {
+        let (n, from) = listener
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}: got {seen:?}\n{}", lab.logs()));
+        let packet = &buf[..n];
+        assert_eq!(n, 102, "a magic packet is 102 bytes, from {from}");
+        assert_eq!(&packet[..6], &[0xff; 6]);
+        let mac: Vec<u8> = packet[6..12].to_vec();
+        assert!(
+            packet[6..].chunks(6).all(|c| c == mac.as_slice()),
+            "sixteen copies of one MAC"
+        );
+        seen.push(
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, macs);
+    let (status, reply) = op.call(
+        "POST",
+        &format!("/api/machines/{id}/power"),
+        Some(json!({"action": "off"})),
+    );
+    assert_eq!(status, 409, "{reply:#}");
+    assert_eq!(reply["failure"], "unsupported", "{reply:#}");
 }
