@@ -948,6 +948,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_agents_report_prefills_but_never_overwrites() {
+        let t = TestDb::new();
+        let db = &t.db;
+        let mac = MacAddr::new([0x02, 0, 0, 0, 0, 9]);
+        let report = |address: &str| dragonfly_core::HardwareReport {
+            macs: vec![mac],
+            bmc: Some(dragonfly_core::Bmc {
+                address: address.into(),
+                kind: dragonfly_core::BmcKind::Redfish,
+            }),
+            ..Default::default()
+        };
+        let now = Timestamp::now();
+        let m = db
+            .machines()
+            .register(report("10.0.0.9"), now)
+            .await
+            .unwrap()
+            .machine()
+            .clone();
+        let b = db.bmcs().get(m.id).await.unwrap().unwrap();
+        assert!(b.from_agent && !b.password_set, "{b:?}");
+        assert_eq!(
+            (b.spec.kind, b.spec.address.as_deref()),
+            (BmcKind::Redfish, Some("10.0.0.9"))
+        );
+        // A later report does not move it (the operator may have corrected it).
+        db.machines()
+            .register(report("10.0.0.10"), now)
+            .await
+            .unwrap();
+        let b = db.bmcs().get(m.id).await.unwrap().unwrap();
+        assert_eq!(b.spec.address.as_deref(), Some("10.0.0.9"));
+        // The operator's setting replaces it and is never overwritten by a report.
+        db.bmcs()
+            .put(m.id, spec(), Some(secret(2)), None, now)
+            .await
+            .unwrap();
+        db.machines()
+            .register(report("10.0.0.11"), now)
+            .await
+            .unwrap();
+        let b = db.bmcs().get(m.id).await.unwrap().unwrap();
+        assert!(!b.from_agent && b.password_set);
+        assert_eq!(b.spec.address.as_deref(), Some("10.0.0.5"));
+    }
+
+    #[tokio::test]
     async fn the_key_is_published_once_and_replaced_when_it_changes() {
         let t = TestDb::new();
         let db = &t.db;
