@@ -270,6 +270,9 @@ impl Engine {
                     })?,
                 None => self.config.wol_target,
             };
+            if let Some(port) = bmc.spec.port {
+                c.target.set_port(port);
+            }
             c.timeout = timeout;
             return WolDriver::new(c)
                 .map(Driver::Wol)

@@ -79,6 +79,10 @@ pub struct BmcSpec {
     pub system: Option<String>,
     /// `true`: UEFI, `false`: legacy BIOS.
     pub uefi: bool,
+    /// Redfish over https: PEM certificates to trust instead of the system's roots.
+    pub tls_ca: Option<String>,
+    /// Redfish over https: the SHA-256 of the BMC's certificate, 64 lowercase hex digits.
+    pub tls_fingerprint: Option<String>,
 }
 
 /// A password sealed to bmcd's key, and the id of that key.
@@ -255,7 +259,7 @@ fn corrupt(what: &'static str, value: &str) -> StoreError {
 
 const BMC_COLUMNS: &str = "machine_id, kind, address, port, username, system, boot_mode, source, \
      secret IS NOT NULL, key_id, power_state, power_checked_ms, condition, condition_since_ms, \
-     updated_at_ms, resource_version";
+     updated_at_ms, resource_version, tls_ca, tls_fingerprint";
 
 fn bmc_row(r: &Row<'_>) -> rusqlite::Result<RawBmc> {
     Ok(RawBmc {
@@ -275,6 +279,8 @@ fn bmc_row(r: &Row<'_>) -> rusqlite::Result<RawBmc> {
         condition_since_ms: r.get(13)?,
         updated_at_ms: r.get(14)?,
         resource_version: r.get(15)?,
+        tls_ca: r.get(16)?,
+        tls_fingerprint: r.get(17)?,
     })
 }
 
@@ -295,6 +301,8 @@ struct RawBmc {
     condition_since_ms: Option<i64>,
     updated_at_ms: i64,
     resource_version: i64,
+    tls_ca: Option<String>,
+    tls_fingerprint: Option<String>,
 }
 
 impl RawBmc {
@@ -311,6 +319,8 @@ impl RawBmc {
                 username: self.username,
                 system: self.system,
                 uefi: self.boot_mode == "uefi",
+                tls_ca: self.tls_ca,
+                tls_fingerprint: self.tls_fingerprint,
             },
             password_set: self.password_set,
             key_id: self.key_id,
@@ -438,10 +448,11 @@ impl Bmcs<'_> {
                     };
                     tx.execute(
                         "INSERT INTO bmcs (machine_id, kind, address, port, username, system, boot_mode, \
-                         source, secret, key_id, updated_at_ms, resource_version) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'operator', ?8, ?9, ?10, 1) \
+                         source, secret, key_id, updated_at_ms, resource_version, tls_ca, tls_fingerprint) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'operator', ?8, ?9, ?10, 1, ?11, ?12) \
                          ON CONFLICT (machine_id) DO UPDATE SET kind = ?2, address = ?3, port = ?4, \
                          username = ?5, system = ?6, boot_mode = ?7, source = 'operator', \
+                         tls_ca = ?11, tls_fingerprint = ?12, \
                          secret = COALESCE(?8, secret), key_id = CASE WHEN ?8 IS NULL THEN key_id ELSE ?9 END, \
                          condition = NULL, condition_since_ms = NULL, updated_at_ms = ?10, \
                          resource_version = resource_version + 1",
@@ -456,6 +467,8 @@ impl Bmcs<'_> {
                             sealed,
                             key_id,
                             to_column(now),
+                            spec.tls_ca,
+                            spec.tls_fingerprint,
                         ],
                     )
                     .sql()?;
@@ -817,6 +830,8 @@ mod tests {
             username: Some("admin".into()),
             system: None,
             uefi: true,
+            tls_ca: None,
+            tls_fingerprint: None,
         }
     }
 

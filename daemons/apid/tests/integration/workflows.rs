@@ -456,6 +456,8 @@ async fn provision_says_who_powers_the_machine_on() {
         username: Some("admin".into()),
         system: None,
         uefi: true,
+        tls_ca: None,
+        tls_fingerprint: None,
     };
     s.db.bmcs()
         .put(with_bmc.id, spec, None, None, jiff::Timestamp::now())

@@ -275,6 +275,8 @@ pub(crate) fn ipmi(port: u16, user: &str) -> BmcSpec {
         username: Some(user.into()),
         system: None,
         uefi: false,
+        tls_ca: None,
+        tls_fingerprint: None,
     }
 }
 
@@ -287,5 +289,7 @@ pub(crate) fn redfish(endpoint: &str, user: &str, system: Option<&str>) -> BmcSp
         username: Some(user.into()),
         system: system.map(Into::into),
         uefi: true,
+        tls_ca: None,
+        tls_fingerprint: None,
     }
 }

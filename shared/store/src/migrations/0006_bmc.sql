@@ -23,6 +23,11 @@ CREATE TABLE bmcs (
     key_id           TEXT,
     -- Redfish: the system's @odata.id when the service manages several.
     system           TEXT,
+    -- Redfish over https: PEM certificates to trust instead of the system's roots, and/or the
+    -- SHA-256 of the BMC's certificate (64 hex digits) to accept it and nothing else. Not
+    -- secret: what an operator pins is public.
+    tls_ca           TEXT,
+    tls_fingerprint  TEXT    CHECK (tls_fingerprint IS NULL OR length(tls_fingerprint) = 64),
     boot_mode        TEXT    NOT NULL DEFAULT 'uefi' CHECK (boot_mode IN ('uefi','legacy')),
     source           TEXT    NOT NULL CHECK (source IN ('operator','agent')),
     -- What bmcd last read: 'on', 'off', 'unknown', or NULL before its first read.
