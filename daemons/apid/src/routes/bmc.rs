@@ -231,6 +231,8 @@ impl BmcRequest {
             username: username.transpose()?,
             system: system.transpose()?,
             uefi: self.boot_mode == BootMode::Uefi,
+            tls_ca: None,
+            tls_fingerprint: None,
         })
     }
 }
