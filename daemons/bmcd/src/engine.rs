@@ -149,6 +149,9 @@ pub struct Engine {
     events: Publisher,
     limit: Semaphore,
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Machines whose power was just changed: polled again soon, so the stored state (and
+    /// `power.changed`) follows a command within seconds rather than a poll interval.
+    soon: Mutex<std::collections::HashSet<MachineId>>,
 }
 
 /// How a caller waits for a BMC that is busy with another operation.
@@ -170,6 +173,7 @@ impl Engine {
             events,
             limit,
             locks: Mutex::new(HashMap::new()),
+            soon: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -179,6 +183,12 @@ impl Engine {
 
     pub fn config(&self) -> &BmcdConfig {
         &self.config
+    }
+
+    /// The machines to poll soon (see `soon`), taken.
+    pub fn take_soon(&self) -> Vec<MachineId> {
+        let mut soon = self.soon.lock().unwrap_or_else(|p| p.into_inner());
+        soon.drain().collect()
     }
 
     fn lock_of(&self, machine: MachineId) -> Arc<tokio::sync::Mutex<()>> {
@@ -214,6 +224,17 @@ impl Engine {
             }
         };
         self.store_outcome(machine, op, &result).await;
+        if result.is_ok()
+            && matches!(
+                op,
+                PowerOp::On | PowerOp::Off | PowerOp::SoftOff | PowerOp::Cycle | PowerOp::Reset
+            )
+        {
+            self.soon
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(machine);
+        }
         Some(Outcome {
             result,
             attempts,
@@ -300,26 +321,21 @@ impl Engine {
             .open(&sealed.sealed, &sealed.key_id)
             .map_err(|e| not_configured(e.to_string()))?;
         let username = username.unwrap_or_default();
-        match bmc.spec.kind {
-            BmcKind::Ipmi => {
-                let mut c = IpmiConfig::new(address, username, password);
-                if let Some(port) = bmc.spec.port {
-                    c.port = port;
-                }
-                c.binary.clone_from(&self.config.ipmitool);
-                c.timeout = timeout;
-                Ok(Driver::Ipmi(IpmiDriver::new(c)))
+        if bmc.spec.kind == BmcKind::Ipmi {
+            let mut c = IpmiConfig::new(address, username, password);
+            if let Some(port) = bmc.spec.port {
+                c.port = port;
             }
-            BmcKind::Redfish => {
-                let mut c = RedfishConfig::new(address, username, password);
-                c.system.clone_from(&bmc.spec.system);
-                c.timeout = timeout;
-                RedfishDriver::new(c)
-                    .map(Driver::Redfish)
-                    .map_err(|e| not_configured(Chain(&e).to_string()))
-            }
-            BmcKind::Wol => unreachable!("handled above"),
+            c.binary.clone_from(&self.config.ipmitool);
+            c.timeout = timeout;
+            return Ok(Driver::Ipmi(IpmiDriver::new(c)));
         }
+        let mut c = RedfishConfig::new(address, username, password);
+        c.system.clone_from(&bmc.spec.system);
+        c.timeout = timeout;
+        RedfishDriver::new(c)
+            .map(Driver::Redfish)
+            .map_err(|e| not_configured(Chain(&e).to_string()))
     }
 
     /// `op`, sent again while nothing answers, up to `retries` more times.

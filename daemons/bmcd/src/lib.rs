@@ -13,8 +13,11 @@
 //! - polls every BMC's power state each `poll_interval` (jittered), storing it and publishing
 //!   `dragonfly.power.changed`; a BMC it cannot drive becomes the machine's condition;
 //! - carries out the durable power requests provisioning makes (`power_requests`, written in
-//!   the same transaction as a workflow's creation or success): next boot from the network and
-//!   power on or cycle; next boot from disk when it succeeded. `dragonfly.workflow.created`
+//!   the same transaction as a workflow's creation or success): next boot from the network,
+//!   then power on a machine that is off, or cycle one that is on when it was `Ready` (an
+//!   installed OS runs on it: a re-image) — a machine that was not `Ready` and is on runs the
+//!   agent, which takes the workflow without a reboot (cycling it would race the agent's fast
+//!   track); next boot from disk when it succeeded. `dragonfly.workflow.created`
 //!   and `.succeeded` are hints only: the table is read at start, on every tick and after a
 //!   reconnect, so a lost message or a bmcd restart loses no request.
 //!
@@ -316,6 +319,15 @@ impl Work {
                 Err(e) => tracing::error!(error = %Chain(&e), "listing the BMCs"),
             }
         }
+        // A machine whose power was just changed is read again soon (a BMC may take a few
+        // seconds to report it), then on its interval.
+        let soon = now + Duration::from_secs(2).min(self.engine.config().poll_interval);
+        for m in self.engine.take_soon() {
+            self.next_poll
+                .entry(m)
+                .and_modify(|t| *t = (*t).min(soon))
+                .or_insert(soon);
+        }
         for &m in &self.pollable {
             if self.polling.contains(&m) {
                 continue;
@@ -463,22 +475,25 @@ async fn steps(engine: &Engine, req: &PowerRequest) -> Result<String, Failure> {
                     .map(|_| "woken by Wake-on-LAN".into());
             }
             op(PowerOp::BootPxe, false).await?;
-            if req.attempts <= 1 {
-                let done = op(PowerOp::Cycle, false).await?;
-                Ok(format!("next boot from the network; {}", done.message))
-            } else {
-                // A retry: an earlier attempt may have cycled it already.
-                let status = op(PowerOp::Status, false).await?;
-                if status.state == Some(dragonfly_bmc::PowerState::Off) {
-                    op(PowerOp::On, false).await?;
-                    Ok("next boot from the network; it was off: powered on".into())
-                } else {
-                    Ok(
-                        "next boot from the network; already on (an earlier attempt started it)"
-                            .into(),
-                    )
-                }
+            let status = op(PowerOp::Status, false).await?;
+            if status.state == Some(dragonfly_bmc::PowerState::Off) {
+                op(PowerOp::On, false).await?;
+                return Ok("next boot from the network; it was off: powered on".into());
             }
+            if req.cycle && req.attempts <= 1 {
+                op(PowerOp::Cycle, false).await?;
+                return Ok(
+                    "next boot from the network; it was on (an installed OS): power cycled".into(),
+                );
+            }
+            Ok(if req.cycle {
+                // A retry: the interrupted attempt may have cycled it already.
+                "next boot from the network; already on (an earlier attempt may have cycled it)"
+            } else {
+                // Not Ready when assigned: it runs the agent, which takes the workflow now.
+                "next boot from the network; already on, running the agent: no reboot needed"
+            }
+            .into())
         }
         PowerRequestKind::Provisioned => {
             if wol {

@@ -240,6 +240,10 @@ pub struct PowerRequest {
     pub machine_id: MachineId,
     pub kind: PowerRequestKind,
     pub workflow_id: Option<Uuid>,
+    /// `Provision` only: a machine that is on is cycled (it was `Ready`: an installed OS runs
+    /// on it). Otherwise a machine that is on runs the agent, which takes the workflow
+    /// without a reboot, and is left be.
+    pub cycle: bool,
     pub state: PowerRequestState,
     /// Times bmcd began it.
     pub attempts: u32,
@@ -356,7 +360,7 @@ fn get_tx(c: &Connection, machine: MachineId) -> Result<Option<Bmc>, StoreError>
 }
 
 const REQUEST_COLUMNS: &str = "id, machine_id, kind, workflow_id, state, attempts, result, \
-     created_at_ms, updated_at_ms";
+     created_at_ms, updated_at_ms, cycle";
 
 fn request_row(r: &Row<'_>) -> rusqlite::Result<RawRequest> {
     Ok(RawRequest {
@@ -369,6 +373,7 @@ fn request_row(r: &Row<'_>) -> rusqlite::Result<RawRequest> {
         result: r.get(6)?,
         created_at_ms: r.get(7)?,
         updated_at_ms: r.get(8)?,
+        cycle: r.get(9)?,
     })
 }
 
@@ -382,6 +387,7 @@ struct RawRequest {
     result: Option<String>,
     created_at_ms: i64,
     updated_at_ms: i64,
+    cycle: bool,
 }
 
 impl RawRequest {
@@ -391,6 +397,7 @@ impl RawRequest {
             machine_id: MachineId(uuid(&self.machine_id)?),
             kind: PowerRequestKind::parse(&self.kind)?,
             workflow_id: self.workflow_id.as_deref().map(uuid).transpose()?,
+            cycle: self.cycle,
             state: PowerRequestState::parse(&self.state)?,
             attempts: self.attempts,
             result: self.result,
@@ -744,12 +751,14 @@ fn supersede(tx: &Transaction<'_>, machine: &str, now: Timestamp) -> Result<(), 
 }
 
 /// In a workflow's transaction: asks for `kind` power work on `machine` if it has a BMC,
-/// superseding its open requests. Returns whether a request was made.
+/// superseding its open requests (`cycle`: see [`PowerRequest::cycle`]). Returns whether a
+/// request was made.
 pub(crate) fn request_tx(
     tx: &Transaction<'_>,
     machine: MachineId,
     kind: PowerRequestKind,
     workflow: Option<Uuid>,
+    cycle: bool,
     now: Timestamp,
 ) -> Result<bool, StoreError> {
     let id = machine.0.to_string();
@@ -767,13 +776,14 @@ pub(crate) fn request_tx(
     }
     supersede(tx, &id, now)?;
     tx.execute(
-        "INSERT INTO power_requests (machine_id, kind, workflow_id, state, created_at_ms, updated_at_ms) \
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+        "INSERT INTO power_requests (machine_id, kind, workflow_id, state, created_at_ms, updated_at_ms, cycle) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?5)",
         params![
             id,
             kind.as_str(),
             workflow.map(|w| w.to_string()),
-            to_column(now)
+            to_column(now),
+            cycle
         ],
     )
     .sql()?;
@@ -924,7 +934,7 @@ mod tests {
         let made = db
             .run(move |c| {
                 write(c, |tx| {
-                    request_tx(tx, m.id, PowerRequestKind::Provision, None, now)
+                    request_tx(tx, m.id, PowerRequestKind::Provision, None, false, now)
                 })
             })
             .await
@@ -932,7 +942,7 @@ mod tests {
         assert!(!made, "no BMC, no request");
         db.bmcs().put(m.id, spec(), None, None, now).await.unwrap();
         for kind in [PowerRequestKind::Provision, PowerRequestKind::Provisioned] {
-            db.run(move |c| write(c, |tx| request_tx(tx, m.id, kind, None, now)))
+            db.run(move |c| write(c, |tx| request_tx(tx, m.id, kind, None, false, now)))
                 .await
                 .unwrap();
         }

@@ -440,6 +440,9 @@ impl Workflows<'_> {
                             e
                         });
                     }
+                    // An installed OS runs on a Ready machine that is on: re-imaging cycles it.
+                    let was_ready = crate::machines::get(tx, wf.machine_id)?
+                        .is_some_and(|m| m.state == dragonfly_core::MachineState::Ready);
                     crate::machines::transition_tx(
                         tx,
                         wf.machine_id,
@@ -459,6 +462,7 @@ impl Workflows<'_> {
                         wf.machine_id,
                         crate::bmc::PowerRequestKind::Provision,
                         Some(wf.id),
+                        was_ready,
                         now,
                     )?;
                     let m = crate::machines::get(tx, wf.machine_id)?
@@ -753,6 +757,7 @@ impl Workflows<'_> {
                             w.machine_id,
                             crate::bmc::PowerRequestKind::Provisioned,
                             Some(w.id),
+                            false,
                             now,
                         )?;
                     }

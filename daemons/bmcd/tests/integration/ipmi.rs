@@ -232,6 +232,15 @@ async fn bad_credentials_and_an_unreachable_bmc_are_machine_conditions() {
             .is_none()
     );
 
+    // A command is followed by a read of the state within seconds, not a poll interval (1 h
+    // here).
+    let r = fx.power(wrong.id, PowerOp::On, false).await;
+    assert!(r.ok, "{r:?}");
+    fx.wait_bmc(wrong.id, "a read after the command", |b| {
+        b.power_state == Some(PowerState::On)
+    })
+    .await;
+
     // No machine, no BMC.
     let bare = fx.machine(5).await;
     let r = fx.power(bare.id, PowerOp::On, false).await;
@@ -381,4 +390,50 @@ async fn a_bmc_that_hangs_mid_command_times_out_and_says_so() {
     // The BMC still answers other operations: the machine is still on.
     let r = fx.power(m.id, PowerOp::Status, false).await;
     assert_eq!(r.power_state.as_deref(), Some("on"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_machine_that_is_on_is_cycled_only_when_an_installed_os_runs_on_it() {
+    let Some(fx) = Fixture::new("").await else {
+        return;
+    };
+    let Some(sim) = IpmiSim::start().await else {
+        return;
+    };
+    let _bmcd = fx.start().await;
+    sim.ipmitool(&["chassis", "power", "on"]);
+    // Registered and on: it runs the agent, which takes the workflow itself.
+    let agent = fx.machine(9).await;
+    fx.set_bmc(agent.id, ipmi(sim.port, USER), PASSWORD).await;
+    provision(&fx.store, &agent).await;
+    let done = wait_request(&fx, agent.id, PowerRequestKind::Provision).await;
+    assert_eq!(
+        done.result.as_deref(),
+        Some("next boot from the network; already on, running the agent: no reboot needed"),
+        "{done:?}"
+    );
+    assert!(
+        !sim.chassis_log().iter().any(|l| l == "set power 0"),
+        "{:?}",
+        sim.chassis_log()
+    );
+    // Ready and on: an installed OS runs on it, so a re-image cycles it.
+    let ready = fx.machine(10).await;
+    let ready = fx
+        .store
+        .set_state(ready.id, dragonfly_core::MachineState::Ready, None)
+        .await;
+    fx.set_bmc(ready.id, ipmi(sim.port, USER), PASSWORD).await;
+    provision(&fx.store, &ready).await;
+    let done = wait_request(&fx, ready.id, PowerRequestKind::Provision).await;
+    assert_eq!(
+        done.result.as_deref(),
+        Some("next boot from the network; it was on (an installed OS): power cycled"),
+        "{done:?}"
+    );
+    assert!(
+        sim.chassis_log().iter().any(|l| l == "set power 0"),
+        "{:?}",
+        sim.chassis_log()
+    );
 }

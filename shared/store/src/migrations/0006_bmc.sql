@@ -52,7 +52,8 @@ CREATE TABLE bmc_key (
 
 -- power_requests: power work that must not be lost. Created in the same transaction as the
 -- change that needs it — a workflow created ('provision': next boot from the network, then
--- power on or cycle) or succeeded ('provisioned': next boot from disk) — for machines that
+-- power on when off, or cycle when on and `cycle`) or succeeded ('provisioned': next boot
+-- from disk) — for machines that
 -- have a bmcs row, so a bmcd that is down or restarts finds it and does it. A newer request
 -- for a machine supersedes its pending ones. bmcd moves each to 'running' (attempts + 1)
 -- before it acts and to 'done' or 'failed' (with the BMC's answer in `result`) after; a
@@ -62,6 +63,9 @@ CREATE TABLE power_requests (
     machine_id    TEXT    NOT NULL REFERENCES machines(id) ON DELETE CASCADE,
     kind          TEXT    NOT NULL CHECK (kind IN ('provision','provisioned')),
     workflow_id   TEXT,
+    -- 'provision' only: cycle a machine that is on (it runs an installed OS: a re-image) rather
+    -- than leave it be (it runs the agent, which takes the workflow without a reboot).
+    cycle         INTEGER NOT NULL DEFAULT 0 CHECK (cycle IN (0, 1)),
     state         TEXT    NOT NULL CHECK (state IN ('pending','running','done','failed','superseded')),
     attempts      INTEGER NOT NULL DEFAULT 0,
     result        TEXT,
