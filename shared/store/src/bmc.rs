@@ -3,14 +3,14 @@
 //!
 //! Three writers, each with its own columns: apid writes what an operator configures (kind,
 //! address, user, the sealed password) through [`Bmcs::put`]; a registration pre-fills a row
-//! from the agent's report when there is none ([`prefill_tx`], in the registration's own
+//! from the agent's report when there is none (`prefill_tx`, in the registration's own
 //! transaction); bmcd writes what it reads (power state, condition) through
 //! [`Bmcs::record`]. The password arrives here already sealed to bmcd's public key (see
 //! `dragonfly-bmc`'s `seal` module): this crate never sees it in the clear, and no read of it
 //! leaves this module except [`Bmcs::credentials`], which only bmcd calls.
 //!
 //! Power work that must not be lost ([`PowerRequest`]) is created in the transaction of the
-//! change that needs it — a workflow created or succeeded ([`request_tx`], called by
+//! change that needs it — a workflow created or succeeded (`request_tx`, called by
 //! `workflows`) — so it is done even when bmcd was down or crashed at the moment: bmcd reads
 //! the open requests at start, on every hint and on a period.
 
