@@ -137,6 +137,11 @@ pub enum BmcError {
     /// The BMC answered and refused the user name or password.
     #[error("BMC refused the credentials: {detail}")]
     AuthRefused { detail: String },
+    /// The BMC's TLS certificate is not what its configuration trusts (unknown issuer, wrong
+    /// name, not the pinned fingerprint): an operator must say what to trust; sending again
+    /// will not help.
+    #[error("BMC's certificate not trusted: {detail}")]
+    Untrusted { detail: String },
     /// The operation did not finish within the driver's timeout; it was abandoned (its
     /// child process killed), so its effect on the machine is unknown.
     #[error("no answer from the BMC within {after:?}")]

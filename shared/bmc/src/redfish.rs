@@ -18,36 +18,40 @@
 //! error, with its Redfish `error.message` and `@Message.ExtendedInfo` text; no connection is
 //! an unreachable BMC; and the whole operation, polls included, is bounded by the timeout.
 //!
-//! Only `http://` for now: `https://` endpoints are refused when the driver is built.
-//! TODO(security): TLS. reqwest's rustls backend without aws-lc-rs (`rustls-no-provider`, handed a ring
-//! `ClientConfig` through `tls_backend_preconfigured`) works, but the feature is unified across
-//! the workspace and makes every other `reqwest::Client::new()` (the daemons' tests) panic for
-//! want of a process-wide provider; those have to move to a shared client builder first.
-//! Until then, Redfish over plain HTTP sends the password in the clear (basic authentication):
-//! only on an isolated management network, and most BMCs need plain HTTP enabled for it.
+//! Over `https://` the BMC's certificate is checked against what the BMC's configuration
+//! trusts ([`Trust`]): the host's trust store, the site's BMC CA, or one certificate pinned by
+//! its SHA-256 fingerprint — the usual case, since BMCs ship self-signed certificates. A
+//! certificate the trust refuses is [`BmcError::Untrusted`], never a silent fallback to "accept
+//! anything". Plain `http://` sends the password in the clear (basic authentication): only on
+//! an isolated management network.
 //!
 //! What this module must never do: put the password anywhere but the `Authorization` header
 //! (not in a URL, a log line or an error), or use a proxy from the environment (a management
 //! network's credentials have no business crossing an HTTP proxy).
 
+mod transport;
 mod wire;
 
-use std::error::Error as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use reqwest::header::ACCEPT;
-use reqwest::{Method, StatusCode, Url};
+use http::{Method, StatusCode};
 use serde_json::Value;
+
+use transport::Transport;
+pub use transport::{
+    Trust, certificate_fingerprint, check_ca_pem, fingerprint_hex, parse_fingerprint,
+};
 
 use crate::{BmcError, BootTarget, Operation, Password, PowerAction, PowerDriver, PowerState};
 
 /// How to reach one Redfish service.
 #[derive(Debug, Clone)]
 pub struct RedfishConfig {
-    /// `http://host[:port]` (`https://` is not supported yet); no path, and no user or
-    /// password in it.
+    /// `http(s)://host[:port]`; no path, and no user or password in it.
     pub endpoint: String,
+    /// What to trust as the BMC's certificate over `https://` (ignored over `http://`).
+    pub trust: Trust,
     pub username: String,
     pub password: Password,
     /// The machine's system: its id in `/redfish/v1/Systems` (`1`, `System.Embedded.1`) or
@@ -71,6 +75,7 @@ impl RedfishConfig {
             endpoint: endpoint.into(),
             username: username.into(),
             password,
+            trust: Trust::System,
             system: None,
             timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
@@ -82,9 +87,7 @@ impl RedfishConfig {
 #[derive(Debug)]
 pub struct RedfishDriver {
     config: RedfishConfig,
-    /// `scheme://host:port`, without a trailing `/`.
-    base: String,
-    client: reqwest::Client,
+    transport: Transport,
     /// The system's path, once configured or discovered.
     system: OnceLock<String>,
 }
@@ -93,22 +96,29 @@ impl RedfishDriver {
     /// Builds the driver and its HTTP client; no request is made yet.
     ///
     /// # Errors
-    /// [`BmcError::Local`] when the endpoint is not an `http://host[:port]` URL, or the HTTP
-    /// client cannot be set up.
+    /// [`BmcError::Local`] when the endpoint is not an `http(s)://host[:port]` URL, or the
+    /// trust cannot be set up (a CA that is not PEM).
     pub fn new(config: RedfishConfig) -> Result<Self, BmcError> {
-        let base = base_url(&config.endpoint)?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| local("building the HTTP client", std::io::Error::other(e)))?;
+        let endpoint = parse_endpoint(&config.endpoint)?;
+        let transport = Transport::new(
+            &endpoint,
+            &config.trust,
+            &config.username,
+            config.password.expose(),
+        )
+        .map_err(|why| {
+            local(
+                "the Redfish endpoint's TLS",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+            )
+        })?;
         let system = OnceLock::new();
         if let Some(configured) = &config.system {
             let _ = system.set(wire::system_path(configured));
         }
         Ok(Self {
             config,
-            base,
-            client,
+            transport,
             system,
         })
     }
@@ -130,7 +140,7 @@ impl RedfishDriver {
                 after: self.config.timeout,
             }));
         tracing::debug!(
-            endpoint = %self.base,
+            endpoint = %self.transport.base(),
             %operation,
             elapsed_ms = started.elapsed().as_millis(),
             ok = outcome.is_ok(),
@@ -191,18 +201,14 @@ impl RedfishDriver {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Vec<u8>, BmcError> {
-        let mut request = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .basic_auth(&self.config.username, Some(self.config.password.expose()))
-            .header(ACCEPT, "application/json")
-            .header("OData-Version", "4.0");
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status();
-        let answer = response.bytes().await.map_err(transport)?;
+        let body = match body {
+            Some(body) => Some(
+                serde_json::to_vec(body)
+                    .map_err(|e| local("encoding a Redfish request", std::io::Error::other(e)))?,
+            ),
+            None => None,
+        };
+        let (status, answer) = self.transport.exchange(method.clone(), path, body).await?;
         if status.is_success() {
             return Ok(answer.to_vec());
         }
@@ -255,8 +261,23 @@ impl PowerDriver for RedfishDriver {
     }
 }
 
+/// A Redfish endpoint, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    https: bool,
+    /// The host to connect to and to check the certificate against: an IP address (without
+    /// brackets) or a name.
+    host: String,
+    port: u16,
+    /// `host[:port]` as the `Host:` header says it (brackets around an IPv6 address, no
+    /// default port).
+    authority: String,
+    /// `scheme://authority`, without a trailing `/`.
+    base: String,
+}
+
 /// `scheme://host[:port]` of an endpoint, which must be nothing more.
-fn base_url(endpoint: &str) -> Result<String, BmcError> {
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint, BmcError> {
     let invalid = |why: &str| {
         local(
             "the Redfish endpoint",
@@ -264,29 +285,45 @@ fn base_url(endpoint: &str) -> Result<String, BmcError> {
         )
     };
     // The URL's own text is not quoted: it might hold a password.
-    let url = Url::parse(endpoint).map_err(|e| invalid(&format!("not a URL ({e})")))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err(invalid("https is not supported yet (only http)")),
-        _ => return Err(invalid("the scheme must be http")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| invalid(&format!("not a URL ({e})")))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(invalid("the scheme must be http or https")),
+    };
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    if authority.as_str().contains('@') {
         return Err(invalid(
             "credentials belong in the configuration, not in the URL",
         ));
     }
-    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(invalid("only scheme://host[:port], without a path"));
     }
-    let host = url.host_str().ok_or_else(|| invalid("no host"))?;
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
+    let bracketed = authority.host();
+    if bracketed.is_empty() {
+        return Err(invalid("no host"));
+    }
+    let host = bracketed
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(bracketed);
+    let default_port = if https { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let authority = if port == default_port {
+        bracketed.to_owned()
     } else {
-        host.to_owned()
+        format!("{bracketed}:{port}")
     };
-    Ok(match url.port() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme()),
-        None => format!("{}://{host}", url.scheme()),
+    let scheme = if https { "https" } else { "http" };
+    Ok(Endpoint {
+        https,
+        host: host.to_owned(),
+        port,
+        base: format!("{scheme}://{authority}"),
+        authority,
     })
 }
 
@@ -297,47 +334,37 @@ fn local(what: &str, source: std::io::Error) -> BmcError {
     }
 }
 
-/// A request that got no answer. Its chain says why (refused, no route, TLS handshake
-/// failed, certificate not trusted); its URL holds no credentials.
-fn transport(error: reqwest::Error) -> BmcError {
-    let mut detail = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        detail.push_str(": ");
-        detail.push_str(&c.to_string());
-        cause = c.source();
-    }
-    BmcError::Unreachable { detail }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
+
     use super::*;
+
+    fn base(endpoint: &str) -> String {
+        parse_endpoint(endpoint).unwrap().base
+    }
 
     #[test]
     fn endpoints_are_scheme_host_and_port_only() {
-        assert_eq!(base_url("http://10.0.0.5").unwrap(), "http://10.0.0.5");
+        assert_eq!(base("http://10.0.0.5"), "http://10.0.0.5");
+        assert_eq!(base("http://127.0.0.1:8000/"), "http://127.0.0.1:8000");
+        assert_eq!(base("http://[fd00::5]:8080"), "http://[fd00::5]:8080");
+        assert_eq!(base("http://bmc.example:80"), "http://bmc.example");
+        assert_eq!(base("https://bmc.example:443"), "https://bmc.example");
+        assert_eq!(base("https://10.0.0.5:8443"), "https://10.0.0.5:8443");
+        let v6 = parse_endpoint("https://[fd00::5]").unwrap();
         assert_eq!(
-            base_url("http://127.0.0.1:8000/").unwrap(),
-            "http://127.0.0.1:8000"
-        );
-        assert_eq!(
-            base_url("http://[fd00::5]:8080").unwrap(),
-            "http://[fd00::5]:8080"
-        );
-        assert_eq!(
-            base_url("http://bmc.example:80").unwrap(),
-            "http://bmc.example"
+            (v6.host.as_str(), v6.port, v6.authority.as_str()),
+            ("fd00::5", 443, "[fd00::5]")
         );
         for bad in [
             "10.0.0.5",
             "ftp://10.0.0.5",
-            "https://10.0.0.5",
             "http://10.0.0.5/redfish/v1",
             "http://10.0.0.5?x=1",
         ] {
             assert!(
-                matches!(base_url(bad), Err(BmcError::Local { .. })),
+                matches!(parse_endpoint(bad), Err(BmcError::Local { .. })),
                 "{bad}"
             );
         }
@@ -345,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_password_in_the_endpoint_is_refused_and_not_repeated() {
-        let err = base_url("http://admin:hunter2@10.0.0.5").unwrap_err();
+        let err = parse_endpoint("http://admin:hunter2@10.0.0.5").unwrap_err();
         let text = format!(
             "{err}: {}",
             err.source().map(ToString::to_string).unwrap_or_default()

@@ -92,6 +92,8 @@ pub enum PowerFailure {
     Unreachable,
     /// The BMC refused the credentials.
     AuthRefused,
+    /// The BMC's TLS certificate is not what its configuration trusts.
+    Untrusted,
     /// No answer in time: the effect is unknown.
     TimedOut,
     /// The BMC answered with an error.
@@ -110,6 +112,7 @@ impl PowerFailure {
             Self::NotConfigured => "not-configured",
             Self::Unreachable => "unreachable",
             Self::AuthRefused => "auth-refused",
+            Self::Untrusted => "untrusted",
             Self::TimedOut => "timed-out",
             Self::Rejected => "rejected",
             Self::Unsupported => "unsupported",

@@ -52,6 +52,8 @@ pub struct Sushy {
     child: Child,
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
+    /// Whether it serves `https://` (with the certificate it was started with).
+    pub https: bool,
     dir: TempDir,
 }
 
@@ -62,6 +64,18 @@ impl Sushy {
     /// # Panics
     /// When it cannot be set up or does not answer.
     pub async fn start(systems: usize) -> Option<Self> {
+        Self::start_with(systems, None).await
+    }
+
+    /// Like [`Sushy::start`], serving `https://` with this certificate chain and key (PEM).
+    ///
+    /// # Panics
+    /// When it cannot be set up or does not answer.
+    pub async fn start_tls(systems: usize, cert_pem: &str, key_pem: &str) -> Option<Self> {
+        Self::start_with(systems, Some((cert_pem, key_pem))).await
+    }
+
+    async fn start_with(systems: usize, tls: Option<(&str, &str)>) -> Option<Self> {
         let binary = sushy_emulator()?;
         let dir = TempDir::new().unwrap();
         let port = free_port();
@@ -83,7 +97,7 @@ impl Sushy {
                 )
             })
             .collect();
-        let config = format!(
+        let mut config = format!(
             "SUSHY_EMULATOR_FAKE_DRIVER = True\n\
              SUSHY_EMULATOR_FAKE_SYSTEMS = [{}]\n\
              SUSHY_EMULATOR_AUTH_FILE = '{}'\n\
@@ -92,6 +106,15 @@ impl Sushy {
             dir.path().join("htpasswd").display(),
             dir.path().display(),
         );
+        if let Some((cert, key)) = tls {
+            fs::write(dir.path().join("cert.pem"), cert).unwrap();
+            fs::write(dir.path().join("key.pem"), key).unwrap();
+            config.push_str(&format!(
+                "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display(),
+            ));
+        }
         fs::write(dir.path().join("sushy.conf"), config).unwrap();
         let log = fs::File::create(dir.path().join("sushy.out")).unwrap();
         let child = Command::new(binary)
@@ -103,14 +126,26 @@ impl Sushy {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut sushy = Self { child, port, dir };
+        let mut sushy = Self {
+            child,
+            port,
+            https: tls.is_some(),
+            dir,
+        };
         // Ready once the service root (not behind authentication) answers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = sushy.child.try_wait().unwrap() {
                 panic!("sushy-emulator exited with {status}: {}", sushy.output());
             }
-            if root_answers(port) {
+            // Over TLS, listening is enough: this crate has no TLS client, and the driver
+            // under test is what checks the answers.
+            let ready = if sushy.https {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                root_answers(port)
+            };
+            if ready {
                 break;
             }
             assert!(
@@ -128,9 +163,10 @@ impl Sushy {
         fs::read_to_string(self.dir.path().join("sushy.out")).unwrap_or_default()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when it serves TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The URL of `path`.

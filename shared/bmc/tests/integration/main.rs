@@ -15,6 +15,7 @@
 mod child;
 mod ipmi;
 mod redfish;
+mod redfish_tls;
 mod sim;
 mod sushy;
 mod wol;
