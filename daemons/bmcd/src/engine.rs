@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dragonfly_bmc::ipmi::{IpmiConfig, IpmiDriver};
-use dragonfly_bmc::redfish::{RedfishConfig, RedfishDriver};
+use dragonfly_bmc::redfish::{RedfishConfig, RedfishDriver, Trust, parse_fingerprint};
 use dragonfly_bmc::seal::OpeningKey;
 use dragonfly_bmc::wol::{WolConfig, WolDriver};
 use dragonfly_bmc::{
@@ -42,7 +42,8 @@ use crate::config::BmcdConfig;
 #[derive(Debug)]
 pub(crate) enum Driver {
     Ipmi(IpmiDriver),
-    Redfish(RedfishDriver),
+    // Boxed: its TLS set-up makes it several times the others' size.
+    Redfish(Box<RedfishDriver>),
     Wol(WolDriver),
 }
 
@@ -106,6 +107,7 @@ impl Failure {
             self.kind,
             PowerFailure::Unreachable
                 | PowerFailure::AuthRefused
+                | PowerFailure::Untrusted
                 | PowerFailure::TimedOut
                 | PowerFailure::NotConfigured
         )
@@ -116,6 +118,7 @@ fn failure(e: &BmcError) -> Failure {
     let kind = match e {
         BmcError::Unreachable { .. } => PowerFailure::Unreachable,
         BmcError::AuthRefused { .. } => PowerFailure::AuthRefused,
+        BmcError::Untrusted { .. } => PowerFailure::Untrusted,
         BmcError::TimedOut { .. } => PowerFailure::TimedOut,
         BmcError::Rejected { .. } | BmcError::UnexpectedOutput { .. } => PowerFailure::Rejected,
         BmcError::NoSingleSystem { .. } => PowerFailure::NotConfigured,
@@ -332,9 +335,16 @@ impl Engine {
         }
         let mut c = RedfishConfig::new(address, username, password);
         c.system.clone_from(&bmc.spec.system);
+        c.trust = match (&bmc.spec.tls_fingerprint, &bmc.spec.tls_ca) {
+            (Some(pin), _) => Trust::Pinned(parse_fingerprint(pin).map_err(|e| {
+                not_configured(format!("the BMC's pinned certificate fingerprint: {e}"))
+            })?),
+            (None, Some(pem)) => Trust::Ca(pem.clone()),
+            (None, None) => Trust::System,
+        };
         c.timeout = timeout;
         RedfishDriver::new(c)
-            .map(Driver::Redfish)
+            .map(|d| Driver::Redfish(Box::new(d)))
             .map_err(|e| not_configured(Chain(&e).to_string()))
     }
 

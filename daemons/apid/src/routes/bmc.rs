@@ -30,6 +30,8 @@ pub const LAST_REQUESTS: usize = 5;
 pub const MAX_PASSWORD_BYTES: usize = 256;
 /// IPMI 2.0 passwords are at most 20 bytes.
 pub const MAX_IPMI_PASSWORD_BYTES: usize = 20;
+/// The longest CA bundle accepted for a Redfish BMC (a few certificates).
+pub const MAX_CA_PEM_BYTES: usize = 64 * 1024;
 /// The longest user name and Redfish system id accepted.
 pub const MAX_NAME_CHARS: usize = 128;
 
@@ -104,6 +106,14 @@ pub struct BmcRequest {
     /// Default `uefi`.
     #[serde(default)]
     pub boot_mode: BootMode,
+    /// Redfish over `https://`: trust only certificates issued by these CA certificates
+    /// (PEM), for the URL's host name or address. Absent (and no `tlsFingerprint`): the
+    /// host's trust store.
+    pub tls_ca: Option<String>,
+    /// Redfish over `https://`: trust exactly the certificate with this SHA-256 fingerprint
+    /// (64 hex digits, `:` between bytes allowed), whatever its issuer, name or dates — a
+    /// BMC's self-signed factory certificate.
+    pub tls_fingerprint: Option<String>,
     /// Refuse the change (409) unless the BMC configuration is still at this version.
     pub resource_version: Option<i64>,
 }
@@ -118,6 +128,8 @@ impl std::fmt::Debug for BmcRequest {
             .field("password", &self.password.as_ref().map(|_| "[redacted]"))
             .field("system", &self.system)
             .field("boot_mode", &self.boot_mode)
+            .field("tls_ca", &self.tls_ca.as_ref().map(String::len))
+            .field("tls_fingerprint", &self.tls_fingerprint)
             .field("resource_version", &self.resource_version)
             .finish()
     }
@@ -179,6 +191,39 @@ impl BmcRequest {
                 }
             }
         }
+        let https = self.kind == BmcType::Redfish
+            && address
+                .as_deref()
+                .is_some_and(|a| a.starts_with("https://"));
+        let tls_ca = match self.tls_ca.as_deref().map(str::trim) {
+            None => None,
+            Some(_) if !https => {
+                return Err("tlsCa: only for a Redfish service at an https:// URL".into());
+            }
+            Some(pem) if pem.len() > MAX_CA_PEM_BYTES => {
+                return Err(format!("tlsCa: longer than {MAX_CA_PEM_BYTES} bytes"));
+            }
+            Some(pem) => {
+                dragonfly_bmc::redfish::check_ca_pem(pem).map_err(|e| format!("tlsCa: {e}"))?;
+                Some(pem.to_owned())
+            }
+        };
+        let tls_fingerprint = match self.tls_fingerprint.as_deref() {
+            None => None,
+            Some(_) if !https => {
+                return Err("tlsFingerprint: only for a Redfish service at an https:// URL".into());
+            }
+            Some(_) if tls_ca.is_some() => {
+                return Err(
+                    "tlsFingerprint: give either tlsCa (trust an issuer) or tlsFingerprint                      (trust one certificate), not both"
+                        .into(),
+                );
+            }
+            Some(f) => Some(dragonfly_bmc::redfish::fingerprint_hex(
+                &dragonfly_bmc::redfish::parse_fingerprint(f)
+                    .map_err(|e| format!("tlsFingerprint: {e}"))?,
+            )),
+        };
         if self.kind != BmcType::Redfish && self.system.is_some() {
             return Err("system: only a Redfish service manages several systems".into());
         }
@@ -231,8 +276,8 @@ impl BmcRequest {
             username: username.transpose()?,
             system: system.transpose()?,
             uefi: self.boot_mode == BootMode::Uefi,
-            tls_ca: None,
-            tls_fingerprint: None,
+            tls_ca,
+            tls_fingerprint,
         })
     }
 }
@@ -330,6 +375,10 @@ pub struct BmcView {
     pub username: Option<String>,
     pub system: Option<String>,
     pub boot_mode: BootMode,
+    /// Redfish over https: the CA certificates trusted (PEM), when set.
+    pub tls_ca: Option<String>,
+    /// Redfish over https: the pinned certificate's SHA-256 fingerprint (hex), when set.
+    pub tls_fingerprint: Option<String>,
     /// A password is stored (sealed to bmcd's key).
     pub password_set: bool,
     /// `operator`, or `agent` when it came from the agent's hardware report and no operator
@@ -363,6 +412,8 @@ impl BmcView {
             } else {
                 BootMode::Legacy
             },
+            tls_ca: b.spec.tls_ca,
+            tls_fingerprint: b.spec.tls_fingerprint,
             password_set: b.password_set,
             source: if b.from_agent { "agent" } else { "operator" }.to_owned(),
             power_state: b.power_state.map(|s| s.as_str().to_owned()),
@@ -519,6 +570,63 @@ mod tests {
         ] {
             let e = check(serde_json::json!({"type": "ipmi", "address": address})).unwrap_err();
             assert!(e.contains(says), "{address:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn redfish_over_https_trusts_a_ca_or_one_pinned_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        let https = |extra: serde_json::Value| {
+            let mut body = serde_json::json!({"type": "redfish", "address": "https://10.0.0.5"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            check(body)
+        };
+        let s = https(serde_json::json!({"tlsCa": ca})).unwrap();
+        assert_eq!(s.tls_ca.as_deref(), Some(ca.trim()));
+        assert_eq!(s.tls_fingerprint, None);
+        let pin = "AB:".repeat(31) + "AB";
+        let s = https(serde_json::json!({"tlsFingerprint": pin})).unwrap();
+        assert_eq!(
+            s.tls_fingerprint,
+            Some("ab".repeat(32)),
+            "stored as plain hex"
+        );
+        let s = https(serde_json::json!({})).unwrap();
+        assert_eq!((s.tls_ca, s.tls_fingerprint), (None, None));
+        for (extra, says) in [
+            (
+                serde_json::json!({"tlsCa": "not pem"}),
+                "tlsCa: no certificate",
+            ),
+            (
+                serde_json::json!({"tlsFingerprint": "abcd"}),
+                "tlsFingerprint: not a SHA-256",
+            ),
+            (
+                serde_json::json!({"tlsCa": ca, "tlsFingerprint": pin}),
+                "not both",
+            ),
+        ] {
+            let e = https(extra.clone()).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        for (body, says) in [
+            (
+                serde_json::json!({"type": "redfish", "address": "http://10.0.0.5", "tlsFingerprint": pin}),
+                "https://",
+            ),
+            (
+                serde_json::json!({"type": "ipmi", "address": "10.0.0.5", "tlsCa": ca}),
+                "https://",
+            ),
+        ] {
+            let e = check(body.clone()).unwrap_err();
+            assert!(e.contains(says), "{body}: {e}");
         }
     }
 

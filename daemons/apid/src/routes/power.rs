@@ -85,7 +85,7 @@ pub struct PowerResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power_state: Option<String>,
     /// When not `ok`: `no-bmc`, `no-machine`, `not-configured`, `unreachable`,
-    /// `auth-refused`, `timed-out`, `rejected`, `unsupported`, `internal`.
+    /// `auth-refused`, `untrusted`, `timed-out`, `rejected`, `unsupported`, `internal`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     /// What happened, in words: the BMC's own error text when it gave one.
@@ -121,9 +121,12 @@ pub fn reply_status(reply: &PowerReply) -> StatusCode {
             StatusCode::CONFLICT
         }
         Some(PowerFailure::NoMachine) => StatusCode::NOT_FOUND,
-        Some(PowerFailure::Unreachable | PowerFailure::AuthRefused | PowerFailure::Rejected) => {
-            StatusCode::BAD_GATEWAY
-        }
+        Some(
+            PowerFailure::Unreachable
+            | PowerFailure::AuthRefused
+            | PowerFailure::Untrusted
+            | PowerFailure::Rejected,
+        ) => StatusCode::BAD_GATEWAY,
         Some(PowerFailure::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
         // `Internal`, or a failure without a kind (bmcd breaking its contract).
         Some(PowerFailure::Internal) | None => StatusCode::INTERNAL_SERVER_ERROR,
@@ -460,6 +463,7 @@ mod tests {
             (NoMachine, 404),
             (Unreachable, 502),
             (AuthRefused, 502),
+            (Untrusted, 502),
             (Rejected, 502),
             (TimedOut, 504),
             (Internal, 500),

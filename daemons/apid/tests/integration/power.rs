@@ -164,6 +164,26 @@ async fn the_bmc_password_is_sealed_to_bmcds_key_and_never_shown() {
     let (_, still) = s.db.bmcs().credentials(m.id).await.unwrap().unwrap();
     assert_eq!(still.unwrap(), sealed, "the sealed password is unchanged");
 
+    // Redfish over https with a pinned certificate: the pin is shown, normalised; the
+    // password is kept.
+    let pin = "9F:86:D0:81:88:4C:7D:65:9A:2F:EA:A0:C5:5A:D0:15:A3:BF:4F:1B:2B:0B:82:2C:D1:5D:6C:15:B0:F0:0A:08";
+    let https = json!({"type": "redfish", "address": "https://10.0.0.5:8443",
+        "username": "root", "tlsFingerprint": pin});
+    let (st, text) = send(&s, &cookie, reqwest::Method::PUT, &path, Some(&https)).await;
+    assert_eq!(st, 200, "{text}");
+    let v = json_of(&text);
+    assert_eq!(
+        v["tlsFingerprint"],
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+    assert_eq!(v["tlsCa"], Value::Null);
+    assert_eq!(v["passwordSet"], true);
+    let stored = s.db.bmcs().get(m.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.spec.tls_fingerprint.as_deref(),
+        v["tlsFingerprint"].as_str()
+    );
+
     // A refused request with a password says why without repeating it.
     let bad = json!({"type": "ipmi", "address": "http://10.0.0.5", "password": PASSWORD});
     let (st, text) = send(&s, &cookie, reqwest::Method::PUT, &path, Some(&bad)).await;

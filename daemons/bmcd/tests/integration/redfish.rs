@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use dragonfly_bus::power::PowerOp;
+use dragonfly_bmc::redfish::{certificate_fingerprint, fingerprint_hex};
+use dragonfly_bus::power::{PowerFailure, PowerOp};
 use dragonfly_store::bmc::PowerState;
 use dragonfly_testkit::sushy::{PASSWORD, SYSTEM_UUID, Sushy, USER};
 
@@ -11,8 +12,15 @@ use crate::fixture::{Fixture, redfish};
 
 /// GET a resource of the emulator with curl (Debian's), the cross-check.
 fn get(sushy: &Sushy, path: &str) -> serde_json::Value {
+    // `-k`: the cross-check reads the emulator whatever its certificate; bmcd's trust is
+    // what is under test.
     let out = std::process::Command::new("curl")
-        .args(["-sf", "-u", &format!("{USER}:{PASSWORD}"), &sushy.url(path)])
+        .args([
+            "-skf",
+            "-u",
+            &format!("{USER}:{PASSWORD}"),
+            &sushy.url(path),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "curl {path}");
@@ -51,5 +59,57 @@ async fn boot_override_and_power_on_reach_the_emulated_system() {
     let boot = &get(&sushy, &path)["Boot"];
     assert_eq!(boot["BootSourceOverrideTarget"], "Hdd", "{boot}");
     tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!fx.log_text().contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn https_with_a_pinned_certificate_works_and_an_unpinned_one_is_a_condition() {
+    let Some(fx) = Fixture::new("poll_interval = \"1s\"\npoll_jitter_percent = 0").await else {
+        return;
+    };
+    // A BMC's self-signed factory certificate.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bmc-factory-name".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let Some(sushy) = Sushy::start_tls(1, &cert.pem(), &key.serialize_pem()).await else {
+        return;
+    };
+    let _bmcd = fx.start().await;
+    let pinned = fx.machine(8).await;
+    let mut spec = redfish(&sushy.endpoint(), USER, None);
+    spec.tls_fingerprint = Some(fingerprint_hex(&certificate_fingerprint(cert.der())));
+    fx.set_bmc(pinned.id, spec, PASSWORD).await;
+    let r = fx.power(pinned.id, PowerOp::Status, false).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.power_state.as_deref(), Some("off"), "{r:?}");
+
+    // The same BMC trusted through the host's store: refused, and said so on the machine.
+    let unpinned = fx.machine(9).await;
+    fx.set_bmc(
+        unpinned.id,
+        redfish(&sushy.endpoint(), USER, None),
+        PASSWORD,
+    )
+    .await;
+    let r = fx.power(unpinned.id, PowerOp::On, false).await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.failure, Some(PowerFailure::Untrusted), "{r:?}");
+    assert_eq!(r.attempts, 1, "no retry can fix a certificate: {r:?}");
+    let b = fx
+        .wait_bmc(unpinned.id, "an untrusted condition", |b| {
+            b.condition
+                .as_deref()
+                .is_some_and(|c| c.contains("tlsFingerprint"))
+        })
+        .await;
+    assert!(
+        b.condition.as_deref().unwrap().contains("not trusted"),
+        "{:?}",
+        b.condition
+    );
+    let path = format!("/redfish/v1/Systems/{SYSTEM_UUID}");
+    assert_eq!(get(&sushy, &path)["PowerState"], "Off", "nothing was sent");
     assert!(!fx.log_text().contains(PASSWORD));
 }
