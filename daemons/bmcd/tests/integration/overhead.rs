@@ -35,6 +35,14 @@ async fn bmcd_adds_little_to_the_bmcs_own_answer() {
     let Some(sushy) = Sushy::start(1).await else {
         return;
     };
+    // The same emulator over https, its certificate from a test CA that bmcd and curl trust.
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue_for_loopback();
+    let Some(sushy_tls) = Sushy::start_tls(1, &cert, &key).await else {
+        return;
+    };
+    let ca_file = fx.cfg.with_file_name("bmc-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
     let _bmcd = fx.start().await;
     let a = fx.machine(30).await;
     fx.set_bmc(a.id, ipmi(sim.port, ipmi_sim::USER), ipmi_sim::PASSWORD)
@@ -46,8 +54,12 @@ async fn bmcd_adds_little_to_the_bmcs_own_answer() {
         sushy::PASSWORD,
     )
     .await;
+    let c = fx.machine(32).await;
+    let mut spec = redfish(&sushy_tls.endpoint(), sushy::USER, None);
+    spec.tls_ca = Some(ca.pem.clone());
+    fx.set_bmc(c.id, spec, sushy::PASSWORD).await;
     // Warm up (the Redfish driver finds the system on first use).
-    for m in [a.id, b.id] {
+    for m in [a.id, b.id, c.id] {
         assert!(fx.power(m, PowerOp::Status, false).await.ok);
     }
 
@@ -74,6 +86,12 @@ async fn bmcd_adds_little_to_the_bmcs_own_answer() {
             b.id,
             PowerOp::Status,
             Box::new(|| curl(&sushy.url(&system), None)),
+        ),
+        (
+            "Redfish over https (site CA) power status",
+            c.id,
+            PowerOp::Status,
+            Box::new(|| curl_https(&sushy_tls.url(&system), &ca_file)),
         ),
         (
             "Redfish boot override",
@@ -108,6 +126,57 @@ async fn bmcd_adds_little_to_the_bmcs_own_answer() {
             ms(via) - ms(own)
         );
     }
+}
+
+/// A test CA and a certificate it issues for 127.0.0.1.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // A subject of its own: one equal to the leaf's makes OpenSSL (curl) take the leaf
+        // for self-signed.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bmcd bench CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate PEM, key PEM) for 127.0.0.1.
+    fn issue_for_loopback(&self) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// `curl` GET over https, trusting `ca` only.
+fn curl_https(url: &str, ca: &std::path::Path) {
+    let status = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "--cacert"])
+        .arg(ca)
+        .arg("-u")
+        .arg(format!("{}:{}", sushy::USER, sushy::PASSWORD))
+        .arg(url)
+        .status()
+        .unwrap();
+    assert!(status.success(), "curl {url}");
 }
 
 /// `curl` GET (or PATCH with `body`) as the emulator's user, checked for success.
