@@ -179,7 +179,8 @@ pub(crate) fn error_text(body: &[u8]) -> String {
     if parts.is_empty() {
         shorten(&String::from_utf8_lossy(body))
     } else {
-        parts.join("; ")
+        // Shortened too: a BMC's message becomes a machine condition and a log line.
+        shorten(&parts.join("; "))
     }
 }
 
@@ -201,6 +202,63 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, BmcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values of any shape, a few levels deep, with the keys a BMC's answers use.
+    fn json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("Members".to_owned()),
+            Just("@odata.id".to_owned()),
+            Just("PowerState".to_owned()),
+            Just("Actions".to_owned()),
+            Just("#ComputerSystem.Reset".to_owned()),
+            Just("ResetType@Redfish.AllowableValues".to_owned()),
+            Just("error".to_owned()),
+            Just("message".to_owned()),
+            Just("@Message.ExtendedInfo".to_owned()),
+            Just("Message".to_owned()),
+            "[a-zA-Z@.#]{0,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        // A BMC's answer is input from the network: whatever it is, each reader gives a
+        // value or an error, never a panic, and an error message stays short.
+        #[test]
+        fn any_bytes_are_read_or_refused(body in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse_members(&body).and_then(only_system);
+            if let Ok(system) = parse_system(&body) {
+                let _ = power_state(&system);
+                let _ = has_power_cycle(&system);
+            }
+            prop_assert!(error_text(&body).chars().count() <= 201);
+        }
+
+        #[test]
+        fn any_json_is_read_or_refused(value in json()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            let _ = parse_members(&body).and_then(only_system);
+            if let Ok(system) = parse_system(&body) {
+                let _ = power_state(&system);
+                let _ = has_power_cycle(&system);
+            }
+            prop_assert!(error_text(&body).chars().count() <= 201);
+        }
+    }
 
     #[test]
     fn a_configured_system_is_an_id_or_a_path() {
