@@ -490,6 +490,25 @@ impl Bmcs<'_> {
         self.db.run(move |c| get_tx(c, machine)).await
     }
 
+    /// The BMCs of these machines (those that have one), without their secrets: the power
+    /// column of a page of machines.
+    pub async fn of(
+        self,
+        machines: Vec<MachineId>,
+    ) -> Result<std::collections::HashMap<MachineId, Bmc>, StoreError> {
+        self.db
+            .run(move |c| {
+                let mut out = std::collections::HashMap::new();
+                for machine in machines {
+                    if let Some(bmc) = get_tx(c, machine)? {
+                        out.insert(machine, bmc);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// Every BMC, in machine id order (bmcd's polling list).
     pub async fn list(self) -> Result<Vec<Bmc>, StoreError> {
         self.db

@@ -10,6 +10,7 @@ use dragonfly_core::agent_api;
 use dragonfly_core::hardware::validate_hostname;
 use dragonfly_core::{HardwareReport, Machine, MachineState, labels};
 use dragonfly_store::StoreError;
+use dragonfly_store::bmc::Bmc;
 use dragonfly_store::machines::{Filter, NewMachines, Patch, Registered};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -17,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use crate::routes::bmc::BmcType;
 
 /// Registers a machine from its agent's hardware report.
 ///
@@ -185,11 +187,73 @@ pub struct ListQuery {
     pub after: Option<String>,
 }
 
+/// A machine as the operators' views show it: the machine, and how its power is doing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineView {
+    #[serde(flatten)]
+    pub machine: Machine,
+    /// Its BMC's power state and condition; absent when it has no BMC configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<MachinePower>,
+}
+
+/// A machine's power at a glance (the whole BMC view is `/api/machines/{id}/bmc`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachinePower {
+    /// `ipmi`, `redfish` or `wol`.
+    #[serde(rename = "type")]
+    pub kind: BmcType,
+    /// What bmcd last read: `on`, `off`, `unknown`; null before its first reading.
+    pub state: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub checked_at: Option<jiff::Timestamp>,
+    /// Why bmcd cannot drive the BMC (unreachable, credentials refused, certificate not
+    /// trusted, …), while that lasts: the machine's power condition.
+    pub condition: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub condition_since: Option<jiff::Timestamp>,
+}
+
+impl From<Bmc> for MachinePower {
+    fn from(b: Bmc) -> Self {
+        Self {
+            kind: b.spec.kind.into(),
+            state: b.power_state.map(|s| s.as_str().to_owned()),
+            checked_at: b.power_checked_at,
+            condition: b.condition,
+            condition_since: b.condition_since,
+        }
+    }
+}
+
+/// The machines with their power, in the same order.
+async fn views(state: &AppState, machines: Vec<Machine>) -> Result<Vec<MachineView>, ApiError> {
+    let mut bmcs = state
+        .db
+        .bmcs()
+        .of(machines.iter().map(|m| m.id).collect())
+        .await?;
+    Ok(machines
+        .into_iter()
+        .map(|machine| MachineView {
+            power: bmcs.remove(&machine.id).map(MachinePower::from),
+            machine,
+        })
+        .collect())
+}
+
+async fn view(state: &AppState, machine: Machine) -> Result<MachineView, ApiError> {
+    let mut one = views(state, vec![machine]).await?;
+    Ok(one.remove(0))
+}
+
 /// One page of machines.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineList {
-    pub items: Vec<Machine>,
+    pub items: Vec<MachineView>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
@@ -244,7 +308,7 @@ pub async fn list(
     let limit = page_size(q.limit)?;
     let page = state.db.machines().list(filter, q.after, limit).await?;
     Ok(ApiJson(MachineList {
-        items: page.items,
+        items: views(&state, page.items).await?,
         next: page.next_after,
     }))
 }
@@ -265,13 +329,14 @@ pub(crate) async fn find(state: &AppState, key: String) -> Result<Machine, ApiEr
 /// Gets one machine by id or memorable name.
 #[utoipa::path(get, path = "/api/machines/{id}", tag = "machines",
     params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
-    responses((status = 200, body = Machine), (status = 401, body = ErrorBody),
+    responses((status = 200, body = MachineView), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<ApiJson<Machine>, ApiError> {
-    find(&state, id).await.map(ApiJson)
+) -> Result<ApiJson<MachineView>, ApiError> {
+    let machine = find(&state, id).await?;
+    view(&state, machine).await.map(ApiJson)
 }
 
 /// Body of `PATCH /api/machines/{id}`. Absent fields are left alone.

@@ -8,6 +8,7 @@ use dragonfly_bmc::seal::OpeningKey;
 use dragonfly_bus::power::{PowerFailure, PowerOff, PowerOn, PowerReply, PowerStatus};
 use dragonfly_bus::{Bus, ConnectionState};
 use dragonfly_core::{Machine, MachineId};
+use dragonfly_store::bmc::{PowerState, Reading};
 use dragonfly_store::testing::NewMachine;
 use dragonfly_testkit::NatsServer;
 use dragonfly_testkit::require_nats_servers;
@@ -492,4 +493,73 @@ async fn power_scenario(nats: &NatsServer) {
         assert!(r.get("reply").is_none(), "{r}");
     }
     stop.cancel();
+}
+
+#[tokio::test]
+async fn machine_views_show_power_state_and_a_bmcs_condition() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let with = machine(&s, 11).await;
+    let without = machine(&s, 12).await;
+    publish_key(&s).await;
+    let body = json!({"type": "ipmi", "address": "10.0.0.5", "username": "admin",
+        "password": PASSWORD});
+    let path = format!("/api/machines/{}/bmc", with.id.0);
+    let (st, text) = send(&s, &cookie, reqwest::Method::PUT, &path, Some(&body)).await;
+    assert_eq!(st, 200, "{text}");
+
+    // Before bmcd's first reading: the type, no state, no condition.
+    let one = format!("/api/machines/{}", with.id.0);
+    let (st, text) = send(&s, &cookie, reqwest::Method::GET, &one, None).await;
+    assert_eq!(st, 200, "{text}");
+    let v = json_of(&text);
+    assert_eq!(
+        v["name"],
+        with.name.as_str(),
+        "the machine's own fields stay"
+    );
+    assert_eq!(v["power"]["type"], "ipmi");
+    assert_eq!(v["power"]["state"], Value::Null);
+    assert_eq!(v["power"]["condition"], Value::Null);
+
+    // bmcd finds the BMC unreachable: the machine, listed, says so.
+    let now = jiff::Timestamp::now();
+    s.db.bmcs()
+        .record(
+            with.id,
+            Reading::Failed("BMC unreachable: no answer from 10.0.0.5".into()),
+            now,
+        )
+        .await
+        .unwrap();
+    let (st, text) = send(&s, &cookie, reqwest::Method::GET, "/api/machines", None).await;
+    assert_eq!(st, 200, "{text}");
+    let items = json_of(&text)["items"].as_array().unwrap().clone();
+    let listed = |id: MachineId| {
+        items
+            .iter()
+            .find(|m| m["id"] == id.0.to_string())
+            .unwrap()
+            .clone()
+    };
+    let v = listed(with.id);
+    assert_eq!(
+        v["power"]["condition"],
+        "BMC unreachable: no answer from 10.0.0.5"
+    );
+    assert!(v["power"]["conditionSince"].is_string(), "{v}");
+    assert!(
+        listed(without.id).get("power").is_none(),
+        "no BMC, no power field"
+    );
+
+    // It answers again: state on, condition gone.
+    s.db.bmcs()
+        .record(with.id, Reading::State(PowerState::On), now)
+        .await
+        .unwrap();
+    let (_, text) = send(&s, &cookie, reqwest::Method::GET, &one, None).await;
+    let v = json_of(&text);
+    assert_eq!(v["power"]["state"], "on");
+    assert_eq!(v["power"]["condition"], Value::Null);
 }
