@@ -212,6 +212,17 @@ impl fmt::Debug for Password {
     }
 }
 
+/// Bytes as lower-case hex: key ids and certificate fingerprints.
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

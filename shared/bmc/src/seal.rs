@@ -115,10 +115,7 @@ impl SealingKey {
 
     /// Its id: the first 8 bytes in hex.
     pub fn id(&self) -> String {
-        self.0.as_bytes()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex(&self.0.as_bytes()[..8])
     }
 
     /// Seals `password` so that only the holder of the private key opens it.

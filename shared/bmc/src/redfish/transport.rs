@@ -34,6 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use dragonfly_core::Chain;
+
 use crate::BmcError;
 
 /// The largest answer read from a BMC: a `ComputerSystem` is a few KiB; anything near this is
@@ -98,11 +100,7 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
 
 /// A fingerprint as the store keeps it: 64 lower-case hex digits.
 pub fn fingerprint_hex(sha256: &[u8; 32]) -> String {
-    use fmt::Write as _;
-    sha256.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::hex(sha256)
 }
 
 /// The SHA-256 fingerprint of a certificate's DER.
@@ -390,7 +388,9 @@ where
 
 /// A connection that broke before the whole answer arrived.
 fn no_answer(e: &(dyn std::error::Error + 'static)) -> BmcError {
-    BmcError::Unreachable { detail: chain(e) }
+    BmcError::Unreachable {
+        detail: Chain(e).to_string(),
+    }
 }
 
 /// A failed TLS handshake: a certificate the trust refuses is [`BmcError::Untrusted`] (the
@@ -403,7 +403,7 @@ fn handshake_failed(base: &str, e: &std::io::Error) -> BmcError {
             detail: format!("{base}: {}", certificate_problem(why)),
         },
         _ => BmcError::Unreachable {
-            detail: format!("TLS handshake with {base}: {}", chain(e)),
+            detail: format!("TLS handshake with {base}: {}", Chain(e)),
         },
     }
 }
@@ -424,21 +424,6 @@ fn certificate_problem(why: &CertificateError) -> String {
         CertificateError::Other(other) => other.to_string(),
         other => format!("{other:?}"),
     }
-}
-
-/// An error and its causes, `: `-joined.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.ends_with(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]
