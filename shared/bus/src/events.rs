@@ -296,6 +296,17 @@ events! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub condition: Option<String>,
     }
+
+    /// An operator reserved an address for a machine, moved it, or released it (`ip` absent).
+    ReservationChanged = "dragonfly.reservation.changed", about machine_id {
+        /// The machine.
+        pub machine_id: MachineId,
+        /// The MAC address the reservation is for (the old one when released).
+        pub mac: MacAddr,
+        /// The reserved address; absent when released.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ip: Option<Ipv4Addr>,
+    }
 }
 
 /// Why a lease ended.
@@ -488,6 +499,22 @@ mod tests {
                     condition: Some("BMC refused the credentials".into()),
                 },
                 r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","condition":"BMC refused the credentials"}"#,
+            ),
+            pin(
+                ReservationChanged {
+                    machine_id: MACHINE,
+                    mac: MAC,
+                    ip: Some(Ipv4Addr::new(10, 99, 0, 20)),
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","mac":"52:54:00:ab:cd:ef","ip":"10.99.0.20"}"#,
+            ),
+            pin(
+                ReservationChanged {
+                    machine_id: MACHINE,
+                    mac: MAC,
+                    ip: None,
+                },
+                r#"{"machineId":"0193a5c0-0000-7000-8000-000000000001","mac":"52:54:00:ab:cd:ef"}"#,
             ),
             pin(
                 WorkflowFailed {

@@ -37,6 +37,7 @@ pub mod group;
 pub mod leases;
 pub mod machines;
 mod migrate;
+pub mod reservations;
 pub mod schema;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

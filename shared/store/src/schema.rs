@@ -69,6 +69,10 @@ impl sealed::Sealed for Shared {
             name: "0006_bmc",
             sql: include_str!("migrations/0006_bmc.sql"),
         },
+        Migration {
+            name: "0007_reservations",
+            sql: include_str!("migrations/0007_reservations.sql"),
+        },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.
