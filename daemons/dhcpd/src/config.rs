@@ -1,9 +1,11 @@
 //! dhcpd's section of the configuration file, `[dhcpd]`.
 //!
-//! Reservations (MAC → fixed address) live here, in the file, for now: the operator who plans
-//! a subnet writes them next to it, and `--check-config` catches an address outside its subnet
-//! or a MAC reserved twice. TODO(feature): a `dhcp_reservations` table written by apid, merged
-//! with these at start, once the API has an endpoint for it.
+//! Reservations (MAC → fixed address) come from two places: this file (`[[dhcpd.reservations]]`:
+//! the operator who plans a subnet writes them next to it, and `--check-config` catches an
+//! address outside its subnet or a MAC reserved twice), and the store's `dhcp_reservations`
+//! table, written through apid's API. [`DhcpdConfig::with_stored`] merges the two, the file's
+//! winning; dhcpd publishes its subnets and the file's reservations in the store at start so
+//! that apid checks a new reservation against them.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -59,6 +61,9 @@ pub struct RawDhcpd {
     pub subnets: Vec<RawSubnet>,
     #[serde(default)]
     pub reservations: Vec<RawReservation>,
+    /// How often the stored reservations are re-read besides at start, on each
+    /// `dragonfly.reservation.changed` hint and after a reconnect (5s to 1h).
+    pub reconcile_period: Option<String>,
 }
 
 /// `[[dhcpd.subnets]]` as written.
@@ -160,6 +165,7 @@ pub struct DhcpdConfig {
     pub new_clients: RateLimit,
     pub subnets: Vec<Subnet>,
     pub reservations: Reservations,
+    pub reconcile_period: Duration,
 }
 
 /// A token bucket's size and refill rate (see [`crate::limits`]).
@@ -198,6 +204,11 @@ impl Reservations {
 
     pub fn len(&self) -> usize {
         self.by_mac.len()
+    }
+
+    /// Every reservation, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (MacAddr, Ipv4Addr)> + '_ {
+        self.by_mac.iter().map(|(m, i)| (*m, *i))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,6 +257,8 @@ pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_OFFER_HOLD: Duration = Duration::from_secs(10);
 /// Default quarantine of an address a client DECLINEd (it found the address in use).
 pub const DEFAULT_DECLINE_HOLD: Duration = Duration::from_secs(600);
+/// Default of `reconcile_period`.
+pub const DEFAULT_RECONCILE_PERIOD: Duration = Duration::from_secs(60);
 /// Default boot file for BIOS PXE firmware (iPXE's UNDI build).
 pub const DEFAULT_BIOS_FILE: &str = "undionly.kpxe";
 /// Default boot file for x86-64 UEFI PXE firmware.
@@ -453,6 +466,12 @@ impl DaemonConfig for DhcpdConfig {
             },
             subnets,
             reservations,
+            reconcile_period: duration_between(
+                "reconcile_period",
+                raw.reconcile_period.as_deref(),
+                DEFAULT_RECONCILE_PERIOD,
+                Duration::from_secs(5)..=Duration::from_secs(3600),
+            )?,
         })
     }
 }
@@ -481,6 +500,30 @@ impl DhcpdConfig {
     pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
         self.reservations.by_ip.contains_key(&ip)
     }
+
+    /// This configuration with `stored` (the store's reservations) added to the file's. A
+    /// stored reservation is skipped when its MAC or address is reserved already (the file
+    /// wins, and the table cannot hold either twice) or when its address is in no subnet
+    /// (the subnets changed since it was made); the skipped ones are returned, with why.
+    pub fn with_stored(
+        &self,
+        stored: impl IntoIterator<Item = (MacAddr, Ipv4Addr)>,
+    ) -> (Self, Vec<(MacAddr, Ipv4Addr, &'static str)>) {
+        let mut merged = self.clone();
+        let mut skipped = Vec::new();
+        for (mac, ip) in stored {
+            if !self.subnets.iter().any(|s| s.contains(ip)) {
+                skipped.push((mac, ip, "the address is in no configured subnet"));
+            } else if !merged.reservations.insert(mac, ip) {
+                skipped.push((
+                    mac,
+                    ip,
+                    "the configuration file reserves this MAC or address",
+                ));
+            }
+        }
+        (merged, skipped)
+    }
 }
 
 #[cfg(test)]
@@ -503,6 +546,43 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn stored_reservations_merge_under_the_files() {
+        let c = DhcpdConfig::validate(lab()).unwrap();
+        let m = |s: &str| s.parse::<MacAddr>().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let (merged, skipped) = c.with_stored([
+            (m("52:54:00:00:00:01"), ip("10.99.0.20")),
+            // The file's MAC, and the file's address: the file wins.
+            (m("52:54:00:12:34:56"), ip("10.99.0.21")),
+            (m("52:54:00:00:00:02"), ip("10.99.0.10")),
+            // Outside every subnet (the file changed since).
+            (m("52:54:00:00:00:03"), ip("10.98.0.5")),
+        ]);
+        assert_eq!(
+            merged.reservation(m("52:54:00:00:00:01")),
+            Some(ip("10.99.0.20"))
+        );
+        assert_eq!(
+            merged.reservation(m("52:54:00:12:34:56")),
+            Some(ip("10.99.0.10"))
+        );
+        assert!(merged.is_reserved(ip("10.99.0.20")));
+        assert_eq!(merged.reservations.len(), 2);
+        let why: Vec<_> = skipped.iter().map(|s| s.2).collect();
+        assert_eq!(
+            why,
+            [
+                "the configuration file reserves this MAC or address",
+                "the configuration file reserves this MAC or address",
+                "the address is in no configured subnet"
+            ]
+        );
+        // The base is untouched: the next reload starts from the file again.
+        assert_eq!(c.reservations.len(), 1);
+        assert_eq!(c.reconcile_period, DEFAULT_RECONCILE_PERIOD);
     }
 
     #[test]

@@ -26,13 +26,14 @@ use std::net::UdpSocket as StdUdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dragonfly_bus::Publisher;
-use dragonfly_bus::events::{LeaseEndReason, LeaseEnded};
+use dragonfly_bus::events::{LeaseEndReason, LeaseEnded, ReservationChanged};
+use dragonfly_bus::{Follower, Publisher};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::sockets::{SocketError, Sockets as PassedSockets};
 use dragonfly_runtime::{BEAT_EVERY, Context, Daemon, Health};
 use dragonfly_store::boot::{SightedVia, Sighting};
 use dragonfly_store::leases::{Lease, LeaseOp};
+use dragonfly_store::reservations::PublishedSubnet;
 use dragonfly_store::{Db, GroupConfig, GroupWriter, Rejected, StoreError};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -101,6 +102,15 @@ pub enum DhcpdError {
     /// The lease writer thread ended while dhcpd still served.
     #[error("the lease writer stopped")]
     Writer,
+    /// What dhcpd serves could not be published in the store at start.
+    #[error("publishing the served subnets in the store")]
+    Publish(#[source] StoreError),
+    /// The reservations could not be read at start.
+    #[error("loading the reservations")]
+    LoadReservations(#[source] StoreError),
+    /// The subscription to reservation hints failed.
+    #[error("subscribing to reservation hints")]
+    Subscribe(#[source] dragonfly_bus::BusError),
 }
 
 /// At most this many lease changes per transaction. Small enough that the replies of one
@@ -176,9 +186,27 @@ pub async fn run(
         store: db,
         events,
         heartbeat,
+        bus,
         ..
     } = ctx;
-    let cfg = Arc::new(config);
+    publish_served(&db, &config).await?;
+    let base = config;
+    let cfg = Arc::new(
+        load_reservations(&db, &base)
+            .await
+            .map_err(DhcpdError::LoadReservations)?,
+    );
+    let mut reservations = match &bus {
+        Some(bus) => Some(
+            Follower::<ReservationChanged>::new(bus, Some(base.reconcile_period))
+                .await
+                .map_err(DhcpdError::Subscribe)?,
+        ),
+        None => None,
+    };
+    // Without NATS, the period alone re-reads the reservations.
+    let mut reload = tokio::time::interval(base.reconcile_period);
+    reload.reset();
     let socket = |name: &'static str, s: StdUdpSocket| {
         let err = |source| DhcpdError::Socket { name, source };
         io::configure(&s).map_err(err)?;
@@ -233,7 +261,7 @@ pub async fn run(
     dragonfly_runtime::notify::status(&format!("serving DHCP ({})", cfg.mode.as_str()));
 
     let mut state = LoopState {
-        cfg: &cfg,
+        cfg: Arc::clone(&cfg),
         db: &db,
         table: &mut table,
         writer: &writer,
@@ -264,6 +292,12 @@ pub async fn run(
                     state.drain(p, Port::Pxe, &mut buf).await;
                 }
             }
+            Some(_) = next_change(&mut reservations) => {
+                reload_reservations(&mut state, &base).await;
+            }
+            _ = reload.tick(), if reservations.is_none() => {
+                reload_reservations(&mut state, &base).await;
+            }
             _ = sweep.tick() => {
                 state.table.sweep(now_ms());
                 // A full queue skips this sweep; the next one catches up.
@@ -288,6 +322,67 @@ pub async fn run(
     Ok(())
 }
 
+/// Publishes what dhcpd serves (mode, subnets, the file's reservations) for apid to check
+/// reservations against.
+async fn publish_served(db: &Db, cfg: &DhcpdConfig) -> Result<(), DhcpdError> {
+    let subnets = cfg
+        .subnets
+        .iter()
+        .map(|s| PublishedSubnet {
+            network: s.network,
+            prefix: s.prefix,
+            pool: s.pool,
+            router: s.router,
+            dns: s.dns.clone(),
+            domain_name: s.domain_name.clone(),
+        })
+        .collect();
+    let mut fixed: Vec<_> = cfg.reservations.iter().collect();
+    fixed.sort_unstable_by_key(|(_, ip)| *ip);
+    db.reservations()
+        .publish(cfg.mode.as_str(), subnets, fixed, jiff::Timestamp::now())
+        .await
+        .map_err(DhcpdError::Publish)
+}
+
+/// The file's configuration with the store's reservations merged in (see
+/// [`DhcpdConfig::with_stored`]); the skipped ones are logged.
+async fn load_reservations(db: &Db, base: &DhcpdConfig) -> Result<DhcpdConfig, StoreError> {
+    let stored = db.reservations().all().await?;
+    let count = stored.len();
+    let (merged, skipped) = base.with_stored(stored.into_iter().map(|r| (r.mac, r.ip)));
+    for (mac, ip, why) in &skipped {
+        tracing::warn!(%mac, %ip, why, "stored reservation not served");
+    }
+    tracing::info!(
+        from_file = base.reservations.len(),
+        from_store = count - skipped.len(),
+        skipped = skipped.len(),
+        "reservations loaded"
+    );
+    Ok(merged)
+}
+
+/// Re-reads the reservations; on a store error the ones in force stay (and the next hint or
+/// period tries again).
+async fn reload_reservations(state: &mut LoopState<'_>, base: &DhcpdConfig) {
+    match load_reservations(state.db, base).await {
+        Ok(merged) => state.cfg = Arc::new(merged),
+        Err(e) => state
+            .store_failed
+            .hit(&format_args!("reloading reservations: {}", Chain(&e))),
+    }
+}
+
+async fn next_change(
+    f: &mut Option<Follower<ReservationChanged>>,
+) -> Option<dragonfly_bus::Change<ReservationChanged>> {
+    match f {
+        Some(f) => f.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
     match socket {
         Some(s) => s.readable().await,
@@ -296,7 +391,8 @@ async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
 }
 
 struct LoopState<'a> {
-    cfg: &'a DhcpdConfig,
+    /// The configuration with the stored reservations merged in; replaced on each reload.
+    cfg: Arc<DhcpdConfig>,
     db: &'a Db,
     table: &'a mut leases::Leases,
     writer: &'a GroupWriter<LeaseOp, After>,
@@ -352,7 +448,7 @@ impl LoopState<'_> {
             };
             let known = self.known(&req).await;
             let out = policy::decide(
-                self.cfg,
+                &self.cfg,
                 &req,
                 &arrival,
                 known,
@@ -392,7 +488,7 @@ impl LoopState<'_> {
             // clients pay for it; everyone else's path is unchanged.
             let op = match (booted, out.write) {
                 (Some(mac), write) => Some(LeaseOp::Sighted {
-                    sighting: sighting(self.cfg, mac, reply.as_ref().map(|r| &r.0), &arrival),
+                    sighting: sighting(&self.cfg, mac, reply.as_ref().map(|r| &r.0), &arrival),
                     write,
                 }),
                 (None, Some(write)) => Some(LeaseOp::Write(write)),

@@ -11,3 +11,4 @@ mod flood;
 mod fuzz_corpus;
 mod netns;
 mod pxe;
+mod reservations;
