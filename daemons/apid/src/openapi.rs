@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    agent, bmc, conflicts, health, machines, power, resources, session, users, workflows,
+    address, agent, bmc, conflicts, health, machines, power, resources, session, users, workflows,
 };
 
 /// The API description.
@@ -31,6 +31,7 @@ use crate::routes::{
         workflows::provision, workflows::progress, workflows::cancel, workflows::retry,
         workflows::next_step, workflows::report,
         bmc::put, bmc::get, bmc::delete, power::power, power::bulk,
+        address::put, address::get, address::delete,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),

@@ -196,6 +196,10 @@ pub struct MachineView {
     /// Its BMC's power state and condition; absent when it has no BMC configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub power: Option<MachinePower>,
+    /// The IPv4 address reserved for it (`/api/machines/{id}/address`); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub reserved_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// A machine's power at a glance (the whole BMC view is `/api/machines/{id}/bmc`).
@@ -230,15 +234,14 @@ impl From<Bmc> for MachinePower {
 
 /// The machines with their power, in the same order.
 async fn views(state: &AppState, machines: Vec<Machine>) -> Result<Vec<MachineView>, ApiError> {
-    let mut bmcs = state
-        .db
-        .bmcs()
-        .of(machines.iter().map(|m| m.id).collect())
-        .await?;
+    let ids: Vec<_> = machines.iter().map(|m| m.id).collect();
+    let mut bmcs = state.db.bmcs().of(ids.clone()).await?;
+    let mut reserved = state.db.reservations().of(ids).await?;
     Ok(machines
         .into_iter()
         .map(|machine| MachineView {
             power: bmcs.remove(&machine.id).map(MachinePower::from),
+            reserved_ip: reserved.remove(&machine.id).map(|r| r.ip),
             machine,
         })
         .collect())

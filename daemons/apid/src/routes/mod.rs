@@ -8,6 +8,7 @@
 //! routes and 403 to any request carrying a boot token, so a boot token works on the agents'
 //! listener only. [`router`] has every route, for tests that play both sides on one address.
 
+pub mod address;
 pub mod agent;
 pub mod bmc;
 pub mod conflicts;
@@ -140,6 +141,10 @@ fn operator_routes() -> Router<AppState> {
         .route(
             "/api/machines/{id}/bmc",
             get(bmc::get).put(bmc::put).delete(bmc::delete),
+        )
+        .route(
+            "/api/machines/{id}/address",
+            get(address::get).put(address::put).delete(address::delete),
         )
         .route("/api/machines/{id}/power", post(power::power))
         .route("/api/power", post(power::bulk))

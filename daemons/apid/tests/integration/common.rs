@@ -37,16 +37,22 @@ impl Server {
         Self::start_with_bus(cfg, None).await
     }
 
-    /// apid with `bus` as its NATS connection (requests such as power commands go over it).
+    /// apid with `bus` as its NATS connection (requests such as power commands go over it,
+    /// and its events are published on it).
     pub(crate) async fn start_with_bus(cfg: ApidConfig, bus: Option<dragonfly_bus::Bus>) -> Self {
         let store = TestDb::new();
         let db = store.db.clone();
         let auth_db = store.auth_db();
+        let events = match &bus {
+            // The sending task lives as long as the test's runtime.
+            Some(bus) => dragonfly_bus::Publisher::start(bus, dragonfly_bus::DEFAULT_CAPACITY).0,
+            None => dragonfly_bus::Publisher::disabled(),
+        };
         let state = AppState::new(
             db.clone(),
             auth_db.clone(),
             bus,
-            dragonfly_bus::Publisher::disabled(),
+            events,
             cfg,
             Secret::new(KEY.to_vec()),
         );

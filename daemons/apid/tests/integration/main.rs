@@ -4,6 +4,7 @@
     reason = "test helpers panic on set-up failure by design"
 )]
 
+mod address;
 mod api;
 mod auth_walk;
 mod binary;
