@@ -20,6 +20,9 @@ pub struct BootView {
     /// That workflow's state, when the store has it: it decides before the machine's state
     /// (see [`decide`]).
     pub workflow_state: Option<WorkflowState>,
+    /// The workflow has installed the OS and waits for its first boot to phone home: the
+    /// machine boots its disk even though the workflow still runs.
+    pub installed: bool,
 }
 
 /// What the machine should boot.
@@ -69,6 +72,7 @@ pub fn decide(machine: Option<BootView>) -> BootFate {
     // loop: only an operator's retry makes it pending again).
     if let (Some(workflow_id), Some(ws)) = (m.workflow_id, m.workflow_state) {
         return match ws {
+            WorkflowState::Running if m.installed => BootFate::LocalDisk,
             WorkflowState::Pending | WorkflowState::Running => BootFate::Imaging { workflow_id },
             WorkflowState::Succeeded => BootFate::LocalDisk,
             WorkflowState::Failed | WorkflowState::TimedOut | WorkflowState::Cancelled => {
@@ -107,6 +111,7 @@ mod tests {
                     state,
                     workflow_id,
                     workflow_state: None,
+                    installed: false,
                 }));
                 let want = match (state, workflow_id) {
                     (MachineState::Discovered, _) => BootFate::Discovery {
@@ -140,6 +145,7 @@ mod tests {
                 state,
                 workflow_id: Some(Uuid::nil()),
                 workflow_state: None,
+                installed: false,
             }));
             let imaging = matches!(fate, BootFate::Imaging { .. });
             assert_eq!(
@@ -158,6 +164,7 @@ mod tests {
                 state,
                 workflow_id: Some(wf),
                 workflow_state: Some(ws),
+                installed: false,
             }))
         };
         use MachineState as M;
@@ -176,6 +183,16 @@ mod tests {
             BootFate::Imaging { workflow_id: wf }
         );
         assert_eq!(fate(M::Ready, W::Succeeded), BootFate::LocalDisk);
+        // Installed, waiting for the first boot's phone home: the disk, not the agent again.
+        assert_eq!(
+            decide(Some(BootView {
+                state: M::Provisioning,
+                workflow_id: Some(wf),
+                workflow_state: Some(W::Running),
+                installed: true,
+            })),
+            BootFate::LocalDisk
+        );
         for ws in [W::Failed, W::TimedOut, W::Cancelled] {
             assert_eq!(
                 fate(M::Error, ws),

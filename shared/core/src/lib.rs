@@ -23,6 +23,7 @@ pub mod labels;
 pub mod lifecycle;
 pub mod mac;
 pub mod machine;
+pub mod metadata;
 pub mod names;
 pub mod resource;
 pub mod template;

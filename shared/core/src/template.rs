@@ -97,6 +97,40 @@ pub enum Action {
         #[serde(default)]
         cmdline: String,
     },
+    /// The installed OS's first boot, run by no agent: the metadata service serves
+    /// `userData` to the installed OS's cloud-init (with a vendor-data that makes it phone
+    /// home), and the action succeeds when it phones home. Until then the machine is
+    /// Provisioning, "installed, waiting for first boot"; the action's timeout puts it in
+    /// Error. Only as the last action, right after the kexec into the installed OS.
+    #[serde(rename_all = "camelCase")]
+    Cloudinit {
+        /// `#cloud-config` YAML, rendered per machine like a writefile's contents.
+        user_data: String,
+    },
+}
+
+impl Action {
+    /// Whether the agent runs this action (all but [`Action::Cloudinit`], which the
+    /// installed OS completes by phoning home).
+    pub fn runs_on_agent(&self) -> bool {
+        !matches!(self, Action::Cloudinit { .. })
+    }
+}
+
+/// Checks a rendered (or, with `{{…}}` placeholders, an unrendered) user-data: cloud-config
+/// YAML whose top level is a mapping. The `Err` says what is wrong, for the API.
+pub fn check_cloud_config(text: &str) -> Result<(), String> {
+    let Some(rest) = text.strip_prefix("#cloud-config") else {
+        return Err("must start with the line #cloud-config".into());
+    };
+    if !rest.is_empty() && !rest.starts_with(['\n', '\r']) {
+        return Err("must start with the line #cloud-config".into());
+    }
+    match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(rest) {
+        Ok(serde_yaml_ng::Value::Mapping(_) | serde_yaml_ng::Value::Null) => Ok(()),
+        Ok(_) => Err("the cloud-config's top level must be a mapping of keys".into()),
+        Err(e) => Err(format!("is not valid YAML: {e}")),
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -376,6 +410,10 @@ pub enum TemplateError {
     PartitionNumber(At),
     #[error("{0}: must be a name under /dev/disk/by-id (not empty, no '/')")]
     ById(At),
+    #[error("{0}: a cloudinit action must be the last one, right after a kexec")]
+    CloudinitPlace(At),
+    #[error("{0}: {1}")]
+    UserData(At, String),
 }
 
 /// Checks an `http://` or `https://` URL's shape (scheme, a host, no spaces); what the agent
@@ -391,6 +429,36 @@ pub fn check_url(u: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// `text` with each `{{…}}` replaced by `x`, and each line of a `{{#…}}`/`{{/…}}` block
+/// helper dropped, so its YAML shape can be checked before any value is known.
+fn placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("{{#") || t.starts_with("{{/") || t.starts_with("{{else") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("{{") {
+            out.push_str(&rest[..i]);
+            match rest[i..].find("}}") {
+                Some(end) => {
+                    out.push('x');
+                    rest = &rest[i + end + 2..];
+                    rest = rest.strip_prefix('}').unwrap_or(rest);
+                }
+                None => {
+                    rest = &rest[i..];
+                    break;
+                }
+            }
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    out
 }
 
 fn check_hex(s: &str, len: usize) -> bool {
@@ -421,6 +489,13 @@ impl TemplateSpec {
                 return Err(TemplateError::DuplicateName(at("name"), first));
             }
             a.action.validate(&at)?;
+            if !a.action.runs_on_agent() {
+                let after_kexec =
+                    i > 0 && matches!(self.actions[i - 1].action, Action::Kexec { .. });
+                if i + 1 != self.actions.len() || !after_kexec {
+                    return Err(TemplateError::CloudinitPlace(at("type")));
+                }
+            }
         }
         Ok(())
     }
@@ -547,6 +622,12 @@ impl Action {
                     return Err(TemplateError::Path(at("initrd")));
                 }
             }
+            Action::Cloudinit { user_data } => {
+                // `{{…}}` expressions stand for values only known per machine: checked with
+                // a placeholder here, and again once rendered.
+                check_cloud_config(&placeholders(user_data))
+                    .map_err(|e| TemplateError::UserData(at("userData"), e))?;
+            }
         }
         Ok(())
     }
@@ -646,6 +727,58 @@ actions:
 
     fn debian() -> TemplateSpec {
         serde_yaml_ng::from_str(DEBIAN_YAML).unwrap()
+    }
+
+    #[test]
+    fn a_cloudinit_action_comes_last_after_a_kexec_with_valid_cloud_config() {
+        let mut t = debian();
+        let user_data = "#cloud-config\nhostname: {{hostname}}\nssh_authorized_keys:\n{{#each sshKeys}}\n  - {{this}}\n{{/each}}\n";
+        t.actions.push(ActionSpec {
+            name: "first-boot".into(),
+            timeout_seconds: Some(900),
+            retries: 0,
+            action: Action::Cloudinit {
+                user_data: user_data.into(),
+            },
+        });
+        assert_eq!(t.validate(), Ok(()));
+        assert!(!t.actions[5].action.runs_on_agent());
+        assert!(t.actions[4].action.runs_on_agent());
+        // Round trip through the documented spelling.
+        let json = serde_json::to_value(&t.actions[5]).unwrap();
+        assert_eq!(json["type"], "cloudinit");
+        assert_eq!(json["userData"], user_data);
+        // Not last, not after a kexec.
+        let mut moved = t.clone();
+        moved.actions.swap(4, 5);
+        assert!(matches!(
+            moved.validate(),
+            Err(TemplateError::CloudinitPlace(_))
+        ));
+        let mut alone = t.clone();
+        alone.actions.remove(4);
+        assert!(matches!(
+            alone.validate(),
+            Err(TemplateError::CloudinitPlace(_))
+        ));
+        for (bad, says) in [
+            ("hostname: x\n", "#cloud-config"),
+            ("#cloud-configx\n", "#cloud-config"),
+            ("#cloud-config\nusers: [\n", "not valid YAML"),
+            ("#cloud-config\n- a\n- b\n", "mapping"),
+            (
+                "#cloud-config\nkey: {{value}\n  bad: indent\n",
+                "not valid YAML",
+            ),
+        ] {
+            let mut b = t.clone();
+            b.actions[5].action = Action::Cloudinit {
+                user_data: bad.into(),
+            };
+            let e = b.validate().unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("userData"), "{bad:?}: {e}");
+        }
+        assert_eq!(check_cloud_config("#cloud-config"), Ok(()));
     }
 
     #[test]

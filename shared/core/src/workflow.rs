@@ -21,6 +21,9 @@ use crate::MachineId;
 use crate::agent_api::{ActionReport, ReportEvent};
 use crate::template::ActionSpec;
 
+/// The message of a first-boot action while the installed OS has not phoned home.
+pub const WAITING_FOR_FIRST_BOOT: &str = "installed, waiting for first boot";
+
 /// Where a workflow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -352,6 +355,7 @@ impl Workflow {
                     self.finish(WorkflowState::Succeeded, None, now);
                     Change::Succeeded
                 } else {
+                    self.begin_waiting(now);
                     Change::Progress
                 }
             }
@@ -379,6 +383,25 @@ impl Workflow {
             Change::Started
         } else {
             change
+        }
+    }
+
+    /// When the current action is one no agent runs (the installed OS's first boot), it
+    /// starts now: its clock runs (so a first boot that never phones home times out) and it
+    /// says what it waits for.
+    fn begin_waiting(&mut self, now: Timestamp) {
+        let i = self.current_action as usize;
+        if self
+            .actions
+            .get(i)
+            .is_some_and(|a| !a.action.runs_on_agent())
+            && let Some(a) = self.status.get_mut(i)
+        {
+            self.action_since = Some(now);
+            a.state = ActionState::Running;
+            a.started_at = Some(now);
+            a.tries += 1;
+            a.message = Some(WAITING_FOR_FIRST_BOOT.into());
         }
     }
 
@@ -469,7 +492,11 @@ impl Workflow {
         if failed.contains(&next) {
             return None;
         }
-        ((next as usize) < self.actions.len()).then_some(next)
+        // The installed OS's first boot is not the agent's to run.
+        self.actions
+            .get(next as usize)
+            .filter(|a| a.action.runs_on_agent())
+            .map(|_| next)
     }
 }
 
@@ -586,6 +613,36 @@ mod tests {
             wf(30, 0).check_time(at(3600)),
             Change::TimedOut(_)
         ));
+    }
+
+    #[test]
+    fn the_first_boot_waits_for_its_phone_home_and_times_out_without_it() {
+        let mut w = wf(60, 0);
+        let first_boot: ActionSpec = serde_json::from_value(serde_json::json!(
+            {"name": "first-boot", "type": "cloudinit", "timeoutSeconds": 300,
+             "userData": "#cloud-config\n"}
+        ))
+        .unwrap();
+        w.actions.push(first_boot);
+        w.status = WorkflowStatus::pending(w.actions.iter().map(|a| a.name.as_str())).actions;
+        let ok = || ReportEvent::Succeeded { message: None };
+        w.apply(&r(1, 0, ok()), at(1));
+        assert_eq!(w.to_serve(&[], &[]), Some(1));
+        assert_eq!(w.apply(&r(1, 1, ok()), at(2)), Change::Progress);
+        // The kexec is done: nothing is served to an agent, the wait has begun.
+        assert_eq!((w.current_action, w.to_serve(&[], &[])), (2, None));
+        assert_eq!(w.to_serve(&[1], &[]), None);
+        assert_eq!(w.status[2].state, ActionState::Running);
+        assert_eq!(w.status[2].message.as_deref(), Some(WAITING_FOR_FIRST_BOOT));
+        assert_eq!(w.check_time(at(301)), Change::None);
+        let mut late = w.clone();
+        let Change::TimedOut(why) = late.check_time(at(302)) else {
+            panic!("no timeout")
+        };
+        assert!(why.contains("\"first-boot\""), "{why}");
+        // The phone home (a report of the first-boot action) finishes the workflow.
+        assert_eq!(w.apply(&r(1, 2, ok()), at(100)), Change::Succeeded);
+        assert_eq!(w.state, WorkflowState::Succeeded);
     }
 
     #[test]

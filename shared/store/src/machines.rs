@@ -308,10 +308,13 @@ pub struct BootInfo {
     pub workflow_id: Option<Uuid>,
     /// The state of that workflow (it decides the boot fate before the machine's state).
     pub workflow_state: Option<dragonfly_core::workflow::WorkflowState>,
+    /// That workflow's current action is the installed OS's first boot (`cloudinit`).
+    pub installed: bool,
 }
 
 /// See [`Machines::boot_info`].
-pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id, w.state \
+pub(crate) const BOOT_INFO: &str = "SELECT m.id, m.name, m.state, m.workflow_id, w.state, \
+     COALESCE(json_extract(w.actions, '$[' || w.current_action || '].type') = 'cloudinit', 0) \
      FROM machine_macs mm JOIN machines m ON m.id = mm.machine_id \
      LEFT JOIN workflows w ON w.id = m.workflow_id WHERE mm.mac = ?1";
 
@@ -326,11 +329,12 @@ fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>,
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<String>>(4)?,
+                r.get::<_, bool>(5)?,
             ))
         })
         .optional()
         .sql()?;
-    row.map(|(id, name, state, wf, ws)| {
+    row.map(|(id, name, state, wf, ws, installed)| {
         Ok(BootInfo {
             id: MachineId(uuid_col(&id)?),
             name,
@@ -341,6 +345,7 @@ fn boot_info_by_mac(conn: &Connection, mac: MacAddr) -> Result<Option<BootInfo>,
                 .map(str::parse)
                 .transpose()
                 .map_err(|e| StoreError::corrupt("workflow state", e))?,
+            installed,
         })
     })
     .transpose()

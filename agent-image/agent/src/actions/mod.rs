@@ -175,6 +175,9 @@ pub enum ActionError {
     },
     #[error("{0}")]
     Download(String),
+    /// An action that is not the agent's to run (the server never serves one).
+    #[error("action type {0} is completed by the installed OS, not by the agent")]
+    NotForAgent(&'static str),
     /// `at`: the image bytes decompressed before the error (the stream is bad about there).
     #[error("decompressing the image ({kind}) failed after {at} bytes of image")]
     Decompress {
@@ -306,6 +309,7 @@ pub fn run(
                 let dev = disk::resolve_device(ctx, device)?;
                 kexec::run(&dev, *filesystem, kernel, initrd.as_deref(), cmdline)
             }
+            Action::Cloudinit { .. } => Err(ActionError::NotForAgent("cloudinit")),
         }
     };
     let result = result.map(|mut o| {
