@@ -6,6 +6,7 @@ use std::time::Duration;
 use dragonfly_http::{HttpConfig, RawHttpConfig};
 use dragonfly_runtime::config::{
     DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, count_between, duration_between,
+    http_url,
 };
 use serde::Deserialize;
 
@@ -62,6 +63,9 @@ pub struct RawApid {
     /// How long `POST /api/machines/{id}/power` (and each machine of `POST /api/power`) waits
     /// for bmcd's answer, e.g. `60s`.
     pub power_timeout: Option<String>,
+    /// The metadata service's base URL as installed machines reach it (ipxed's public URL
+    /// and `/metadata`), for templates' `{{metadataUrl}}`.
+    pub metadata_url: Option<String>,
 }
 
 /// `[apid]`, validated.
@@ -89,6 +93,8 @@ pub struct ApidConfig {
     pub registration: RegistrationLimits,
     /// How long a power command waits for bmcd's answer.
     pub power_timeout: Duration,
+    /// `[apid] metadata_url`, when set.
+    pub metadata_url: Option<String>,
 }
 
 /// The default port: the web UI and API.
@@ -268,6 +274,11 @@ impl DaemonConfig for ApidConfig {
                 auto_register: raw.auto_register.unwrap_or(true),
             },
             power_timeout,
+            metadata_url: raw
+                .metadata_url
+                .as_deref()
+                .map(|u| http_url("metadata_url", u))
+                .transpose()?,
         })
     }
 }

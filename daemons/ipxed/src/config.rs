@@ -45,6 +45,9 @@ pub struct RawIpxed {
     pub boot_session_lifetime: Option<String>,
     /// Where to read the boot-token HMAC key when systemd's `LoadCredential=` is not used.
     pub boot_token_key_file: Option<PathBuf>,
+    /// Whether the metadata service tells machines apart by their source address (their
+    /// DHCP lease) besides the secret in their datasource URL (default `true`).
+    pub metadata_by_address: Option<bool>,
     /// `[ipxed.http]`: timeouts, connection caps, TLS.
     pub http: Option<RawHttpConfig>,
 }
@@ -68,6 +71,7 @@ pub struct IpxedConfig {
     pub sighting_window: Duration,
     pub boot_session_lifetime: Duration,
     pub boot_token_key_file: Option<PathBuf>,
+    pub metadata_by_address: bool,
     pub http: HttpConfig,
 }
 
@@ -200,6 +204,7 @@ impl DaemonConfig for IpxedConfig {
             sighting_window,
             boot_session_lifetime,
             boot_token_key_file,
+            metadata_by_address: raw.metadata_by_address.unwrap_or(true),
             http,
         })
     }

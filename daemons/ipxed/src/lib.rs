@@ -19,6 +19,7 @@
 pub mod admission;
 pub mod config;
 pub mod files;
+pub mod metadata;
 pub mod script;
 
 use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
@@ -181,6 +182,25 @@ pub fn app(state: AppState) -> Router {
         .route("/boot/{mac}", get(boot_script))
         .route("/agent/{file}", get(files::agent_file))
         .route("/ipxe/{file}", get(files::ipxe_file))
+        .route(
+            "/metadata/{machine}/{secret}/",
+            get(metadata::nocloud_dir_by_secret),
+        )
+        .route(
+            "/metadata/{machine}/{secret}/phone-home",
+            axum::routing::post(metadata::phone_home),
+        )
+        .route(
+            "/metadata/{machine}/{secret}/latest/{*path}",
+            get(metadata::ec2_by_secret),
+        )
+        .route(
+            "/metadata/{machine}/{secret}/{doc}",
+            get(metadata::nocloud_by_secret),
+        )
+        .route("/metadata/{doc}", get(metadata::nocloud_by_address))
+        .route("/latest/", get(metadata::ec2_by_address))
+        .route("/latest/{*path}", get(metadata::ec2_by_address))
         .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.http.max_body_bytes,
@@ -288,6 +308,7 @@ async fn boot_script(
         state: m.state,
         workflow_id: m.workflow_id,
         workflow_state: m.workflow_state,
+        installed: m.installed,
     }));
     let view = MachineView {
         id: machine.as_ref().map(|m| m.id.0),

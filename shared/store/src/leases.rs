@@ -44,6 +44,27 @@ impl Leases<'_> {
         self.db.run(move |c| get_by_mac(c, mac)).await
     }
 
+    /// The unexpired bound lease of `ip` at `now`, if any (who holds an address: the
+    /// metadata service's "which machine is asking").
+    pub async fn bound_at(self, ip: Ipv4Addr, now: Timestamp) -> Result<Option<Lease>, StoreError> {
+        self.db
+            .run(move |c| {
+                c.query_row(
+                    &format!(
+                        "SELECT {COLUMNS} FROM dhcp_leases WHERE ip = ?1 AND state = 'bound' \
+                         AND expires_at_ms > ?2"
+                    ),
+                    params![ip.to_string(), to_column(now)],
+                    decode,
+                )
+                .optional()
+                .sql()?
+                .map(into_lease)
+                .transpose()
+            })
+            .await
+    }
+
     /// Applies `writes` in one `IMMEDIATE` transaction: all or nothing. For one-off batches;
     /// a stream of writes each waiting for its commit goes through [`Leases::group_writer`].
     pub async fn commit(self, writes: Vec<LeaseWrite>, now: Timestamp) -> Result<(), StoreError> {

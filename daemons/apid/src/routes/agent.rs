@@ -173,6 +173,7 @@ pub async fn instructions(
         state: info.state,
         workflow_id: info.workflow_id,
         workflow_state: info.workflow_state,
+        installed: info.installed,
     }));
     Ok(ApiJson(Instructions {
         machine_id: info.id,

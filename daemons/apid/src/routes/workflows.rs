@@ -28,7 +28,15 @@ use crate::routes::resources::{ListMeta, render};
 
 /// Template variables apid knows; `values.*` are the assignment's own.
 pub const VARIABLES: &[&str] = &[
-    "machine", "hostname", "mac", "macs", "ip", "labels", "sshKeys", "values",
+    "machine",
+    "hostname",
+    "mac",
+    "macs",
+    "ip",
+    "labels",
+    "sshKeys",
+    "values",
+    "metadataUrl",
 ];
 
 /// Default per-action timeout when the template gives none.
@@ -52,6 +60,7 @@ fn rendered_fields(a: &mut Action) -> Vec<&mut String> {
             contents: Some(c), ..
         } => vec![c],
         Action::Kexec { cmdline, .. } => vec![cmdline],
+        Action::Cloudinit { user_data } => vec![user_data],
         _ => vec![],
     }
 }
@@ -130,6 +139,7 @@ fn render_actions(
     machine: &Machine,
     values: &serde_json::Map<String, serde_json::Value>,
     leased: Option<std::net::Ipv4Addr>,
+    metadata_url: Option<String>,
 ) -> Result<Vec<ActionSpec>, ApiError> {
     let macs: Vec<String> = machine.macs().iter().map(ToString::to_string).collect();
     let hostname = values
@@ -157,19 +167,48 @@ fn render_actions(
     } else if let Some(ip) = leased {
         ctx["ip"] = ip.to_string().into();
     }
+    if let Some(url) = metadata_url {
+        ctx["metadataUrl"] = url.into();
+    }
     let h = hb();
     let mut out = spec.actions.clone();
+    // Per machine: `values.userData` replaces the template's user-data (rendered the same way).
+    if let Some(ud) = values.get("userData") {
+        let Some(ud) = ud.as_str() else {
+            return Err(ApiError::Unprocessable(
+                "values.userData: must be a string (#cloud-config YAML)".into(),
+            ));
+        };
+        let Some(Action::Cloudinit { user_data }) = out.last_mut().map(|a| &mut a.action) else {
+            return Err(ApiError::Unprocessable(
+                "values.userData: the template has no cloudinit action to give it to".into(),
+            ));
+        };
+        ud.clone_into(user_data);
+    }
     for a in &mut out {
         let name = a.name.clone();
         for text in rendered_fields(&mut a.action) {
             *text = h.render_template(text, &ctx).map_err(|e| {
                 let what = match e.reason() {
+                    handlebars::RenderErrorReason::MissingVariable(Some(v))
+                        if v == "metadataUrl" =>
+                    {
+                        "missing value \"metadataUrl\": apid has no [apid] metadata_url \
+                         (the metadata service's URL as installed machines reach it)"
+                            .to_owned()
+                    }
                     handlebars::RenderErrorReason::MissingVariable(Some(v)) => {
                         format!("missing value {v:?}")
                     }
                     _ => e.to_string(),
                 };
                 ApiError::Unprocessable(format!("action {name:?}: {what}"))
+            })?;
+        }
+        if let Action::Cloudinit { user_data } = &a.action {
+            dragonfly_core::template::check_cloud_config(user_data).map_err(|e| {
+                ApiError::Unprocessable(format!("action {name:?}: the rendered userData {e}"))
             })?;
         }
     }
@@ -481,17 +520,27 @@ pub async fn provision(
             .map(|l| l.ip),
         None => None,
     };
-    let actions = render_actions(&template.spec, &machine, &req.values, leased)?;
     let now = jiff::Timestamp::now();
-    let wf = dragonfly_store::workflows::new_workflow(
+    // The workflow's id first: the metadata URL's secret is the install's (see
+    // `dragonfly_core::metadata`).
+    let mut wf = dragonfly_store::workflows::new_workflow(
         &machine,
         &template.name,
-        actions,
-        req.values,
+        template.spec.actions.clone(),
+        req.values.clone(),
         ACTION_TIMEOUT_SECONDS,
         WORKFLOW_TIMEOUT_SECONDS,
         now,
     );
+    let metadata_url = state.config.metadata_url.as_deref().map(|base| {
+        dragonfly_core::metadata::datasource_url(
+            base,
+            state.boot_token_key.expose(),
+            machine.id,
+            wf.id,
+        )
+    });
+    wf.actions = render_actions(&template.spec, &machine, &req.values, leased, metadata_url)?;
     let (wf, _machine) = state
         .db
         .workflows()

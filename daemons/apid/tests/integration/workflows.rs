@@ -482,3 +482,110 @@ async fn provision_says_who_powers_the_machine_on() {
     assert_eq!(v["lastRequests"][0]["kind"], "provision", "{v}");
     assert_eq!(v["lastRequests"][0]["state"], "pending", "{v}");
 }
+
+/// A template installing an OS that cloud-init configures: its user-data is checked when
+/// written, and `{{metadataUrl}}` renders to the install's datasource URL with its secret.
+#[tokio::test]
+async fn cloud_init_templates_are_checked_and_get_their_datasource_url() {
+    let with_user_data = |user_data: &str| {
+        let mut t = template(
+            "cloud",
+            "datasource_list: [NoCloud]\ndatasource:\n  NoCloud:\n    seedfrom: {{metadataUrl}}\n",
+        );
+        t["spec"]["actions"][1]["path"] = "/etc/cloud/cloud.cfg.d/90-dragonfly.cfg".into();
+        t["spec"]["actions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "first-boot", "type": "cloudinit", "userData": user_data}));
+        t
+    };
+    for (cfg, wants) in [
+        (None, "metadata_url"),
+        (Some("http://10.99.0.1:8080/metadata"), ""),
+    ] {
+        let s = Server::start_with(crate::common::config(|c| {
+            c.metadata_url = cfg.map(str::to_owned);
+        }))
+        .await;
+        let cookie = s.admin_cookie().await;
+        for (bad, says) in [
+            ("hostname: x\n", "#cloud-config"),
+            ("#cloud-config\nusers: [\n", "not valid YAML"),
+        ] {
+            let (st, e) = post_json(&s, &cookie, TEMPLATES, &with_user_data(bad)).await;
+            assert_eq!(st, 422, "{bad:?}: {e}");
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.contains(says) && msg.contains("first-boot"), "{msg}");
+        }
+        let good = "#cloud-config\nhostname: {{hostname}}\nssh_authorized_keys:\n{{#each sshKeys}}\n  - {{this}}\n{{/each}}\n";
+        let (st, e) = post_json(&s, &cookie, TEMPLATES, &with_user_data(good)).await;
+        assert_eq!(st, 201, "{e}");
+        let r = s
+            .http
+            .post(s.url("/api/machines/register"))
+            .bearer_auth(token_for(&s.db, mac(1)).await)
+            .json(&report(&[1]))
+            .send()
+            .await
+            .unwrap();
+        let m: Value = r.json().await.unwrap();
+        let provision = format!("/api/machines/{}/provision", m["name"].as_str().unwrap());
+        let body = json!({"template": "cloud",
+            "values": {"console": "ttyS0", "sshKeys": ["ssh-ed25519 AAAA k@lab"]}});
+        if wants.is_empty() {
+            // Per machine, values.userData replaces the template's, checked the same way.
+            let mut bad = body.clone();
+            bad["values"]["userData"] = "#cloud-config\n- not\n- a mapping\n".into();
+            let (st, e) = post_json(&s, &cookie, &provision, &bad).await;
+            assert_eq!(st, 422, "{e}");
+            assert!(
+                e["message"].as_str().unwrap().contains("rendered userData"),
+                "{e}"
+            );
+        }
+        let (st, wf) = post_json(&s, &cookie, &provision, &body).await;
+        if !wants.is_empty() {
+            assert_eq!(st, 422, "{wf}");
+            assert!(wf["message"].as_str().unwrap().contains(wants), "{wf}");
+            continue;
+        }
+        assert_eq!(st, 201, "{wf}");
+        let id: uuid::Uuid = wf["id"].as_str().unwrap().parse().unwrap();
+        let stored = s.db.workflows().get(id).await.unwrap().unwrap();
+        let machine = dragonfly_core::MachineId(m["id"].as_str().unwrap().parse().unwrap());
+        let url = dragonfly_core::metadata::datasource_url(
+            "http://10.99.0.1:8080/metadata",
+            &crate::common::KEY,
+            machine,
+            id,
+        );
+        let dragonfly_core::template::Action::Writefile { contents, .. } =
+            &stored.actions[1].action
+        else {
+            panic!("{:?}", stored.actions[1]);
+        };
+        assert!(
+            contents
+                .as_deref()
+                .unwrap()
+                .contains(&format!("seedfrom: {url}\n")),
+            "{contents:?}"
+        );
+        let dragonfly_core::template::Action::Cloudinit { user_data } = &stored.actions[3].action
+        else {
+            panic!("{:?}", stored.actions[3]);
+        };
+        assert!(
+            user_data.contains("  - ssh-ed25519 AAAA k@lab"),
+            "{user_data}"
+        );
+        let r = s
+            .http
+            .post(s.url(&format!("/api/workflows/{id}/cancel")))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+}
