@@ -221,6 +221,17 @@ impl LabConfig {
                     path(auth_db)
                 );
             }
+            if let Some(ipxed) = &self.ipxed {
+                let _ = writeln!(
+                    out,
+                    "# The metadata service as installed machines reach it (ipxed).\n\
+                     metadata_url = {}",
+                    quote(&format!(
+                        "{}/metadata",
+                        ipxed.public_url.trim_end_matches('/')
+                    ))
+                );
+            }
             apid.http.render("apid", &mut out);
         }
         if let Some(ipxed) = &self.ipxed {
