@@ -10,3 +10,4 @@ mod boot;
 mod common;
 mod golden;
 mod ipxe;
+mod sendfile;
