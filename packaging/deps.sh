@@ -91,8 +91,9 @@ deps_packages() {
                 #   nftables: its lossy link
                 # wrk: the HTTP load of bench/ipxed.sh
                 # bmap-tools (bmaptool), zstd: the peers of bench/image2disk.sh
+                # nginx-light: the HTTP file server bench/images.sh measures ipxed against
                 printf '%s\n' kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa atftp curl \
-                    nftables wrk bmap-tools zstd
+                    nftables wrk bmap-tools zstd nginx-light
                 ;;
             bmc)
                 # openipmi (ipmi_sim), ipmitool: a simulated BMC and a real IPMI client, for
@@ -157,16 +158,18 @@ deps_install() { # GROUP…
     deps_as_root apt-get -o DPkg::Lock::Timeout=300 update -qq
     deps_as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
-    # Debian's nats-server, kea-dhcp4-server and tftpd-hpa enable and start a service of their
-    # own where an init system runs (on :4222, :67, :69 of the host). Our scripts and tests
-    # start their own servers, on ports and in namespaces of their own: switch those off.
+    # Debian's nats-server, kea-dhcp4-server, tftpd-hpa and nginx enable and start a service of
+    # their own where an init system runs (on :4222, :67, :69, :80 of the host). Our scripts and
+    # tests start their own servers, on ports and in namespaces of their own: switch those off.
+    local service
     for pkg in "${missing[@]}"; do
         case $pkg in
-            nats-server | kea-dhcp4-server | tftpd-hpa)
+            nats-server | kea-dhcp4-server | tftpd-hpa | nginx-light)
+                service=${pkg%-light}
                 if [ -d /run/systemd/system ]; then
-                    deps_as_root systemctl disable --now "$pkg.service" >/dev/null 2>&1 || true
+                    deps_as_root systemctl disable --now "$service.service" >/dev/null 2>&1 || true
                 fi
-                deps_as_root service "$pkg" stop >/dev/null 2>&1 || true
+                deps_as_root service "$service" stop >/dev/null 2>&1 || true
                 ;;
         esac
     done

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use dragonfly_http::{HttpConfig, RawHttpConfig};
 use dragonfly_runtime::config::{
-    DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, duration_between, file_name,
-    http_url, length_between, required,
+    DaemonConfig, Invalid, ListenConfig, Reason, absolute_path, count_between, duration_between,
+    file_name, http_url, length_between, required,
 };
 use serde::Deserialize;
 
@@ -48,6 +48,9 @@ pub struct RawIpxed {
     /// Whether the metadata service tells machines apart by their source address (their
     /// DHCP lease) besides the secret in their datasource URL (default `true`).
     pub metadata_by_address: Option<bool>,
+    /// Downloads of files (`/agent/…`, `/ipxe/…`) in progress at once; more are answered 503
+    /// with `Retry-After`. Default 256.
+    pub max_file_transfers: Option<usize>,
     /// `[ipxed.http]`: timeouts, connection caps, TLS.
     pub http: Option<RawHttpConfig>,
 }
@@ -72,6 +75,7 @@ pub struct IpxedConfig {
     pub boot_session_lifetime: Duration,
     pub boot_token_key_file: Option<PathBuf>,
     pub metadata_by_address: bool,
+    pub max_file_transfers: usize,
     pub http: HttpConfig,
 }
 
@@ -99,6 +103,11 @@ pub const DEFAULT_AGENT_INITRD: &str = "initrd.img";
 /// files (`cp -L`), so both daemons serve the same ones. Not Debian's `/usr/lib/ipxe`: its
 /// `ipxe.efi` is a symlink to `/boot/ipxe.efi`, which ipxed (and tftpd) refuse.
 pub const DEFAULT_IPXE_DIR: &str = "/var/lib/dragonfly/tftp";
+/// File downloads at once unless configured: a rack of machines booting together, each
+/// fetching its kernel or initrd, without queueing; beyond it a client is told to come back
+/// (503 with `Retry-After`; the agent's script retries) rather than every download slowing
+/// down together.
+pub const DEFAULT_MAX_FILE_TRANSFERS: usize = 256;
 /// Longest `kernel_cmdline_extra`, in bytes.
 pub const MAX_CMDLINE_EXTRA: usize = 1024;
 
@@ -188,6 +197,12 @@ impl DaemonConfig for IpxedConfig {
             .boot_token_key_file
             .map(|path| absolute_path("boot_token_key_file", path))
             .transpose()?;
+        let max_file_transfers = count_between(
+            "max_file_transfers",
+            raw.max_file_transfers,
+            DEFAULT_MAX_FILE_TRANSFERS,
+            1..=65_536,
+        )?;
         let http =
             HttpConfig::validate(raw.http.unwrap_or_default()).map_err(|e| e.within("http"))?;
         Ok(Self {
@@ -205,6 +220,7 @@ impl DaemonConfig for IpxedConfig {
             boot_session_lifetime,
             boot_token_key_file,
             metadata_by_address: raw.metadata_by_address.unwrap_or(true),
+            max_file_transfers,
             http,
         })
     }
@@ -249,6 +265,7 @@ mod tests {
         assert_eq!(c.token_ttl, DEFAULT_TOKEN_TTL);
         assert_eq!(c.kernel_cmdline_extra, DEFAULT_CMDLINE_EXTRA);
         assert_eq!(c.ipxe_dir, PathBuf::from(DEFAULT_IPXE_DIR));
+        assert_eq!(c.max_file_transfers, 256);
     }
 
     #[test]
@@ -296,6 +313,7 @@ mod tests {
                 "kernel_cmdline_extra",
             ),
             (|r| r.token_ttl = Some("10s".into()), "token_ttl"),
+            (|r| r.max_file_transfers = Some(0), "max_file_transfers"),
             (|r| r.token_ttl = Some("1000h".into()), "token_ttl"),
             (|r| r.listen = Some("nope".into()), "listen"),
             (

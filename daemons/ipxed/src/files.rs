@@ -1,6 +1,11 @@
 //! `GET /agent/{file}` and `GET /ipxe/{file}`: the agent's kernel and initrd, and the iPXE
-//! binaries UEFI HTTP-boot firmware fetches (dhcpd's `http_boot_*_url`), streamed, with single
-//! `Range` requests and validators. Both routes share one `serve`, so they behave alike.
+//! binaries UEFI HTTP-boot firmware fetches (dhcpd's `http_boot_*_url`), with single `Range`
+//! requests and validators. Both routes share one `answer`, so they behave alike, and so do
+//! the two ways it is sent: by `sendfile(2)` on a plain-TCP listener ([`Files`], registered
+//! with `dragonfly-http`), streamed through the router on a TLS listener (or for a name the
+//! file routes leave to the router, e.g. percent-encoded). At most `max_file_transfers`
+//! bodies are sent at once; beyond that the answer is 503 with `Retry-After`, so a storm of
+//! boots is served in turns at full speed instead of all at once at a crawl.
 //!
 //! Why two rules for which file a name means:
 //! - `/agent/{file}`: only names in the configured list are served; the path is `agent_dir`
@@ -19,18 +24,19 @@
 //! Refusals and missing files are all 404 to the client (no hint of what exists); the log says
 //! which.
 
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use dragonfly_http::{FileAnswer, FileBody, FilePart, FileRequest, FileRoutes};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::config::file_name;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use crate::AppState;
+use crate::script::RETRY_DELAY_SECS;
 
 /// A byte range to serve, inclusive of both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,57 +131,140 @@ fn http_date(t: SystemTime) -> Option<String> {
         .ok()
 }
 
-/// Handles `GET`/`HEAD /agent/{file}`.
+/// Which rule maps a name to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `/agent/{file}`: a name of `agent_files`, in `agent_dir`.
+    Agent,
+    /// `/ipxe/{file}`: a plain name, a regular file directly in `ipxe_dir`, no symlink.
+    Ipxe,
+}
+
+/// ipxed's file routes for `dragonfly-http`'s sendfile path (plain-TCP listeners): the same
+/// `answer` as the router's handlers, so both paths serve alike.
+#[derive(Debug)]
+pub struct Files {
+    state: AppState,
+}
+
+impl Files {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl FileRoutes for Files {
+    fn answer(&self, request: &FileRequest<'_>) -> Option<FileAnswer> {
+        let (route, name) = if let Some(name) = request.path.strip_prefix("/agent/") {
+            (Route::Agent, name)
+        } else if let Some(name) = request.path.strip_prefix("/ipxe/") {
+            (Route::Ipxe, name)
+        } else {
+            return None;
+        };
+        // What the router would read differently (a percent-encoded name, which it decodes,
+        // or more than one segment, which no route matches) is left to the router.
+        if name.is_empty() || name.contains(['%', '/']) {
+            return None;
+        }
+        let head_only = request.method == Method::HEAD;
+        Some(answer(&self.state, route, name, head_only, request.headers))
+    }
+}
+
+/// Handles `GET`/`HEAD /agent/{file}` through the router: on a TLS listener, or a name the
+/// file routes left to it.
 pub(crate) async fn agent_file(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
+    streamed(state, Route::Agent, name, method, headers).await
+}
+
+/// Handles `GET`/`HEAD /ipxe/{file}` through the router (see [`agent_file`]).
+pub(crate) async fn ipxe_file(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    streamed(state, Route::Ipxe, name, method, headers).await
+}
+
+/// [`answer`] on the blocking pool (it opens a file), streamed through hyper.
+async fn streamed(
+    state: AppState,
+    route: Route,
+    name: String,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let head_only = method == Method::HEAD;
+    let answered =
+        tokio::task::spawn_blocking(move || answer(&state, route, &name, head_only, &headers))
+            .await;
+    match answered {
+        Ok(answer) => answer.streamed().await,
+        Err(e) => {
+            tracing::error!(error = %Chain(&e), "cannot answer a file request");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The answer to a request for `name` by `route`'s rule: the file (or the part a `Range`
+/// asks for) with its validators, or 404, 416, 503 (too many transfers) or 500. Opens and
+/// `fstat`s the file: blocking, but brief on a local file system.
+pub(crate) fn answer(
+    state: &AppState,
+    route: Route,
+    name: &str,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> FileAnswer {
+    match route {
+        Route::Agent => agent_answer(state, name, head_only, headers),
+        Route::Ipxe => ipxe_answer(state, name, head_only, headers),
+    }
+}
+
+fn agent_answer(state: &AppState, name: &str, head_only: bool, headers: &HeaderMap) -> FileAnswer {
     // Look the name up and use the configured string: the request's text never reaches a path.
     let Some(allowed) = state.config.agent_files.iter().find(|f| **f == name) else {
         return not_found();
     };
-    let served = match tokio::fs::File::open(state.config.agent_dir.join(allowed)).await {
-        Ok(file) => serve(file, &headers).await,
-        Err(e) => Err(e),
-    };
+    let served = std::fs::File::open(state.config.agent_dir.join(allowed))
+        .and_then(|file| describe(state, file, head_only, headers));
     match served {
-        Ok(r) => r,
+        Ok(answer) => answer,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(file = %allowed, "agent file missing from agent_dir");
             not_found()
         }
         Err(e) => {
             tracing::error!(file = %allowed, error = %Chain(&e), "cannot serve agent file");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         }
     }
 }
 
-/// Handles `GET`/`HEAD /ipxe/{file}`: a regular file directly in `ipxe_dir`, never through a
-/// symlink (see the module docs).
-pub(crate) async fn ipxe_file(
-    State(state): State<AppState>,
-    UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
+/// A regular file directly in `ipxe_dir`, never through a symlink (see the module docs).
+fn ipxe_answer(state: &AppState, name: &str, head_only: bool, headers: &HeaderMap) -> FileAnswer {
     // No `/`, no `..`, nothing hidden: after this, `ipxe_dir/name` names an entry of ipxe_dir.
-    if file_name("file", &name).is_err() {
+    if file_name("file", name).is_err() {
         return not_found();
     }
-    let path = state.config.ipxe_dir.join(&name);
-    let opened = tokio::fs::OpenOptions::new()
+    let path = state.config.ipxe_dir.join(name);
+    let served = std::fs::OpenOptions::new()
         .read(true)
-        // O_NONBLOCK: opening a FIFO someone left in the directory must not hang the handler.
+        // O_NONBLOCK: opening a FIFO someone left in the directory must not hang the server.
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&path)
-        .await;
-    let served = match opened {
-        Ok(file) => serve(file, &headers).await,
-        Err(e) => Err(e),
-    };
+        .and_then(|file| describe(state, file, head_only, headers));
     match served {
-        Ok(r) => r,
+        Ok(answer) => answer,
         // A missing name, a missing ipxe_dir (logged at start), or not a regular file.
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
@@ -199,65 +288,111 @@ pub(crate) async fn ipxe_file(
         }
         Err(e) => {
             tracing::error!(path = %path.display(), error = %Chain(&e), "cannot serve iPXE file");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         }
     }
 }
 
-fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found\n").into_response()
+fn not_found() -> FileAnswer {
+    FileAnswer::text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// Streams `file` (opened by the route's own rules) with validators and single ranges. A file
-/// that is not a regular file is `NotFound`.
-async fn serve(mut file: tokio::fs::File, headers: &HeaderMap) -> std::io::Result<Response> {
-    let meta = file.metadata().await?;
+/// `file` (opened by the route's own rules) with validators and single ranges, holding a place
+/// among `max_file_transfers` when a body is to be sent. A file that is not a regular file is
+/// `NotFound`.
+fn describe(
+    state: &AppState,
+    file: std::fs::File,
+    head_only: bool,
+    request: &HeaderMap,
+) -> std::io::Result<FileAnswer> {
+    let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::ErrorKind::NotFound.into());
     }
     let size = meta.len();
     let tag = etag(size, meta.modified().ok());
     // If-Range: only honour the range when the client's copy is the current one.
-    let if_range_ok = headers
+    let if_range_ok = request
         .get(header::IF_RANGE)
         .is_none_or(|v| v.to_str().is_ok_and(|v| v == tag));
-    let range = headers
+    let range = request
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .filter(|_| if_range_ok);
-    let mut builder = Response::builder()
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::ETAG, &tag);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::ETAG, header_value(tag)?);
     if let Some(date) = meta.modified().ok().and_then(http_date) {
-        builder = builder.header(header::LAST_MODIFIED, date);
+        headers.insert(header::LAST_MODIFIED, header_value(date)?);
     }
-    let (status, first, len) = match decide_range(range, size) {
+    let (status, offset, len) = match decide_range(range, size) {
         RangeDecision::Full => (StatusCode::OK, 0, size),
         RangeDecision::Partial(r) => {
-            builder = builder.header(
+            headers.insert(
                 header::CONTENT_RANGE,
-                format!("bytes {}-{}/{size}", r.first, r.last),
+                header_value(format!("bytes {}-{}/{size}", r.first, r.last))?,
             );
             (StatusCode::PARTIAL_CONTENT, r.first, r.byte_count())
         }
         RangeDecision::Unsatisfiable => {
-            return builder
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                .body(Body::empty())
-                .map_err(std::io::Error::other);
+            headers.insert(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes */{size}"))?,
+            );
+            return Ok(FileAnswer {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                headers,
+                body: FileBody::Bytes(Default::default()),
+            });
         }
     };
-    if first > 0 {
-        file.seek(std::io::SeekFrom::Start(first)).await?;
+    let permit = if head_only {
+        None
+    } else {
+        match Arc::clone(&state.transfers).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return Ok(busy(state)),
+        }
+    };
+    Ok(FileAnswer {
+        status,
+        headers,
+        body: FileBody::File(FilePart {
+            file,
+            offset,
+            len,
+            permit,
+        }),
+    })
+}
+
+/// 503: every place among `max_file_transfers` is taken. The agent's script retries after
+/// [`RETRY_DELAY_SECS`]; `Retry-After` says the same to any other client.
+fn busy(state: &AppState) -> FileAnswer {
+    if let Some(suppressed) = state.note_busy() {
+        tracing::warn!(
+            max_file_transfers = state.config.max_file_transfers,
+            suppressed,
+            "refused a download: max_file_transfers are in progress (503, Retry-After)"
+        );
     }
-    let stream = ReaderStream::with_capacity(file.take(len), 64 * 1024);
-    builder
-        .status(status)
-        .header(header::CONTENT_LENGTH, HeaderValue::from(len))
-        .body(Body::from_stream(stream))
-        .map_err(std::io::Error::other)
+    let mut answer = FileAnswer::text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many downloads in progress; retry later\n",
+    );
+    answer
+        .headers
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_DELAY_SECS));
+    answer
+}
+
+fn header_value(text: String) -> std::io::Result<HeaderValue> {
+    HeaderValue::try_from(text).map_err(std::io::Error::other)
 }
 
 #[cfg(test)]

@@ -131,13 +131,33 @@ pub struct AppState {
     /// Refused mints are logged at most this often (an attacker asking for every MAC must not
     /// flood the journal).
     refusals: Arc<std::sync::Mutex<Throttle>>,
+    /// One place per file body being sent (`max_file_transfers`).
+    transfers: Arc<tokio::sync::Semaphore>,
+    /// Downloads refused for want of a place, logged at most every [`REFUSAL_LOG_EVERY`].
+    busy: Arc<std::sync::Mutex<Throttle>>,
 }
 
 /// At most one log line per period, with a count of the lines left out.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Throttle {
     last: Option<std::time::Instant>,
     suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(lines left out since the last one)` when a line may be logged now.
+    fn note(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// How often a refused mint is logged at most.
@@ -161,19 +181,31 @@ impl AppState {
             agent_initrd: config.agent_initrd.clone(),
             kernel_cmdline_extra: config.kernel_cmdline_extra.clone(),
         };
+        let transfers = Arc::new(tokio::sync::Semaphore::new(config.max_file_transfers));
         Ok(Self {
             db,
+            transfers,
+            busy: Arc::default(),
             config: Arc::new(config),
             settings: Arc::new(settings),
             renderer: Arc::new(Renderer::new()?),
             boot_token_key: Arc::new(boot_token_key),
             events,
-            refusals: Arc::new(std::sync::Mutex::new(Throttle {
-                last: None,
-                suppressed: 0,
-            })),
+            refusals: Arc::default(),
         })
     }
+
+    /// A download was refused for want of a place: `Some(suppressed)` when it is to be logged.
+    fn note_busy(&self) -> Option<u64> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).note()
+    }
+}
+
+/// ipxed's listener: [`app`], with the agent's and iPXE's files sent by `sendfile(2)` when the
+/// listener is plain TCP ([`files::Files`]).
+pub fn server(state: AppState, http: dragonfly_http::HttpConfig, tls: Option<Tls>) -> Server {
+    let files = Arc::new(files::Files::new(state.clone()));
+    Server::new("http", app(state), http, tls).with_files(files)
 }
 
 /// The whole HTTP application.
@@ -434,17 +466,14 @@ async fn token_for(
 
 /// Logs a refused mint, at most once per [`REFUSAL_LOG_EVERY`] with a count of the others.
 fn log_refusal(state: &AppState, mac: MacAddr, peer: Option<IpAddr>, refusal: admission::Refusal) {
-    let mut t = state.refusals.lock().unwrap_or_else(|p| p.into_inner());
-    let now = std::time::Instant::now();
-    if t.last
-        .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
-    {
-        t.suppressed += 1;
+    let Some(suppressed) = state
+        .refusals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .note()
+    else {
         return;
-    }
-    let suppressed = std::mem::take(&mut t.suppressed);
-    t.last = Some(now);
-    drop(t);
+    };
     tracing::warn!(%mac, peer = ?peer, reason = refusal.as_str(), suppressed,
         "no token for this boot: {refusal} (the agent will not be able to register)");
 }
@@ -491,9 +520,7 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         dragonfly_runtime::notify::status(&format!("serving on {addr}"));
     }
-    Server::new("http", app(state), http, tls)
-        .serve(listener, shutdown)
-        .await?;
+    server(state, http, tls).serve(listener, shutdown).await?;
     Ok(())
 }
 

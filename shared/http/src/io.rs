@@ -1,6 +1,8 @@
 //! A connection's byte stream, noting when a byte last moved either way, so the serving loop
 //! can close a connection on which nothing happens (a client that stopped reading its
-//! response, or one that holds a socket open and silent) after the idle timeout.
+//! response, or one that holds a socket open and silent) after the idle timeout. And a byte
+//! stream that first gives back bytes already read from it ([`Prefixed`]), for hyper to take
+//! over a connection whose first request head the server read itself.
 
 use std::io;
 use std::pin::Pin;
@@ -28,7 +30,7 @@ impl Activity {
         })
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
     }
@@ -97,6 +99,77 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
             self.activity.touch();
         }
         poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// `io`, with `prefix` read first: what was read from it before hyper took it over.
+#[derive(Debug)]
+pub(crate) struct Prefixed<T> {
+    prefix: Vec<u8>,
+    /// Bytes of `prefix` already given.
+    given: usize,
+    io: T,
+}
+
+impl<T> Prefixed<T> {
+    pub(crate) fn new(prefix: Vec<u8>, io: T) -> Self {
+        Self {
+            prefix,
+            given: 0,
+            io,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let left = self.prefix.len() - self.given;
+        if left > 0 {
+            let n = left.min(buf.remaining());
+            let from = self.given;
+            buf.put_slice(&self.prefix[from..from + n]);
+            self.given += n;
+            if self.given == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.given = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,21 +5,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::admission::{Admission, Permit, Refused};
 use crate::body::DeadlineBody;
+use crate::direct::ExchangeState;
 use crate::io::{Activity, Tracked};
-use crate::{HttpConfig, Tls};
+use crate::{FileRoutes, HttpConfig, Tls};
 
 /// How long accept pauses when the process or the system is out of descriptors (or memory):
 /// long enough for connections to finish and free some, short enough that a legitimate client
@@ -49,6 +54,7 @@ pub struct Server {
     app: Router,
     config: HttpConfig,
     tls: Option<Tls>,
+    files: Option<Arc<dyn FileRoutes>>,
     /// A name for log lines: `operator`, `agent`, `http`.
     name: &'static str,
 }
@@ -62,8 +68,17 @@ impl Server {
             app,
             config,
             tls,
+            files: None,
             name,
         }
+    }
+
+    /// Answers the requests `files` claims from files with `sendfile(2)` on a plain-TCP
+    /// listener ([`FileRoutes`]). Ignored with TLS: the router answers them, streamed.
+    #[must_use]
+    pub fn with_files(mut self, files: Arc<dyn FileRoutes>) -> Self {
+        self.files = Some(files);
+        self
     }
 
     /// Accepts on `listener` until `shutdown` is cancelled, then stops accepting and waits for
@@ -84,11 +99,20 @@ impl Server {
             refusals: Refusals::default(),
             app: self.app,
             config: self.config,
+            // No sendfile through TLS: the bytes must be encrypted in userspace.
+            files: if self.tls.is_some() { None } else { self.files },
             tls: self.tls,
             name: self.name,
         });
-        tracing::info!(listener = self.name, %addr, tls = shared.tls.is_some(), "serving");
-        let graceful = GracefulShutdown::new();
+        tracing::info!(
+            listener = self.name,
+            %addr,
+            tls = shared.tls.is_some(),
+            sendfile = shared.files.is_some(),
+            "serving"
+        );
+        // Every connection task, so the drain can wait for them; each watches `shutdown`.
+        let tasks = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -124,27 +148,30 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let shared = Arc::clone(&shared);
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                shared.connection(stream, peer, permit, watcher).await;
+            let drain = shutdown.clone();
+            tasks.spawn(async move {
+                shared.connection(stream, peer, permit, drain).await;
             });
         }
         drop(listener);
         tracing::info!(listener = shared.name, "draining open connections");
-        graceful.shutdown().await;
+        tasks.close();
+        tasks.wait().await;
         Ok(())
     }
 }
 
 /// What every connection task of one listener shares.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     admission: Arc<Admission>,
     refusals: Refusals,
     app: Router,
-    config: HttpConfig,
+    pub(crate) config: HttpConfig,
     tls: Option<Tls>,
-    name: &'static str,
+    /// Only on a plain-TCP listener.
+    files: Option<Arc<dyn FileRoutes>>,
+    pub(crate) name: &'static str,
 }
 
 impl Shared {
@@ -153,50 +180,54 @@ impl Shared {
         stream: TcpStream,
         peer: SocketAddr,
         permit: Permit,
-        watcher: hyper_util::server::graceful::Watcher,
+        drain: CancellationToken,
     ) {
         let activity = Activity::new();
-        let io = Tracked::new(stream, Arc::clone(&activity));
-        match &self.tls {
-            None => self.http(io, peer, &activity, watcher).await,
-            Some(tls) => {
-                // The handshake is the first thing a client sends: it gets the header timeout.
-                let handshake = tokio::time::timeout(self.config.header_timeout, tls.0.accept(io));
-                match handshake.await {
-                    Ok(Ok(io)) => self.http(io, peer, &activity, watcher).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(listener = self.name, %peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        tracing::debug!(listener = self.name, %peer, "TLS handshake timed out");
+        let served = async {
+            match (&self.tls, &self.files) {
+                (None, Some(files)) => {
+                    crate::direct::connection(
+                        self,
+                        files.as_ref(),
+                        stream,
+                        peer,
+                        &activity,
+                        &drain,
+                    )
+                    .await;
+                }
+                (None, None) => {
+                    let io = Tracked::new(stream, Arc::clone(&activity));
+                    self.http(io, peer, &drain).await;
+                }
+                (Some(tls), _) => {
+                    let io = Tracked::new(stream, Arc::clone(&activity));
+                    // The handshake is the first thing a client sends: it gets the header timeout.
+                    let handshake =
+                        tokio::time::timeout(self.config.header_timeout, tls.0.accept(io));
+                    match handshake.await {
+                        Ok(Ok(io)) => self.http(io, peer, &drain).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = self.name, %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = self.name, %peer, "TLS handshake timed out");
+                        }
                     }
                 }
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = activity.idle_for(self.config.idle_timeout) => {
+                tracing::debug!(listener = self.name, %peer, "closing an idle connection");
             }
         }
         drop(permit);
     }
 
-    async fn http<IO>(
-        &self,
-        io: IO,
-        peer: SocketAddr,
-        activity: &Activity,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let app = self.app.clone();
-        let secure = self.tls.is_some();
-        let body_timeout = self.config.body_timeout;
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let deadline = Instant::now() + body_timeout;
-            let mut request = request.map(|body| DeadlineBody::new(body, deadline));
-            request.extensions_mut().insert(ConnectInfo(peer));
-            if secure {
-                request.extensions_mut().insert(Secure);
-            }
-            app.clone().oneshot(request)
-        });
+    /// hyper's HTTP/1 server as every connection of this listener gets it.
+    pub(crate) fn builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         // Without a timer hyper's header timeout does nothing at all. hyper starts it whenever
         // it waits for a request head, so it also bounds an idle keep-alive connection.
@@ -205,16 +236,99 @@ impl Shared {
             .header_read_timeout(self.config.header_timeout)
             .keep_alive(true)
             .max_headers(100);
-        let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-        tokio::select! {
-            result = connection => {
-                if let Err(e) = result {
-                    tracing::debug!(listener = self.name, %peer, error = %e, "connection ended");
-                }
+        builder
+    }
+
+    /// The router as hyper's service for a connection from `peer`. With `exchange`, each
+    /// response body says when hyper drops it (one exchange of a file-routes connection).
+    pub(crate) fn service(
+        &self,
+        peer: SocketAddr,
+        exchange: Option<Arc<ExchangeState>>,
+    ) -> impl hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<Finished>,
+        Error = std::convert::Infallible,
+        Future = ResponseFuture,
+    > + use<> {
+        let app = self.app.clone();
+        let secure = self.tls.is_some();
+        let body_timeout = self.config.body_timeout;
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let deadline = Instant::now() + body_timeout;
+            let mut request = request.map(|body| DeadlineBody::new(body, deadline));
+            request.extensions_mut().insert(ConnectInfo(peer));
+            if secure {
+                request.extensions_mut().insert(Secure);
             }
-            () = activity.idle_for(self.config.idle_timeout) => {
-                tracing::debug!(listener = self.name, %peer, "closing an idle connection");
+            let exchange = exchange.clone();
+            let response = app.clone().oneshot(request);
+            Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|inner| Finished { inner, exchange }))
+            }) as ResponseFuture
+        })
+    }
+
+    /// hyper serves `io` to its end, and lets it finish its request in flight then close when
+    /// `drain` is cancelled (an idle connection closes at once).
+    pub(crate) async fn http<IO>(&self, io: IO, peer: SocketAddr, drain: &CancellationToken)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self
+            .builder()
+            .serve_connection(TokioIo::new(io), self.service(peer, None));
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
+        };
+        if let Err(e) = result {
+            tracing::debug!(listener = self.name, %peer, error = %e, "connection ended");
+        }
+    }
+}
+
+/// The router's answer to one request, as hyper awaits it.
+pub(crate) type ResponseFuture = Pin<
+    Box<dyn Future<Output = Result<hyper::Response<Finished>, std::convert::Infallible>> + Send>,
+>;
+
+/// A response body that tells an exchange when hyper is done with it (drops it).
+#[derive(Debug)]
+pub(crate) struct Finished {
+    inner: axum::body::Body,
+    exchange: Option<Arc<ExchangeState>>,
+}
+
+impl Body for Finished {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(exchange) = &self.exchange {
+            exchange.body_dropped();
         }
     }
 }

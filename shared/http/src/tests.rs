@@ -348,3 +348,254 @@ fn tls_material_is_checked() {
         "{mismatch:?}"
     );
 }
+
+/// File routes for the tests: `/file` is `path` (with `Range: bytes=N-` honoured), `/busy` a
+/// short answer; anything else is the router's.
+#[derive(Debug)]
+struct TestFiles {
+    path: std::path::PathBuf,
+}
+
+impl crate::FileRoutes for TestFiles {
+    fn answer(&self, request: &crate::FileRequest<'_>) -> Option<crate::FileAnswer> {
+        match request.path {
+            "/file" => {
+                let file = std::fs::File::open(&self.path).unwrap();
+                let size = file.metadata().unwrap().len();
+                let offset = request
+                    .headers
+                    .get("range")
+                    .and_then(|v| {
+                        v.to_str()
+                            .ok()?
+                            .strip_prefix("bytes=")?
+                            .strip_suffix('-')?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0u64);
+                Some(crate::FileAnswer {
+                    status: if offset > 0 {
+                        http::StatusCode::PARTIAL_CONTENT
+                    } else {
+                        http::StatusCode::OK
+                    },
+                    headers: http::HeaderMap::new(),
+                    body: crate::FileBody::File(crate::FilePart {
+                        file,
+                        offset,
+                        len: size - offset,
+                        permit: None,
+                    }),
+                })
+            }
+            "/busy" => Some(crate::FileAnswer::text(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy\n",
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A server with file routes over a file of `len` deterministic bytes; the router serves the
+/// same file at `/file` (what it answers after a request with a body took the connection).
+async fn start_with_files(config: HttpConfig, len: usize) -> (Running, Vec<u8>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let files = std::sync::Arc::new(TestFiles { path });
+    let routed = std::sync::Arc::clone(&files);
+    let app = app().route(
+        "/file",
+        get(move |headers: http::HeaderMap| {
+            let routed = std::sync::Arc::clone(&routed);
+            async move {
+                let request = crate::FileRequest {
+                    method: &http::Method::GET,
+                    path: "/file",
+                    headers: &headers,
+                    peer: "127.0.0.1:1".parse().unwrap(),
+                };
+                crate::FileRoutes::answer(routed.as_ref(), &request)
+                    .unwrap()
+                    .streamed()
+                    .await
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = Server::new("test", app, config, None).with_files(files);
+    let task = tokio::spawn(server.serve(listener, shutdown.clone()));
+    (
+        Running {
+            addr,
+            shutdown,
+            task,
+        },
+        data,
+        dir,
+    )
+}
+
+/// Reads one response (status line and headers, then Content-Length bytes) off `s`.
+async fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let mut buf = vec![0u8; 65536];
+    let end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a head");
+        pending.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(pending.drain(..end).collect()).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    while pending.len() < len {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed in a body");
+        pending.extend_from_slice(&buf[..n]);
+    }
+    (head, pending.drain(..len).collect())
+}
+
+#[tokio::test]
+async fn file_routes_share_a_connection_with_the_router_and_a_body_hands_it_over() {
+    let (r, data, _dir) = start_with_files(HttpConfig::default(), 3 << 20).await;
+    let mut s = connect_from("127.0.0.1", r.addr).await;
+    let mut pending = Vec::new();
+    let requests: [(&[u8], &str, &[u8]); 6] = [
+        (
+            b"GET /file HTTP/1.1\r\nHost: t\r\n\r\n",
+            "HTTP/1.1 200",
+            &data,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", "HTTP/1.1 200", b"ok"),
+        (
+            b"GET /file HTTP/1.1\r\nRange: bytes=100-\r\n\r\n",
+            "HTTP/1.1 206",
+            &data[100..],
+        ),
+        (b"HEAD /busy HTTP/1.1\r\n\r\n", "HTTP/1.1 503", b""),
+        // A body: hyper takes the rest of the connection, the router answers from then on.
+        (
+            b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "HTTP/1.1 200",
+            b"3",
+        ),
+        (b"GET /file HTTP/1.1\r\n\r\n", "HTTP/1.1 200", &data),
+    ];
+    for (request, status, body) in requests {
+        s.write_all(request).await.unwrap();
+        let (head, got) = if request.starts_with(b"HEAD") {
+            // No body for HEAD, whatever its Content-Length says.
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            (String::from_utf8_lossy(&buf[..n]).into_owned(), Vec::new())
+        } else {
+            read_response(&mut s, &mut pending).await
+        };
+        assert!(head.starts_with(status), "{head}");
+        assert!(
+            got == body,
+            "{head}: {} bytes, wanted {}",
+            got.len(),
+            body.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_heads_are_refused_and_closed() {
+    let (r, _data, _dir) = start_with_files(HttpConfig::default(), 10).await;
+    for (request, status) in [
+        (
+            b"GET /file HTTP/1.1\r\nNo colon\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET /file HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(40_000)).into_bytes(),
+            "HTTP/1.1 431",
+        ),
+    ] {
+        let mut s = connect_from("127.0.0.1", r.addr).await;
+        s.write_all(&request).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+            .await
+            .expect("closed")
+            .unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with(status), "{out}");
+    }
+    assert!(get_text("127.0.0.1", r.addr, "/").await.ends_with("ok"));
+}
+
+#[tokio::test]
+async fn a_stalled_file_answer_is_cut_at_the_idle_timeout() {
+    let (r, data, _dir) =
+        start_with_files(config(|c| c.idle_timeout = Some("300ms".into())), 64 << 20).await;
+    let mut s = connect_from("127.0.0.1", r.addr).await;
+    s.write_all(b"GET /file HTTP/1.1\r\n\r\n").await.unwrap();
+    // Read nothing for a while: the socket fills, sendfile makes no progress.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("still open"),
+        }
+    }
+    assert!(got < data.len(), "the whole file arrived");
+    assert!(get_text("127.0.0.1", r.addr, "/").await.ends_with("ok"));
+}
+
+#[tokio::test]
+async fn the_drain_lets_a_file_answer_finish_and_closes_idle_connections() {
+    let (r, data, _dir) = start_with_files(HttpConfig::default(), 32 << 20).await;
+    let mut idle = connect_from("127.0.0.1", r.addr).await;
+    let mut pending = Vec::new();
+    idle.write_all(b"GET /file HTTP/1.1\r\nRange: bytes=33554000-\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, tail) = read_response(&mut idle, &mut pending).await;
+    assert_eq!(tail, &data[33_554_000..]);
+    let mut busy = connect_from("127.0.0.1", r.addr).await;
+    busy.write_all(b"GET /file HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 1024];
+    assert!(busy.read(&mut first).await.unwrap() > 0);
+    r.shutdown.cancel();
+    // The idle one is closed at once; the busy one still gets every byte, and then the end.
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(1))
+            .await
+            .is_some()
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut rest))
+        .await
+        .expect("finished")
+        .unwrap();
+    let whole: Vec<u8> = first.iter().chain(rest.iter()).copied().collect();
+    let body_at = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&whole[body_at..], data.as_slice());
+    tokio::time::timeout(Duration::from_secs(3), r.task)
+        .await
+        .expect("drained")
+        .unwrap()
+        .unwrap();
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use dragonfly_core::{MacAddr, MachineId, MachineState};
 use dragonfly_ipxed::config::RawIpxed;
-use dragonfly_ipxed::{AppState, IpxedConfig, app};
+use dragonfly_ipxed::{AppState, IpxedConfig};
 use dragonfly_runtime::Secret;
 use dragonfly_runtime::config::DaemonConfig;
 use dragonfly_store::Db;
@@ -95,7 +95,7 @@ impl Server {
         let state = AppState::new(db.clone(), events, cfg, Secret::new(KEY.to_vec())).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = dragonfly_http::Server::new("test", app(state), http, None);
+        let server = dragonfly_ipxed::server(state, http, None);
         tokio::spawn(server.serve(listener, tokio_util::sync::CancellationToken::new()));
         Self {
             base: format!("http://{addr}"),

@@ -11,3 +11,4 @@ mod common;
 mod golden;
 mod ipxe;
 mod metadata;
+mod sendfile;
