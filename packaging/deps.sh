@@ -101,8 +101,17 @@ deps_packages() {
                 printf '%s\n' openipmi ipmitool
                 ;;
             os)
-                # mmdebstrap: building the OS images that workflows write to disk
-                printf '%s\n' mmdebstrap
+                # The OS images that workflows write to disk (packaging/images/debian-12.sh):
+                # mmdebstrap: the root tree from Debian packages
+                # fdisk (sfdisk), util-linux (losetup, partx, mount): the GPT disk and its root,
+                #   on a loop device; e2fsprogs (mke2fs -d, e2fsck): the root; dosfstools
+                #   (mkfs.vfat), mtools: the ESP, never mounted (a kernel may lack vfat);
+                #   zstd, python3: the compressed image and its manifest
+                # Booting them (integration/e2e/boot-debian-image.sh): qemu-system-x86, seabios,
+                #   ovmf (BIOS and UEFI VMs), qemu-utils (qemu-img: a throwaway overlay),
+                #   xorriso (the cloud-init cidata ISO), openssh-client (ssh, ssh-keygen)
+                printf '%s\n' mmdebstrap fdisk util-linux e2fsprogs dosfstools mtools zstd python3 \
+                    qemu-system-x86 seabios ovmf qemu-utils xorriso openssh-client
                 ;;
             *)
                 echo "packaging/deps.sh: unknown package group: $group" >&2
