@@ -309,3 +309,134 @@ mod tests {
         assert!(json.contains("panic=-1"), "{json}");
     }
 }
+
+const DEBIAN_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../packaging/images/debian-12.sh"
+);
+
+/// Dragonfly's Debian 12 cloud image (`packaging/images/debian-12.sh`): what the real-OS
+/// end-to-end test installs.
+#[derive(Debug, Clone)]
+pub struct DebianImage {
+    /// The zstd-compressed raw GPT image.
+    pub compressed: PathBuf,
+    /// sha256 of the raw (decompressed) image, lowercase hex: image2disk checks it.
+    pub image_sha256: String,
+    /// The command line its GRUB boots the kernel with; a kexec needs the same.
+    pub cmdline: String,
+    /// `/boot/vmlinuz` and `/boot/initrd.img` (links to the current kernel).
+    pub kernel: String,
+    pub initrd: String,
+}
+
+/// Builds the Debian image when it is missing or its recipe changed (cold: minutes and
+/// ~250 MB of Debian packages; cached outside the repository, in `$DRAGONFLY_IMAGE_CACHE` or
+/// `/var/cache/dragonfly/images`), else finds it (under a second). Needs root. Once per
+/// process; the script itself takes a lock against other processes.
+///
+/// # Panics
+/// When the build fails (its output is in the message) or its manifest is not what this
+/// function reads.
+pub fn debian_image() -> DebianImage {
+    static BUILT: OnceLock<DebianImage> = OnceLock::new();
+    BUILT.get_or_init(build_debian_image).clone()
+}
+
+fn build_debian_image() -> DebianImage {
+    let run = Command::new("bash")
+        .arg(DEBIAN_SCRIPT)
+        .output()
+        .expect("running bash packaging/images/debian-12.sh");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "packaging/images/debian-12.sh failed ({}):\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // "built FILE" or "cached FILE": the compressed image; the manifest lies beside it.
+    let compressed = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .and_then(|l| l.split_once(' ').map(|(_, f)| f.trim().to_owned()))
+            .unwrap_or_else(|| panic!("debian-12.sh printed no file: {stdout}")),
+    );
+    let manifest = compressed.with_file_name("debian-12-amd64.json");
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&manifest).unwrap_or_else(|e| panic!("reading {}: {e}", manifest.display())),
+    )
+    .unwrap_or_else(|e| panic!("parsing {}: {e}", manifest.display()));
+    let text = |key: &str| {
+        m[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no string {key}", manifest.display()))
+            .to_owned()
+    };
+    let path = |key: &str| {
+        m[key]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no string {key}.path", manifest.display()))
+            .to_owned()
+    };
+    DebianImage {
+        image_sha256: text("sha256"),
+        cmdline: text("cmdline"),
+        kernel: path("kernel"),
+        initrd: path("initrd"),
+        compressed,
+    }
+}
+
+impl DebianImage {
+    /// The template that installs it with cloud-init configured by Dragonfly: image2disk of
+    /// the image from `image_url` (its sha256 checked), writefile of the NoCloud datasource
+    /// (`{{metadataUrl}}`: the install's own URL, with its secret) into the installed root,
+    /// kexec into the installed kernel, and the first boot: cloud-init sets the host name
+    /// and installs the operator's SSH keys (`sshKeys`), then phones home.
+    pub fn template(&self, name: &str, image_url: &str) -> serde_json::Value {
+        let disk = serde_json::json!({ "rule": {} });
+        let root = serde_json::json!({ "disk": disk, "partition": ROOT_PARTITION });
+        serde_json::json!({
+            "apiVersion": dragonfly_core::resource::API_VERSION,
+            "kind": dragonfly_core::resource::TEMPLATE,
+            "metadata": { "name": name },
+            "spec": { "actions": [
+                {
+                    "name": "image",
+                    "type": "image2disk",
+                    "url": image_url,
+                    "disk": disk,
+                    "sha256": self.image_sha256,
+                    "compression": "zstd",
+                    "timeoutSeconds": 1800,
+                },
+                {
+                    "name": "datasource",
+                    "type": "writefile",
+                    "device": root,
+                    "filesystem": "ext4",
+                    "path": "/etc/cloud/cloud.cfg.d/90-dragonfly.cfg",
+                    "contents": "datasource_list: [ NoCloud, None ]\ndatasource:\n  NoCloud:\n    seedfrom: {{metadataUrl}}\n",
+                    "mode": 0o644,
+                },
+                {
+                    "name": "boot",
+                    "type": "kexec",
+                    "device": root,
+                    "filesystem": "ext4",
+                    "kernel": self.kernel,
+                    "initrd": self.initrd,
+                    "cmdline": self.cmdline,
+                },
+                {
+                    "name": "first-boot",
+                    "type": "cloudinit",
+                    "timeoutSeconds": 1200,
+                    "userData": "#cloud-config\nhostname: {{hostname}}\nfqdn: {{hostname}}.lab.test\nssh_authorized_keys:\n{{#each sshKeys}}\n  - {{this}}\n{{/each}}\n",
+                },
+            ]},
+        })
+    }
+}

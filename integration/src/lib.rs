@@ -41,7 +41,7 @@ pub use config::{
     ApidConfig, BmcdConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, SubnetConfig,
     TftpdConfig,
 };
-pub use image::{TESTOS_MARKER, TestImage, TestOs, test_image, test_os};
+pub use image::{DebianImage, TESTOS_MARKER, TestImage, TestOs, debian_image, test_image, test_os};
 pub use lab::{BRIDGE_ADDR, KEEP_ENV, Lab, LabError, Network, Peer, Socket, Tap, destroy_network};
 pub use power::{
     BMC_USER, Bmc, BootDevice, IpmiBmc, PowerChange, PowerError, PowerEvent, PoweredVm, RedfishBmc,

@@ -482,6 +482,23 @@ else
         qemu+=(-vga none -fw_cfg "name=etc/sercon-port,file=$sercon"
             -device "virtio-net-pci,netdev=n0,mac=$vm_mac,bootindex=1")
     fi
+    # An empty 8 GiB disk (sparse) to install on; after the network, in the boot order.
+    vm_disk=$state/demo-vm-disk.img
+    [ -e "$vm_disk" ] || truncate -s 8G "$vm_disk"
+    chown "$daemon_user:" "$vm_disk" 2>/dev/null || true
+    # shellcheck disable=SC2054
+    qemu+=(-drive "file=$vm_disk,format=raw,if=none,id=d0"
+        -device virtio-blk-pci,drive=d0,bootindex=2)
+
+    # Dragonfly's Debian 12 image, for the README's "install Debian" (built once, then
+    # cached outside the repository: minutes the first time), served on the lab network; the
+    # template that installs it is written beside the state.
+    echo "==> the Debian 12 image (packaging/images/debian-12.sh; built once, then cached)"
+    image=$("$lab" debian-template --url "http://$lab_ip:8090/debian-12-amd64.raw.zst" \
+        --out "$state/debian-12.template.json") || die "building the Debian image failed"
+    start_cmd images "${in_ns[@]}" "${confined[@]}" python3 -m http.server --bind "$lab_ip" \
+        --directory "$(dirname "$image")" 8090
+
     t0_ms=$(date +%s%3N)
     echo "==> booting the demo VM ($vm_mac, $firmware, TCG): console in var/log/demo-vm.log"
     start_cmd demo-vm "${in_ns[@]}" "${qemu[@]}"

@@ -45,6 +45,20 @@ enum Command {
     /// Writes the dragonfly.toml of a lab: the shared sections, and one section per daemon
     /// asked for.
     Config(Box<Config>),
+    /// Builds Dragonfly's Debian 12 image when it is missing (packaging/images/debian-12.sh,
+    /// cached), writes the template that installs it from URL (a dragonfly.computer/v1
+    /// Template, JSON) to OUT, and prints the image file's path.
+    DebianTemplate {
+        /// Where machines fetch the image (the file the path printed names).
+        #[arg(long)]
+        url: String,
+        /// Where to write the template (replaced whole).
+        #[arg(long)]
+        out: PathBuf,
+        /// The template's name.
+        #[arg(long, default_value = "debian-12")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +207,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(c) => lab_config(&c)
             .write(&c.out)
             .with_context(|| format!("writing {}", c.out.display())),
+        Command::DebianTemplate { url, out, name } => {
+            let image = dragonfly_integration::debian_image();
+            let template = serde_json::to_string_pretty(&image.template(&name, &url))?;
+            std::fs::write(&out, template + "\n")
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", image.compressed.display());
+            Ok(())
+        }
     }
 }
 

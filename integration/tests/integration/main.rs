@@ -19,6 +19,7 @@
 )]
 
 mod common;
+mod debian;
 mod discovery;
 mod example_config;
 mod power;
