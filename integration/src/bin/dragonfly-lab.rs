@@ -12,10 +12,12 @@
 //! `up` and `down` need root. Exit codes: 0 done; 1 failed (the cause on stderr); 2 bad usage.
 #![allow(clippy::print_stderr, reason = "errors go to the caller's terminal")]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
 use clap::{Args, Parser, Subcommand};
 use dragonfly_integration::{
     ApidConfig, BmcdConfig, DhcpdConfig, HttpSettings, IpxedConfig, LabConfig, Network, Peer,
@@ -212,7 +214,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             let template = serde_json::to_string_pretty(&image.template(&name, &url))?;
             std::fs::write(&out, template + "\n")
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", image.compressed.display());
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", image.compressed.display())?;
             Ok(())
         }
     }
