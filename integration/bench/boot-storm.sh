@@ -16,13 +16,17 @@
 #   SIDES=dragonfly integration/bench/boot-storm.sh # one side only (SIDES="peer dragonfly")
 #   AGENT_DIR=/path/with/vmlinuz+initrd.img …       # default target/agent-image (agent-image/build.sh)
 #   LOG_LEVEL=info …                                # the daemons' log level (default warn)
+#   KEEP=1 …                                        # keep the work directory (every server's log)
+#   MAX_FILE_TRANSFERS=1024 …                       # ipxed's [ipxed] max_file_transfers (default: its own, 256)
 #
 # How the clients reach the servers (target/release/boot-storm, integration/src/bin/boot-storm.rs,
-# says more): a lab network from dragonfly-lab, the server namespace's br0 10.202.0.1/16 and a
-# client namespace's eth0 10.202.0.2/16 on a veth. DHCP goes as from a relay agent (like
-# perfdhcp in bench/dhcp.sh): unicast from 10.202.0.2:67 with giaddr 10.202.0.2, answers back
-# to it; so dhcpd lists that relay, and dnsmasq serves it from its /16 range. Both servers
-# lease from the same pool, 10.202.16.0/20, which the client namespace treats as local
+# says more): a lab network from dragonfly-lab, the server namespace's br0 10.200.0.1/14 and a
+# client namespace's eth0 10.200.0.2/14 on a veth. DHCP goes as from a relay agent (like
+# perfdhcp in bench/dhcp.sh): unicast from 10.200.0.2:67 with giaddr 10.200.0.2, answers back
+# to it; so dhcpd lists that relay, and dnsmasq serves it from its range in that /14. Both
+# servers lease from the same /16 pool, 10.202.0.0/16 (as dhcp.sh's; with a /20 dnsmasq NAKs
+# most of a storm: it does not remember its offers, so clients racing for the first free
+# address after a run of leased ones collide), which the client namespace treats as local
 # (`ip route add local … dev lo`) and the server namespace routes to it: each client then
 # speaks TFTP and HTTP from its own leased address, as a real machine does — which ipxed's
 # admission needs (a token only for the address dhcpd leased that MAC).
@@ -64,18 +68,18 @@ storm=$bin/boot-storm
 
 tag=$$
 S=dfst${tag}s C=dfst${tag}c
-server=10.202.0.1 relay=10.202.0.2 pool=10.202.16.0/20
+server=10.200.0.1 relay=10.200.0.2 pool=10.202.0.0/16
 work=$(mktemp -d /tmp/boot-storm.XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     "$lab" down "$S" || true
-    rm -rf "$work"
+    if [ -n "${KEEP:-}" ]; then echo "kept $work (logs, leases)" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
-"$lab" up "$S" --addr "$server/16" --no-ula --peer "$C=$relay/16" --unprivileged-ports
+"$lab" up "$S" --addr "$server/14" --no-ula --peer "$C=$relay/14" --unprivileged-ports
 ip netns exec "$S" ip route add "$pool" via "$relay"
 ip netns exec "$C" ip route add local "$pool" dev lo
 # As many descriptors as allowed (the clients hold two each); the daemons get their units'.
@@ -104,14 +108,14 @@ tftp_bytes=$(stat -c %s "$work/tftp/undionly.kpxe")
 # nginx, with a token-shaped word in place of the token.
 token=$(head -c 96 /dev/urandom | base64 -w0 | tr '+/' '-_' | head -c 128)
 { "$storm" --print-macs --clients "$clients"; "$storm" --print-macs --clients 1 --mac-prefix 0e:df:ff; } |
-    awk -v dir="$work/www/boot" -v url="http://$server:8081" -v tok="$token" '{
+    awk -v dir="$work/www/boot" -v url="http://$server:8081" -v srv="$server" -v tok="$token" '{
         f = dir "/" $1
         print "#!ipxe" > f
         print "# Dragonfly: discovery for " $1 >> f
         print "# platform pcbios, arch x86_64" >> f
         print "echo Dragonfly: booting the agent in discovery mode" >> f
         print ":retry" >> f
-        print "kernel " url "/agent/vmlinuz initrd=initrd.img dragonfly.url=http://10.202.0.1:3001 dragonfly.mode=discovery dragonfly.mac=" $1 " dragonfly.token=" tok " || goto failed" >> f
+        print "kernel " url "/agent/vmlinuz initrd=initrd.img dragonfly.url=http://" srv ":3001 dragonfly.mode=discovery dragonfly.mac=" $1 " dragonfly.token=" tok " || goto failed" >> f
         print "initrd --name initrd.img " url "/agent/initrd.img || goto failed" >> f
         print "boot || goto failed" >> f
         print ":failed" >> f
@@ -171,7 +175,8 @@ show_logs() {
 declare -A result
 # measure SIDE URL PIDS [--expect-token]: warm-up client, then the storm.
 measure() {
-    local side=$1 url=$2 procs=$3 out warm before after
+    local side=$1 url=$2 procs=$3 out warm p a total=0 name delta parts=()
+    local -A before
     shift 3
     warm=$(run_storm "$side" 0e:df:ff 1 "$url" "$@")
     if [ "$(field "$warm" booted)" != 1 ]; then
@@ -179,19 +184,21 @@ measure() {
         cat "$work/$side-0e:df:ff.err" >&2
         return 1
     fi
-    # shellcheck disable=SC2086 # $procs is a list of PIDs
-    before=$(cpu $procs)
+    for p in $procs; do before[$p]=$(cpu "$p"); done
     echo "storm: $clients clients through $side..." >&2
     out=$(run_storm "$side" 0e:df:01 "$clients" "$url" "$@")
-    # shellcheck disable=SC2086
-    after=$(cpu $procs)
+    for p in $procs; do
+        a=$(cpu "$p")
+        name=$(cat "/proc/$p/comm" 2>/dev/null || echo "$p:exited")
+        delta=$(awk -v a="$a" -v b="${before[$p]}" 'BEGIN { printf "%.2f", a - b }')
+        total=$(awk -v t="$total" -v d="$delta" 'BEGIN { printf "%.2f", t + d }')
+        parts+=("$name=$delta")
+        case $name in nginx | dragonfly-ipxed) result[$side,http_cpu]=$delta ;; esac
+    done
     echo "$side: $out" >&2
     cat "$work/$side-0e:df:01.err" >&2
-    result[$side]="$out server_cpu_s=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')"
-    # Each process's share, for the record.
-    local p parts=()
-    for p in $procs; do parts+=("$(cat "/proc/$p/comm" 2>/dev/null || echo "$p:exited")=$(cpu "$p")"); done
-    result[$side,procs]="${parts[*]} (CPU-s since start, warm-up included)"
+    result[$side]="$out server_cpu_s=$total"
+    result[$side,procs]="${parts[*]}"
 }
 
 stop_all() {
@@ -210,7 +217,7 @@ run_peer() {
     ip netns exec "$S" dnsmasq -k --port=0 --no-ping --no-resolv --no-hosts --conf-file=/dev/null \
         --dhcp-authoritative --dhcp-lease-max=100000 --bind-interfaces --interface=br0 \
         --except-interface=lo --listen-address="$server" \
-        --dhcp-range=10.202.16.1,10.202.31.254,255.255.0.0,1h \
+        --dhcp-range=10.202.0.1,10.202.255.254,255.252.0.0,1h \
         --dhcp-boot="undionly.kpxe,,$server" --enable-tftp --tftp-root="$work/tftp" \
         --tftp-max="$clients" --dhcp-leasefile="$d/leases" --pid-file="$d/pid" --user=root \
         --log-facility="$d/dnsmasq.log" > "$d/dnsmasq.out" 2>&1 &
@@ -276,7 +283,10 @@ run_dragonfly() {
         --ipxed "$server:8080" --public-url "http://$server:8080" --apid-url "http://$server:3001" \
         --agent-dir "$work/agent" --ipxe-dir "$work/tftp" --tftp-root "$work/tftp" \
         --dhcpd reservation --server-ip "$server" --dhcpd-ipxed "$server:8080" --lease-time 1h \
-        --pxe-listen "" --relay "$relay" --subnet "10.202.0.0/16,10.202.16.1,10.202.31.254,$server"
+        --pxe-listen "" --relay "$relay" --subnet "10.200.0.0/14,10.202.0.1,10.202.255.254,$server"
+    if [ -n "${MAX_FILE_TRANSFERS:-}" ]; then
+        sed -i "/^\[ipxed\]\$/a max_file_transfers = $MAX_FILE_TRANSFERS" "$d/dragonfly.toml"
+    fi
     chown -R nobody:nogroup "$d"
     setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$bin/dragonfly-migrate" \
         --config "$d/dragonfly.toml" > "$d/migrate.log" 2>&1 || { cat "$d/migrate.log" >&2; exit 1; }
@@ -329,7 +339,7 @@ for side in $sides; do
 done
 for side in $sides; do
     r=${result[$side]}
-    echo "$side: retries: DHCP $(field "$r" dhcp_resent), TFTP $(field "$r" tftp_resent), HTTP 503 $(field "$r" http_503); processes: ${result[$side,procs]}"
+    echo "$side: DHCP resent $(field "$r" dhcp_resent), NAKs $(field "$r" dhcp_naks); TFTP resent $(field "$r" tftp_resent); HTTP 503 $(field "$r" http_503); server CPU-s: ${result[$side,procs]}"
 done
 if [ -n "${result[dragonfly]:-}" ] && [ -n "${result[peer]:-}" ]; then
     d=${result[dragonfly]} p=${result[peer]}
@@ -339,6 +349,12 @@ if [ -n "${result[dragonfly]:-}" ] && [ -n "${result[peer]:-}" ]; then
         printf "dragonfly/peer: wall %.2fx (target <= 1.2), server CPU %.2fx, CPU per GiB %.2fx (target <= 1.5)\n",
             (pw > 0 ? dw / pw : 0), (pc > 0 ? dc / pc : 0),
             (pc > 0 && db > 0 ? (dc / db) / (pc / pb) : 0) }'
+    # HTTP alone: ipxed against nginx, CPU per GiB of HTTP bodies.
+    awk -v dc="${result[dragonfly,http_cpu]}" -v pc="${result[peer,http_cpu]}" \
+        -v db="$(field "$d" http_bytes)" -v pb="$(field "$p" http_bytes)" 'BEGIN {
+        g = 1073741824
+        printf "HTTP only: ipxed %.3f CPU-s/GiB, nginx %.3f: %.2fx\n", (db > 0 ? dc / (db / g) : 0),
+            (pb > 0 ? pc / (pb / g) : 0), (pc > 0 && db > 0 ? (dc / db) / (pc / pb) : 0) }'
 fi
 if [ -n "${result[dragonfly]:-}" ]; then
     booted=$(field "${result[dragonfly]}" booted)
