@@ -18,6 +18,7 @@
 #   LOG_LEVEL=info …                                # the daemons' log level (default warn)
 #   KEEP=1 …                                        # keep the work directory (every server's log)
 #   MAX_FILE_TRANSFERS=1024 …                       # ipxed's [ipxed] max_file_transfers (default: its own, 256)
+#   MAX_TRANSFERS=1024 …                            # tftpd's [tftpd] max_transfers (default: its own, 256)
 #
 # How the clients reach the servers (target/release/boot-storm, integration/src/bin/boot-storm.rs,
 # says more): a lab network from dragonfly-lab, the server namespace's br0 10.200.0.1/14 and a
@@ -186,7 +187,9 @@ measure() {
     fi
     for p in $procs; do before[$p]=$(cpu "$p"); done
     echo "storm: $clients clients through $side..." >&2
-    out=$(run_storm "$side" 0e:df:01 "$clients" "$url" "$@")
+    local TIMEFORMAT='%U %S'
+    { time run_storm "$side" 0e:df:01 "$clients" "$url" "$@" > "$work/$side.out"; } 2> "$work/$side.time"
+    out=$(cat "$work/$side.out")
     for p in $procs; do
         a=$(cpu "$p")
         name=$(cat "/proc/$p/comm" 2>/dev/null || echo "$p:exited")
@@ -197,7 +200,7 @@ measure() {
     done
     echo "$side: $out" >&2
     cat "$work/$side-0e:df:01.err" >&2
-    result[$side]="$out server_cpu_s=$total"
+    result[$side]="$out server_cpu_s=$total client_cpu_s=$(awk '{ printf "%.2f", $1 + $2 }' "$work/$side.time")"
     result[$side,procs]="${parts[*]}"
 }
 
@@ -287,6 +290,9 @@ run_dragonfly() {
     if [ -n "${MAX_FILE_TRANSFERS:-}" ]; then
         sed -i "/^\[ipxed\]\$/a max_file_transfers = $MAX_FILE_TRANSFERS" "$d/dragonfly.toml"
     fi
+    if [ -n "${MAX_TRANSFERS:-}" ]; then
+        sed -i "/^\[tftpd\]\$/a max_transfers = $MAX_TRANSFERS" "$d/dragonfly.toml"
+    fi
     chown -R nobody:nogroup "$d"
     setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$bin/dragonfly-migrate" \
         --config "$d/dragonfly.toml" > "$d/migrate.log" 2>&1 || { cat "$d/migrate.log" >&2; exit 1; }
@@ -325,18 +331,20 @@ echo
 printf '%s clients at once; TFTP undionly.kpxe %s B; kernel %s B, initrd %s B: %s; %s cores, load %s\n' \
     "$clients" "$tftp_bytes" "$kernel_bytes" "$initrd_bytes" "$agent_what" "$(nproc)" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-10s %9s %8s %8s %8s %7s %7s %7s %10s %8s %10s %7s\n' side booted wall_s p50_s p99_s \
-    "DHCP%" "TFTP%" "HTTP%" server_CPU GiB CPU-s/GiB leases
+printf '%-10s %9s %7s %7s %7s %6s %6s %6s %8s %7s %6s %9s %7s %8s\n' side booted wall_s p50_s \
+    p99_s DHCP_s TFTP_s HTTP_s server_CPU GiB GiB/s CPU-s/GiB leases clientCPU
 for side in $sides; do
     r=${result[$side]}
     gib=$(awk -v b="$(field "$r" bytes)" 'BEGIN { printf "%.2f", b / 1073741824 }')
-    printf '%-10s %9s %8s %8s %8s %7s %7s %7s %10s %8s %10s %7s\n' "$side" \
+    printf '%-10s %9s %7s %7s %7s %6.2f %6.2f %6.2f %8s %7s %6.2f %9s %7s %8s\n' "$side" \
         "$(field "$r" booted)/$clients" "$(field "$r" wall_s)" "$(field "$r" p50_s)" \
-        "$(field "$r" p99_s)" "$(field "$r" dhcp_share)" "$(field "$r" tftp_share)" \
-        "$(field "$r" http_share)" "$(field "$r" server_cpu_s)" "$gib" \
+        "$(field "$r" p99_s)" "$(field "$r" dhcp_mean_s)" "$(field "$r" tftp_mean_s)" \
+        "$(field "$r" http_mean_s)" "$(field "$r" server_cpu_s)" "$gib" \
+        "$(awk -v g="$gib" -v w="$(field "$r" wall_s)" 'BEGIN { print (w > 0 ? g / w : 0) }')" \
         "$(awk -v c="$(field "$r" server_cpu_s)" -v g="$gib" 'BEGIN { printf "%.3f", (g > 0 ? c / g : 0) }')" \
-        "${result[$side,leases]}"
+        "${result[$side,leases]}" "$(field "$r" client_cpu_s)"
 done
+echo "(DHCP_s, TFTP_s, HTTP_s: each phase's mean over the booted clients; GiB/s: bytes served / wall)"
 for side in $sides; do
     r=${result[$side]}
     echo "$side: DHCP resent $(field "$r" dhcp_resent), NAKs $(field "$r" dhcp_naks); TFTP resent $(field "$r" tftp_resent); HTTP 503 $(field "$r" http_503); server CPU-s: ${result[$side,procs]}"
@@ -346,9 +354,9 @@ if [ -n "${result[dragonfly]:-}" ] && [ -n "${result[peer]:-}" ]; then
     awk -v dw="$(field "$d" wall_s)" -v pw="$(field "$p" wall_s)" \
         -v dc="$(field "$d" server_cpu_s)" -v pc="$(field "$p" server_cpu_s)" \
         -v db="$(field "$d" bytes)" -v pb="$(field "$p" bytes)" 'BEGIN {
-        printf "dragonfly/peer: wall %.2fx (target <= 1.2), server CPU %.2fx, CPU per GiB %.2fx (target <= 1.5)\n",
-            (pw > 0 ? dw / pw : 0), (pc > 0 ? dc / pc : 0),
-            (pc > 0 && db > 0 ? (dc / db) / (pc / pb) : 0) }'
+        printf "dragonfly/peer: wall %.2fx (target <= 1.2), bytes served per second of wall %.2fx, server CPU %.2fx, CPU per GiB %.2fx (target <= 1.5)\n",
+            (pw > 0 ? dw / pw : 0), (pw > 0 && pb > 0 && dw > 0 ? (db / dw) / (pb / pw) : 0),
+            (pc > 0 ? dc / pc : 0), (pc > 0 && db > 0 ? (dc / db) / (pc / pb) : 0) }'
     # HTTP alone: ipxed against nginx, CPU per GiB of HTTP bodies.
     awk -v dc="${result[dragonfly,http_cpu]}" -v pc="${result[peer,http_cpu]}" \
         -v db="$(field "$d" http_bytes)" -v pb="$(field "$p" http_bytes)" 'BEGIN {

@@ -30,7 +30,7 @@
 //! A client "booted" when every step succeeded. Prints one line of `key=value` figures
 //! (clients, booted, failed, wall_s from the first DISCOVER to a booted client's last byte, p50_s and p99_s
 //! of the booted clients' own times, bytes, tftp_bytes, http_bytes, the phases' shares of the
-//! booted clients' time, retries), then `failed: COUNT REASON` per reason and a few examples on
+//! booted clients' time and each phase's mean, retries), then `failed: COUNT REASON` per reason and a few examples on
 //! stderr. Exit code 0 even with failures (the script reports them), 2 on usage.
 
 #![allow(
@@ -226,13 +226,15 @@ async fn main() -> anyhow::Result<()> {
     let sum = |f: fn(&Booted) -> Duration| booted.iter().map(f).sum::<Duration>().as_secs_f64();
     let (dhcp, tftp, http) = (sum(|b| b.dhcp), sum(|b| b.tftp), sum(|b| b.http));
     let all = (dhcp + tftp + http).max(f64::MIN_POSITIVE);
+    let n = (booted.len() as f64).max(1.0);
     let tftp_bytes: u64 = booted.iter().map(|b| b.tftp_bytes).sum();
     let http_bytes: u64 = booted.iter().map(|b| b.http_bytes).sum();
     let c = shared.counters.lock().unwrap_or_else(|p| p.into_inner());
     println!(
         "clients={clients} booted={} failed={} wall_s={:.3} p50_s={:.3} p99_s={:.3} \
          bytes={} tftp_bytes={tftp_bytes} http_bytes={http_bytes} dhcp_share={:.1} \
-         tftp_share={:.1} http_share={:.1} dhcp_resent={} dhcp_naks={} tftp_resent={} http_503={} no_token={}",
+         tftp_share={:.1} http_share={:.1} dhcp_mean_s={:.3} tftp_mean_s={:.3} http_mean_s={:.3} \
+         dhcp_resent={} dhcp_naks={} tftp_resent={} http_503={} no_token={}",
         booted.len(),
         failures.len(),
         wall.as_secs_f64(),
@@ -242,6 +244,9 @@ async fn main() -> anyhow::Result<()> {
         100.0 * dhcp / all,
         100.0 * tftp / all,
         100.0 * http / all,
+        dhcp / n,
+        tftp / n,
+        http / n,
         c.dhcp_resent,
         c.dhcp_naks,
         c.tftp_resent,
@@ -580,7 +585,7 @@ async fn tftp(
             5 => {
                 return Err(fail(
                     "tftp: error from the server",
-                    String::from_utf8_lossy(&buf[4..n].split(|&b| b == 0).next().unwrap_or(&[]))
+                    String::from_utf8_lossy(buf[4..n].split(|&b| b == 0).next().unwrap_or(&[]))
                         .into_owned(),
                 ));
             }
