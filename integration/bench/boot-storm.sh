@@ -25,9 +25,8 @@
 # client namespace's eth0 10.200.0.2/14 on a veth. DHCP goes as from a relay agent (like
 # perfdhcp in bench/dhcp.sh): unicast from 10.200.0.2:67 with giaddr 10.200.0.2, answers back
 # to it; so dhcpd lists that relay, and dnsmasq serves it from its range in that /14. Both
-# servers lease from the same /16 pool, 10.202.0.0/16 (as dhcp.sh's; with a /20 dnsmasq NAKs
-# most of a storm: it does not remember its offers, so clients racing for the first free
-# address after a run of leased ones collide), which the client namespace treats as local
+# servers lease from the same /16 pool, 10.202.0.0/16 (as dhcp.sh's), which the client
+# namespace treats as local
 # (`ip route add local … dev lo`) and the server namespace routes to it: each client then
 # speaks TFTP and HTTP from its own leased address, as a real machine does — which ipxed's
 # admission needs (a token only for the address dhcpd leased that MAC).
@@ -35,7 +34,9 @@
 # Choices, stated: TFTP asks tsize and blksize 1456 lock-step, as a BIOS PXE ROM does (no
 # windowsize: that is iPXE's, and iPXE here only does HTTP). iPXE's own second DHCP exchange
 # is not played: each client asks the script URL the server's configuration would give it
-# (Dragonfly: /boot/{mac}?platform=pcbios; nginx: /boot/{mac}, a static file). DHCP answers
+# (Dragonfly: /boot/{mac}?platform=pcbios; nginx: /boot/{mac}, a static file). MACs are
+# scattered, not sequential: dnsmasq offers neighbouring MACs the same addresses and NAKs
+# all but one (see boot-storm.rs), which is not what this measures. DHCP answers
 # are waited for 1, 2, 4 and 8 s (then the client gives up); a 503 is retried after its
 # Retry-After, as the agent script does, up to 6 times. dnsmasq runs with --no-ping (as in
 # bench/dhcp.sh) and --tftp-max=$CLIENTS (its default, 50, refuses the rest of a storm). Each

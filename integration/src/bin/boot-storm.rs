@@ -28,10 +28,11 @@
 //! (user class `iPXE`) is not played: the script URL comes from `--script-url`.
 //!
 //! A client "booted" when every step succeeded. Prints one line of `key=value` figures
-//! (clients, booted, failed, wall_s from the first DISCOVER to a booted client's last byte, p50_s and p99_s
-//! of the booted clients' own times, bytes, tftp_bytes, http_bytes, the phases' shares of the
-//! booted clients' time and each phase's mean, retries), then `failed: COUNT REASON` per reason and a few examples on
-//! stderr. Exit code 0 even with failures (the script reports them), 2 on usage.
+//! (clients, booted, failed, wall_s from the first DISCOVER to a booted client's last byte,
+//! p50_s and p99_s of the booted clients' own times, bytes, tftp_bytes, http_bytes, the
+//! phases' shares of the booted clients' time and each phase's mean, retries), then
+//! `failed: COUNT REASON (e.g. …)` per reason on stderr. Exit code 0 even with failures (the
+//! script reports them), 2 on bad usage, 1 when it cannot start (e.g. the relay's port).
 
 #![allow(
     clippy::print_stdout,
@@ -72,7 +73,7 @@ struct Args {
     #[arg(long, default_value = "0e:df:01")]
     mac_prefix: String,
     /// The iPXE script's URL; `{mac}` becomes the client's MAC (`aa:bb:…`).
-    #[arg(long)]
+    #[arg(long, required_unless_present = "print_macs")]
     script_url: Option<String>,
     /// The file TFTP must deliver (compared byte for byte).
     #[arg(long)]
