@@ -49,7 +49,7 @@ pub struct RawIpxed {
     /// DHCP lease) besides the secret in their datasource URL (default `true`).
     pub metadata_by_address: Option<bool>,
     /// Downloads of files (`/agent/…`, `/ipxe/…`) in progress at once; more are answered 503
-    /// with `Retry-After`. Default 256.
+    /// with `Retry-After`. Default 1024.
     pub max_file_transfers: Option<usize>,
     /// `[ipxed.http]`: timeouts, connection caps, TLS.
     pub http: Option<RawHttpConfig>,
@@ -106,8 +106,11 @@ pub const DEFAULT_IPXE_DIR: &str = "/var/lib/dragonfly/tftp";
 /// File downloads at once unless configured: a rack of machines booting together, each
 /// fetching its kernel or initrd, without queueing; beyond it a client is told to come back
 /// (503 with `Retry-After`; the agent's script retries) rather than every download slowing
-/// down together.
-pub const DEFAULT_MAX_FILE_TRANSFERS: usize = 256;
+/// down together. As many as the listener's connections (`[ipxed.http] max_connections`):
+/// a transfer holds a descriptor, no buffer, and at 256 a storm of 1 000 machines waited out
+/// `Retry-After` twice (wall 1.9–2.9× dnsmasq + nginx's; at 1 024: 1.03–1.05×,
+/// integration/bench/boot-storm.sh).
+pub const DEFAULT_MAX_FILE_TRANSFERS: usize = 1024;
 /// Longest `kernel_cmdline_extra`, in bytes.
 pub const MAX_CMDLINE_EXTRA: usize = 1024;
 
@@ -265,7 +268,7 @@ mod tests {
         assert_eq!(c.token_ttl, DEFAULT_TOKEN_TTL);
         assert_eq!(c.kernel_cmdline_extra, DEFAULT_CMDLINE_EXTRA);
         assert_eq!(c.ipxe_dir, PathBuf::from(DEFAULT_IPXE_DIR));
-        assert_eq!(c.max_file_transfers, 256);
+        assert_eq!(c.max_file_transfers, 1024);
     }
 
     #[test]
