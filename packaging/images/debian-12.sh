@@ -6,7 +6,7 @@
 #   sudo packaging/images/debian-12.sh [--out DIR] [--force]
 #
 #   --out DIR   where the outputs go; default $DRAGONFLY_IMAGE_CACHE, else
-#               /var/cache/dragonfly/images (outside the repository: the image is ~300 MB)
+#               /var/cache/dragonfly/images (outside the repository: the image is ~200 MB)
 #   --force     build even when the outputs are up to date
 #
 # Outputs (the manifest is written last: it is what marks them complete):
@@ -464,7 +464,8 @@ RAW_SHA=$(sha256sum "$RAW" | cut -d' ' -f1)
 phase sha256
 # Measured on two busy cores (packaging/README.md): -3 8 s → 224 MiB, -9 32 s → 198 MiB,
 # -12 38 s → 196 MiB, -19 480 s → 177 MiB. -19's 10 % is not worth eight minutes.
-ZLEVEL=${DRAGONFLY_IMAGE_ZSTD_LEVEL:-12}
+# A constant, not a knob: the recipe is this file, and "cached" must mean the same outputs.
+ZLEVEL=12
 zstd -q -T0 "-$ZLEVEL" "$RAW" -o "$W/$NAME.raw.zst"
 phase "zstd -$ZLEVEL"
 ZST_SHA=$(sha256sum "$W/$NAME.raw.zst" | cut -d' ' -f1)
