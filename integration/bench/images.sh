@@ -70,7 +70,7 @@ printf '\n[ipxed.http]\nmax_connections_per_client = %s\n' "$((clients > 64 ? cl
 
 # An ipxed from before max_file_transfers (IPXED_BIN, for a before/after figure) has no limit.
 check=$("$bin" --config "$work/dragonfly.toml" --check-config 2>&1 || true)
-if grep -q 'unknown field `max_file_transfers`' <<<"$check"; then
+if grep -qF 'unknown field' <<<"$check" && grep -qF max_file_transfers <<<"$check"; then
     sed -i '/^max_file_transfers = /d' "$work/dragonfly.toml"
 fi
 run=()
