@@ -411,6 +411,7 @@ pub fn get_stream(
     from: u64,
     timeout: Duration,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    bearer: Option<&str>,
 ) -> Result<(Head, Body<BufReader<Stream>>), HttpError> {
     let addr = url
         .authority
@@ -452,9 +453,10 @@ pub fn get_stream(
     } else {
         &url.prefix
     };
+    let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dragonfly-mage/{ver}\r\n\
-         Accept-Encoding: identity\r\n{range}Connection: close\r\n\r\n",
+         Accept-Encoding: identity\r\n{auth}{range}Connection: close\r\n\r\n",
         host = url.host,
         ver = env!("CARGO_PKG_VERSION"),
     );

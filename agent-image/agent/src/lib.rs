@@ -266,7 +266,10 @@ fn image(
         cfg: &cfg.imaging,
         stop,
     };
-    let ended = session.run(&mut imaging::Native(cfg.actions.clone()));
+    let ended = session.run(&mut imaging::Native(actions::Context {
+        token: Some(token.clone()),
+        ..cfg.actions.clone()
+    }));
     if let imaging::Ended::Reboot(how) = &ended {
         match how {
             actions::kexec::Reboot::Kexec => {

@@ -15,9 +15,11 @@ use dragonfly_core::agent_api::{RENEW_PATH, RenewedToken};
 use crate::Console;
 use crate::http::{self, Url};
 
-/// The current token and when to renew it.
+/// The current token and when to renew it. Clones share it: an action downloading a library
+/// image sends the token the imaging loop keeps renewed.
+#[derive(Clone)]
 pub struct Token {
-    inner: Mutex<State>,
+    inner: std::sync::Arc<Mutex<State>>,
 }
 
 struct State {
@@ -50,11 +52,11 @@ impl Token {
     /// The token from the kernel command line, due for renewal at once.
     pub fn new(initial: String) -> Self {
         Self {
-            inner: Mutex::new(State {
+            inner: std::sync::Arc::new(Mutex::new(State {
                 token: initial,
                 renew_at: Instant::now(),
                 failing: None,
-            }),
+            })),
         }
     }
 

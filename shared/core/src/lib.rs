@@ -19,6 +19,7 @@ pub mod boot;
 pub mod boot_token;
 pub mod chain;
 pub mod hardware;
+pub mod image;
 pub mod labels;
 pub mod lifecycle;
 pub mod mac;

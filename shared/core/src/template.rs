@@ -48,11 +48,24 @@ pub enum Action {
         table: PartitionTable,
         partitions: Vec<Partition>,
     },
-    /// Stream an OS image onto a disk.
+    /// Stream an OS image onto a disk: from a URL, or from an image of the library by name
+    /// (exactly one of `url` and `image`).
     #[serde(rename_all = "camelCase")]
     Image2disk {
         /// `http://` or `https://`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         url: String,
+        /// The name of an image of the library (`/apis/dragonfly.computer/v1/images`). apid
+        /// resolves it when a workflow is created: the workflow's action carries the image's
+        /// URL, checksum and compression instead, so a later change of the image does not
+        /// change an install under way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
+        /// Set by apid only, for an image Dragonfly serves that is not public: the agent sends
+        /// its boot token with the download (`Authorization: Bearer`). A template cannot set
+        /// it, so a token is never sent to a server the template names.
+        #[serde(default, skip_serializing_if = "is_false")]
+        authenticate: bool,
         disk: DiskSelector,
         /// Expected SHA-256 of the decompressed image, hex (at most one of `sha256`/`sha512`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,6 +391,12 @@ pub enum TemplateError {
     Checksum(At, usize),
     #[error("{0}: give sha256 or sha512, not both")]
     TwoChecksums(At),
+    #[error("{0}: give exactly one of url and image")]
+    UrlOrImage(At),
+    #[error("{0}: {1:?} is not an image name (1–63 characters of a-z, 0-9, '-' and '.')")]
+    ImageName(At, String),
+    #[error("{0}: set by apid for the library's images, not by a template")]
+    Authenticate(At),
     // The size error is the detail of this one, not a cause, so it is printed here (an API
     // client shows this Display alone).
     #[error("{0}: {1}")]
@@ -414,6 +433,21 @@ pub enum TemplateError {
     CloudinitPlace(At),
     #[error("{0}: {1}")]
     UserData(At, String),
+}
+
+/// Whether `name` can name a resource (an image, a template): 1–63 characters of `a-z`,
+/// `0-9`, `-` and `.`, so it is also a plain file name and a URL path segment as it is.
+pub fn check_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Checks an `http://` or `https://` URL's shape (scheme, a host, no spaces); what the agent
@@ -461,7 +495,7 @@ fn placeholders(text: &str) -> String {
     out
 }
 
-fn check_hex(s: &str, len: usize) -> bool {
+pub(crate) fn check_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -556,13 +590,28 @@ impl Action {
             }
             Action::Image2disk {
                 url,
+                image,
+                authenticate,
                 disk,
                 sha256,
                 sha512,
                 ..
             } => {
-                if !check_url(url) {
-                    return Err(TemplateError::Url(at("url"), url.clone()));
+                match image {
+                    Some(_) if !url.is_empty() => {
+                        return Err(TemplateError::UrlOrImage(at("image")));
+                    }
+                    Some(name) if !check_image_name(name) => {
+                        return Err(TemplateError::ImageName(at("image"), name.clone()));
+                    }
+                    Some(_) => {}
+                    None if !check_url(url) => {
+                        return Err(TemplateError::Url(at("url"), url.clone()));
+                    }
+                    None => {}
+                }
+                if *authenticate {
+                    return Err(TemplateError::Authenticate(at("authenticate")));
                 }
                 check_disk(disk, "disk", at)?;
                 if sha256.is_some() && sha512.is_some() {

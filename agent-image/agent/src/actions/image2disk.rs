@@ -58,6 +58,9 @@ pub enum Expected {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub url: String,
+    /// Send the agent's boot token with the download (a library image Dragonfly serves only
+    /// to machines it is booting).
+    pub authenticate: bool,
     pub disk: PathBuf,
     pub expected: Option<Expected>,
     pub compression: Compression,
@@ -174,6 +177,7 @@ impl Read for ChannelReader {
 fn download(
     url: &http::Url,
     tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    bearer: Option<&crate::token::Token>,
     shown: &str,
     timeout: Duration,
     tx: &SyncSender<io::Result<Vec<u8>>>,
@@ -186,8 +190,9 @@ fn download(
     let mut told_total = false;
     loop {
         let attempt = (|| -> Result<bool, String> {
-            let (head, mut body) = http::get_stream(url, got, timeout, tls)
-                .map_err(|e| format!("{}", dragonfly_core::Chain(&e)))?;
+            let (head, mut body) =
+                http::get_stream(url, got, timeout, tls, bearer.map(|t| t.get()).as_deref())
+                    .map_err(|e| format!("{}", dragonfly_core::Chain(&e)))?;
             let mut skip = 0u64;
             match (head.status, got) {
                 (200, 0) => {}
@@ -424,6 +429,16 @@ pub fn run(
 ) -> Result<Outcome, ActionError> {
     let url = http::Url::parse_download(&job.url)
         .map_err(|e| ActionError::Download(dragonfly_core::Chain(&e).to_string()))?;
+    let bearer = match (job.authenticate, &ctx.token) {
+        (false, _) => None,
+        (true, Some(token)) => Some(token),
+        (true, None) => {
+            return Err(ActionError::Download(format!(
+                "{} needs the agent's boot token, and this run has none",
+                job.url
+            )));
+        }
+    };
     let tls = if url.tls {
         Some(
             http::tls_config(&ctx.ca_files)
@@ -480,6 +495,7 @@ pub fn run(
                 download(
                     &url,
                     tls.as_ref(),
+                    bearer,
                     shown,
                     timeout,
                     &chunk_tx,
@@ -804,6 +820,76 @@ mod tests {
         format!("http://{addr}/os.img")
     }
 
+    /// A server that answers every request with 64 KiB of image and sends each request's
+    /// head to the returned channel.
+    fn recording_server() -> (String, mpsc::Receiver<String>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut head = String::new();
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    head.push_str(&line);
+                    line.clear();
+                }
+                let _ = tx.send(head);
+                let mut w = s;
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n");
+                let _ = w.write_all(&[0x42; 64 << 10]);
+            }
+        });
+        (format!("http://{addr}/images/os"), rx)
+    }
+
+    #[test]
+    fn the_boot_token_goes_only_with_downloads_that_ask_for_it() {
+        let (url, heads) = recording_server();
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(1 << 20).unwrap();
+        let token = crate::token::Token::new("dfb1.live".into());
+        for (authenticate, token, sent) in [
+            (
+                true,
+                Some(token.clone()),
+                Some("authorization: bearer dfb1.live"),
+            ),
+            (false, Some(token), None),
+        ] {
+            let ctx = Context {
+                token,
+                ..Context::default()
+            };
+            let job = Job {
+                url: url.clone(),
+                authenticate,
+                disk: disk.path().into(),
+                expected: None,
+                compression: Compression::None,
+            };
+            run(&ctx, &job, &mut |_| {}).unwrap();
+            let head = heads.recv().unwrap().to_lowercase();
+            match sent {
+                Some(line) => assert!(head.contains(line), "{head}"),
+                None => assert!(!head.contains("authorization"), "{head}"),
+            }
+        }
+        // Asked for, but this agent has no token: said, and nothing is fetched.
+        let job = Job {
+            url,
+            authenticate: true,
+            disk: disk.path().into(),
+            expected: None,
+            compression: Compression::None,
+        };
+        let e = run(&Context::default(), &job, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("boot token"), "{e}");
+        assert!(heads.try_recv().is_err());
+    }
+
     #[test]
     fn a_cancelled_image2disk_ends_within_a_read_timeout_even_when_the_server_stalls() {
         let url = stalling_server(Duration::from_secs(60));
@@ -815,6 +901,7 @@ mod tests {
         };
         let job = Job {
             url,
+            authenticate: false,
             disk: disk.path().into(),
             expected: None,
             compression: Compression::None,

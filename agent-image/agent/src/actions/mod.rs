@@ -39,6 +39,8 @@ pub struct Context {
     /// Where `https://` downloads find their trust anchors: PEM files, or directories of them
     /// (missing ones are skipped). See [`crate::http::tls_config`].
     pub ca_files: Vec<PathBuf>,
+    /// The agent's boot token, for downloads that must present it (library images).
+    pub token: Option<crate::token::Token>,
 }
 
 /// The CA files of the agent's initramfs: Debian's `ca-certificates` bundle (public image
@@ -71,6 +73,7 @@ impl Default for Context {
             http_timeout: Duration::from_secs(30),
             cancel: Cancel::default(),
             ca_files: CA_FILES.iter().map(PathBuf::from).collect(),
+            token: None,
         }
     }
 }
@@ -248,6 +251,8 @@ pub fn run(
             } => partition::run(ctx, disk, *table, partitions),
             Action::Image2disk {
                 url,
+                image,
+                authenticate,
                 disk,
                 sha256,
                 sha512,
@@ -258,11 +263,18 @@ pub fn run(
                     (None, Some(s)) => Some(image2disk::Expected::Sha512(s.clone())),
                     (None, None) => None,
                 };
+                if let Some(name) = image {
+                    // apid resolves every name when it creates a workflow.
+                    return Err(ActionError::Download(format!(
+                        "image {name:?} was not resolved to a URL by the server"
+                    )));
+                }
                 let target = disk::resolve(ctx, disk)?;
                 image2disk::run(
                     ctx,
                     &image2disk::Job {
                         url: url.clone(),
+                        authenticate: *authenticate,
                         disk: target,
                         expected,
                         compression: *compression,

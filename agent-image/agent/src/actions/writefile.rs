@@ -241,9 +241,10 @@ fn fetch(url: &str, ctx: &Context) -> Result<Box<dyn Read>, ActionError> {
     } else {
         None
     };
-    let (head, body) = http::get_stream(&u, 0, ctx.http_timeout, tls.as_ref()).map_err(|e| {
-        ActionError::Download(format!("fetching {url}: {}", dragonfly_core::Chain(&e)))
-    })?;
+    let (head, body) =
+        http::get_stream(&u, 0, ctx.http_timeout, tls.as_ref(), None).map_err(|e| {
+            ActionError::Download(format!("fetching {url}: {}", dragonfly_core::Chain(&e)))
+        })?;
     if head.status != 200 {
         return Err(ActionError::Download(format!(
             "fetching {url}: the server answered {}",
