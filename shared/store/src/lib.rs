@@ -34,6 +34,7 @@ pub mod console;
 mod db;
 mod error;
 pub mod group;
+pub mod images;
 pub mod leases;
 pub mod machines;
 mod migrate;

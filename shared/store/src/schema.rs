@@ -73,6 +73,10 @@ impl sealed::Sealed for Shared {
             name: "0007_reservations",
             sql: include_str!("migrations/0007_reservations.sql"),
         },
+        Migration {
+            name: "0008_images",
+            sql: include_str!("migrations/0008_images.sql"),
+        },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.
