@@ -35,6 +35,9 @@ pub struct RawIpxed {
     /// Directory of iPXE binaries served at `/ipxe/{file}` (UEFI HTTP boot); default
     /// `/var/lib/dragonfly/tftp`.
     pub ipxe_dir: Option<PathBuf>,
+    /// The library's local images, served at `/images/{name}`; default
+    /// `/var/lib/dragonfly/images`.
+    pub images_dir: Option<PathBuf>,
     /// Appended to the agent's kernel command line.
     pub kernel_cmdline_extra: Option<String>,
     /// How long a minted boot token stays valid, e.g. `15m` (the agent renews it with apid).
@@ -69,6 +72,8 @@ pub struct IpxedConfig {
     pub agent_initrd: String,
     /// Served at `/ipxe/{file}`; may be missing (HTTP boot is optional).
     pub ipxe_dir: PathBuf,
+    /// The files of the library's local images (`/images/{name}`).
+    pub images_dir: PathBuf,
     pub kernel_cmdline_extra: String,
     pub token_ttl: Duration,
     pub sighting_window: Duration,
@@ -103,6 +108,8 @@ pub const DEFAULT_AGENT_INITRD: &str = "initrd.img";
 /// files (`cp -L`), so both daemons serve the same ones. Not Debian's `/usr/lib/ipxe`: its
 /// `ipxe.efi` is a symlink to `/boot/ipxe.efi`, which ipxed (and tftpd) refuse.
 pub const DEFAULT_IPXE_DIR: &str = "/var/lib/dragonfly/tftp";
+/// Default `images_dir` (apid's too).
+pub const DEFAULT_IMAGES_DIR: &str = "/var/lib/dragonfly/images";
 /// File downloads at once unless configured: a rack of machines booting together, each
 /// fetching its kernel or initrd, without queueing; beyond it a client is told to come back
 /// (503 with `Retry-After`; the agent's script retries) rather than every download slowing
@@ -158,6 +165,10 @@ impl DaemonConfig for IpxedConfig {
         let ipxe_dir = absolute_path(
             "ipxe_dir",
             raw.ipxe_dir.unwrap_or_else(|| DEFAULT_IPXE_DIR.into()),
+        )?;
+        let images_dir = absolute_path(
+            "images_dir",
+            raw.images_dir.unwrap_or_else(|| DEFAULT_IMAGES_DIR.into()),
         )?;
         let kernel_cmdline_extra = raw
             .kernel_cmdline_extra
@@ -217,6 +228,7 @@ impl DaemonConfig for IpxedConfig {
             agent_kernel,
             agent_initrd,
             ipxe_dir,
+            images_dir,
             kernel_cmdline_extra: kernel_cmdline_extra.trim().to_owned(),
             token_ttl,
             sighting_window,

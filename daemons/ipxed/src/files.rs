@@ -1,6 +1,7 @@
-//! `GET /agent/{file}` and `GET /ipxe/{file}`: the agent's kernel and initrd, and the iPXE
-//! binaries UEFI HTTP-boot firmware fetches (dhcpd's `http_boot_*_url`), with single `Range`
-//! requests and validators. Both routes share one `answer`, so they behave alike, and so do
+//! `GET /agent/{file}`, `GET /ipxe/{file}` and `GET /images/{name}`: the agent's kernel and
+//! initrd, the iPXE binaries UEFI HTTP-boot firmware fetches (dhcpd's `http_boot_*_url`), and
+//! the library's local images, with single `Range` requests and validators. The routes share
+//! one way of answering with a file ([`describe`]), so they behave alike, and so do
 //! the two ways it is sent: by `sendfile(2)` on a plain-TCP listener ([`Files`], registered
 //! with `dragonfly-http`), streamed through the router on a TLS listener (or for a name the
 //! file routes leave to the router, e.g. percent-encoded). At most `max_file_transfers`
@@ -19,6 +20,15 @@
 //!   follows symlinks that stay beneath its roots): with one path component there is nothing
 //!   to walk, and a refused link is one `cp -L` away from working.
 //!
+//! - `/images/{name}`: the name is an Image's in the store; the path is `images_dir` joined with
+//!   that Image's `spec.file` (checked as a plain name when it was added), opened like an iPXE
+//!   file. Only a `Ready` local image is served, only while its file still has the size and
+//!   modification time it was checksummed with (a file replaced in place is refused, not
+//!   installed under the old checksum), and — unless the Image is `public` — only to a client
+//!   presenting a boot token (`Authorization: Bearer`) of a live boot session, as apid checks
+//!   an agent's: an image can hold licensed software or a site's secrets, and the provisioning
+//!   network is shared. Refusals are 401 with `WWW-Authenticate: Bearer`.
+//!
 //! This module must never open a path built from a request other than `dir/<plain name>`,
 //! and never read a file whole: an initrd is tens of MiB and many machines may boot at once.
 //! Refusals and missing files are all 404 to the client (no hint of what exists); the log says
@@ -31,7 +41,8 @@ use std::time::SystemTime;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use dragonfly_http::{FileAnswer, FileBody, FilePart, FileRequest, FileRoutes};
+use dragonfly_core::image::ImagePhase;
+use dragonfly_http::{Answering, FileAnswer, FileBody, FilePart, FileRequest, FileRoutes};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_runtime::config::file_name;
 
@@ -138,6 +149,8 @@ pub(crate) enum Route {
     Agent,
     /// `/ipxe/{file}`: a plain name, a regular file directly in `ipxe_dir`, no symlink.
     Ipxe,
+    /// `/images/{name}`: a library image's file in `images_dir`.
+    Image,
 }
 
 /// ipxed's file routes for `dragonfly-http`'s sendfile path (plain-TCP listeners): the same
@@ -154,22 +167,159 @@ impl Files {
 }
 
 impl FileRoutes for Files {
-    fn answer(&self, request: &FileRequest<'_>) -> Option<FileAnswer> {
+    fn answer<'a>(&'a self, request: &'a FileRequest<'a>) -> Answering<'a> {
         let (route, name) = if let Some(name) = request.path.strip_prefix("/agent/") {
             (Route::Agent, name)
         } else if let Some(name) = request.path.strip_prefix("/ipxe/") {
             (Route::Ipxe, name)
+        } else if let Some(name) = request.path.strip_prefix("/images/") {
+            (Route::Image, name)
         } else {
-            return None;
+            return Box::pin(std::future::ready(None));
         };
         // What the router would read differently (a percent-encoded name, which it decodes,
         // or more than one segment, which no route matches) is left to the router.
         if name.is_empty() || name.contains(['%', '/']) {
-            return None;
+            return Box::pin(std::future::ready(None));
         }
         let head_only = request.method == Method::HEAD;
-        Some(answer(&self.state, route, name, head_only, request.headers))
+        match route {
+            Route::Image => Box::pin(async move {
+                Some(image_answer(&self.state, name, head_only, request.headers).await)
+            }),
+            _ => Box::pin(std::future::ready(Some(answer(
+                &self.state,
+                route,
+                name,
+                head_only,
+                request.headers,
+            )))),
+        }
     }
+}
+
+/// Handles `GET`/`HEAD /images/{name}` through the router (see [`agent_file`]).
+pub(crate) async fn image_file(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    image_answer(&state, &name, method == Method::HEAD, &headers)
+        .await
+        .streamed()
+        .await
+}
+
+/// The answer to `/images/{name}` (see the module docs): looks the image up, checks the
+/// client's boot token unless the image is public, then opens the file.
+pub(crate) async fn image_answer(
+    state: &AppState,
+    name: &str,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> FileAnswer {
+    if !dragonfly_core::template::check_image_name(name) {
+        return not_found();
+    }
+    let image = match state.db.images().get(name).await {
+        Ok(Some(image)) => image,
+        Ok(None) => return not_found(),
+        Err(e) => {
+            tracing::error!(image = %name, error = %Chain(&e), "cannot look up an image");
+            return FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    };
+    let Some(file) = image.spec.file.as_deref() else {
+        tracing::debug!(image = %name, "asked for a remote image, which ipxed does not serve");
+        return not_found();
+    };
+    if image.status.phase != ImagePhase::Ready {
+        tracing::info!(image = %name, phase = image.status.phase.as_str(), "image not ready");
+        return not_found();
+    }
+    if !image.spec.public
+        && let Err(why) = live_token(state, headers).await
+    {
+        tracing::info!(image = %name, reason = why, "image download refused");
+        let mut answer =
+            FileAnswer::text(StatusCode::UNAUTHORIZED, "a live boot token is required\n");
+        answer.headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"dragonfly images\""),
+        );
+        return answer;
+    }
+    let path = state.config.images_dir.join(file);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+        .and_then(|f| {
+            let meta = f.metadata()?;
+            Ok((f, meta))
+        });
+    let (f, meta) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(image = %name, path = %path.display(), error = %Chain(&e),
+                "cannot open a library image's file (missing, a symlink, or not readable by ipxed)");
+            return FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "image unavailable\n");
+        }
+    };
+    let unchanged = meta.is_file()
+        && image.status.size == Some(meta.len())
+        && image.status.modified_ns == modified_ns(&meta);
+    if !unchanged {
+        tracing::error!(
+            image = %name,
+            path = %path.display(),
+            "a library image's file changed since it was checksummed: refused; add it again \
+             (delete the Image and create it) so that it is checksummed anew"
+        );
+        return FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "image unavailable\n");
+    }
+    match describe(state, f, head_only, headers) {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(image = %name, error = %Chain(&e), "cannot serve an image");
+            FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
+}
+
+/// Checks the request's `Authorization: Bearer` boot token: its signature and expiry, and that
+/// its boot session is the MAC's current, unexpired one (what apid checks of an agent).
+async fn live_token(state: &AppState, headers: &HeaderMap) -> Result<(), &'static str> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("no bearer token")?;
+    let now = jiff::Timestamp::now();
+    let claims =
+        dragonfly_core::boot_token::verify(state.boot_token_key.expose(), token.trim(), now)
+            .map_err(|_| "the token does not verify or has expired")?;
+    let session = state
+        .db
+        .boot()
+        .session(claims.mac)
+        .await
+        .map_err(|_| "the boot sessions cannot be read")?
+        .ok_or("no boot session for the token's MAC")?;
+    if session.admits(&claims.nonce, now) {
+        Ok(())
+    } else {
+        Err("the token's boot session is over")
+    }
+}
+
+/// A file's modification time in nanoseconds since 1970, as apid recorded it.
+fn modified_ns(meta: &std::fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt as _;
+    meta.mtime()
+        .checked_mul(1_000_000_000)?
+        .checked_add(meta.mtime_nsec())
 }
 
 /// Handles `GET`/`HEAD /agent/{file}` through the router: on a TLS listener, or a name the
@@ -227,6 +377,8 @@ pub(crate) fn answer(
     match route {
         Route::Agent => agent_answer(state, name, head_only, headers),
         Route::Ipxe => ipxe_answer(state, name, head_only, headers),
+        // Answered by `image_answer` (async: it asks the store).
+        Route::Image => not_found(),
     }
 }
 

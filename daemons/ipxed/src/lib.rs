@@ -214,6 +214,7 @@ pub fn app(state: AppState) -> Router {
         .route("/boot/{mac}", get(boot_script))
         .route("/agent/{file}", get(files::agent_file))
         .route("/ipxe/{file}", get(files::ipxe_file))
+        .route("/images/{name}", get(files::image_file))
         .route(
             "/metadata/{machine}/{secret}/",
             get(metadata::nocloud_dir_by_secret),

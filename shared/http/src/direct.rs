@@ -101,7 +101,7 @@ pub(crate) async fn connection(
             headers: &head.headers,
             peer,
         };
-        let again = match routes.answer(&request) {
+        let again = match routes.answer(&request).await {
             Some(answer) => {
                 let keep_alive = head.keep_alive() && !drain.is_cancelled();
                 match send(&stream, answer, &head, keep_alive, activity).await {

@@ -33,12 +33,18 @@ use tokio::sync::OwnedSemaphorePermit;
 /// Called on a runtime thread for each `GET` and `HEAD` without a body on a plain-TCP
 /// listener, with the path (no query) exactly as sent (not percent-decoded). It may open a
 /// file and `fstat` it — quick on a local file system whose metadata is cached — and must not
-/// do more I/O than that: it runs where the connections are served.
+/// do more blocking I/O than that: it runs where the connections are served. It is async so
+/// that a route may first ask something that is (the store: which file a name means, whether
+/// this client may have it).
 pub trait FileRoutes: Send + Sync + fmt::Debug + 'static {
     /// `None`: not a file route (or not one this function is sure of, e.g. a percent-encoded
     /// name): the router answers, as on any listener.
-    fn answer(&self, request: &FileRequest<'_>) -> Option<FileAnswer>;
+    fn answer<'a>(&'a self, request: &'a FileRequest<'a>) -> Answering<'a>;
 }
+
+/// What [`FileRoutes::answer`] returns: its answer, when it has one.
+pub type Answering<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<FileAnswer>> + Send + 'a>>;
 
 /// What the routes are told about a request.
 #[derive(Debug)]

@@ -45,7 +45,7 @@ pub use config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT, HttpConfig, RawHttpConfig,
     TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, TlsFiles, TlsOff,
 };
-pub use files::{FileAnswer, FileBody, FilePart, FileRequest, FileRoutes};
+pub use files::{Answering, FileAnswer, FileBody, FilePart, FileRequest, FileRoutes};
 pub use serve::{ACCEPT_BACKOFF, Secure, ServeError, Server};
 pub use tls::{Tls, TlsError};
 

@@ -357,7 +357,13 @@ struct TestFiles {
 }
 
 impl crate::FileRoutes for TestFiles {
-    fn answer(&self, request: &crate::FileRequest<'_>) -> Option<crate::FileAnswer> {
+    fn answer<'a>(&'a self, request: &'a crate::FileRequest<'a>) -> crate::Answering<'a> {
+        Box::pin(std::future::ready(self.answer_now(request)))
+    }
+}
+
+impl TestFiles {
+    fn answer_now(&self, request: &crate::FileRequest<'_>) -> Option<crate::FileAnswer> {
         match request.path {
             "/file" => {
                 let file = std::fs::File::open(&self.path).unwrap();
@@ -419,6 +425,7 @@ async fn start_with_files(config: HttpConfig, len: usize) -> (Running, Vec<u8>, 
                     peer: "127.0.0.1:1".parse().unwrap(),
                 };
                 crate::FileRoutes::answer(routed.as_ref(), &request)
+                    .await
                     .unwrap()
                     .streamed()
                     .await

@@ -9,6 +9,7 @@ mod binary;
 mod boot;
 mod common;
 mod golden;
+mod images;
 mod ipxe;
 mod metadata;
 mod sendfile;
