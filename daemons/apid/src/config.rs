@@ -66,6 +66,11 @@ pub struct RawApid {
     /// The metadata service's base URL as installed machines reach it (ipxed's public URL
     /// and `/metadata`), for templates' `{{metadataUrl}}`.
     pub metadata_url: Option<String>,
+    /// Where local images are served to agents: ipxed's public URL and `/images` (a template's
+    /// `image: NAME` becomes `images_url/NAME`).
+    pub images_url: Option<String>,
+    /// The directory of the library's local images, which apid checksums when one is added.
+    pub images_dir: Option<PathBuf>,
 }
 
 /// `[apid]`, validated.
@@ -95,6 +100,10 @@ pub struct ApidConfig {
     pub power_timeout: Duration,
     /// `[apid] metadata_url`, when set.
     pub metadata_url: Option<String>,
+    /// `[apid] images_url`, when set.
+    pub images_url: Option<String>,
+    /// `[apid] images_dir`.
+    pub images_dir: PathBuf,
 }
 
 /// The default port: the web UI and API.
@@ -107,6 +116,8 @@ pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// apid's own database unless configured: in the directory systemd's `StateDirectory=`
 /// gives apid alone.
 pub const DEFAULT_AUTH_DB: &str = "/var/lib/dragonfly-apid/auth.db";
+/// `[apid] images_dir` (and ipxed's) by default.
+pub const DEFAULT_IMAGES_DIR: &str = "/var/lib/dragonfly/images";
 /// Login attempts allowed per client address per minute unless configured.
 pub const DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE: u32 = 10;
 /// Agent log bytes kept per machine unless configured: 32 KiB, a few hundred console lines.
@@ -279,6 +290,16 @@ impl DaemonConfig for ApidConfig {
                 .as_deref()
                 .map(|u| http_url("metadata_url", u))
                 .transpose()?,
+            images_url: raw
+                .images_url
+                .as_deref()
+                .map(|u| http_url("images_url", u))
+                .transpose()?,
+            images_dir: absolute_path(
+                "images_dir",
+                raw.images_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGES_DIR)),
+            )?,
         })
     }
 }

@@ -143,6 +143,8 @@ pub struct AppState {
     pub agent_logs: Arc<agent_logs::AgentLogs>,
     /// The rate at which agents may add machines.
     pub new_machines: Arc<registration::NewMachineLimiter>,
+    /// One image checksummed at a time (they read whole files).
+    pub image_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -172,6 +174,7 @@ impl AppState {
             passwords: password::PasswordPool::for_this_host(),
             agent_logs,
             new_machines,
+            image_checks: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -227,6 +230,8 @@ pub async fn run(
     let http = ctx.config.http.clone();
     let auth_db = open_auth_db(&ctx.config.auth_db, ctx.store.path()).await?;
     let state = AppState::new(ctx.store, auth_db, ctx.bus, ctx.events, ctx.config, key);
+    // Images a previous run left half-added (the store says which).
+    tokio::spawn(routes::images::resume(state.clone()));
     let tokio_listener =
         |l: StdTcpListener| tokio::net::TcpListener::from_std(l).map_err(ApidError::Listener);
     let operator = tokio_listener(listeners.operator)?;

@@ -9,7 +9,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    address, agent, bmc, conflicts, health, machines, power, resources, session, users, workflows,
+    address, agent, bmc, conflicts, health, images, machines, power, resources, session, users,
+    workflows,
 };
 
 /// The API description.
@@ -25,6 +26,7 @@ use crate::routes::{
         machines::register, agent::instructions, agent::log, agent::renew, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
         machines::approve, conflicts::list, conflicts::of_machine,
         resources::list_hardware, resources::get_hardware,
+        images::list_images, images::create_image, images::get_image, images::delete_image,
         workflows::list_templates, workflows::create_template, workflows::get_template,
         workflows::replace_template, workflows::delete_template,
         workflows::list_workflows, workflows::get_workflow,

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod bmc;
 pub mod conflicts;
 pub mod health;
+pub mod images;
 pub mod machines;
 pub mod power;
 pub mod resources;
@@ -129,6 +130,14 @@ fn operator_routes() -> Router<AppState> {
             get(workflows::get_template)
                 .put(workflows::replace_template)
                 .delete(workflows::delete_template),
+        )
+        .route(
+            "/apis/dragonfly.computer/v1/images",
+            get(images::list_images).post(images::create_image),
+        )
+        .route(
+            "/apis/dragonfly.computer/v1/images/{name}",
+            get(images::get_image).delete(images::delete_image),
         )
         .route(
             "/apis/dragonfly.computer/v1/workflows",

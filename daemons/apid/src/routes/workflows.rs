@@ -215,8 +215,38 @@ fn render_actions(
     Ok(out)
 }
 
+/// Replaces each `image2disk` that names a library image by the image's URL, checksum and
+/// compression (see [`dragonfly_core::image::resolve`]): 422 when the image is missing or not
+/// ready, or is local and apid has no `images_url`.
+async fn resolve_images(state: &AppState, actions: &mut [ActionSpec]) -> Result<(), ApiError> {
+    for a in actions {
+        let Action::Image2disk {
+            image: Some(name), ..
+        } = &a.action
+        else {
+            continue;
+        };
+        let name = name.clone();
+        let image = state.db.images().get(&name).await?.ok_or_else(|| {
+            ApiError::Unprocessable(format!(
+                "action {:?}: no image {name:?} in the library",
+                a.name
+            ))
+        })?;
+        dragonfly_core::image::resolve(
+            &mut a.action,
+            &name,
+            &image.spec,
+            &image.status,
+            state.config.images_url.as_deref(),
+        )
+        .map_err(|e| ApiError::Unprocessable(format!("action {:?}: {e}", a.name)))?;
+    }
+    Ok(())
+}
+
 /// Parses a request body as JSON or, by its Content-Type, YAML.
-fn parse_doc<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse_doc<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, ApiError> {
@@ -541,6 +571,7 @@ pub async fn provision(
         )
     });
     wf.actions = render_actions(&template.spec, &machine, &req.values, leased, metadata_url)?;
+    resolve_images(&state, &mut wf.actions).await?;
     let (wf, _machine) = state
         .db
         .workflows()
