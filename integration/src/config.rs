@@ -72,6 +72,9 @@ pub struct IpxedConfig {
     /// The iPXE binaries served at `/ipxe/{file}` (UEFI HTTP boot); ipxed's default
     /// (`/usr/lib/ipxe`) when `None`.
     pub ipxe_dir: Option<PathBuf>,
+    /// The library's local images (`[ipxed] images_dir`, and apid's with `images_url` =
+    /// `public_url/images`); the daemons' default when `None`.
+    pub images_dir: Option<PathBuf>,
     pub kernel_cmdline_extra: Option<String>,
     pub boot_token_key_file: PathBuf,
     /// `[ipxed.http]`.
@@ -231,6 +234,19 @@ impl LabConfig {
                         ipxed.public_url.trim_end_matches('/')
                     ))
                 );
+                if let Some(dir) = &ipxed.images_dir {
+                    let _ = writeln!(
+                        out,
+                        "# The image library: its files, and where agents download them (ipxed).
+                         images_dir = {}
+images_url = {}",
+                        path(dir),
+                        quote(&format!(
+                            "{}/images",
+                            ipxed.public_url.trim_end_matches('/')
+                        ))
+                    );
+                }
             }
             apid.http.render("apid", &mut out);
         }
@@ -247,6 +263,9 @@ impl LabConfig {
             );
             if let Some(dir) = &ipxed.ipxe_dir {
                 let _ = writeln!(out, "ipxe_dir = {}", path(dir));
+            }
+            if let Some(dir) = &ipxed.images_dir {
+                let _ = writeln!(out, "images_dir = {}", path(dir));
             }
             if let Some(extra) = &ipxed.kernel_cmdline_extra {
                 let _ = writeln!(out, "kernel_cmdline_extra = {}", quote(extra));
@@ -377,6 +396,7 @@ mod tests {
                 apid_url: "http://10.99.0.1:3001".into(),
                 agent_dir: "/lab/agent \"quoted\" \\ dir".into(),
                 ipxe_dir: Some("/lab/tftp".into()),
+                images_dir: Some("/lab/images".into()),
                 kernel_cmdline_extra: Some("console=ttyS0\tquiet".into()),
                 boot_token_key_file: key,
                 http: HttpSettings::default(),
@@ -431,6 +451,14 @@ mod tests {
             Some("console=ttyS0\tquiet")
         );
         assert_eq!(doc["ipxed"]["ipxe_dir"].as_str(), Some("/lab/tftp"));
+        assert_eq!(doc["ipxed"]["images_dir"].as_str(), Some("/lab/images"));
+        assert_eq!(doc["apid"]["images_dir"].as_str(), Some("/lab/images"));
+        assert!(
+            doc["apid"]["images_url"]
+                .as_str()
+                .unwrap()
+                .ends_with("/images")
+        );
         assert_eq!(
             doc["dhcpd"]["http_boot_x64_url"].as_str(),
             Some("http://10.99.0.1:8080/ipxe/ipxe.efi")

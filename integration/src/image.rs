@@ -390,6 +390,32 @@ fn build_debian_image() -> DebianImage {
 }
 
 impl DebianImage {
+    /// The Image document that adds it to the library (`spec.file` = `file`, a copy of
+    /// [`DebianImage::compressed`] in the images directory), with the decompressed image's
+    /// checksum, which the agent verifies.
+    pub fn image_doc(&self, name: &str, file: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": dragonfly_core::resource::API_VERSION,
+            "kind": dragonfly_core::image::IMAGE,
+            "metadata": { "name": name },
+            "spec": { "file": file, "compression": "zstd", "sha256": self.image_sha256 },
+        })
+    }
+
+    /// [`DebianImage::template`], naming the library's image `image` instead of a URL: its
+    /// URL, checksum and compression come from the Image when a workflow is created.
+    pub fn library_template(&self, name: &str, image: &str) -> serde_json::Value {
+        let mut t = self.template(name, "http://unused.invalid/");
+        let first = t["spec"]["actions"][0]
+            .as_object_mut()
+            .expect("the template's first action is image2disk");
+        for key in ["url", "sha256", "compression"] {
+            first.remove(key);
+        }
+        first.insert("image".into(), image.into());
+        t
+    }
+
     /// The template that installs it with cloud-init configured by Dragonfly: image2disk of
     /// the image from `image_url` (its sha256 checked), writefile of the NoCloud datasource
     /// (`{{metadataUrl}}`: the install's own URL, with its secret) into the installed root,

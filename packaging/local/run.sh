@@ -192,7 +192,7 @@ bmc_key=$state/credentials/bmc-key
 
 if [ $demo = 1 ]; then
     # What ipxed and tftpd serve: copies the daemon user can read but not change.
-    install -d -m 0755 -o root -g root "$state/agent" "$state/tftp"
+    install -d -m 0755 -o root -g root "$state/agent" "$state/tftp" "$state/images"
     install -m 0644 -o root -g root target/agent-image/vmlinuz target/agent-image/initrd.img \
         "$state/agent/"
     # cp -L: Debian's /usr/lib/ipxe/ipxe.efi may be a link out of the TFTP root.
@@ -231,6 +231,8 @@ if [ $demo = 1 ]; then
         --tftp-root "$state/tftp"
         # UEFI HTTP boot: ipxed serves the same copies (regular files, not Debian's links).
         --ipxe-dir "$state/tftp" --http-boot-x64-url "http://$lab_ip:8080/ipxe/ipxe.efi"
+        # The image library: ipxed serves its files to machines being installed.
+        --images-dir "$state/images"
         --dhcpd reservation --server-ip "$lab_ip" --dhcpd-ipxed "$lab_ip:8080"
         --subnet "10.99.0.0/24,10.99.0.100,10.99.0.200,$lab_ip")
 fi
@@ -241,7 +243,8 @@ if is_root; then
     chmod 0750 "$state"
     # Everything in the state directory is the daemon user's, except the binaries' copy,
     # the configuration and what ipxed and tftpd serve: the daemons only read those.
-    find "$state" \( -path "$state/bin" -o -path "$state/agent" -o -path "$state/tftp" \) -prune \
+    find "$state" \( -path "$state/bin" -o -path "$state/agent" -o -path "$state/tftp" \
+        -o -path "$state/images" \) -prune \
         -o ! -path "$config" -exec chown -h "$daemon_user:$daemon_user" {} +
     chown root:root "$config"
     "${as_daemon[@]}" test -w "$state" || die "user $daemon_user cannot write $state"
@@ -491,13 +494,15 @@ else
         -device virtio-blk-pci,drive=d0,bootindex=2)
 
     # Dragonfly's Debian 12 image, for the README's "install Debian" (built once, then
-    # cached outside the repository: minutes the first time), served on the lab network; the
-    # template that installs it is written beside the state.
+    # cached outside the repository: minutes the first time), copied into the image library's
+    # directory; the Image document that adds it and the template that installs it are written
+    # beside the state.
     echo "==> the Debian 12 image (packaging/images/debian-12.sh; built once, then cached)"
-    image=$("$lab" debian-template --url "http://$lab_ip:8090/debian-12-amd64.raw.zst" \
+    image=$("$lab" debian-template --image debian-12 --image-out "$state/debian-12.image.json" \
         --out "$state/debian-12.template.json") || die "building the Debian image failed"
-    start_cmd images "${in_ns[@]}" "${confined[@]}" python3 -m http.server --bind "$lab_ip" \
-        --directory "$(dirname "$image")" 8090
+    # -C: an unchanged file keeps its time, so the library still serves it (ipxed refuses a
+    # file changed since it was checksummed).
+    install -C -m 0644 "$image" "$state/images/"
 
     t0_ms=$(date +%s%3N)
     echo "==> booting the demo VM ($vm_mac, $firmware, TCG): console in var/log/demo-vm.log"

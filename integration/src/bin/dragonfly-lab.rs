@@ -48,12 +48,20 @@ enum Command {
     /// asked for.
     Config(Box<Config>),
     /// Builds Dragonfly's Debian 12 image when it is missing (packaging/images/debian-12.sh,
-    /// cached), writes the template that installs it from URL (a dragonfly.computer/v1
-    /// Template, JSON) to OUT, and prints the image file's path.
+    /// cached), writes the template that installs it (a dragonfly.computer/v1 Template, JSON)
+    /// to OUT, and prints the image file's path. The template downloads the image from URL,
+    /// or names the library's image NAME (`--image`; `--image-out` writes the Image document
+    /// that adds the printed file, copied into the images directory, to the library).
     DebianTemplate {
         /// Where machines fetch the image (the file the path printed names).
-        #[arg(long)]
-        url: String,
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        url: Option<String>,
+        /// The library image the template names.
+        #[arg(long, requires = "image_out")]
+        image: Option<String>,
+        /// Where to write the Image document (replaced whole).
+        #[arg(long, requires = "image")]
+        image_out: Option<PathBuf>,
         /// Where to write the template (replaced whole).
         #[arg(long)]
         out: PathBuf,
@@ -140,6 +148,9 @@ struct Config {
     /// The iPXE binaries ipxed serves at /ipxe/{file} for UEFI HTTP boot.
     #[arg(long, value_name = "DIR", requires = "ipxed")]
     ipxe_dir: Option<PathBuf>,
+    /// The image library's directory (ipxed serves it; apid checksums what is added).
+    #[arg(long, value_name = "DIR", requires = "ipxed")]
+    images_dir: Option<PathBuf>,
     /// Adds tftpd's section, serving DIR (repeatable).
     #[arg(long, value_name = "DIR")]
     tftp_root: Vec<PathBuf>,
@@ -209,9 +220,31 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(c) => lab_config(&c)
             .write(&c.out)
             .with_context(|| format!("writing {}", c.out.display())),
-        Command::DebianTemplate { url, out, name } => {
+        Command::DebianTemplate {
+            url,
+            image: library,
+            image_out,
+            out,
+            name,
+        } => {
             let image = dragonfly_integration::debian_image();
-            let template = serde_json::to_string_pretty(&image.template(&name, &url))?;
+            let template = match (&url, &library, &image_out) {
+                (Some(url), _, _) => image.template(&name, url),
+                (None, Some(library), Some(image_out)) => {
+                    let file = image
+                        .compressed
+                        .file_name()
+                        .context("the image has no file name")?
+                        .to_string_lossy()
+                        .into_owned();
+                    let doc = serde_json::to_string_pretty(&image.image_doc(library, &file))?;
+                    std::fs::write(image_out, doc + "\n")
+                        .with_context(|| format!("writing {}", image_out.display()))?;
+                    image.library_template(&name, library)
+                }
+                _ => anyhow::bail!("give --url, or --image with --image-out"),
+            };
+            let template = serde_json::to_string_pretty(&template)?;
             std::fs::write(&out, template + "\n")
                 .with_context(|| format!("writing {}", out.display()))?;
             let mut out = std::io::stdout().lock();
@@ -241,6 +274,7 @@ fn lab_config(c: &Config) -> LabConfig {
             apid_url: c.apid_url.clone().unwrap_or_default(),
             agent_dir: c.agent_dir.clone().unwrap_or_default(),
             ipxe_dir: c.ipxe_dir.clone(),
+            images_dir: c.images_dir.clone(),
             kernel_cmdline_extra: c.kernel_cmdline_extra.clone(),
             boot_token_key_file: key.clone(),
             http: HttpSettings::default(),

@@ -177,6 +177,9 @@ pub(crate) fn start_dragonfly_configured(
     let auth_db = lab.auth_db();
     let tftp = lab.dir().join("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
+    // The image library: the test puts files here (readable by the daemons' user).
+    let images = lab.dir().join("images");
+    std::fs::create_dir_all(&images).unwrap();
     for (from, to) in [
         ("/usr/lib/ipxe/undionly.kpxe", "undionly.kpxe"),
         ("/usr/lib/ipxe/ipxe.efi", "ipxe.efi"),
@@ -217,6 +220,7 @@ pub(crate) fn start_dragonfly_configured(
             // The lab's copies (regular files: Debian's /usr/lib/ipxe/ipxe.efi is a symlink
             // to /boot, which ipxed refuses), the same bytes tftpd serves.
             ipxe_dir: Some(tftp.clone()),
+            images_dir: Some(images.clone()),
             kernel_cmdline_extra: Some("console=ttyS0 quiet panic=-1".into()),
             boot_token_key_file: key.clone(),
             http: HttpSettings::default(),

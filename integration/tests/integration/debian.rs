@@ -1,6 +1,8 @@
 //! A real Debian install, end to end: a VM with an empty disk PXE-boots in the lab with every
-//! daemon; the operator reserves an address for it and assigns Dragonfly's Debian 12 image
-//! (`packaging/images/debian-12.sh`) with a host name and an SSH key. The agent writes the
+//! daemon; the operator adds Dragonfly's Debian 12 image (`packaging/images/debian-12.sh`) to
+//! the image library (a file in the images directory, checksummed by apid), reserves an address
+//! for the machine and assigns a template naming the image, with a host name and an SSH key.
+//! The agent downloads the image from ipxed with its boot token and writes it, then the
 //! image, the datasource URL and kexecs into Debian; the machine is Provisioning, "installed,
 //! waiting for first boot", until Debian's own cloud-init (Debian's package) reads our
 //! metadata, sets the host name, installs the key and phones home; only then is it Ready.
@@ -20,7 +22,6 @@ use crate::common::{ADMIN, PASSWORD};
 use crate::discovery::full_lab;
 use crate::provision::{Operator, vm_config};
 
-const IMAGES_PORT: u16 = 8091;
 const HOSTNAME: &str = "debian-e2e";
 const RESERVED: &str = "10.99.0.50";
 
@@ -58,20 +59,15 @@ fn install(firmware: Firmware) {
     };
     let base = stack.apid.clone().unwrap();
     let image = debian_image();
-    let mut server = lab.command("/usr/bin/python3");
-    server
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            "--bind",
-            BRIDGE_ADDR,
-            "--directory",
-        ])
-        .arg(image.compressed.parent().unwrap())
-        .arg(IMAGES_PORT.to_string());
-    lab.spawn("images", server);
-    lab.wait_for_log("images", "Serving HTTP", Duration::from_secs(20));
+    // The operator's copy into the library (readable by the daemons' user).
+    let file = "debian-12-amd64.raw.zst";
+    let copied = Command::new("cp")
+        .arg("--reflink=auto")
+        .arg(&image.compressed)
+        .arg(lab.dir().join("images").join(file))
+        .status()
+        .unwrap();
+    assert!(copied.success());
     let key = lab.dir().join("id_ed25519");
     let keygen = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "operator@lab", "-f"])
@@ -95,13 +91,32 @@ fn install(firmware: Firmware) {
         .unwrap_or_else(|e| panic!("{e}\n===== lab logs =====\n{}", lab.logs()));
 
     let op = Operator::login(&lab, &base);
-    op.create_template(image.template(
-        "debian-12",
-        &format!(
-            "http://{BRIDGE_ADDR}:{IMAGES_PORT}/{}",
-            image.compressed.file_name().unwrap().to_string_lossy()
-        ),
-    ));
+    let (status, added) = op.call(
+        "POST",
+        "/apis/dragonfly.computer/v1/images",
+        Some(image.image_doc("debian-12", file)),
+    );
+    assert_eq!(status, 201, "{added:#}");
+    let checksummed = Instant::now();
+    let ready = loop {
+        let (_, got) = op.call("GET", "/apis/dragonfly.computer/v1/images/debian-12", None);
+        if got["status"]["phase"] != "Pending" {
+            break got;
+        }
+        assert!(checksummed.elapsed() < Duration::from_secs(300), "{got:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ready["status"]["phase"], "Ready", "{ready:#}");
+    let checksum_secs = checksummed.elapsed().as_secs_f64();
+    // Not public: only a machine being booted may download it.
+    let anonymous = lab
+        .command("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{BRIDGE_ADDR}:8080/images/debian-12"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+    op.create_template(image.library_template("debian-12", "debian-12"));
     let (id, _) = op.machine(&base);
     let (status, r) = op.call(
         "PUT",
@@ -185,7 +200,8 @@ fn install(firmware: Firmware) {
     let machines = list_machines(&lab, &base, ADMIN, PASSWORD).unwrap();
     assert_eq!(machines[0]["state"], "Ready");
     println!(
-        "debian {firmware:?}: QEMU start → agent registered {:.1} s; assignment → kexec \
+        "debian {firmware:?}: image added to the library (checksummed) {checksum_secs:.1} s; \
+         QEMU start → agent registered {:.1} s; assignment → kexec \
          {to_kexec:.1} s (QEMU clock {:.1} s); → phone home {phoned:.1} s; → SSH login checked \
          {logged_in:.1} s; power on → login prompt from disk {:.1} s",
         registered.as_secs_f64(),
