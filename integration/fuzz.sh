@@ -6,8 +6,8 @@
 #   integration/fuzz.sh --seconds 1800 receive   # one target, half an hour
 #   integration/fuzz.sh --list                   # the targets
 #
-# Targets are the fuzz_targets/*.rs of every daemons/*/fuzz/ (receive: dhcpd; parse_packet:
-# tftpd). For each one it
+# Targets are the fuzz_targets/*.rs of every daemons/*/fuzz/ and shared/*/fuzz/ (receive:
+# dhcpd; parse_packet, transfer: tftpd; parse_head: dragonfly-http). For each one it
 # 1. installs what libFuzzer needs when missing: the nightly toolchain (rustup, minimal
 #    profile) and cargo-fuzz (crates.io), through packaging/deps.sh;
 # 2. fuzzes for the budget (cargo +nightly fuzz run, debug assertions on), starting from the
@@ -36,7 +36,7 @@ repo=$PWD
 
 # TARGET DIR pairs: each fuzz target and the daemon directory whose fuzz/ holds it.
 declare -A target_dir=()
-for file in daemons/*/fuzz/fuzz_targets/*.rs; do
+for file in daemons/*/fuzz/fuzz_targets/*.rs shared/*/fuzz/fuzz_targets/*.rs; do
     [ -e "$file" ] || continue
     name=$(basename "$file" .rs)
     target_dir[$name]=${file%/fuzz/fuzz_targets/*}
@@ -137,4 +137,4 @@ if [ ${#failed[@]} -gt 0 ]; then
     printf '    %s\n' "${failed[@]}" >&2
     exit 1
 fi
-echo "==> no crash; commit the corpus changes: git status -- 'daemons/*/fuzz/corpus'"
+echo "==> no crash; commit the corpus changes: git status -- '*/fuzz/corpus'"

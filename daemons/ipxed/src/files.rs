@@ -1,7 +1,7 @@
 //! `GET /agent/{file}`, `GET /ipxe/{file}` and `GET /images/{name}`: the agent's kernel and
 //! initrd, the iPXE binaries UEFI HTTP-boot firmware fetches (dhcpd's `http_boot_*_url`), and
 //! the library's local images, with single `Range` requests and validators. The routes share
-//! one way of answering with a file ([`describe`]), so they behave alike, and so do
+//! one way of answering with a file (`describe`), so they behave alike, and so do
 //! the two ways it is sent: by `sendfile(2)` on a plain-TCP listener ([`Files`], registered
 //! with `dragonfly-http`), streamed through the router on a TLS listener (or for a name the
 //! file routes leave to the router, e.g. percent-encoded). At most `max_file_transfers`

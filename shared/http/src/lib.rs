@@ -55,3 +55,32 @@ pub use tls::{Tls, TlsError};
     reason = "test code: a failed unwrap is a failed test"
 )]
 mod tests;
+
+/// The fuzz target's entry point (`shared/http/fuzz`): not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `data` as a request head and checks what a parsed head promises: it lies within
+    /// the bytes and the size bound, parsing exactly its own bytes gives the same head, its path
+    /// is a prefix of its target, and the questions the server asks of it answer. `Ok(None)`
+    /// (more bytes needed) only below the size bound.
+    pub fn parse_head(data: &[u8]) {
+        use crate::head::{MAX_HEAD_BYTES, parse};
+        match parse(data) {
+            Ok(Some(head)) => {
+                assert!(head.len <= data.len() && head.len <= MAX_HEAD_BYTES);
+                let again = parse(&data[..head.len])
+                    .expect("a head's own bytes parse")
+                    .expect("a head's own bytes are complete");
+                assert_eq!(
+                    (&again.method, &again.target, again.minor, again.len),
+                    (&head.method, &head.target, head.minor, head.len)
+                );
+                assert_eq!(again.headers, head.headers);
+                assert!(head.target.starts_with(head.path()));
+                let _ = (head.keep_alive(), head.is_plain_fetch());
+            }
+            Ok(None) => assert!(data.len() < MAX_HEAD_BYTES),
+            Err(_) => {}
+        }
+    }
+}
