@@ -37,7 +37,6 @@ use dragonfly_core::workflow::{Workflow, WorkflowState};
 use dragonfly_core::{Machine, MachineId, metadata};
 use dragonfly_runtime::cli::Chain;
 use dragonfly_store::StoreError;
-use dragonfly_store::reservations::PublishedSubnet;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -257,73 +256,12 @@ fn vendor_data(state: &AppState, s: &Subject) -> String {
     }
 }
 
-/// network-config v2: each of the machine's NICs matched by MAC; the reserved one with its
-/// static address and its subnet's router and DNS, the others by DHCP.
+/// network-config v2 ([`dragonfly_core::metadata::network_config`]), as JSON (which YAML
+/// readers, cloud-init's included, read as YAML in flow style).
 async fn network_config(state: &AppState, s: &Subject) -> Result<String, Refused> {
-    let reservation = state.db.reservations().get(s.machine.id).await?;
-    let subnets = match &reservation {
-        Some(_) => state
-            .db
-            .reservations()
-            .published()
-            .await?
-            .map(|p| p.subnets)
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    Ok(render_network_config(
-        &s.machine.hardware.macs,
-        reservation.map(|r| (r.mac, r.ip)),
-        &subnets,
-    ))
-}
-
-/// The pure part of the `network-config` document: its YAML for these NICs.
-pub fn render_network_config(
-    macs: &[dragonfly_core::MacAddr],
-    reserved: Option<(dragonfly_core::MacAddr, Ipv4Addr)>,
-    subnets: &[PublishedSubnet],
-) -> String {
-    let mut out = String::from("version: 2\nethernets:\n");
-    for (i, mac) in macs.iter().enumerate() {
-        let _ = write!(
-            out,
-            "  nic{i}:\n    match:\n      macaddress: {}\n",
-            q(&mac.to_string())
-        );
-        let fixed = reserved
-            .filter(|(m, _)| m == mac)
-            .and_then(|(_, ip)| subnets.iter().find(|s| s.contains(ip)).map(|s| (ip, s)));
-        match fixed {
-            Some((ip, subnet)) => {
-                let _ = writeln!(
-                    out,
-                    "    dhcp4: false\n    addresses: [{}]",
-                    q(&format!("{ip}/{}", subnet.prefix))
-                );
-                if let Some(router) = subnet.router {
-                    let _ = writeln!(
-                        out,
-                        "    routes:\n      - to: default\n        via: {}",
-                        q(&router.to_string())
-                    );
-                }
-                if !subnet.dns.is_empty() || subnet.domain_name.is_some() {
-                    out.push_str("    nameservers:\n");
-                    if !subnet.dns.is_empty() {
-                        let dns: Vec<String> =
-                            subnet.dns.iter().map(|d| q(&d.to_string())).collect();
-                        let _ = writeln!(out, "      addresses: [{}]", dns.join(", "));
-                    }
-                    if let Some(d) = &subnet.domain_name {
-                        let _ = writeln!(out, "      search: [{}]", q(d));
-                    }
-                }
-            }
-            None => out.push_str("    dhcp4: true\n"),
-        }
-    }
-    out
+    let fixed = state.db.reservations().fixed_address(s.machine.id).await?;
+    let doc = dragonfly_core::metadata::network_config(&s.machine.hardware.macs, fixed.as_ref());
+    Ok(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n")
 }
 
 /// One NoCloud document.
@@ -516,37 +454,5 @@ pub(crate) async fn phone_home(
             text("ok\n".into())
         }
         Err(e) => Refused::Store(e).into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn network_config_is_static_for_the_reserved_nic_and_dhcp_for_the_others() {
-        let a: dragonfly_core::MacAddr = "52:54:00:00:00:0a"
-            .parse()
-            .unwrap_or_else(|_| unreachable!());
-        let b: dragonfly_core::MacAddr = "52:54:00:00:00:0b"
-            .parse()
-            .unwrap_or_else(|_| unreachable!());
-        let subnet = PublishedSubnet {
-            network: Ipv4Addr::new(10, 9, 0, 0),
-            prefix: 24,
-            pool: None,
-            router: Some(Ipv4Addr::new(10, 9, 0, 1)),
-            dns: vec![Ipv4Addr::new(10, 9, 0, 2)],
-            domain_name: Some("lab.test".into()),
-        };
-        let got = render_network_config(&[a, b], Some((b, Ipv4Addr::new(10, 9, 0, 20))), &[subnet]);
-        let want = "version: 2\nethernets:\n  nic0:\n    match:\n      macaddress: \"52:54:00:00:00:0a\"\n    dhcp4: true\n  nic1:\n    match:\n      macaddress: \"52:54:00:00:00:0b\"\n    dhcp4: false\n    addresses: [\"10.9.0.20/24\"]\n    routes:\n      - to: default\n        via: \"10.9.0.1\"\n    nameservers:\n      addresses: [\"10.9.0.2\"]\n      search: [\"lab.test\"]\n";
-        assert_eq!(got, want);
-        let parsed: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(&got).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(parsed["ethernets"]["nic1"]["addresses"][0], "10.9.0.20/24");
-        // No reservation: every NIC by DHCP.
-        let plain = render_network_config(&[a], None, &[]);
-        assert!(plain.ends_with("dhcp4: true\n"), "{plain}");
     }
 }

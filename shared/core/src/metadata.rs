@@ -82,3 +82,113 @@ mod tests {
         );
     }
 }
+
+/// A machine's reserved address and what its subnet tells a client (router, DNS, domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedAddress {
+    /// The NIC that keeps the address.
+    pub mac: crate::MacAddr,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub router: Option<std::net::Ipv4Addr>,
+    pub dns: Vec<std::net::Ipv4Addr>,
+    pub domain: Option<String>,
+}
+
+/// The cloud-init network configuration (version 2) of a machine with these NICs: each matched
+/// by MAC; the reserved one with its static address, router and DNS; the others by DHCP. Only
+/// the NIC the machine is reached by (the reserved one, else the first) is required: the
+/// others are `optional`, so an uncabled port does not hold the boot in `wait-online`.
+///
+/// One value for both ways it reaches cloud-init: ipxed serves it as NoCloud's
+/// `network-config` (YAML), and apid renders it into templates as `{{networkConfig}}` (JSON,
+/// which is YAML in flow style) for the system configuration's `network:` key — the one that
+/// Debian 12's cloud-init (22.4) reads, as its NoCloud `seedfrom` does not fetch
+/// `network-config`.
+pub fn network_config(macs: &[crate::MacAddr], fixed: Option<&FixedAddress>) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let main = fixed
+        .map(|f| f.mac)
+        .filter(|m| macs.contains(m))
+        .or_else(|| macs.first().copied());
+    let mut ethernets = Map::new();
+    for (i, mac) in macs.iter().enumerate() {
+        let mut nic = Map::new();
+        nic.insert("match".into(), json!({ "macaddress": mac.to_string() }));
+        match fixed.filter(|f| f.mac == *mac) {
+            Some(f) => {
+                nic.insert("dhcp4".into(), false.into());
+                nic.insert(
+                    "addresses".into(),
+                    json!([format!("{}/{}", f.ip, f.prefix)]),
+                );
+                if let Some(router) = f.router {
+                    nic.insert(
+                        "routes".into(),
+                        json!([{ "to": "default", "via": router.to_string() }]),
+                    );
+                }
+                if !f.dns.is_empty() || f.domain.is_some() {
+                    let mut ns = Map::new();
+                    if !f.dns.is_empty() {
+                        ns.insert(
+                            "addresses".into(),
+                            f.dns.iter().map(|d| Value::from(d.to_string())).collect(),
+                        );
+                    }
+                    if let Some(d) = &f.domain {
+                        ns.insert("search".into(), json!([d]));
+                    }
+                    nic.insert("nameservers".into(), Value::Object(ns));
+                }
+            }
+            None => {
+                nic.insert("dhcp4".into(), true.into());
+            }
+        }
+        if Some(*mac) != main {
+            nic.insert("optional".into(), true.into());
+        }
+        ethernets.insert(format!("nic{i}"), Value::Object(nic));
+    }
+    json!({ "version": 2, "ethernets": ethernets })
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+    use crate::MacAddr;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn the_reserved_nic_is_static_and_required_the_others_dhcp_and_optional() {
+        let a = MacAddr::new([0x52, 0x54, 0, 0, 0, 0x0a]);
+        let b = MacAddr::new([0x52, 0x54, 0, 0, 0, 0x0b]);
+        let fixed = FixedAddress {
+            mac: b,
+            ip: Ipv4Addr::new(10, 9, 0, 20),
+            prefix: 24,
+            router: Some(Ipv4Addr::new(10, 9, 0, 1)),
+            dns: vec![Ipv4Addr::new(10, 9, 0, 2)],
+            domain: Some("lab.test".into()),
+        };
+        assert_eq!(
+            network_config(&[a, b], Some(&fixed)),
+            serde_json::json!({"version": 2, "ethernets": {
+                "nic0": {"match": {"macaddress": "52:54:00:00:00:0a"}, "dhcp4": true,
+                         "optional": true},
+                "nic1": {"match": {"macaddress": "52:54:00:00:00:0b"}, "dhcp4": false,
+                         "addresses": ["10.9.0.20/24"],
+                         "routes": [{"to": "default", "via": "10.9.0.1"}],
+                         "nameservers": {"addresses": ["10.9.0.2"], "search": ["lab.test"]}}}})
+        );
+        // No reservation: all by DHCP, the first NIC required.
+        assert_eq!(
+            network_config(&[a, b], None),
+            serde_json::json!({"version": 2, "ethernets": {
+                "nic0": {"match": {"macaddress": "52:54:00:00:00:0a"}, "dhcp4": true},
+                "nic1": {"match": {"macaddress": "52:54:00:00:00:0b"}, "dhcp4": true,
+                         "optional": true}}})
+        );
+    }
+}

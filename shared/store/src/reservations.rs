@@ -310,6 +310,32 @@ impl Reservations<'_> {
             .await
     }
 
+    /// The machine's reserved address with its subnet's router, DNS and domain, when it has
+    /// one in a subnet dhcpd serves: what its network configuration says.
+    pub async fn fixed_address(
+        self,
+        machine: MachineId,
+    ) -> Result<Option<dragonfly_core::metadata::FixedAddress>, StoreError> {
+        self.db
+            .run(move |c| {
+                let Some(r) = get_tx(c, machine)? else {
+                    return Ok(None);
+                };
+                let subnets = published(c)?.map(|p| p.subnets).unwrap_or_default();
+                Ok(subnets.iter().find(|s| s.contains(r.ip)).map(|s| {
+                    dragonfly_core::metadata::FixedAddress {
+                        mac: r.mac,
+                        ip: r.ip,
+                        prefix: s.prefix,
+                        router: s.router,
+                        dns: s.dns.clone(),
+                        domain: s.domain_name.clone(),
+                    }
+                }))
+            })
+            .await
+    }
+
     /// Removes a machine's reservation; `false` if it had none.
     pub async fn release(self, machine: MachineId) -> Result<bool, StoreError> {
         self.db
@@ -643,6 +669,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((got.ip, got.resource_version), (ip("10.9.0.20"), 1));
+        // What the machine's network configuration will say.
+        assert_eq!(
+            r.fixed_address(a).await.unwrap(),
+            Some(dragonfly_core::metadata::FixedAddress {
+                mac: mac_a,
+                ip: ip("10.9.0.20"),
+                prefix: 24,
+                router: Some(ip("10.9.0.1")),
+                dns: vec![ip("10.9.0.1")],
+                domain: Some("lab.test".into()),
+            })
+        );
+        assert_eq!(r.fixed_address(b).await.unwrap(), None);
         let taken = r
             .reserve(b, mac_b, ip("10.9.0.20"), None, now)
             .await

@@ -37,6 +37,7 @@ pub const VARIABLES: &[&str] = &[
     "sshKeys",
     "values",
     "metadataUrl",
+    "networkConfig",
 ];
 
 /// Default per-action timeout when the template gives none.
@@ -140,6 +141,7 @@ fn render_actions(
     values: &serde_json::Map<String, serde_json::Value>,
     leased: Option<std::net::Ipv4Addr>,
     metadata_url: Option<String>,
+    network_config: &serde_json::Value,
 ) -> Result<Vec<ActionSpec>, ApiError> {
     let macs: Vec<String> = machine.macs().iter().map(ToString::to_string).collect();
     let hostname = values
@@ -170,6 +172,9 @@ fn render_actions(
     if let Some(url) = metadata_url {
         ctx["metadataUrl"] = url.into();
     }
+    // On one line: JSON is YAML in flow style, so `network: {{networkConfig}}` is valid in a
+    // cloud-init configuration file whatever the indentation around it.
+    ctx["networkConfig"] = network_config.to_string().into();
     let h = hb();
     let mut out = spec.actions.clone();
     // Per machine: `values.userData` replaces the template's user-data (rendered the same way).
@@ -570,7 +575,16 @@ pub async fn provision(
             wf.id,
         )
     });
-    wf.actions = render_actions(&template.spec, &machine, &req.values, leased, metadata_url)?;
+    let fixed = state.db.reservations().fixed_address(machine.id).await?;
+    let network = dragonfly_core::metadata::network_config(machine.macs(), fixed.as_ref());
+    wf.actions = render_actions(
+        &template.spec,
+        &machine,
+        &req.values,
+        leased,
+        metadata_url,
+        &network,
+    )?;
     resolve_images(&state, &mut wf.actions).await?;
     let (wf, _machine) = state
         .db

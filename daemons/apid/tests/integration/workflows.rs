@@ -490,7 +490,7 @@ async fn cloud_init_templates_are_checked_and_get_their_datasource_url() {
     let with_user_data = |user_data: &str| {
         let mut t = template(
             "cloud",
-            "datasource_list: [NoCloud]\ndatasource:\n  NoCloud:\n    seedfrom: {{metadataUrl}}\n",
+            "datasource_list: [NoCloud]\ndatasource:\n  NoCloud:\n    seedfrom: {{metadataUrl}}\nnetwork: {{networkConfig}}\n",
         );
         t["spec"]["actions"][1]["path"] = "/etc/cloud/cloud.cfg.d/90-dragonfly.cfg".into();
         t["spec"]["actions"]
@@ -571,6 +571,16 @@ async fn cloud_init_templates_are_checked_and_get_their_datasource_url() {
                 .contains(&format!("seedfrom: {url}\n")),
             "{contents:?}"
         );
+        // The network configuration, in the file cloud-init reads it from (YAML).
+        let cfg: serde_yaml_ng::Value = serde_yaml_ng::from_str(contents.as_deref().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {contents:?}"));
+        assert_eq!(cfg["network"]["version"], 2, "{contents:?}");
+        assert_eq!(
+            cfg["network"]["ethernets"]["nic0"]["match"]["macaddress"],
+            crate::common::mac(1).to_string().as_str(),
+            "{contents:?}"
+        );
+        assert_eq!(cfg["network"]["ethernets"]["nic0"]["dhcp4"], true);
         let dragonfly_core::template::Action::Cloudinit { user_data } = &stored.actions[3].action
         else {
             panic!("{:?}", stored.actions[3]);

@@ -104,10 +104,13 @@ async fn installed_machines_read_their_metadata_and_phone_home_to_ready() {
     );
     let (st, nc) = s.get(&format!("{base}/network-config")).await;
     assert_eq!(st, 200);
-    assert!(
-        nc.contains("macaddress: \"52:54:00:12:34:01\"") && nc.contains("dhcp4: true"),
-        "{nc}"
+    let nc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&nc).unwrap();
+    assert_eq!(nc["version"], 2, "{nc:?}");
+    assert_eq!(
+        nc["ethernets"]["nic0"]["match"]["macaddress"], "52:54:00:12:34:01",
+        "{nc:?}"
     );
+    assert_eq!(nc["ethernets"]["nic0"]["dhcp4"], true, "{nc:?}");
     let (st, listing) = s.get(&format!("{base}/")).await;
     assert_eq!((st, listing.lines().count()), (200, 4), "{listing}");
     // EC2 paths under the secret.
