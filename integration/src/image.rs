@@ -323,6 +323,8 @@ pub struct DebianImage {
     pub compressed: PathBuf,
     /// sha256 of the raw (decompressed) image, lowercase hex: image2disk checks it.
     pub image_sha256: String,
+    /// sha256 of the compressed file (its `.sha256` beside it): apid checks the library's copy.
+    pub file_sha256: String,
     /// The command line its GRUB boots the kernel with; a kexec needs the same.
     pub cmdline: String,
     /// `/boot/vmlinuz` and `/boot/initrd.img` (links to the current kernel).
@@ -380,8 +382,16 @@ fn build_debian_image() -> DebianImage {
             .unwrap_or_else(|| panic!("{}: no string {key}.path", manifest.display()))
             .to_owned()
     };
+    let sums = compressed.with_extension("zst.sha256");
+    let file_sha256 = std::fs::read_to_string(&sums)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", sums.display()))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     DebianImage {
         image_sha256: text("sha256"),
+        file_sha256,
         cmdline: text("cmdline"),
         kernel: path("kernel"),
         initrd: path("initrd"),
@@ -392,13 +402,14 @@ fn build_debian_image() -> DebianImage {
 impl DebianImage {
     /// The Image document that adds it to the library (`spec.file` = `file`, a copy of
     /// [`DebianImage::compressed`] in the images directory), with the decompressed image's
-    /// checksum, which the agent verifies.
+    /// checksum, which the agent verifies, and the file's, which apid checks when it is added.
     pub fn image_doc(&self, name: &str, file: &str) -> serde_json::Value {
         serde_json::json!({
             "apiVersion": dragonfly_core::resource::API_VERSION,
             "kind": dragonfly_core::image::IMAGE,
             "metadata": { "name": name },
-            "spec": { "file": file, "compression": "zstd", "sha256": self.image_sha256 },
+            "spec": { "file": file, "compression": "zstd", "sha256": self.image_sha256,
+                      "fileSha256": self.file_sha256 },
         })
     }
 
@@ -444,7 +455,9 @@ impl DebianImage {
                     "device": root,
                     "filesystem": "ext4",
                     "path": "/etc/cloud/cloud.cfg.d/90-dragonfly.cfg",
-                    "contents": "datasource_list: [ NoCloud, None ]\ndatasource:\n  NoCloud:\n    seedfrom: {{metadataUrl}}\n",
+                    // `network:` here, not only the datasource's network-config: Debian 12's
+                    // cloud-init (22.4) does not fetch network-config from a seedfrom URL.
+                    "contents": "datasource_list: [ NoCloud, None ]\ndatasource:\n  NoCloud:\n    seedfrom: {{metadataUrl}}\nnetwork: {{networkConfig}}\n",
                     "mode": 0o644,
                 },
                 {

@@ -9,9 +9,11 @@
 //! replaced in place is not silently installed under the old name's checksum.
 //!
 //! Two checksums, for two different things: `spec.sha256`/`sha512` are the *decompressed*
-//! image's, given by whoever built it (Debian publishes them, our builder prints them), and
-//! the agent verifies them after writing the disk; `status.fileSha256` is the stored file's, as
-//! Dragonfly computed it, and shows what the library holds.
+//! image's, given by whoever built it (our builder writes it in its manifest), and the agent
+//! verifies them after writing the disk; `spec.fileSha256`/`fileSha512` are the stored file's
+//! (what a download page publishes beside the file), and apid refuses the image (`Failed`) when
+//! the file it checksums does not match them — as it does when an uncompressed image's file
+//! does not match `sha256`. `status.fileSha256`/`fileSha512` are what apid computed.
 //!
 //! Pure: resolution takes the image record and the configured URL; the files are read by
 //! apid and ipxed.
@@ -45,6 +47,13 @@ pub struct ImageSpec {
     /// SHA-512 of the decompressed image, hex (at most one of the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha512: Option<String>,
+    /// A local image: SHA-256 of the file as stored (compressed), hex. When given, an image
+    /// whose file does not match is refused when it is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sha256: Option<String>,
+    /// A local image: SHA-512 of the file as stored, hex; like `fileSha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sha512: Option<String>,
     /// A local image anyone on the provisioning network may download. By default only an
     /// agent with a live boot token may (images often hold licensed software or site data).
     #[serde(default)]
@@ -132,6 +141,8 @@ pub enum ImageError {
     Checksum(&'static str, usize),
     #[error("spec: give sha256 or sha512, not both")]
     TwoChecksums,
+    #[error("spec.{0}: only a local image (spec.file) has a file Dragonfly checksums")]
+    FileChecksumRemote(&'static str),
 }
 
 /// Whether `name` is a plain file name: ASCII letters, digits, `.`, `_` and `-`, not starting
@@ -176,7 +187,51 @@ impl ImageSpec {
         if self.sha512.as_ref().is_some_and(|s| !check_hex(s, 128)) {
             return Err(ImageError::Checksum("sha512", 128));
         }
+        for (field, value, len) in [
+            ("fileSha256", &self.file_sha256, 64),
+            ("fileSha512", &self.file_sha512, 128),
+        ] {
+            if let Some(v) = value {
+                if self.file.is_none() {
+                    return Err(ImageError::FileChecksumRemote(field));
+                }
+                if !check_hex(v, len) {
+                    return Err(ImageError::Checksum(field, len));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Why the file apid checksummed (`status`, phase Ready) is not the one this spec expects,
+    /// if it is not: a given `fileSha256`/`fileSha512`, or, for an uncompressed image, its
+    /// `sha256`/`sha512`, differs from what was computed.
+    pub fn file_mismatch(&self, status: &ImageStatus) -> Option<String> {
+        let raw = self.compression == Compression::None;
+        let expected = [
+            ("fileSha256", self.file_sha256.as_ref(), &status.file_sha256),
+            ("fileSha512", self.file_sha512.as_ref(), &status.file_sha512),
+            (
+                "sha256",
+                self.sha256.as_ref().filter(|_| raw),
+                &status.file_sha256,
+            ),
+            (
+                "sha512",
+                self.sha512.as_ref().filter(|_| raw),
+                &status.file_sha512,
+            ),
+        ];
+        expected.into_iter().find_map(|(field, want, got)| {
+            let want = want?;
+            let got = got.as_deref()?;
+            (!want.eq_ignore_ascii_case(got)).then(|| {
+                format!(
+                    "the file's {} is {got}, not spec.{field} {want}",
+                    field[field.len() - 6..].to_lowercase()
+                )
+            })
+        })
     }
 }
 
@@ -259,6 +314,8 @@ mod tests {
             compression: Compression::Zstd,
             sha256: Some("a".repeat(64)),
             sha512: None,
+            file_sha256: None,
+            file_sha512: None,
             public: false,
         }
     }
@@ -322,6 +379,38 @@ mod tests {
             ..local()
         };
         assert_eq!(s.validate("x"), Err(ImageError::Checksum("sha256", 64)));
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_one_expected_is_named() {
+        let got = ready();
+        assert_eq!(local().file_mismatch(&got), None);
+        let s = ImageSpec {
+            file_sha256: Some("B".repeat(64)),
+            ..local()
+        };
+        assert_eq!(s.file_mismatch(&got), None, "hex in either case");
+        let s = ImageSpec {
+            file_sha256: Some("c".repeat(64)),
+            ..local()
+        };
+        assert!(s.file_mismatch(&got).unwrap().contains("spec.fileSha256"));
+        // Uncompressed: the image's own checksum is the file's.
+        let s = ImageSpec {
+            compression: Compression::None,
+            ..local()
+        };
+        assert!(s.file_mismatch(&got).unwrap().contains("spec.sha256"));
+        let remote = ImageSpec {
+            url: Some("http://a/b".into()),
+            file: None,
+            file_sha256: Some("c".repeat(64)),
+            ..local()
+        };
+        assert_eq!(
+            remote.validate("x"),
+            Err(ImageError::FileChecksumRemote("fileSha256"))
+        );
     }
 
     #[test]

@@ -253,6 +253,8 @@ mod tests {
             compression: Compression::Zstd,
             sha256: None,
             sha512: None,
+            file_sha256: None,
+            file_sha512: None,
             public: false,
         }
     }

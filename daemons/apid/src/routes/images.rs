@@ -186,6 +186,14 @@ async fn checksum(state: AppState, image: Image) {
     let started = std::time::Instant::now();
     let digested = tokio::task::spawn_blocking(move || digest(&path)).await;
     let status = match digested {
+        Ok(Ok(status)) if let Some(why) = image.spec.file_mismatch(&status) => {
+            tracing::warn!(image = %image.name, file = %file, reason = %why, "image refused: not the file expected");
+            ImageStatus {
+                phase: ImagePhase::Failed,
+                message: Some(format!("refused: {why}")),
+                ..status
+            }
+        }
         Ok(Ok(status)) => {
             tracing::info!(
                 image = %image.name,

@@ -126,6 +126,43 @@ async fn local_images_are_checksummed_and_templates_name_them() {
     assert_eq!(list["kind"], "ImageList");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 
+    // The file's published checksum is checked when it is added: a match is Ready, another
+    // file is refused (Failed, saying which sum differs) and cannot be installed.
+    for (name, file_sha, phase) in [
+        ("same", want.clone(), "Ready"),
+        ("other", "0".repeat(64), "Failed"),
+    ] {
+        let (st, e) = send(
+            &s,
+            &cookie,
+            Method::POST,
+            IMAGES,
+            Some(&image(
+                name,
+                json!({"file": "os.img.zst", "fileSha256": file_sha}),
+            )),
+        )
+        .await;
+        assert_eq!(st, 201, "{e}");
+        let mut got = Value::Null;
+        for _ in 0..100 {
+            let (_, g) = send(&s, &cookie, Method::GET, &format!("{IMAGES}/{name}"), None).await;
+            if g["status"]["phase"] != "Pending" {
+                got = g;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(got["status"]["phase"], phase, "{got}");
+        if phase == "Failed" {
+            let message = got["status"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("refused") && message.contains("spec.fileSha256"),
+                "{message}"
+            );
+        }
+    }
+
     // A remote image is Ready at once.
     let (st, remote) = send(
         &s,
@@ -149,7 +186,7 @@ async fn local_images_are_checksummed_and_templates_name_them() {
                                   "disk": "/dev/vda"}]}})
     };
     let templates = "/apis/dragonfly.computer/v1/templates";
-    for name in ["os", "remote", "nothing"] {
+    for name in ["os", "remote", "nothing", "other"] {
         let (st, e) = send(&s, &cookie, Method::POST, templates, Some(&template(name))).await;
         assert_eq!(st, 201, "{e}");
     }
@@ -166,6 +203,7 @@ async fn local_images_are_checksummed_and_templates_name_them() {
     let mut actions = Vec::new();
     for (i, (tpl, status, says)) in [
         ("from-nothing", 422, "no image \"nothing\""),
+        ("from-other", 422, "failed when it was added: refused"),
         ("from-os", 201, ""),
         ("from-remote", 201, ""),
     ]

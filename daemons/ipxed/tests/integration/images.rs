@@ -18,6 +18,8 @@ async fn add(s: &Server, name: &str, file: &str, public: bool, phase: ImagePhase
         compression: Compression::Auto,
         sha256: None,
         sha512: None,
+        file_sha256: None,
+        file_sha512: None,
         public,
     };
     let status = ImageStatus {
