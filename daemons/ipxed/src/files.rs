@@ -250,30 +250,23 @@ pub(crate) async fn image_answer(
         );
         return answer;
     }
-    let path = state.config.images_dir.join(file);
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&path)
-        .and_then(|f| {
-            let meta = f.metadata()?;
-            Ok((f, meta))
-        });
-    let (f, meta) = match opened {
+    let dir = &state.config.images_dir;
+    let (f, meta) = match dragonfly_store::images::open_file(dir, file) {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!(image = %name, path = %path.display(), error = %Chain(&e),
-                "cannot open a library image's file (missing, a symlink, or not readable by ipxed)");
+            tracing::error!(image = %name, dir = %dir.display(), file, error = %Chain(&e),
+                "cannot open a library image's file (missing, a symlink, not a regular file, or \
+                 not readable by ipxed)");
             return FileAnswer::text(StatusCode::INTERNAL_SERVER_ERROR, "image unavailable\n");
         }
     };
-    let unchanged = meta.is_file()
-        && image.status.size == Some(meta.len())
-        && image.status.modified_ns == modified_ns(&meta);
+    let unchanged = image.status.size == Some(meta.len())
+        && image.status.modified_ns == dragonfly_store::images::modified_ns(&meta);
     if !unchanged {
         tracing::error!(
             image = %name,
-            path = %path.display(),
+            dir = %dir.display(),
+            file,
             "a library image's file changed since it was checksummed: refused; add it again \
              (delete the Image and create it) so that it is checksummed anew"
         );
@@ -312,14 +305,6 @@ async fn live_token(state: &AppState, headers: &HeaderMap) -> Result<(), &'stati
     } else {
         Err("the token's boot session is over")
     }
-}
-
-/// A file's modification time in nanoseconds since 1970, as apid recorded it.
-fn modified_ns(meta: &std::fs::Metadata) -> Option<i64> {
-    use std::os::unix::fs::MetadataExt as _;
-    meta.mtime()
-        .checked_mul(1_000_000_000)?
-        .checked_add(meta.mtime_nsec())
 }
 
 /// Handles `GET`/`HEAD /agent/{file}` through the router: on a TLS listener, or a name the

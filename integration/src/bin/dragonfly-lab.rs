@@ -7,6 +7,7 @@
 //! dragonfly-lab up NAME [--addr CIDR] [--no-ula] [--tap TAP[:USER]]… [--peer NS=CIDR]… [--unprivileged-ports]
 //! dragonfly-lab down NAME
 //! dragonfly-lab config --out FILE --nats URL [--apid …] [--ipxed …] [--tftp-root …] [--dhcpd …]
+//! dragonfly-lab add-image --store DB --name NAME --file PATH [--public]
 //! ```
 //!
 //! `up` and `down` need root. Exit codes: 0 done; 1 failed (the cause on stderr); 2 bad usage.
@@ -47,6 +48,23 @@ enum Command {
     /// Writes the dragonfly.toml of a lab: the shared sections, and one section per daemon
     /// asked for.
     Config(Box<Config>),
+    /// Adds a local image to a lab's store as apid would once it has checksummed the file
+    /// (Ready, with its size and modification time; no digests): for benchmarks that run
+    /// ipxed without apid. PATH must stay as it is, in ipxed's images_dir.
+    AddImage {
+        /// The lab's (migrated) database.
+        #[arg(long)]
+        store: PathBuf,
+        /// The image's name.
+        #[arg(long)]
+        name: String,
+        /// The file (its name is what the Image records).
+        #[arg(long)]
+        file: PathBuf,
+        /// Anyone may download it (no boot token).
+        #[arg(long)]
+        public: bool,
+    },
     /// Builds Dragonfly's Debian 12 image when it is missing (packaging/images/debian-12.sh,
     /// cached), writes the template that installs it (a dragonfly.computer/v1 Template, JSON)
     /// to OUT, and prints the image file's path. The template downloads the image from URL,
@@ -220,6 +238,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Config(c) => lab_config(&c)
             .write(&c.out)
             .with_context(|| format!("writing {}", c.out.display())),
+        Command::AddImage {
+            store,
+            name,
+            file,
+            public,
+        } => add_image(&store, name, &file, public),
         Command::DebianTemplate {
             url,
             image: library,
@@ -252,6 +276,32 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn add_image(
+    store: &std::path::Path,
+    name: String,
+    file: &std::path::Path,
+    public: bool,
+) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    let file_name = file
+        .file_name()
+        .context("the file has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let spec = dragonfly_store::images::local_spec(&file_name, public);
+    let status = dragonfly_store::images::ready_status(&meta);
+    let store = store.to_owned();
+    tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(async move {
+            let db = dragonfly_store::Db::open(store).await?;
+            db.images()
+                .create(name, spec, status, jiff::Timestamp::now())
+                .await?;
+            anyhow::Ok(())
+        })
 }
 
 /// The sections the flags ask for (clap has checked that each one's flags are complete).

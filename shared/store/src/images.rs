@@ -220,6 +220,63 @@ impl Images<'_> {
     }
 }
 
+/// Opens a local image's file, `dir/file`, the one way apid (to checksum it) and ipxed (to
+/// serve it) both do: never through a symlink (`O_NOFOLLOW`: refused by the kernel at open
+/// time, no check-then-open race), never blocking on a FIFO left there, and only a regular
+/// file (else `NotFound`). `file` is a spec's, checked as a plain name when it was added.
+pub fn open_file(
+    dir: &std::path::Path,
+    file: &str,
+) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(dir.join(file))?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
+    Ok((f, meta))
+}
+
+/// A file's modification time in nanoseconds since 1970: what [`ImageStatus::modified_ns`]
+/// records and ipxed compares.
+pub fn modified_ns(meta: &std::fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt as _;
+    meta.mtime()
+        .checked_mul(1_000_000_000)?
+        .checked_add(meta.mtime_nsec())
+}
+
+/// What apid records of a local image's file once it has checked it (phase Ready), without
+/// the digests: for tests and benchmarks that put an image in a store without apid.
+pub fn ready_status(meta: &std::fs::Metadata) -> ImageStatus {
+    ImageStatus {
+        phase: ImagePhase::Ready,
+        size: Some(meta.len()),
+        modified_ns: modified_ns(meta),
+        file_sha256: None,
+        file_sha512: None,
+        message: None,
+    }
+}
+
+/// A local image's spec: `file`, compression detected by the agent, no checksum.
+pub fn local_spec(file: &str, public: bool) -> ImageSpec {
+    ImageSpec {
+        url: None,
+        file: Some(file.to_owned()),
+        format: dragonfly_core::image::ImageFormat::Raw,
+        compression: dragonfly_core::template::Compression::Auto,
+        sha256: None,
+        sha512: None,
+        file_sha256: None,
+        file_sha512: None,
+        public,
+    }
+}
+
 /// The status of a newly added image: a remote one is usable at once, a local one waits
 /// for its checksum.
 pub fn initial_status(spec: &ImageSpec) -> ImageStatus {

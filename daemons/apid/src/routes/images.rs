@@ -12,7 +12,6 @@
 //! and ipxed refuses to serve a file that no longer matches them.
 
 use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use axum::body::Bytes;
@@ -22,7 +21,7 @@ use axum::response::Response;
 use dragonfly_core::image::{IMAGE, ImagePhase, ImageSpec, ImageStatus};
 use dragonfly_core::resource::{self, ObjectMeta, Resource};
 use dragonfly_runtime::cli::Chain;
-use dragonfly_store::images::{Image, initial_status};
+use dragonfly_store::images::{Image, initial_status, modified_ns};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256, Sha512};
 
@@ -101,8 +100,8 @@ pub async fn create_image(
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     if let Some(file) = &doc.spec.file {
         // Say now, in the answer, what would only fail later in the background.
-        let path = state.config.images_dir.join(file);
-        let opened = tokio::task::spawn_blocking(move || open_image(&path).map(|_| ()))
+        let (dir, name) = (state.config.images_dir.clone(), file.clone());
+        let opened = tokio::task::spawn_blocking(move || open_image(&dir, &name).map(|_| ()))
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
         if let Err(e) = opened {
@@ -182,9 +181,9 @@ async fn checksum(state: AppState, image: Image) {
         return;
     };
     let _turn = state.image_checks.acquire().await;
-    let path = state.config.images_dir.join(&file);
+    let (dir, name) = (state.config.images_dir.clone(), file.clone());
     let started = std::time::Instant::now();
-    let digested = tokio::task::spawn_blocking(move || digest(&path)).await;
+    let digested = tokio::task::spawn_blocking(move || digest(&dir, &name)).await;
     let status = match digested {
         Ok(Ok(status)) if let Some(why) = image.spec.file_mismatch(&status) => {
             tracing::warn!(image = %image.name, file = %file, reason = %why, "image refused: not the file expected");
@@ -262,37 +261,22 @@ pub enum FileError {
     Io(std::io::Error),
 }
 
-/// Opens a file of the images directory as ipxed does: no symlink, no FIFO, regular only.
-pub fn open_image(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), FileError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT | libc::ENOTDIR) => FileError::Missing,
-            Some(libc::ELOOP) => FileError::Symlink,
-            Some(libc::EACCES | libc::EPERM) => FileError::Permission,
-            _ => FileError::Io(e),
-        })?;
-    let meta = file.metadata().map_err(FileError::Io)?;
-    if !meta.is_file() {
-        return Err(FileError::NotRegular);
-    }
-    Ok((file, meta))
-}
-
-/// The file's modification time in nanoseconds since 1970, as ipxed compares it.
-pub fn modified_ns(meta: &std::fs::Metadata) -> Option<i64> {
-    use std::os::unix::fs::MetadataExt as _;
-    meta.mtime()
-        .checked_mul(1_000_000_000)?
-        .checked_add(meta.mtime_nsec())
+/// Opens a file of the images directory as ipxed does ([`dragonfly_store::images::open_file`]),
+/// saying why it cannot be used.
+pub fn open_image(dir: &Path, file: &str) -> Result<(std::fs::File, std::fs::Metadata), FileError> {
+    dragonfly_store::images::open_file(dir, file).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR) => FileError::Missing,
+        Some(libc::ELOOP) => FileError::Symlink,
+        Some(libc::EACCES | libc::EPERM) => FileError::Permission,
+        None if e.kind() == std::io::ErrorKind::NotFound => FileError::NotRegular,
+        _ => FileError::Io(e),
+    })
 }
 
 /// SHA-256 and SHA-512 of a file in one pass, with its size and modification time (the same
 /// before and after the pass, or [`FileError::Changed`]).
-pub fn digest(path: &Path) -> Result<ImageStatus, FileError> {
-    let (mut file, before) = open_image(path)?;
+pub fn digest(dir: &Path, file: &str) -> Result<ImageStatus, FileError> {
+    let (mut file, before) = open_image(dir, file)?;
     let mut s256 = Sha256::new();
     let mut s512 = Sha512::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -342,7 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.img");
         std::fs::write(&path, b"abc").unwrap();
-        let s = digest(&path).unwrap();
+        let s = digest(dir.path(), "a.img").unwrap();
         assert_eq!(s.size, Some(3));
         assert_eq!(
             s.file_sha256.as_deref(),
@@ -351,13 +335,17 @@ mod tests {
         assert!(s.file_sha512.unwrap().starts_with("ddaf35a193617aba"));
         std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
         assert!(matches!(
-            digest(&dir.path().join("link")),
+            digest(dir.path(), "link"),
             Err(FileError::Symlink)
         ));
         assert!(matches!(
-            digest(&dir.path().join("none")),
+            digest(dir.path(), "none"),
             Err(FileError::Missing)
         ));
-        assert!(matches!(digest(dir.path()), Err(FileError::NotRegular)));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(matches!(
+            digest(dir.path(), "sub"),
+            Err(FileError::NotRegular)
+        ));
     }
 }

@@ -1,37 +1,24 @@
 //! `/images/{name}`: the library's local images, served to agents that present a live boot
 //! token (sendfile path and router alike), with ranges, validators and refusals.
 
-use std::os::unix::fs::MetadataExt as _;
-
-use dragonfly_core::image::{ImageFormat, ImagePhase, ImageSpec, ImageStatus};
-use dragonfly_core::template::Compression;
+use dragonfly_core::image::{ImagePhase, ImageStatus};
 
 use crate::common::{Fixture, Server, bytes, kernel_arg, mac, register, sight_here};
 
 async fn add(s: &Server, name: &str, file: &str, public: bool, phase: ImagePhase) {
     let path = s.fx.store.dir.path().join("images").join(file);
     let meta = std::fs::metadata(&path).unwrap();
-    let spec = ImageSpec {
-        url: None,
-        file: Some(file.into()),
-        format: ImageFormat::Raw,
-        compression: Compression::Auto,
-        sha256: None,
-        sha512: None,
-        file_sha256: None,
-        file_sha512: None,
-        public,
-    };
     let status = ImageStatus {
         phase,
-        size: Some(meta.len()),
-        modified_ns: Some(meta.mtime() * 1_000_000_000 + meta.mtime_nsec()),
-        file_sha256: None,
-        file_sha512: None,
-        message: None,
+        ..dragonfly_store::images::ready_status(&meta)
     };
     s.db.images()
-        .create(name.into(), spec, status, jiff::Timestamp::now())
+        .create(
+            name.into(),
+            dragonfly_store::images::local_spec(file, public),
+            status,
+            jiff::Timestamp::now(),
+        )
         .await
         .unwrap();
 }
