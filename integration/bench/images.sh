@@ -12,7 +12,9 @@
 #   CLIENTS=20 SIZE_MIB=256 integration/bench/images.sh
 #   IPXED_BIN=/path/to/an/older/dragonfly-ipxed integration/bench/images.sh   # before/after
 #
-# The image route comes later: the file is put in agent_dir and listed in agent_files. Both
+# ipxed serves it as a library image (/images/bench: a public Image added to the store with
+# dragonfly-lab add-image, the file in images_dir), as agents download images; an IPXED_BIN
+# from before the image route gets it among the agent's files (/agent/image.img). Both
 # servers serve it from the page cache (it is read once before). The client is
 # target/release/fetch-load: a thread per client, bodies discarded in the kernel (recv with
 # MSG_TRUNC), so it costs little — but it runs on the same cores as the server it measures;
@@ -47,11 +49,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir "$work/agent" "$work/nginx"
+mkdir "$work/agent" "$work/nginx" "$work/images"
 echo "writing a ${size_mib} MiB image..." >&2
-head -c "$((size_mib << 20))" /dev/urandom > "$work/agent/image.img"
-chmod 0644 "$work/agent/image.img"
-cat "$work/agent/image.img" > /dev/null
+head -c "$((size_mib << 20))" /dev/urandom > "$work/images/image.img"
+chmod 0644 "$work/images/image.img"
+ln "$work/images/image.img" "$work/agent/image.img"
+cat "$work/images/image.img" > /dev/null
 size=$((size_mib << 20))
 "$seed" "$work/dragonfly.db" 1 > /dev/null
 head -c 32 /dev/urandom > "$work/key" && chmod 0600 "$work/key"
@@ -60,7 +63,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=$(free_port)
 "$lab" config --out "$work/dragonfly.toml" --store "$work/dragonfly.db" --nats nats://127.0.0.1:1 \
     --log-level "$log_level" --boot-token-key "$work/key" --ipxed "127.0.0.1:$port" \
-    --public-url "http://127.0.0.1:$port" --apid-url http://127.0.0.1:3001 --agent-dir "$work/agent"
+    --public-url "http://127.0.0.1:$port" --apid-url http://127.0.0.1:3001 --agent-dir "$work/agent" \
+    --images-dir "$work/images"
+"$lab" add-image --store "$work/dragonfly.db" --name bench --file "$work/images/image.img" --public
 # The image among the agent's files, and room for every client at once.
 sed -i "/^\[ipxed\]\$/a agent_files = [\"vmlinuz\", \"initrd.img\", \"image.img\"]\nmax_file_transfers = $((clients > 256 ? clients : 256))" \
     "$work/dragonfly.toml"
@@ -72,6 +77,13 @@ printf '\n[ipxed.http]\nmax_connections_per_client = %s\n' "$((clients > 64 ? cl
 check=$("$bin" --config "$work/dragonfly.toml" --check-config 2>&1 || true)
 if grep -qF 'unknown field' <<<"$check" && grep -qF max_file_transfers <<<"$check"; then
     sed -i '/^max_file_transfers = /d' "$work/dragonfly.toml"
+    check=$("$bin" --config "$work/dragonfly.toml" --check-config 2>&1 || true)
+fi
+# One from before the image library serves the file among the agent's.
+image_path=/images/bench
+if grep -qF 'unknown field' <<<"$check" && grep -qF images_dir <<<"$check"; then
+    sed -i '/^images_dir = /d' "$work/dragonfly.toml"
+    image_path=/agent/image.img
 fi
 run=()
 if [ "$(id -u)" -eq 0 ]; then
@@ -115,7 +127,7 @@ for _ in $(seq 100); do
         curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$nport/image.img" && break
     sleep 0.1
 done
-curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$port/agent/image.img" ||
+curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$port$image_path" ||
     { echo "$0: ipxed does not serve the image" >&2; cat "$work/ipxed.log" >&2; exit 1; }
 
 ticks=$(getconf CLK_TCK)
@@ -166,7 +178,7 @@ for case in full resume; do
     [ "$case" = resume ] && from=$half
     # nginx first, then ipxed, each once on a warm cache.
     measure nginx "$case" "http://127.0.0.1:$nport/image.img" "$nginx_pid" "$from"
-    measure ipxed "$case" "http://127.0.0.1:$port/agent/image.img" "$ipxed_pid" "$from"
+    measure ipxed "$case" "http://127.0.0.1:$port$image_path" "$ipxed_pid" "$from"
 done
 
 hwm=$(awk '/^VmHWM/ { print $2 }' "/proc/$ipxed_pid/status")
