@@ -196,6 +196,7 @@ pub async fn run(
             .await
             .map_err(DhcpdError::LoadReservations)?,
     );
+    tracing::info!(reservations = cfg.reservations.len(), "reservations loaded");
     let mut reservations = match &bus {
         Some(bus) => Some(
             Follower::<ReservationChanged>::new(bus, Some(base.reconcile_period))
@@ -354,7 +355,9 @@ async fn load_reservations(db: &Db, base: &DhcpdConfig) -> Result<DhcpdConfig, S
     for (mac, ip, why) in &skipped {
         tracing::warn!(%mac, %ip, why, "stored reservation not served");
     }
-    tracing::info!(
+    // Every reconcile_period re-reads them: a line only when they are new or changed (the
+    // caller says so), not one a minute saying nothing happened.
+    tracing::debug!(
         from_file = base.reservations.len(),
         from_store = count - skipped.len(),
         skipped = skipped.len(),
@@ -367,7 +370,15 @@ async fn load_reservations(db: &Db, base: &DhcpdConfig) -> Result<DhcpdConfig, S
 /// period tries again).
 async fn reload_reservations(state: &mut LoopState<'_>, base: &DhcpdConfig) {
     match load_reservations(state.db, base).await {
-        Ok(merged) => state.cfg = Arc::new(merged),
+        Ok(merged) => {
+            if merged.reservations != state.cfg.reservations {
+                tracing::info!(
+                    reservations = merged.reservations.len(),
+                    "reservations changed: served from now on"
+                );
+            }
+            state.cfg = Arc::new(merged);
+        }
         Err(e) => state
             .store_failed
             .hit(&format_args!("reloading reservations: {}", Chain(&e))),
