@@ -197,7 +197,9 @@ async fn a_reservation_reaches_a_running_dhcpd_on_its_hint() {
     // reconcile_period is an hour: only the hint explains a reload now.
     tokio::task::block_in_place(|| {
         waited("the reload", &|| {
-            dhcpd.log_text().contains("reservations changed: served from now on")
+            dhcpd
+                .log_text()
+                .contains("reservations changed: served from now on")
         });
     });
     // Renewal: the pool address is no longer this client's; it is refused and the client
