@@ -17,7 +17,7 @@
 #   AGENT_DIR=/path/with/vmlinuz+initrd.img …       # default target/agent-image (agent-image/build.sh)
 #   LOG_LEVEL=info …                                # the daemons' log level (default warn)
 #   KEEP=1 …                                        # keep the work directory (every server's log)
-#   MAX_FILE_TRANSFERS=1024 …                       # ipxed's [ipxed] max_file_transfers (default: its own, 256)
+#   MAX_FILE_TRANSFERS=256 …                        # ipxed's [ipxed] max_file_transfers (default: its own, 1024)
 #   MAX_TRANSFERS=1024 …                            # tftpd's [tftpd] max_transfers (default: its own, 256)
 #
 # How the clients reach the servers (target/release/boot-storm, integration/src/bin/boot-storm.rs,
@@ -42,7 +42,7 @@
 # bench/dhcp.sh) and --tftp-max=$CLIENTS (its default, 50, refuses the rest of a storm). Each
 # daemon runs with the LimitNOFILE of its unit (nginx: worker_rlimit_nofile 8192), dhcpd with
 # its default new-client limit (a burst of 2 000 per relay: a storm of up to 1 999 fits),
-# ipxed with its default max_file_transfers (256: the rest get 503 and come back). The
+# ipxed with its default max_file_transfers (1024: any more get 503 and come back). The
 # Dragonfly daemons are socket-activated (systemd-socket-activate), as under systemd, and
 # run as nobody without capabilities; one warm-up client boots through each side first.
 #
