@@ -22,7 +22,7 @@ saved URL).
 #[command(name = "dragonfly", version, about, long_about = None,
     after_help = format!("{AFTER_HELP}\n{EXIT_CODES}"))]
 pub struct Cli {
-    /// apid's operators' URL, e.g. https://dragonfly.example:3000.
+    /// apid's operators' URL, e.g. `https://dragonfly.example:3000`.
     #[arg(long, global = true, env = "DRAGONFLY_URL", value_name = "URL")]
     pub url: Option<String>,
     /// The credentials file.
