@@ -86,6 +86,7 @@ fn operator_routes() -> Router<AppState> {
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
         .route("/api/openapi.json", get(crate::openapi::serve))
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
