@@ -277,3 +277,81 @@ fn resync(hub: &Hub, seq: u64, why: Resync) -> Event {
         .event("resync")
         .data(why.json())
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+mod tests {
+    use super::*;
+    use crate::live::Relayed;
+
+    fn text(event: &Event) -> String {
+        format!("{event:?}")
+    }
+
+    fn tftp() -> What {
+        What::Event(Relayed {
+            subject: "dragonfly.tftp.transferred",
+            ty: "computer.dragonfly.tftp.transferred".into(),
+            json: "{\"type\":\"computer.dragonfly.tftp.transferred\"}".into(),
+            about: None,
+            machine_id: None,
+            workflow_id: None,
+            mac: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_client_that_falls_behind_is_told_to_resync_then_goes_on() {
+        let hub = Arc::new(Hub::new(16, 4));
+        let opened = hub.open(None).unwrap();
+        let mut client = Client::new(Arc::clone(&hub), opened, Filter::default(), None);
+        let hello = text(&client.next().await.unwrap());
+        assert!(
+            hello.contains("event: hello") && hello.contains("retry: 3000"),
+            "{hello}"
+        );
+        // More than its broadcast buffer, unread.
+        let published = 1500u64;
+        for _ in 0..published {
+            hub.publish(tftp());
+        }
+        let resync = text(&client.next().await.unwrap());
+        assert!(resync.contains("event: resync"), "{resync}");
+        assert!(resync.contains("slowClient"), "{resync}");
+        let first_kept = published - 1024 + 1;
+        assert!(
+            resync.contains(&format!("id: {}-{}\\n", hub.epoch(), first_kept - 1)),
+            "just before the next message: {resync}"
+        );
+        let next = text(&client.next().await.unwrap());
+        assert!(
+            next.contains(&format!("id: {}-{first_kept}\\n", hub.epoch())),
+            "{next}"
+        );
+        assert!(
+            next.contains("event: computer.dragonfly.tftp.transferred"),
+            "{next}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_when_the_drain_starts() {
+        let hub = Arc::new(Hub::new(16, 4));
+        let token = tokio_util::sync::CancellationToken::new();
+        let opened = hub.open(None).unwrap();
+        let mut client = Client::new(
+            Arc::clone(&hub),
+            opened,
+            Filter::default(),
+            Some(Draining::new(token.clone())),
+        );
+        assert!(client.next().await.is_some(), "hello");
+        token.cancel();
+        assert!(client.next().await.is_none());
+        drop(client);
+        assert_eq!(hub.open_streams(), 0, "its place is free");
+    }
+}
