@@ -101,7 +101,9 @@ pub async fn events(
     .filter(|id| !id.is_empty());
     let hub = Arc::clone(&state.live);
     let opened = hub.open(last.as_deref()).map_err(|busy| {
-        tracing::warn!(error = %busy, "refusing an event stream");
+        // Answered, and logged once as a refusal by `ApiError`: a reconnecting crowd must not
+        // become a line each at warning level.
+        tracing::debug!(error = %busy, "refusing an event stream");
         ApiError::Unavailable {
             message: "too many event streams are open; retry later",
             retry_after_secs: BUSY_RETRY_SECS,

@@ -481,3 +481,29 @@ async fn scenario(nats: &mut NatsServer) {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn keepalives_hold_a_quiet_stream_open_past_the_idle_timeout() {
+    for binary in require_nats_servers() {
+        let nats = NatsServer::start_with(&binary.path).await.unwrap();
+        let bus = connect(&nats, "apid").await;
+        // Connections on which nothing moves for 2 s are closed; keepalives every 1 s.
+        let cfg = config(|c| {
+            c.http = Some(dragonfly_http::RawHttpConfig {
+                idle_timeout: Some("2s".into()),
+                ..Default::default()
+            });
+        });
+        let s = Server::start_with_bus(cfg, Some(bus)).await;
+        let cookie = s.admin_cookie().await;
+        let mut stream = Stream::new(open(&s, &cookie, "", None).await);
+        assert_eq!(stream.next().await.event, "hello");
+        let quiet =
+            tokio::time::timeout(Duration::from_millis(4500), stream.next_within(WAIT)).await;
+        assert!(
+            quiet.is_err(),
+            "still open, nothing but comments: {quiet:?}"
+        );
+        assert!(stream.comments >= 3, "{} keepalives", stream.comments);
+    }
+}
