@@ -56,7 +56,7 @@ echo "==> setup: checking dependencies"
 . packaging/deps.sh
 # Everything the tests run (packaging/deps.sh --list, with the reasons in deps.sh), and what
 # bmcd's tests and the OS images will need next.
-deps_install build run lab image test lint bmc os
+deps_install build run lab image test browser lint bmc os
 # The end-to-end tests fetch a Debian kernel package with `apt-get download`.
 deps_apt_lists
 

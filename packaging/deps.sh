@@ -80,6 +80,12 @@ deps_packages() {
                     isc-dhcp-client busybox-static kea-admin tftp-hpa atftp \
                     e2fsprogs dosfstools xfsprogs zstd xz-utils bzip2
                 ;;
+            browser)
+                # chromium: the web UI's tests drive Debian's browser headless (no browser
+                #   download); nodejs, npm: playwright-core and axe-core, which drive and check
+                #   it (integration/browser/, installed by the test into target/e2e-cache)
+                printf '%s\n' chromium nodejs npm
+                ;;
             lint)
                 # (the linter) shellcheck: every shell script, checked by integration/run-tests.sh
                 printf '%s\n' shellcheck
@@ -122,7 +128,7 @@ deps_packages() {
 }
 
 # The groups, for --list and messages.
-deps_groups=(build run lab image test lint bench bmc os)
+deps_groups=(build run lab image test browser lint bench bmc os)
 
 # deps_die MESSAGE…: something must be installed by hand.
 deps_die() {

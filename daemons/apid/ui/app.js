@@ -79,6 +79,18 @@ function ago(ts) {
   return `${Math.floor(s / 86400)}d ago`;
 }
 
+/** Every machine matching `query` (`state=…&labelSelector=…`), following the list's pages. */
+async function allMachines(query = "") {
+  const items = [];
+  let after = null;
+  do {
+    const page = await api(`/api/machines?limit=500${query ? "&" + query : ""}${after ? "&after=" + encodeURIComponent(after) : ""}`);
+    items.push(...page.items);
+    after = page.next || null;
+  } while (after);
+  return items;
+}
+
 const state = (s) => h("span", { class: `state ${s || ""}` }, s || "–");
 const labelsText = (labels) => Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(" ");
 const enc = encodeURIComponent;
@@ -108,6 +120,11 @@ function follow(query) {
     "power.changed", "power.condition", "lease.granted", "boot.decided"];
   for (const k of kinds) events.addEventListener(`computer.dragonfly.${k}`, scheduleRefresh);
 }
+
+// Without the stream (a proxy that buffers it, apid restarting), the view is re-read on a
+// timer instead, so the page never goes stale.
+const POLL_OFFLINE_MS = 10000;
+setInterval(() => { if (me && eventsQuery !== null && !(events && events.readyState === EventSource.OPEN)) scheduleRefresh(); }, POLL_OFFLINE_MS);
 
 function setLive(on) {
   const l = $("live");
@@ -221,7 +238,7 @@ function machinesView() {
       h("td", { class: "hide-narrow" }, labelsText(m.labels) || "–"),
       h("td", {}, ago(m.createdAt)),
     )));
-    if (machines.length === 0) {
+    if (machines.length === 0 && !error.textContent) {
       const filtered = stateSel.value || labelIn.value || textIn.value;
       body.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "empty" },
         filtered ? "No machine matches these filters." : "No machines yet: power one on in the provisioning network.")));
@@ -259,14 +276,14 @@ function machinesView() {
   }
 
   async function refresh() {
-    const q = ["limit=1000"];
+    const q = [];
     if (stateSel.value) q.push(`state=${enc(stateSel.value)}`);
     if (labelIn.value.trim()) q.push(`labelSelector=${enc(labelIn.value.trim())}`);
     try {
-      const page = await api(`/api/machines?${q.join("&")}`);
+      const items = await allMachines(q.join("&"));
       error.textContent = "";
       const t = textIn.value.trim().toLowerCase();
-      machines = page.items.filter((m) => !t || [m.name, m.hostname, ...m.hardware.macs, m.reservedIp, labelsText(m.labels)]
+      machines = items.filter((m) => !t || [m.name, m.hostname, ...m.hardware.macs, m.reservedIp, labelsText(m.labels)]
         .some((v) => v && String(v).toLowerCase().includes(t)));
     } catch (e) {
       if (e.status === 422 || e.status === 400) { error.textContent = e.message; machines = []; } else throw e;
@@ -333,7 +350,7 @@ function machineView(name) {
     const powerOut = h("p", { class: "error", role: "status" });
     const power = machine.power;
     const powerCard = h("section", { class: "card", "aria-labelledby": "h-power" }, h("h2", { id: "h-power" }, "Power"),
-      power ? facts([["State", state(power.state || "unknown")], ["BMC", power.kind], ["Checked", ago(power.checkedAt)],
+      power ? facts([["State", state(power.state || "unknown")], ["BMC", power.type], ["Checked", ago(power.checkedAt)],
         ["Condition", power.condition || "ok"]]) : h("p", { class: "muted" }, "No BMC configured: power this machine by hand, or add its BMC through the API (PUT /api/machines/{id}/bmc)."),
       power ? h("div", { class: "actions" }, ["on", "off", "cycle", "reset", "status", "boot-pxe"].map((a) =>
         h("button", { type: "button", class: a === "off" ? "danger" : "secondary", "data-power": a, onclick: async (e) => {
@@ -407,7 +424,7 @@ function workflowsView() {
   async function refresh() {
     const list = await api("/apis/dragonfly.computer/v1/workflows");
     const names = new Map();
-    try { for (const m of (await api("/api/machines?limit=1000")).items) names.set(m.id, m.name); } catch { /* names are a nicety */ }
+    try { for (const m of await allMachines()) names.set(m.id, m.name); } catch { /* names are a nicety */ }
     body.replaceChildren(...list.items.map((w) => {
       const s = w.status || {};
       const actions = s.actions || [];
@@ -428,7 +445,7 @@ function workflowsView() {
     if (!list.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No workflows yet: assign an OS to a machine.")));
   }
   mount(h("h1", {}, "Workflows"), h("div", { class: "table-wrap" }, h("table", {},
-    h("thead", {}, h("tr", {}, ["Name", "Machine", "Template", "State", "Action", "Failure", "Created", ""].map((c) => h("th", {}, c)))), body)));
+    h("thead", {}, h("tr", {}, ["Name", "Machine", "Template", "State", "Action", "Failure", "Created", "Operations"].map((c) => h("th", {}, c)))), body)));
   return { refresh, events: "types=workflow" };
 }
 
@@ -516,7 +533,7 @@ function tokensView() {
     } catch (err) { out.textContent = err.message; }
   } }, h("label", {}, "Name", nameIn), h("label", {}, "Expires in days", daysIn), h("button", { type: "submit" }, "Create token"), out);
   mount(h("h1", {}, "API tokens"), form, shown,
-    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Created", "Expires", "Last used", ""].map((c) => h("th", {}, c)))), body)));
+    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Created", "Expires", "Last used", "Operations"].map((c) => h("th", {}, c)))), body)));
   return { refresh, events: null };
 }
 

@@ -557,7 +557,7 @@ fn machine_detail(out: &mut dyn Write, m: &Value, now: jiff::Timestamp) -> Resul
         if power.is_null() {
             "no BMC configured".to_owned()
         } else {
-            let mut p = format!("{} via {}", cell(&power["state"]), cell(&power["kind"]));
+            let mut p = format!("{} via {}", cell(&power["state"]), cell(&power["type"]));
             if !power["checkedAt"].is_null() {
                 p.push_str(&format!(
                     ", checked {} ago",

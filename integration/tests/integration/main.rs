@@ -31,3 +31,4 @@ mod proxy;
 mod reservation;
 mod standin;
 mod test_os;
+mod ui;
