@@ -317,8 +317,8 @@ fn an_operator_does_everything_from_the_shell() {
     assert!(text.contains("Succeeded"), "{text}");
     let progress_lines = text.lines().filter(|l| l.contains("MiB/s")).count();
     assert!(
-        progress_lines >= 2,
-        "watch followed the progress live:\n{text}"
+        progress_lines >= 3,
+        "watch followed each progress report live (over /api/events):\n{text}"
     );
     let shown = sh.expect(0, &["workflows", "show", &workflow]);
     assert!(
