@@ -10,15 +10,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dragonfly_core::MacAddr;
-use dragonfly_integration::{DhcpdConfig, Lab, SimAgent, profile_dir};
+use dragonfly_integration::{Lab, SimAgent, profile_dir};
 use serde_json::Value;
 
-use crate::common::{ADMIN, PASSWORD, create_admin, start_dragonfly_with};
-
-const URL: &str = "http://10.99.0.1:3000";
-const AGENT_URL: &str = "http://10.99.0.1:3001";
-/// The boot-token key the lab's daemons use (`start_dragonfly_with`).
-const KEY: &[u8] = b"e2e-test-key-0123456789abcdef0123456789abcdef0123456789abcdef";
+use crate::common::{
+    ADMIN, LAB_APID as URL, LAB_APID_AGENTS as AGENT_URL, LAB_KEY as KEY, PASSWORD,
+    require_operator_lab, start_operator_lab,
+};
 
 /// The client, run in the lab's namespace with its own HOME (so its credentials file is the
 /// test's) and nothing of the caller's environment that it reads.
@@ -95,18 +93,6 @@ impl Shell<'_> {
     }
 }
 
-/// Root (the lab), NATS and Debian's iPXE binaries (the lab's tftpd serves them).
-fn requirements() -> bool {
-    dragonfly_testkit::require_root()
-        && !dragonfly_testkit::require_nats_servers().is_empty()
-        && (Path::new("/usr/lib/ipxe/undionly.kpxe").is_file()
-            || dragonfly_testkit::require_binary(
-                "/usr/lib/ipxe/undionly.kpxe",
-                "apt-get install ipxe",
-            )
-            .is_some())
-}
-
 const TEMPLATE: &str = "\
 apiVersion: dragonfly.computer/v1
 kind: Template
@@ -124,15 +110,10 @@ spec:
 
 #[test]
 fn an_operator_does_everything_from_the_shell() {
-    if !requirements() {
+    if !require_operator_lab() {
         return;
     }
-    let mut lab = Lab::new();
-    create_admin(&mut lab);
-    // No VM boots here: ipxed needs an agent directory, not an agent.
-    let agent_dir = lab.dir().join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let _stack = start_dragonfly_with(&mut lab, &agent_dir, DhcpdConfig::lab("reservation"), true);
+    let lab = start_operator_lab();
     let home = lab.dir().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let sh = Shell {

@@ -395,3 +395,30 @@ pub(crate) fn create_admin(lab: &mut Lab) {
     drop(store);
     dragonfly_testkit::chown_for_unprivileged(path.parent().unwrap()).unwrap();
 }
+
+/// apid's operators' and agents' URLs in a lab [`start_operator_lab`] made, and the
+/// boot-token key every lab's daemons use ([`start_dragonfly_with`] writes it).
+pub(crate) const LAB_APID: &str = "http://10.99.0.1:3000";
+pub(crate) const LAB_APID_AGENTS: &str = "http://10.99.0.1:3001";
+pub(crate) const LAB_KEY: &[u8] = b"e2e-test-key-0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// What a lab of the operator's tools (no VM) needs: root, NATS and Debian's iPXE binaries
+/// (the lab's tftpd serves them); `false` (after `SKIP:`) outside CI when one is missing.
+pub(crate) fn require_operator_lab() -> bool {
+    require_root()
+        && !dragonfly_testkit::require_nats_servers().is_empty()
+        && (Path::new("/usr/lib/ipxe/undionly.kpxe").is_file()
+            || require_binary("/usr/lib/ipxe/undionly.kpxe", "apt-get install ipxe").is_some())
+}
+
+/// Every daemon of a lab with the first operator ([`ADMIN`]) and no agent image: for the
+/// operator's tools, with simulated agents instead of VMs.
+pub(crate) fn start_operator_lab() -> Lab {
+    let mut lab = Lab::new();
+    create_admin(&mut lab);
+    // No VM boots here: ipxed needs an agent directory, not an agent.
+    let agent_dir = lab.dir().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    start_dragonfly_with(&mut lab, &agent_dir, DhcpdConfig::lab("reservation"), true);
+    lab
+}

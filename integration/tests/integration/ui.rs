@@ -12,14 +12,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use dragonfly_core::MacAddr;
-use dragonfly_integration::{DhcpdConfig, Lab, SimAgent, cache_dir};
+use dragonfly_integration::{SimAgent, cache_dir};
 use serde_json::json;
 
-use crate::common::{ADMIN, PASSWORD, create_admin, start_dragonfly_with};
-
-const URL: &str = "http://10.99.0.1:3000";
-const AGENT_URL: &str = "http://10.99.0.1:3001";
-const KEY: &[u8] = b"e2e-test-key-0123456789abcdef0123456789abcdef0123456789abcdef";
+use crate::common::{
+    ADMIN, LAB_APID as URL, LAB_APID_AGENTS as AGENT_URL, LAB_KEY as KEY, PASSWORD,
+    require_operator_lab, start_operator_lab,
+};
 
 /// The browser's machine reports this vendor: it must show as text.
 const XSS: &str = "<img src=x onerror=alert(1)>";
@@ -40,17 +39,10 @@ spec:
 ";
 
 fn requirements() -> bool {
-    dragonfly_testkit::require_root()
-        && !dragonfly_testkit::require_nats_servers().is_empty()
+    require_operator_lab()
         && dragonfly_testkit::require_binary("chromium", "apt-get install chromium").is_some()
         && dragonfly_testkit::require_binary("node", "apt-get install nodejs").is_some()
         && dragonfly_testkit::require_binary("npm", "apt-get install npm").is_some()
-        && (Path::new("/usr/lib/ipxe/undionly.kpxe").is_file()
-            || dragonfly_testkit::require_binary(
-                "/usr/lib/ipxe/undionly.kpxe",
-                "apt-get install ipxe",
-            )
-            .is_some())
 }
 
 /// playwright-core and axe-core (the versions `integration/browser/package.json` pins),
@@ -96,11 +88,7 @@ fn the_ui_in_a_real_browser() {
         return;
     }
     let modules = node_modules();
-    let mut lab = Lab::new();
-    create_admin(&mut lab);
-    let agent_dir = lab.dir().join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let _stack = start_dragonfly_with(&mut lab, &agent_dir, DhcpdConfig::lab("reservation"), true);
+    let lab = start_operator_lab();
     let store = lab.dir().join("state/dragonfly.db");
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
