@@ -121,6 +121,10 @@ let page = null;
   console.log(`progress bar at ${moving}% while the agent reported`);
   await shot("workflow-progress");
   await page.locator("#actions").getByText("Succeeded").waitFor({ timeout: 30000 });
+  // The lifecycle history followed, newest first: Ready after Provisioning after OsAssigned.
+  await page.locator("#history tbody tr").first().getByText("Ready").waitFor({ timeout: 10000 });
+  const states = await page.locator("#history tbody tr td:nth-child(2)").allTextContents();
+  if (states.join(",") !== "Ready,Provisioning,OsAssigned,Registered") throw new Error(`history: ${states}`);
   if (!(await page.evaluate(() => window.notReloaded))) throw new Error("the page reloaded");
   await shot("machine-installed");
 

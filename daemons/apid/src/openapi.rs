@@ -24,7 +24,7 @@ use crate::routes::{
         session::create_token, session::list_tokens, session::delete_token,
         users::change_password, users::list, users::create, users::patch, users::revoke,
         machines::register, agent::instructions, agent::log, agent::renew, agent::read_log, machines::list, machines::get, machines::patch, machines::delete,
-        machines::approve, conflicts::list, conflicts::of_machine,
+        machines::approve, machines::history, conflicts::list, conflicts::of_machine,
         resources::list_hardware, resources::get_hardware,
         images::list_images, images::create_image, images::get_image, images::delete_image,
         workflows::list_templates, workflows::create_template, workflows::get_template,

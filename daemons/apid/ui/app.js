@@ -342,9 +342,10 @@ function machineView(name) {
   const root = h("div");
   async function refresh() {
     machine = await api(`/api/machines/${enc(name)}`);
-    const [wf, log] = await Promise.all([
+    const [wf, log, history] = await Promise.all([
       machine.workflowId ? api(`/api/workflows/${enc(machine.workflowId)}/progress`).catch(() => null) : null,
       api(`/api/machines/${enc(machine.id)}/agent-log`).catch(() => []),
+      api(`/api/machines/${enc(machine.id)}/history`).catch(() => []),
     ]);
     const hw = machine.hardware;
     const powerOut = h("p", { class: "error", role: "status" });
@@ -404,6 +405,10 @@ function machineView(name) {
           h("tbody", {}, hw.disks.map((d) => h("tr", {}, h("td", {}, d.name), h("td", {}, bytes(d.sizeBytes)), h("td", {}, d.model || "–"), h("td", {}, d.serial || "–"), h("td", {}, d.rotational === undefined ? "–" : d.rotational ? "yes" : "no")))))),
         h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["NIC", "MAC", "Link", "Speed", "Driver"].map((c) => h("th", {}, c)))),
           h("tbody", {}, hw.nics.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, n.mac), h("td", {}, n.carrier === undefined ? "–" : n.carrier ? "up" : "down"), h("td", {}, n.speedMbps ? `${n.speedMbps} Mb/s` : "–"), h("td", {}, n.driver || "–"))))))),
+      h("section", { class: "card", "aria-labelledby": "h-history" }, h("h2", { id: "h-history" }, "History"),
+        h("div", { class: "table-wrap" }, h("table", { id: "history" }, h("thead", {}, h("tr", {}, ["When", "State", "From", "Why", "Workflow"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, [...history].reverse().map((e) => h("tr", {}, h("td", {}, `${e.at.slice(0, 19).replace("T", " ")} (${ago(e.at)})`),
+            h("td", {}, state(e.to)), h("td", {}, e.from || "–"), h("td", {}, e.event), h("td", {}, e.workflowId || "–"))))))),
       h("section", { class: "card", "aria-labelledby": "h-log" }, h("h2", { id: "h-log" }, "Agent console"),
         log.length ? h("pre", { class: "log", id: "agent-log" }, log.map((l) => `${l.receivedAt.slice(11, 19)}  ${l.line}`).join("\n")) : h("p", { class: "muted" }, "No console lines from this machine's agent yet.")),
       h("section", { class: "card" }, h("button", { type: "button", class: "danger", onclick: async () => {

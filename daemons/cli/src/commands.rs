@@ -431,7 +431,24 @@ async fn machines(ctx: &Ctx, m: Machines, out: &mut dyn Write) -> Result<(), Cli
         Machines::Show { machine } => {
             let m = client.get(&machine_path(&machine)).await?;
             match ctx.format {
-                Format::Table => machine_detail(out, &m, now)?,
+                Format::Table => {
+                    machine_detail(out, &m, now)?;
+                    let id = m["id"].as_str().unwrap_or(&machine).to_owned();
+                    let history = client
+                        .get(&format!("{}/history", machine_path(&id)))
+                        .await?;
+                    writeln!(out, "\nHistory:")?;
+                    let mut t = Table::new(&["  WHEN", "STATE", "FROM", "WHY"]);
+                    for e in history.as_array().into_iter().flatten() {
+                        t.row(vec![
+                            format!("  {} ago", output::age(&e["at"], now)),
+                            cell(&e["to"]),
+                            cell(&e["from"]),
+                            cell(&e["event"]),
+                        ]);
+                    }
+                    t.write(out)?;
+                }
                 Format::Name => writeln!(out, "{}", cell(&m["name"]))?,
                 f => output::document(out, f, &m)?,
             }

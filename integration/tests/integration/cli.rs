@@ -203,6 +203,10 @@ fn an_operator_does_everything_from_the_shell() {
             "machines show lacks {want:?}:\n{detail}"
         );
     }
+    assert!(
+        detail.contains("History:") && detail.contains("Created"),
+        "{detail}"
+    );
     assert_eq!(
         sh.expect(4, &["machines", "show", "NoSuchMachineAtAll"]),
         ""

@@ -110,6 +110,12 @@ impl Machines<'_> {
         self.db.run(move |c| approve(c, id, now)).await
     }
 
+    /// Machine `id`'s lifecycle history, oldest first (at most [`MAX_HISTORY`] entries: the
+    /// newest).
+    pub async fn history(self, id: MachineId) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.db.run(move |c| history(c, id)).await
+    }
+
     /// Identity conflicts recorded, the most recent first, at most `limit`.
     pub async fn conflicts(self, limit: usize) -> Result<Vec<Conflict>, StoreError> {
         self.db.run(move |c| conflicts(c, None, limit)).await
@@ -558,6 +564,7 @@ fn register(
                     params![id.0.to_string(), name, state.as_str(), hardware, smbios, to_column(now)],
                 )
                 .sql()?;
+                record(tx, id, None, state, "Created", None, now)?;
                 replace_macs(tx, id, &report.macs)?;
                 crate::bmc::prefill_tx(tx, id, report.bmc.as_ref(), now)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
@@ -577,6 +584,7 @@ fn register(
                     params![id.0.to_string(), state.as_str(), hardware, smbios, to_column(now)],
                 )
                 .sql()?;
+                record(tx, id, Some(before.state), state, "Register", None, now)?;
                 replace_macs(tx, id, &report.macs)?;
                 crate::bmc::prefill_tx(tx, id, report.bmc.as_ref(), now)?;
                 let m = get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })?;
@@ -713,8 +721,105 @@ fn approve(conn: &mut Connection, id: MachineId, now: Timestamp) -> Result<Machi
             params![id.0.to_string(), state.as_str(), to_column(now)],
         )
         .sql()?;
+        record(tx, id, Some(current.state), state, "Approve", None, now)?;
         get(tx, id)?.ok_or(StoreError::NotFound { what: "machine" })
     })
+}
+
+/// How many history entries are kept per machine (the newest).
+pub const MAX_HISTORY: usize = 200;
+
+/// One state a machine entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: Timestamp,
+    /// `None` for the machine's first state.
+    pub from: Option<MachineState>,
+    pub to: MachineState,
+    /// The lifecycle event (`Register`, `AssignOs`, `StartProvisioning`, …), `Approve`, or
+    /// `Created`.
+    pub event: String,
+    /// The workflow that moved the machine, when one did.
+    pub workflow_id: Option<Uuid>,
+}
+
+/// Records that machine `id` entered state `to` (nothing when it was already there), in the
+/// transaction that moved it; keeps the newest [`MAX_HISTORY`].
+fn record(
+    tx: &Transaction<'_>,
+    id: MachineId,
+    from: Option<MachineState>,
+    to: MachineState,
+    event: &str,
+    workflow_id: Option<Uuid>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if from == Some(to) {
+        return Ok(());
+    }
+    let machine = id.0.to_string();
+    tx.prepare_cached(
+        "INSERT INTO machine_history (machine_id, at_ms, from_state, to_state, event, workflow_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .sql()?
+    .execute(params![
+        machine,
+        to_column(now),
+        from.map(MachineState::as_str),
+        to.as_str(),
+        event,
+        workflow_id.map(|w| w.to_string())
+    ])
+    .sql()?;
+    tx.prepare_cached(
+        "DELETE FROM machine_history WHERE machine_id = ?1 AND id <= \
+         (SELECT id FROM machine_history WHERE machine_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )
+    .sql()?
+    .execute(params![machine, MAX_HISTORY as i64])
+    .sql()?;
+    Ok(())
+}
+
+fn history(conn: &Connection, id: MachineId) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT at_ms, from_state, to_state, event, workflow_id FROM machine_history \
+             WHERE machine_id = ?1 ORDER BY id",
+        )
+        .sql()?;
+    let rows = stmt
+        .query_map([id.0.to_string()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .sql()?;
+    let state = |s: &str| {
+        s.parse::<MachineState>()
+            .map_err(|e| StoreError::corrupt("machine_history state", e))
+    };
+    rows.map(|row| {
+        let (at, from, to, event, workflow) = row.sql()?;
+        Ok(HistoryEntry {
+            at: from_column(at)?,
+            from: from.as_deref().map(state).transpose()?,
+            to: state(&to)?,
+            event,
+            workflow_id: workflow
+                .map(|w| {
+                    Uuid::parse_str(&w)
+                        .map_err(|e| StoreError::corrupt("machine_history workflow", e))
+                })
+                .transpose()?,
+        })
+    })
+    .collect()
 }
 
 fn replace_macs(tx: &Transaction<'_>, id: MachineId, macs: &[MacAddr]) -> Result<(), StoreError> {
@@ -901,6 +1006,15 @@ pub(crate) fn transition_tx(
             )
             .sql()?;
         one_updated(n, &current)?;
+        record(
+            tx,
+            id,
+            Some(current.state),
+            state,
+            &format!("{event:?}"),
+            workflow_id,
+            now,
+        )?;
         if state == MachineState::Ready {
             // Its agent's work is done: no token of this boot may speak for it any more.
             crate::boot::revoke_machine(tx, &id.0.to_string(), now)?;
@@ -1366,6 +1480,76 @@ mod tests {
             delete(&mut c, m.id, None),
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn history_records_every_state_entered_in_the_same_transaction() {
+        let (_d, mut c) = db();
+        let m = reg(&mut c, &report(&[1], None), now())
+            .unwrap()
+            .machine()
+            .clone();
+        // A heartbeat (a second registration) changes no state: no entry.
+        reg(&mut c, &report(&[1], None), now()).unwrap();
+        let wf = Uuid::from_u128(0xf2);
+        for event in [
+            LifecycleEvent::AssignOs,
+            LifecycleEvent::StartProvisioning,
+            LifecycleEvent::Fail,
+        ] {
+            transition(&mut c, m.id, None, event, Some(wf), now()).unwrap();
+        }
+        // A refused move records nothing.
+        transition(
+            &mut c,
+            m.id,
+            None,
+            LifecycleEvent::ProvisioningSucceeded,
+            None,
+            now(),
+        )
+        .unwrap_err();
+        let h = history(&c, m.id).unwrap();
+        let steps: Vec<_> = h
+            .iter()
+            .map(|e| (e.from, e.to, e.event.as_str(), e.workflow_id))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (None, MachineState::Registered, "Created", None),
+                (
+                    Some(MachineState::Registered),
+                    MachineState::OsAssigned,
+                    "AssignOs",
+                    Some(wf)
+                ),
+                (
+                    Some(MachineState::OsAssigned),
+                    MachineState::Provisioning,
+                    "StartProvisioning",
+                    Some(wf)
+                ),
+                (
+                    Some(MachineState::Provisioning),
+                    MachineState::Error,
+                    "Fail",
+                    Some(wf)
+                ),
+            ]
+        );
+        // Bounded: the newest MAX_HISTORY are kept.
+        for _ in 0..MAX_HISTORY {
+            transition(&mut c, m.id, None, LifecycleEvent::Retry, None, now()).unwrap();
+            transition(&mut c, m.id, None, LifecycleEvent::Fail, None, now()).unwrap();
+        }
+        let h = history(&c, m.id).unwrap();
+        assert_eq!(h.len(), MAX_HISTORY);
+        assert_eq!(h.last().unwrap().to, MachineState::Error);
+        // Deleted with the machine.
+        c.execute("DELETE FROM machines WHERE id = ?1", [m.id.0.to_string()])
+            .unwrap();
+        assert!(history(&c, m.id).unwrap().is_empty());
     }
 
     #[test]

@@ -77,6 +77,10 @@ impl sealed::Sealed for Shared {
             name: "0008_images",
             sql: include_str!("migrations/0008_images.sql"),
         },
+        Migration {
+            name: "0009_machine_history",
+            sql: include_str!("migrations/0009_machine_history.sql"),
+        },
     ];
     // Every daemon's user (group `dragonfly`) writes this file, and SQLite gives the -wal and
     // -shm files the database's mode.

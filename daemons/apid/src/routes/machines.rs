@@ -172,6 +172,51 @@ pub async fn approve(
     Ok(ApiJson(approved))
 }
 
+/// One state a machine entered, as `GET /api/machines/{id}/history` lists it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    #[schema(value_type = String, format = DateTime)]
+    pub at: jiff::Timestamp,
+    /// The state it left; absent for its first state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<MachineState>,
+    pub to: MachineState,
+    /// What moved it: `Created`, `Register`, `Approve`, `AssignOs`, `StartProvisioning`,
+    /// `ProvisioningSucceeded`, `Fail`, `Retry`, `UnassignOs`.
+    pub event: String,
+    /// The workflow that moved it, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub workflow_id: Option<uuid::Uuid>,
+}
+
+/// A machine's lifecycle history, oldest first: every state it entered, written in the same
+/// transaction as the move (the newest 200 are kept).
+#[utoipa::path(get, path = "/api/machines/{id}/history", tag = "machines",
+    params(("id" = String, Path, description = "Machine id (UUID) or memorable name")),
+    responses((status = 200, body = Vec<HistoryEntry>), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn history(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Vec<HistoryEntry>>, ApiError> {
+    let m = find(&state, id).await?;
+    let entries = state.db.machines().history(m.id).await?;
+    Ok(ApiJson(
+        entries
+            .into_iter()
+            .map(|e| HistoryEntry {
+                at: e.at,
+                from: e.from,
+                to: e.to,
+                event: e.event,
+                workflow_id: e.workflow_id,
+            })
+            .collect(),
+    ))
+}
+
 /// Query of `GET /api/machines`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -110,6 +110,7 @@ fn operator_routes() -> Router<AppState> {
         .route("/api/conflicts", get(conflicts::list))
         .route("/api/machines/{id}/conflicts", get(conflicts::of_machine))
         .route("/api/machines/{id}/approve", post(machines::approve))
+        .route("/api/machines/{id}/history", get(machines::history))
         .route(
             "/api/machines/{id}",
             get(machines::get)

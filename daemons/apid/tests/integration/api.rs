@@ -1057,3 +1057,69 @@ async fn register_status(s: &Server, n: u8) -> (u16, String) {
         .unwrap_or_default();
     (r.status().as_u16(), retry)
 }
+
+#[tokio::test]
+async fn a_machines_history_lists_every_state_it_entered() {
+    let s = Server::start().await;
+    let cookie = s.admin_cookie().await;
+    let (_, m) = register(&s, &[7]).await;
+    let name = m["name"].as_str().unwrap().to_owned();
+    // A heartbeat changes nothing.
+    register(&s, &[7]).await;
+    let id = dragonfly_core::MachineId(m["id"].as_str().unwrap().parse().unwrap());
+    let wf = uuid::Uuid::from_u128(0xabc);
+    for event in [
+        dragonfly_core::LifecycleEvent::AssignOs,
+        dragonfly_core::LifecycleEvent::StartProvisioning,
+    ] {
+        s.db.machines()
+            .transition(id, None, event, Some(wf), jiff::Timestamp::now())
+            .await
+            .unwrap();
+    }
+    let h = s
+        .get_json(&format!("/api/machines/{name}/history"), &cookie)
+        .await;
+    let steps: Vec<(Value, Value, Value)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["from"].clone(), e["to"].clone(), e["event"].clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (Value::Null, "Registered".into(), "Created".into()),
+            ("Registered".into(), "OsAssigned".into(), "AssignOs".into()),
+            (
+                "OsAssigned".into(),
+                "Provisioning".into(),
+                "StartProvisioning".into()
+            ),
+        ],
+        "{h}"
+    );
+    assert_eq!(h[1]["workflowId"], wf.to_string());
+    assert!(
+        h[0]["at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
+    let r = s
+        .http
+        .get(s.url("/api/machines/NoSuchMachine/history"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s
+        .http
+        .get(s.url(&format!("/api/machines/{name}/history")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
