@@ -11,6 +11,10 @@
 /// The longest line kept; the rest of a longer one is discarded.
 pub const MAX_LINE: usize = 1 << 20;
 
+/// The most data one event may carry (its `data:` lines together, as decoded); a larger
+/// event is dropped whole, so a server that never ends an event cannot grow the buffer.
+pub const MAX_EVENT: usize = 4 << 20;
+
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
@@ -32,6 +36,8 @@ pub struct Decoder {
     overlong: bool,
     event: Option<String>,
     data: Option<String>,
+    /// The current event's data passed [`MAX_EVENT`]: it is dropped at its end.
+    too_big: bool,
     last_id: Option<String>,
 }
 
@@ -90,13 +96,23 @@ impl Decoder {
         };
         match field {
             "event" => self.event = Some(value.to_owned()),
-            "data" => match &mut self.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
+            "data" if self.too_big => {}
+            "data" => {
+                let grown = self.data.as_ref().map_or(0, |d| d.len() + 1) + value.len();
+                if grown > MAX_EVENT {
+                    // Kept as an (empty) event to drop at its blank line, not dispatched.
+                    self.too_big = true;
+                    self.data = Some(String::new());
+                } else {
+                    match &mut self.data {
+                        Some(d) => {
+                            d.push('\n');
+                            d.push_str(value);
+                        }
+                        None => self.data = Some(value.to_owned()),
+                    }
                 }
-                None => self.data = Some(value.to_owned()),
-            },
+            }
             // An id with NUL is ignored, as the spec says.
             "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
             _ => {}
@@ -108,6 +124,9 @@ impl Decoder {
         let event = self.event.take();
         // No data: nothing to dispatch (the spec's rule; an `event:` alone is dropped).
         let data = self.data.take()?;
+        if std::mem::take(&mut self.too_big) {
+            return None;
+        }
         Some(Event {
             id: self.last_id.clone(),
             event: event.unwrap_or_else(|| "message".to_owned()),
@@ -172,6 +191,19 @@ mod tests {
         let events = d.feed(&input);
         assert_eq!(events.len(), 1);
         assert!(events[0].data.len() < MAX_LINE);
+    }
+
+    #[test]
+    fn an_event_too_big_is_dropped_and_the_next_one_decoded() {
+        let mut d = Decoder::new();
+        let line = format!("data: {}\n", "x".repeat(MAX_LINE - 100));
+        let mut events = Vec::new();
+        for _ in 0..(MAX_EVENT / MAX_LINE + 2) {
+            events.extend(d.feed(line.as_bytes()));
+        }
+        events.extend(d.feed(b"\nevent: next\ndata: ok\n\n"));
+        assert_eq!(events.len(), 1, "the oversized event is not dispatched");
+        assert_eq!((events[0].event.as_str(), events[0].data.as_str()), ("next", "ok"));
     }
 
     proptest! {
