@@ -5,7 +5,7 @@
 // point, and reads the test's answers (`REGISTERED <machine>`, `GO`) on stdin.
 //
 // Checks: sign in; a machine registered by the agent appears without a reload; selecting it
-// and labelling the selection, filtering by label; its detail;
+// and labelling the selection, filtering by label; its detail, its agent's console followed;
 // the XSS vendor string shows as text (no <img>, no alert); power buttons call the API; an
 // assigned template's progress bar moves with the agent's reports, to Succeeded; tokens and
 // templates screens; axe-core finds no serious or critical violation on each screen; no CSP
@@ -101,6 +101,10 @@ let page = null;
   if ((await page.locator('img[src="x"]').count()) !== 0) throw new Error("the XSS string became an element");
   await axe("machine detail");
   await shot("machine");
+
+  // The agent's console follows without a reload (the test's agent sends a line now).
+  step("detail");
+  await page.locator("#agent-log").getByText("hello from the agent").waitFor({ timeout: 10000 });
 
   // Power: the button calls the API; bmcd sends the magic packet.
   await page.locator('button[data-power="on"]').click();

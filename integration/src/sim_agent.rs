@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dragonfly_core::MacAddr;
-use dragonfly_core::agent_api::{REGISTER_PATH, REPORT_PATH, WORKFLOW_PATH};
+use dragonfly_core::agent_api::{LOG_PATH, REGISTER_PATH, REPORT_PATH, WORKFLOW_PATH};
 use dragonfly_core::boot_token::{self, BootClaims};
 use serde_json::{Value, json};
 
@@ -113,6 +113,20 @@ impl SimAgent {
                 .post(format!("{}{REGISTER_PATH}", self.base))
                 .json(report),
         )
+    }
+
+    /// Sends console lines, as the agent forwards its console.
+    ///
+    /// # Errors
+    /// When apid refuses.
+    pub fn log(&self, lines: &[&str]) -> Result<(), SimAgentError> {
+        self.send(
+            "console lines",
+            self.http
+                .post(format!("{}{LOG_PATH}", self.base))
+                .json(&json!({ "lines": lines })),
+        )
+        .map(|_| ())
     }
 
     /// A plausible report for this agent, with `hostname` as the machine reports it.

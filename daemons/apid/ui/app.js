@@ -175,12 +175,20 @@ async function route() {
     const m = hash.match(re);
     if (m) {
       current = make(m);
+      clearInterval(tickTimer);
+      if (current.tick) {
+        const view = current;
+        tickTimer = setInterval(() => { if (current === view) view.tick().catch(() => {}); }, TICK_MS);
+      }
       try { await current.refresh(); } catch (e) { showError(e); }
       follow(current.events ?? "");
       return;
     }
   }
 }
+
+let tickTimer = null;
+const TICK_MS = 3000;
 
 function mount(...children) {
   $("view").replaceChildren(...children);
@@ -410,7 +418,8 @@ function machineView(name) {
           h("tbody", {}, [...history].reverse().map((e) => h("tr", {}, h("td", {}, `${e.at.slice(0, 19).replace("T", " ")} (${ago(e.at)})`),
             h("td", {}, state(e.to)), h("td", {}, e.from || "–"), h("td", {}, e.event), h("td", {}, e.workflowId || "–"))))))),
       h("section", { class: "card", "aria-labelledby": "h-log" }, h("h2", { id: "h-log" }, "Agent console"),
-        log.length ? h("pre", { class: "log", id: "agent-log" }, log.map((l) => `${l.receivedAt.slice(11, 19)}  ${l.line}`).join("\n")) : h("p", { class: "muted" }, "No console lines from this machine's agent yet.")),
+        h("pre", { class: "log", id: "agent-log", hidden: !log.length }, logText(log)),
+        log.length ? null : h("p", { class: "muted", id: "agent-log-empty" }, "No console lines from this machine's agent yet.")),
       h("section", { class: "card" }, h("button", { type: "button", class: "danger", onclick: async () => {
         if (!confirm(`Delete ${machine.name} from the inventory? It is discovered again if it boots.`)) return;
         try { await api(`/api/machines/${enc(machine.id)}`, { method: "DELETE" }); location.hash = "#/machines"; } catch (e) { showError(e); }
@@ -418,9 +427,27 @@ function machineView(name) {
     const pre = $("agent-log");
     if (pre) pre.scrollTop = pre.scrollHeight;
   }
+  // The agent's console lines are not bus events: followed by reading them every 3 s (the
+  // log alone, so a form being filled in is not redrawn).
+  async function tick() {
+    if (!machine) return;
+    const pre = $("agent-log");
+    if (!pre) return;
+    const log = await api(`/api/machines/${enc(machine.id)}/agent-log`);
+    const text = logText(log);
+    if (text === pre.textContent) return;
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.textContent = text;
+    pre.hidden = !log.length;
+    const empty = $("agent-log-empty");
+    if (empty) empty.hidden = log.length > 0;
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
   mount(root);
-  return { refresh, events: `machine=${enc(name)}` };
+  return { refresh, tick, events: `machine=${enc(name)}` };
 }
+
+const logText = (log) => log.map((l) => `${l.receivedAt.slice(11, 19)}  ${l.line}`).join("\n");
 
 // ---- workflows ------------------------------------------------------------------------
 
@@ -584,6 +611,7 @@ function accountView() {
 
 function showLogin() {
   me = null;
+  clearInterval(tickTimer);
   follow(null);
   $("login").hidden = false;
   $("nav").hidden = true;

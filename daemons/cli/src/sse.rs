@@ -203,7 +203,10 @@ mod tests {
         }
         events.extend(d.feed(b"\nevent: next\ndata: ok\n\n"));
         assert_eq!(events.len(), 1, "the oversized event is not dispatched");
-        assert_eq!((events[0].event.as_str(), events[0].data.as_str()), ("next", "ok"));
+        assert_eq!(
+            (events[0].event.as_str(), events[0].data.as_str()),
+            ("next", "ok")
+        );
     }
 
     proptest! {

@@ -195,6 +195,14 @@ fn the_ui_in_a_real_browser() {
     });
     writeln!(to_browser, "REGISTERED {name}").unwrap();
 
+    wait_step("detail");
+    lab.in_namespace(|| {
+        agent.log(&[
+            "hello from the agent",
+            "\u{1b}[31mred\u{1b}[0m <b>bold?</b>",
+        ])
+    })
+    .unwrap();
     wait_step("powered");
     wait_step("assigned");
     lab.in_namespace(|| {
