@@ -68,6 +68,15 @@ pub enum Command {
     Workflows(Workflows),
     /// Power a machine through its BMC (IPMI, Redfish or Wake-on-LAN).
     Power(Power),
+    /// A machine's BMC (how bmcd powers it).
+    #[command(subcommand)]
+    Bmc(Bmc),
+    /// A machine's reserved IPv4 address (served by dhcpd).
+    #[command(subcommand)]
+    Address(Address),
+    /// The OS image library.
+    #[command(subcommand)]
+    Images(Images),
     /// Your API tokens.
     #[command(subcommand)]
     Tokens(Tokens),
@@ -124,6 +133,8 @@ pub enum Machines {
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
         labels: Vec<String>,
     },
+    /// Approve a machine waiting in Discovered (when apid's auto_register is off).
+    Approve { machine: String },
     /// Delete a machine from the inventory (it is discovered again if it boots).
     #[command(visible_alias = "rm")]
     Delete {
@@ -254,6 +265,94 @@ impl PowerAction {
             Self::BootDisk => "boot-disk",
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Bmc {
+    /// Show a machine's BMC, its power state and its last power requests.
+    Show { machine: String },
+    /// Configure a machine's BMC (the password is read from stdin, sealed to bmcd's key at
+    /// once and never shown again; leave --password-stdin out to keep the stored one).
+    Set {
+        machine: String,
+        #[arg(long = "type", value_enum)]
+        kind: BmcKind,
+        /// ipmi: host or IP; redfish: http(s)://host[:port]; wol: an IPv4 broadcast address.
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the BMC password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Redfish: the system's id (when the BMC has several).
+        #[arg(long)]
+        system: Option<String>,
+        /// How the machine boots from the network: uefi (default) or legacy.
+        #[arg(long, value_enum)]
+        boot_mode: Option<BootMode>,
+        /// Redfish over https: the BMC certificate's SHA-256 fingerprint to pin.
+        #[arg(long, value_name = "SHA256")]
+        tls_fingerprint: Option<String>,
+        /// Redfish over https: a CA certificate (PEM file) that issued the BMC's.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+    },
+    /// Remove a machine's BMC (power control ends).
+    #[command(visible_alias = "rm")]
+    Remove { machine: String },
+}
+
+/// BMC kinds, as the API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BmcKind {
+    Ipmi,
+    Redfish,
+    Wol,
+}
+
+/// Network boot modes, as the API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootMode {
+    Uefi,
+    Legacy,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Address {
+    /// Show a machine's reserved address.
+    Show { machine: String },
+    /// Reserve an IPv4 address for a machine (from its next DHCP exchange).
+    Set {
+        machine: String,
+        ip: String,
+        /// Which of its MACs gets it (default: its first).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Release a machine's reserved address.
+    #[command(visible_alias = "rm")]
+    Remove { machine: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Images {
+    /// List the image library.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one image (its whole document with -o yaml or json).
+    Show { name: String },
+    /// Add images from a YAML or JSON file (`-` for stdin); a local file is checksummed by
+    /// apid before it is Ready.
+    Add {
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete an image (refused while a template names it).
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,7 @@ use clap::CommandFactory as _;
 use http::Method;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{self, Command, Machines, Templates, Tokens, Workflows};
+use crate::cli::{self, Address, Bmc, Command, Images, Machines, Templates, Tokens, Workflows};
 use crate::client::{Auth, Client, query_value, segment};
 use crate::credentials::{self, Credentials, Target, normalize_url};
 use crate::error::CliError;
@@ -18,6 +18,7 @@ use crate::{Env, credentials_path, watch};
 /// The resource paths of the Kubernetes-shaped API.
 const TEMPLATES: &str = "/apis/dragonfly.computer/v1/templates";
 const WORKFLOWS: &str = "/apis/dragonfly.computer/v1/workflows";
+const IMAGES: &str = "/apis/dragonfly.computer/v1/images";
 
 /// The global options every command sees.
 #[derive(Debug)]
@@ -82,6 +83,9 @@ pub(crate) async fn dispatch(
         Command::Workflows(w) => workflows(ctx, w, out).await,
         Command::Power(p) => power(ctx, p, out).await,
         Command::Tokens(t) => tokens(ctx, t, out).await,
+        Command::Bmc(b) => bmc(ctx, b, out).await,
+        Command::Address(a) => address(ctx, a, out).await,
+        Command::Images(i) => images(ctx, i, out).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut cli::Cli::command(), "dragonfly", out);
             Ok(())
@@ -459,6 +463,21 @@ async fn machines(ctx: &Ctx, m: Machines, out: &mut dyn Write) -> Result<(), Cli
             match ctx.format {
                 Format::Table | Format::Name => {
                     writeln!(out, "{} labels: {}", cell(&m["name"]), cell(&m["labels"]))?
+                }
+                f => output::document(out, f, &m)?,
+            }
+        }
+        Machines::Approve { machine } => {
+            let m = client
+                .call(
+                    Method::POST,
+                    &format!("{}/approve", machine_path(&machine)),
+                    None,
+                )
+                .await?;
+            match ctx.format {
+                Format::Table | Format::Name => {
+                    writeln!(out, "{} approved: {}.", cell(&m["name"]), cell(&m["state"]))?;
                 }
                 f => output::document(out, f, &m)?,
             }
@@ -1005,6 +1024,280 @@ async fn power(ctx: &Ctx, p: cli::Power, out: &mut dyn Write) -> Result<(), CliE
             )?;
         }
         f => output::document(out, f, &r)?,
+    }
+    Ok(())
+}
+
+async fn bmc(ctx: &Ctx, b: Bmc, out: &mut dyn Write) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    let now = jiff::Timestamp::now();
+    match b {
+        Bmc::Show { machine } => {
+            let v = client
+                .get(&format!("{}/bmc", machine_path(&machine)))
+                .await?;
+            match ctx.format {
+                Format::Table | Format::Name => {
+                    let mut rows = vec![
+                        ("Type", cell(&v["type"])),
+                        ("Address", cell(&v["address"])),
+                        ("Port", cell(&v["port"])),
+                        ("User", cell(&v["username"])),
+                        (
+                            "Password",
+                            if v["passwordSet"] == true {
+                                "set"
+                            } else {
+                                "none"
+                            }
+                            .into(),
+                        ),
+                        ("System", cell(&v["system"])),
+                        ("Boot mode", cell(&v["bootMode"])),
+                        (
+                            "TLS",
+                            if !v["tlsFingerprint"].is_null() {
+                                format!("pinned {}", cell(&v["tlsFingerprint"]))
+                            } else if !v["tlsCa"].is_null() {
+                                "the site's CA".into()
+                            } else {
+                                "the host's CAs".into()
+                            },
+                        ),
+                        (
+                            "Power",
+                            format!(
+                                "{} (checked {} ago)",
+                                cell(&v["powerState"]),
+                                output::age(&v["powerCheckedAt"], now)
+                            ),
+                        ),
+                    ];
+                    if !v["condition"].is_null() {
+                        rows.push(("Condition", cell(&v["condition"])));
+                    }
+                    for (k, val) in rows {
+                        writeln!(out, "{:11} {val}", format!("{k}:"))?;
+                    }
+                    let reqs = v["lastRequests"].as_array().cloned().unwrap_or_default();
+                    if !reqs.is_empty() {
+                        writeln!(out, "\nPower requests:")?;
+                        let mut t = Table::new(&["  KIND", "STATE", "ATTEMPTS", "RESULT", "WHEN"]);
+                        for r in &reqs {
+                            t.row(vec![
+                                format!("  {}", cell(&r["kind"])),
+                                cell(&r["state"]),
+                                cell(&r["attempts"]),
+                                cell(&r["result"]),
+                                format!("{} ago", output::age(&r["updatedAt"], now)),
+                            ]);
+                        }
+                        t.write(out)?;
+                    }
+                }
+                f => output::document(out, f, &v)?,
+            }
+        }
+        Bmc::Set {
+            machine,
+            kind,
+            address,
+            port,
+            username,
+            password_stdin,
+            system,
+            boot_mode,
+            tls_fingerprint,
+            tls_ca,
+        } => {
+            let mut body = json!({ "type": value_name(&kind) });
+            let mut set = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            };
+            set("address", address.map(Value::from));
+            set("port", port.map(Value::from));
+            set("username", username.map(Value::from));
+            set("system", system.map(Value::from));
+            set("bootMode", boot_mode.map(|m| Value::from(value_name(&m))));
+            set("tlsFingerprint", tls_fingerprint.map(Value::from));
+            if let Some(path) = tls_ca {
+                let pem = std::fs::read_to_string(&path).map_err(|source| CliError::Io {
+                    what: "reading the BMC's CA file",
+                    path: path.clone(),
+                    source,
+                })?;
+                set("tlsCa", Some(Value::from(pem)));
+            }
+            if password_stdin {
+                set(
+                    "password",
+                    Some(Value::from(read_line("the BMC password")?)),
+                );
+            }
+            let v = client
+                .call(
+                    Method::PUT,
+                    &format!("{}/bmc", machine_path(&machine)),
+                    Some(&body),
+                )
+                .await?;
+            match ctx.format {
+                Format::Table | Format::Name => writeln!(
+                    out,
+                    "{}: BMC {} {} configured (password {}).",
+                    clean(&machine),
+                    cell(&v["type"]),
+                    cell(&v["address"]),
+                    if v["passwordSet"] == true {
+                        "set"
+                    } else {
+                        "none"
+                    }
+                )?,
+                f => output::document(out, f, &v)?,
+            }
+        }
+        Bmc::Remove { machine } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("{}/bmc", machine_path(&machine)),
+                    None,
+                )
+                .await?;
+            writeln!(out, "{}: BMC removed.", clean(&machine))?;
+        }
+    }
+    Ok(())
+}
+
+/// A clap value's name (what the API calls it too).
+fn value_name(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+async fn address(ctx: &Ctx, a: Address, out: &mut dyn Write) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    match a {
+        Address::Show { machine } => {
+            let v = client
+                .get(&format!("{}/address", machine_path(&machine)))
+                .await?;
+            match ctx.format {
+                Format::Table | Format::Name => {
+                    writeln!(out, "{} {}", cell(&v["ip"]), cell(&v["mac"]))?;
+                }
+                f => output::document(out, f, &v)?,
+            }
+        }
+        Address::Set { machine, ip, mac } => {
+            let mut body = json!({ "ip": ip });
+            if let Some(m) = mac {
+                body["mac"] = json!(m);
+            }
+            let v = client
+                .call(
+                    Method::PUT,
+                    &format!("{}/address", machine_path(&machine)),
+                    Some(&body),
+                )
+                .await?;
+            match ctx.format {
+                Format::Table | Format::Name => writeln!(
+                    out,
+                    "{}: {} reserved for {}.",
+                    clean(&machine),
+                    cell(&v["ip"]),
+                    cell(&v["mac"])
+                )?,
+                f => output::document(out, f, &v)?,
+            }
+        }
+        Address::Remove { machine } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("{}/address", machine_path(&machine)),
+                    None,
+                )
+                .await?;
+            writeln!(out, "{}: reservation released.", clean(&machine))?;
+        }
+    }
+    Ok(())
+}
+
+async fn images(ctx: &Ctx, i: Images, out: &mut dyn Write) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    let now = jiff::Timestamp::now();
+    match i {
+        Images::List => {
+            let list = client.get(IMAGES).await?;
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            match ctx.format {
+                Format::Table => {
+                    if items.is_empty() {
+                        writeln!(out, "No images yet: `dragonfly images add -f FILE`.")?;
+                        return Ok(());
+                    }
+                    let mut t = Table::new(&["NAME", "SOURCE", "PHASE", "SIZE", "PUBLIC", "AGE"]);
+                    for i in &items {
+                        let spec = &i["spec"];
+                        let source = if spec["url"].is_string() {
+                            &spec["url"]
+                        } else {
+                            &spec["file"]
+                        };
+                        t.row(vec![
+                            cell(&i["metadata"]["name"]),
+                            cell(source),
+                            cell(&i["status"]["phase"]),
+                            i["status"]["size"]
+                                .as_u64()
+                                .map_or_else(|| "-".into(), output::bytes),
+                            cell(&spec["public"]),
+                            output::age(&i["metadata"]["creationTimestamp"], now),
+                        ]);
+                    }
+                    t.write(out)?;
+                }
+                Format::Name => names(out, &items, |i| &i["metadata"]["name"])?,
+                f => output::document(out, f, &list)?,
+            }
+        }
+        Images::Show { name } => {
+            let doc = client.get(&format!("{IMAGES}/{}", segment(&name))).await?;
+            match ctx.format {
+                Format::Table | Format::Yaml => output::document(out, Format::Yaml, &doc)?,
+                Format::Name => writeln!(out, "{}", cell(&doc["metadata"]["name"]))?,
+                Format::Json => output::document(out, Format::Json, &doc)?,
+            }
+        }
+        Images::Add { file } => {
+            for doc in read_documents(&file)? {
+                let v = client.call(Method::POST, IMAGES, Some(&doc)).await?;
+                writeln!(
+                    out,
+                    "image/{} added ({})",
+                    cell(&v["metadata"]["name"]),
+                    cell(&v["status"]["phase"])
+                )?;
+            }
+        }
+        Images::Delete { name } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("{IMAGES}/{}", segment(&name)),
+                    None,
+                )
+                .await?;
+            writeln!(out, "image/{} deleted", clean(&name))?;
+        }
     }
     Ok(())
 }

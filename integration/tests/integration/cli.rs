@@ -322,17 +322,92 @@ fn an_operator_does_everything_from_the_shell() {
             .contains("bmc")
     );
     let token = toml_token(&sh.credentials());
-    let put = lab.in_namespace(|| {
-        reqwest::blocking::Client::new()
-            .put(format!("{URL}/api/machines/{name}/bmc"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"type": "wol", "address": "10.99.0.255"}))
-            .send()
-            .unwrap()
-            .status()
-    });
-    assert!(put.is_success(), "PUT bmc: {put}");
+    let set = sh.expect(
+        0,
+        &[
+            "bmc",
+            "set",
+            &name,
+            "--type",
+            "wol",
+            "--address",
+            "10.99.0.255",
+        ],
+    );
+    assert!(set.contains("BMC wol 10.99.0.255 configured"), "{set}");
+    assert!(
+        sh.expect(0, &["bmc", "show", &name])
+            .contains("Type:       wol")
+    );
+    sh.expect(
+        5,
+        &[
+            "bmc",
+            "set",
+            &name,
+            "--type",
+            "ipmi",
+            "--address",
+            "not a host!",
+        ],
+    );
     assert!(sh.expect(0, &["power", &name, "on"]).contains("on done"));
+
+    // A reserved address: set, shown with the machine, released. dhcpd (socket-activated)
+    // publishes the subnets it serves when it starts: wake it with a datagram first.
+    lab.in_namespace(|| {
+        let s = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+        s.send_to(b"wake up", "10.99.0.1:67").unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sh
+        .run_with(&["address", "set", &name, "10.99.0.77"], &[], None)
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "dhcpd never published its subnets"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let reserved = sh.expect(0, &["address", "set", &name, "10.99.0.77"]);
+    assert!(reserved.contains("10.99.0.77 reserved"), "{reserved}");
+    assert_eq!(
+        sh.json(&["machines", "show", &name])["reservedIp"],
+        "10.99.0.77"
+    );
+    sh.expect(5, &["address", "set", &name, "192.0.2.1"]);
+    sh.expect(0, &["address", "remove", &name]);
+    sh.expect(4, &["address", "show", &name]);
+
+    // Approval is for machines waiting in Discovered: this one is not (409 → 5).
+    sh.expect(5, &["machines", "approve", &name]);
+
+    // The image library: a remote image added, listed, deleted.
+    let image = lab.write_file(
+        "image.yaml",
+        &format!(
+            "apiVersion: dragonfly.computer/v1\nkind: Image\nmetadata: {{name: remote-os}}\n\
+             spec: {{url: \"http://10.99.0.1:8090/os.img\", format: raw, sha256: {}}}\n",
+            "ab".repeat(32)
+        ),
+    );
+    assert!(
+        sh.expect(0, &["images", "add", "-f", image.to_str().unwrap()])
+            .contains("image/remote-os added")
+    );
+    assert_eq!(
+        sh.expect(0, &["images", "list", "-o", "name"]).trim(),
+        "remote-os"
+    );
+    assert!(
+        sh.expect(0, &["images", "list"])
+            .contains("http://10.99.0.1:8090/os.img")
+    );
+    sh.expect(0, &["images", "delete", "remote-os"]);
+    sh.expect(4, &["images", "show", "remote-os"]);
 
     // Tokens: create (shown once), use, list, revoke; a revoked token is refused (exit 3).
     let created = sh.json(&["tokens", "create", "ci"]);
