@@ -22,7 +22,9 @@ bin_dir=${DRAGONFLY_BIN_DIR:-$repo/target/release}
 
 # One per daemon, plus the migration tool. A daemon added to units/ goes here too
 # (units/check.sh fails on a unit whose ExecStart= binary was not installed).
-binaries=(dragonfly-apid dragonfly-migrate dragonfly-tftpd dragonfly-ipxed dragonfly-dhcpd dragonfly-workflowd dragonfly-bmcd)
+# And the operators' command-line client, with its man page and shell completions, which it
+# generates from its own definitions.
+binaries=(dragonfly-apid dragonfly-migrate dragonfly-tftpd dragonfly-ipxed dragonfly-dhcpd dragonfly-workflowd dragonfly-bmcd dragonfly)
 
 for b in "${binaries[@]}"; do
     [ -x "$bin_dir/$b" ] || { echo "$0: $bin_dir/$b missing: run \`cargo build --release\` first" >&2; exit 1; }
@@ -31,6 +33,13 @@ done
 for b in "${binaries[@]}"; do
     install -D -m 0755 "$bin_dir/$b" "$dest/usr/bin/$b"
 done
+
+install -d -m 0755 "$dest/usr/share/man/man1" "$dest/usr/share/bash-completion/completions" \
+    "$dest/usr/share/zsh/vendor-completions" "$dest/usr/share/fish/vendor_completions.d"
+"$bin_dir/dragonfly" man >"$dest/usr/share/man/man1/dragonfly.1"
+"$bin_dir/dragonfly" completions bash >"$dest/usr/share/bash-completion/completions/dragonfly"
+"$bin_dir/dragonfly" completions zsh >"$dest/usr/share/zsh/vendor-completions/_dragonfly"
+"$bin_dir/dragonfly" completions fish >"$dest/usr/share/fish/vendor_completions.d/dragonfly.fish"
 
 install -d -m 0755 "$dest/usr/lib/systemd/system"
 for unit in "$repo"/units/*.service "$repo"/units/*.socket "$repo"/units/*.target \

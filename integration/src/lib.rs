@@ -32,6 +32,7 @@ mod lab;
 pub mod load;
 mod power;
 mod serve;
+mod sim_agent;
 mod vm;
 
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub use power::{
     BMC_USER, Bmc, BootDevice, IpmiBmc, PowerChange, PowerError, PowerEvent, PoweredVm, RedfishBmc,
 };
 pub use serve::{GATE_BYTES, ImageServer};
+pub use sim_agent::{SimAgent, SimAgentError};
 pub use vm::{
     BootFrom, BootReport, Disk, DiskBus, ExtraNic, Firmware, MARKER, Nic, NicRom, Vm, VmConfig,
     VmLock,

@@ -44,6 +44,7 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::POST, agent_api::REPORT_PATH),
     (Method::GET, "/"),
     (Method::GET, "/ui/app.js"),
+    (Method::GET, "/ui/app.css"),
 ];
 
 /// How an operator proved who they are.

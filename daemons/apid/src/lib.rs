@@ -14,6 +14,9 @@
 //! [`run`] takes its listening sockets and shutdown token from the caller (systemd or a test);
 //! it never binds anything itself.
 //!
+//! The operators' listener also relays the bus to browsers and scripts (`GET /api/events`,
+//! Server-Sent Events, [`live`]): one follower of every event, fanned out in-process.
+//!
 //! Operators' credentials live in apid's own database ([`dragonfly_store::AuthDb`],
 //! `[apid] auth_db`), which `run` creates and migrates itself: no other process may open it.
 
@@ -24,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod csrf;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod password;
@@ -146,6 +150,9 @@ pub struct AppState {
     pub new_machines: Arc<registration::NewMachineLimiter>,
     /// One image checksummed at a time (they read whole files).
     pub image_checks: Arc<tokio::sync::Semaphore>,
+    /// The bus relayed to `/api/events`: numbering, the ring of recent events, the stream
+    /// limit. Fed by [`live::relay`], which [`run`] starts.
+    pub live: Arc<live::Hub>,
 }
 
 impl AppState {
@@ -176,6 +183,7 @@ impl AppState {
             agent_logs,
             new_machines,
             image_checks: Arc::new(tokio::sync::Semaphore::new(1)),
+            live: Arc::new(live::Hub::new(live::RING_CAPACITY, live::MAX_STREAMS)),
         }
     }
 }
@@ -234,6 +242,14 @@ pub async fn run(
     let state = AppState::new(ctx.store, auth_db, ctx.bus, ctx.events, ctx.config, key);
     // Images a previous run left half-added (the store says which).
     tokio::spawn(routes::images::resume(state.clone()));
+    // One follower of every event, for every `/api/events` stream.
+    if let Some(bus) = &state.bus {
+        tokio::spawn(live::relay(
+            Arc::clone(&state.live),
+            bus.clone(),
+            shutdown.clone(),
+        ));
+    }
     let tokio_listener =
         |l: StdTcpListener| tokio::net::TcpListener::from_std(l).map_err(ApidError::Listener);
     let operator = tokio_listener(listeners.operator)?;

@@ -9,8 +9,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    address, agent, bmc, conflicts, health, images, machines, power, resources, session, users,
-    workflows,
+    address, agent, bmc, conflicts, events, health, images, machines, power, resources, session,
+    users, workflows,
 };
 
 /// The API description.
@@ -34,6 +34,7 @@ use crate::routes::{
         workflows::next_step, workflows::report,
         bmc::put, bmc::get, bmc::delete, power::power, power::bulk,
         address::put, address::get, address::delete,
+        events::events,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = [])),
@@ -45,6 +46,7 @@ use crate::routes::{
         (name = "system", description = "Health and API description"),
         (name = "workflows", description = "Provisioning: assignment, progress, cancel and retry"),
         (name = "power", description = "Machines' BMCs and power commands (carried out by bmcd)"),
+        (name = "events", description = "The bus, live: Server-Sent Events for the web UI and scripts"),
     )
 )]
 #[derive(Debug)]

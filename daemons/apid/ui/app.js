@@ -1,79 +1,595 @@
-// Dragonfly's web UI: a thin client of the JSON API. The session cookie is HttpOnly, so this
-// script never sees a credential; it only learns whether /api/auth/me answers 200 or 401.
+// Dragonfly's web UI: a small client of the JSON API, no framework and no build step.
+//
+// Safety: every value is put in the page with textContent (the `h` helper below); nothing is
+// ever parsed as HTML, so a machine that names itself `<img src=x onerror=…>` shows as text.
+// The session cookie is HttpOnly: this script never sees a credential. The server's CSP has
+// no 'unsafe-inline', so there is no inline script or style anywhere.
+//
+// Live: one EventSource on /api/events, filtered to what the page shows. Events only say
+// *when* to read the API again (the API is the truth): each event, a `resync` or a reconnect
+// re-reads the current view, so a missed event costs nothing.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
-async function api(path, options = {}) {
-  const res = await fetch(path, {
-    credentials: "same-origin",
-    headers: { "Content-Type": "application/json" },
-    ...options,
-  });
-  if (res.status === 401) { showLogin(); throw new Error("unauthorized"); }
-  return res;
+/** An element with attributes/properties and children (strings become text nodes). */
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k in el && typeof v !== "string") el[k] = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
 }
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+/** Calls the API; JSON in and out. Errors carry apid's own words. */
+async function api(path, { method = "GET", body, type = "application/json", accept } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = type;
+  if (accept) headers["Accept"] = accept;
+  const res = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : (type === "application/json" ? JSON.stringify(body) : body),
+  });
+  if (res.status === 401 && path !== "/api/auth/login") { showLogin(); throw new ApiError(401, "Your session ended: sign in again."); }
+  const text = await res.text();
+  let data = null;
+  if (text && (res.headers.get("content-type") || "").includes("json")) {
+    try { data = JSON.parse(text); } catch { data = null; }
+  } else { data = text; }
+  if (!res.ok) {
+    const msg = (data && data.message) || `${res.status} ${res.statusText}`;
+    throw new ApiError(res.status, msg);
+  }
+  return data;
+}
+
+function flash(message, ok = false) {
+  const f = $("flash");
+  f.textContent = message;
+  f.className = ok ? "flash ok" : "flash";
+  f.hidden = !message;
+}
+
+function bytes(n) {
+  if (n === undefined || n === null) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0; let v = n;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+function ago(ts) {
+  if (!ts) return "–";
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(ts)) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+
+const state = (s) => h("span", { class: `state ${s || ""}` }, s || "–");
+const labelsText = (labels) => Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+const enc = encodeURIComponent;
+
+// ---- live updates ---------------------------------------------------------------------
+
+let events = null;
+let eventsQuery = null;
+let refreshTimer = null;
+
+/** (Re)opens the event stream for `query` (e.g. `machine=<id>`); `null` closes it. */
+function follow(query) {
+  if (query === eventsQuery && events) return;
+  if (events) events.close();
+  events = null;
+  eventsQuery = query;
+  if (query === null) { setLive(false); return; }
+  events = new EventSource(`/api/events${query ? "?" + query : ""}`, { withCredentials: true });
+  events.onopen = () => { setLive(true); scheduleRefresh(); };
+  events.onerror = () => setLive(false);
+  events.onmessage = scheduleRefresh;
+  // Every event type: apid names them by their CloudEvents type.
+  for (const t of ["resync", "hello"]) events.addEventListener(t, scheduleRefresh);
+  const kinds = ["machine.registered", "machine.updated", "machine.approved", "machine.deleted",
+    "workflow.created", "workflow.started", "workflow.progress", "workflow.succeeded",
+    "workflow.failed", "workflow.timedout", "workflow.cancelled", "workflow.reported",
+    "power.changed", "power.condition", "lease.granted", "boot.decided"];
+  for (const k of kinds) events.addEventListener(`computer.dragonfly.${k}`, scheduleRefresh);
+}
+
+function setLive(on) {
+  const l = $("live");
+  l.textContent = on ? "live" : "offline";
+  l.className = on ? "live on" : "live";
+}
+
+/** Re-reads the current view soon (events come in bursts: one read per burst). */
+function scheduleRefresh() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => {
+    refreshTimer = null;
+    if (current && current.refresh) current.refresh().catch(showError);
+  }, 250);
+}
+
+function showError(e) {
+  if (e instanceof ApiError && e.status === 401) return;
+  flash(e.message || String(e));
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+let me = null;
+let current = null;
+
+const routes = [
+  [/^#\/machines\/([^/]+)$/, (m) => machineView(decodeURIComponent(m[1]))],
+  [/^#\/workflows$/, () => workflowsView()],
+  [/^#\/templates\/new$/, () => templateEdit(null)],
+  [/^#\/templates\/([^/]+)$/, (m) => templateEdit(decodeURIComponent(m[1]))],
+  [/^#\/templates$/, () => templatesView()],
+  [/^#\/tokens$/, () => tokensView()],
+  [/^#\/users$/, () => usersView()],
+  [/^#\/account$/, () => accountView()],
+  [/.*/, () => machinesView()],
+];
+
+async function route() {
+  if (!me) return;
+  flash("");
+  const hash = location.hash || "#/machines";
+  for (const a of document.querySelectorAll("#nav a")) {
+    if (hash.startsWith(a.getAttribute("href"))) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  for (const [re, make] of routes) {
+    const m = hash.match(re);
+    if (m) {
+      current = make(m);
+      try { await current.refresh(); } catch (e) { showError(e); }
+      follow(current.events ?? "");
+      return;
+    }
+  }
+}
+
+function mount(...children) {
+  $("view").replaceChildren(...children);
+}
+
+// ---- machines -------------------------------------------------------------------------
+
+const STATES = ["Discovered", "Registered", "OsAssigned", "Provisioning", "Ready", "Error"];
+const POWER_ACTIONS = ["on", "off", "soft-off", "cycle", "reset", "status", "boot-pxe", "boot-disk"];
+
+function machinesView() {
+  const selected = new Set();
+  let sortKey = "name";
+  let sortDir = 1;
+  let machines = [];
+  const stateSel = h("select", { id: "f-state" }, h("option", { value: "" }, "All states"), STATES.map((s) => h("option", {}, s)));
+  const labelIn = h("input", { id: "f-label", placeholder: "rack=r1,role=web", size: 16 });
+  const textIn = h("input", { id: "f-text", type: "search", placeholder: "name, MAC, host…", size: 18 });
+  const count = h("span", { class: "muted", role: "status" });
+  const body = h("tbody");
+  const head = h("thead");
+  const bulk = h("div", { class: "card", hidden: true });
+  const error = h("p", { class: "error", role: "alert" });
+
+  const columns = [
+    ["name", "Name", (m) => m.name],
+    ["state", "State", (m) => m.state],
+    ["mac", "MAC", (m) => m.hardware.macs[0] || ""],
+    ["ip", "IP", (m) => m.reservedIp || ""],
+    ["power", "Power", (m) => (m.power ? (m.power.condition ? "error" : m.power.state || "?") : "")],
+    ["template", "OS", (m) => m.osTemplate || ""],
+    ["labels", "Labels", (m) => labelsText(m.labels)],
+    ["created", "Registered", (m) => m.createdAt],
+  ];
+
+  function render() {
+    head.replaceChildren(h("tr", {},
+      h("th", {}, h("input", {
+        type: "checkbox", "aria-label": "Select all shown",
+        checked: machines.length > 0 && machines.every((m) => selected.has(m.id)),
+        onchange: (e) => { for (const m of machines) e.target.checked ? selected.add(m.id) : selected.delete(m.id); render(); },
+      })),
+      columns.map(([key, title]) => h("th", { "aria-sort": sortKey === key ? (sortDir > 0 ? "ascending" : "descending") : "none", class: key === "labels" || key === "ip" ? "hide-narrow" : "" },
+        h("button", { type: "button", class: "sort", onclick: () => { sortDir = sortKey === key ? -sortDir : 1; sortKey = key; render(); } }, title)))));
+    const get = columns.find((c) => c[0] === sortKey)[2];
+    const rows = [...machines].sort((a, b) => String(get(a)).localeCompare(String(get(b))) * sortDir);
+    body.replaceChildren(...rows.map((m) => h("tr", { "data-machine": m.name },
+      h("td", {}, h("input", { type: "checkbox", "aria-label": `Select ${m.name}`, checked: selected.has(m.id), onchange: (e) => { e.target.checked ? selected.add(m.id) : selected.delete(m.id); renderBulk(); } })),
+      h("td", {}, h("a", { href: `#/machines/${enc(m.name)}` }, m.name), m.hostname ? h("div", { class: "muted" }, m.hostname) : null),
+      h("td", {}, state(m.state)),
+      h("td", {}, m.hardware.macs[0] || "–"),
+      h("td", { class: "hide-narrow" }, m.reservedIp || "–"),
+      h("td", {}, m.power ? (m.power.condition ? h("span", { class: "state Error", title: m.power.condition }, "BMC error") : state(m.power.state || "?")) : h("span", { class: "muted" }, "no BMC")),
+      h("td", {}, m.osTemplate || "–"),
+      h("td", { class: "hide-narrow" }, labelsText(m.labels) || "–"),
+      h("td", {}, ago(m.createdAt)),
+    )));
+    if (machines.length === 0) {
+      const filtered = stateSel.value || labelIn.value || textIn.value;
+      body.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "empty" },
+        filtered ? "No machine matches these filters." : "No machines yet: power one on in the provisioning network.")));
+    }
+    count.textContent = `${machines.length} machine${machines.length === 1 ? "" : "s"}`;
+    renderBulk();
+  }
+
+  async function renderBulk() {
+    const ids = machines.filter((m) => selected.has(m.id));
+    bulk.hidden = ids.length === 0;
+    if (ids.length === 0) return;
+    const labelIn2 = h("input", { placeholder: "key=value or key-", "aria-label": "Label to set or remove" });
+    const tmplSel = h("select", { "aria-label": "Template to assign" }, h("option", { value: "" }, "Template…"));
+    const powerSel = h("select", { "aria-label": "Power action" }, POWER_ACTIONS.map((a) => h("option", {}, a)));
+    const out = h("p", { class: "error", role: "status" });
+    api("/apis/dragonfly.computer/v1/templates").then((l) => {
+      for (const t of l.items) tmplSel.append(h("option", {}, t.metadata.name));
+    }).catch(() => {});
+    const each = async (what, fn) => {
+      const failed = [];
+      for (const m of ids) { try { await fn(m); } catch (e) { failed.push(`${m.name}: ${e.message}`); } }
+      out.textContent = failed.length ? `${what}: ${failed.length} failed\n${failed.join("\n")}` : "";
+      if (!failed.length) flash(`${what}: done for ${ids.length} machine${ids.length === 1 ? "" : "s"}.`, true);
+      await refresh();
+    };
+    bulk.replaceChildren(
+      h("strong", {}, `${ids.length} selected`),
+      h("div", { class: "toolbar" },
+        labelIn2, h("button", { type: "button", onclick: () => each("Label", (m) => setLabel(m, labelIn2.value)) }, "Label"),
+        tmplSel, h("button", { type: "button", onclick: () => { if (tmplSel.value) each("Assign OS", (m) => api(`/api/machines/${enc(m.id)}/provision`, { method: "POST", body: { template: tmplSel.value, reimage: m.state === "Ready" } })); } }, "Assign OS"),
+        powerSel, h("button", { type: "button", onclick: () => each(`Power ${powerSel.value}`, (m) => api(`/api/machines/${enc(m.id)}/power`, { method: "POST", body: { action: powerSel.value } })) }, "Power"),
+        h("button", { type: "button", class: "secondary", onclick: () => { selected.clear(); render(); } }, "Clear selection")),
+      out);
+  }
+
+  async function refresh() {
+    const q = ["limit=1000"];
+    if (stateSel.value) q.push(`state=${enc(stateSel.value)}`);
+    if (labelIn.value.trim()) q.push(`labelSelector=${enc(labelIn.value.trim())}`);
+    try {
+      const page = await api(`/api/machines?${q.join("&")}`);
+      error.textContent = "";
+      const t = textIn.value.trim().toLowerCase();
+      machines = page.items.filter((m) => !t || [m.name, m.hostname, ...m.hardware.macs, m.reservedIp, labelsText(m.labels)]
+        .some((v) => v && String(v).toLowerCase().includes(t)));
+    } catch (e) {
+      if (e.status === 422 || e.status === 400) { error.textContent = e.message; machines = []; } else throw e;
+    }
+    render();
+  }
+
+  for (const el of [stateSel, labelIn, textIn]) el.addEventListener(el === stateSel ? "change" : "input", () => refresh().catch(showError));
+  mount(
+    h("h1", {}, "Machines"),
+    h("div", { class: "toolbar" },
+      h("label", {}, "State", stateSel), h("label", {}, "Labels", labelIn), h("label", {}, "Search", textIn),
+      h("span", { class: "grow" }), count),
+    error, bulk,
+    h("div", { class: "table-wrap" }, h("table", { id: "machines" }, h("caption", { class: "skip" }, "Machines"), head, body)));
+  return { refresh, events: "types=machine,power,workflow" };
+}
+
+async function setLabel(m, change) {
+  change = change.trim();
+  const labels = { ...m.labels };
+  if (/^[^=]+-$/.test(change)) delete labels[change.slice(0, -1)];
+  else if (/^[^=]+=.*$/.test(change)) { const i = change.indexOf("="); labels[change.slice(0, i)] = change.slice(i + 1); } else throw new Error("write key=value to set a label, key- to remove it");
+  return api(`/api/machines/${enc(m.id)}`, { method: "PATCH", body: { labels, resourceVersion: m.resourceVersion } });
+}
+
+// ---- machine detail -------------------------------------------------------------------
+
+function facts(pairs) {
+  return h("dl", { class: "facts" }, pairs.filter(([, v]) => v !== undefined).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "–")]));
+}
+
+function progressBar(a) {
+  const pct = Math.max(0, Math.min(100, a.percent || 0));
+  const bar = h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": pct, "aria-label": `${a.name} progress` },
+    h("span", { style: null }));
+  bar.firstChild.style.width = `${pct}%`; // a CSSOM property, not an inline style attribute (CSP)
+  return bar;
+}
+
+function actionRows(view) {
+  return view.actions.map((a) => {
+    const eta = a.bytesPerSecond && a.bytesTotal && a.bytesDone !== undefined && a.state === "Running"
+      ? `${Math.ceil((a.bytesTotal - a.bytesDone) / a.bytesPerSecond)} s left` : "";
+    return h("tr", { "data-action": a.name },
+      h("td", {}, a.name), h("td", {}, state(a.state)),
+      h("td", {}, progressBar(a), h("span", { class: "muted" }, `${a.percent || 0}%`)),
+      h("td", { class: "num" }, a.bytesDone !== undefined ? `${bytes(a.bytesDone)} / ${bytes(a.bytesTotal)}` : "–"),
+      h("td", { class: "num" }, a.bytesPerSecond ? `${bytes(a.bytesPerSecond)}/s` : "–", eta ? h("div", { class: "muted" }, eta) : null),
+      h("td", {}, a.message || "", (a.logTail || []).length ? h("pre", { class: "log" }, a.logTail.join("\n")) : null));
+  });
+}
+
+function machineView(name) {
+  let machine = null;
+  const root = h("div");
+  async function refresh() {
+    machine = await api(`/api/machines/${enc(name)}`);
+    const [wf, log] = await Promise.all([
+      machine.workflowId ? api(`/api/workflows/${enc(machine.workflowId)}/progress`).catch(() => null) : null,
+      api(`/api/machines/${enc(machine.id)}/agent-log`).catch(() => []),
+    ]);
+    const hw = machine.hardware;
+    const powerOut = h("p", { class: "error", role: "status" });
+    const power = machine.power;
+    const powerCard = h("section", { class: "card", "aria-labelledby": "h-power" }, h("h2", { id: "h-power" }, "Power"),
+      power ? facts([["State", state(power.state || "unknown")], ["BMC", power.kind], ["Checked", ago(power.checkedAt)],
+        ["Condition", power.condition || "ok"]]) : h("p", { class: "muted" }, "No BMC configured: power this machine by hand, or add its BMC through the API (PUT /api/machines/{id}/bmc)."),
+      power ? h("div", { class: "actions" }, ["on", "off", "cycle", "reset", "status", "boot-pxe"].map((a) =>
+        h("button", { type: "button", class: a === "off" ? "danger" : "secondary", "data-power": a, onclick: async (e) => {
+          e.target.disabled = true;
+          try {
+            const r = await api(`/api/machines/${enc(machine.id)}/power`, { method: "POST", body: { action: a } });
+            flash(`${machine.name}: ${a} — ${r.message}`, true);
+          } catch (err) { powerOut.textContent = `${a}: ${err.message}`; }
+          e.target.disabled = false;
+          refresh().catch(showError);
+        } }, a))) : null, powerOut);
+    const tmplSel = h("select", { id: "assign-template", "aria-label": "Template" });
+    const assignOut = h("p", { class: "error", role: "alert" });
+    api("/apis/dragonfly.computer/v1/templates").then((l) => {
+      tmplSel.replaceChildren(...l.items.map((t) => h("option", {}, t.metadata.name)));
+      if (!l.items.length) tmplSel.append(h("option", { value: "" }, "no templates yet"));
+    }).catch(() => {});
+    const wfCard = h("section", { class: "card", "aria-labelledby": "h-wf" }, h("h2", { id: "h-wf" }, "Provisioning"),
+      wf ? [facts([["Workflow", wf.name], ["Template", wf.template], ["State", state(wf.state)], ["Attempt", wf.attempt], ["Error", wf.error]]),
+        h("div", { class: "table-wrap" }, h("table", { id: "actions" },
+          h("thead", {}, h("tr", {}, ["Action", "State", "Progress", "Bytes", "Rate", "Message"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, actionRows(wf))))] : h("p", { class: "muted" }, "No workflow: assign an OS to install one."),
+      h("div", { class: "toolbar" }, h("label", {}, "Assign OS", tmplSel),
+        h("button", { type: "button", id: "assign", onclick: async () => {
+          if (!tmplSel.value) return;
+          try {
+            const w = await api(`/api/machines/${enc(machine.id)}/provision`, { method: "POST", body: { template: tmplSel.value, reimage: machine.state === "Ready" } });
+            flash(`Workflow ${w.name} created. ${w.power}.`, true);
+            assignOut.textContent = "";
+          } catch (e) { assignOut.textContent = e.message; }
+          refresh().catch(showError);
+        } }, "Assign")), assignOut);
+    root.replaceChildren(
+      h("p", {}, h("a", { href: "#/machines" }, "← Machines")),
+      h("h1", {}, machine.name, " ", state(machine.state)),
+      h("div", { class: "grid2" },
+        h("section", { class: "card", "aria-labelledby": "h-id" }, h("h2", { id: "h-id" }, "Identity"),
+          facts([["Host name", machine.hostname || hw.hostname || "–"], ["ID", machine.id], ["MACs", hw.macs.join(", ")],
+            ["Reserved IP", machine.reservedIp || "–"], ["Labels", labelsText(machine.labels) || "–"], ["OS", machine.osTemplate || "–"],
+            ["Registered", `${machine.createdAt} (${ago(machine.createdAt)})`], ["Updated", ago(machine.updatedAt)]])),
+        h("section", { class: "card", "aria-labelledby": "h-hw" }, h("h2", { id: "h-hw" }, "Hardware"),
+          facts([["CPU", hw.cpu ? `${hw.cpu.model}, ${hw.cpu.cores} cores / ${hw.cpu.threads} threads` : "–"],
+            ["Memory", bytes(hw.memoryBytes)], ["Firmware", hw.firmware || "–"],
+            ["System", hw.system ? [hw.system.vendor, hw.system.product, hw.system.serial && `serial ${hw.system.serial}`].filter(Boolean).join(" ") : "–"],
+            ["SMBIOS UUID", hw.smbiosUuid || "–"], ["Virtualization", hw.virtualization || "–"],
+            ["BMC (reported)", hw.bmc ? `${hw.bmc.kind} ${hw.bmc.address}` : "–"]])),
+        powerCard),
+      wfCard,
+      h("section", { class: "card", "aria-labelledby": "h-disks" }, h("h2", { id: "h-disks" }, "Disks and NICs"),
+        h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Disk", "Size", "Model", "Serial", "Rotational"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, hw.disks.map((d) => h("tr", {}, h("td", {}, d.name), h("td", {}, bytes(d.sizeBytes)), h("td", {}, d.model || "–"), h("td", {}, d.serial || "–"), h("td", {}, d.rotational === undefined ? "–" : d.rotational ? "yes" : "no")))))),
+        h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["NIC", "MAC", "Link", "Speed", "Driver"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, hw.nics.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, n.mac), h("td", {}, n.carrier === undefined ? "–" : n.carrier ? "up" : "down"), h("td", {}, n.speedMbps ? `${n.speedMbps} Mb/s` : "–"), h("td", {}, n.driver || "–"))))))),
+      h("section", { class: "card", "aria-labelledby": "h-log" }, h("h2", { id: "h-log" }, "Agent console"),
+        log.length ? h("pre", { class: "log", id: "agent-log" }, log.map((l) => `${l.receivedAt.slice(11, 19)}  ${l.line}`).join("\n")) : h("p", { class: "muted" }, "No console lines from this machine's agent yet.")),
+      h("section", { class: "card" }, h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete ${machine.name} from the inventory? It is discovered again if it boots.`)) return;
+        try { await api(`/api/machines/${enc(machine.id)}`, { method: "DELETE" }); location.hash = "#/machines"; } catch (e) { showError(e); }
+      } }, "Delete machine")));
+    const pre = $("agent-log");
+    if (pre) pre.scrollTop = pre.scrollHeight;
+  }
+  mount(root);
+  return { refresh, events: `machine=${enc(name)}` };
+}
+
+// ---- workflows ------------------------------------------------------------------------
+
+function workflowsView() {
+  const body = h("tbody");
+  async function refresh() {
+    const list = await api("/apis/dragonfly.computer/v1/workflows");
+    const names = new Map();
+    try { for (const m of (await api("/api/machines?limit=1000")).items) names.set(m.id, m.name); } catch { /* names are a nicety */ }
+    body.replaceChildren(...list.items.map((w) => {
+      const s = w.status || {};
+      const actions = s.actions || [];
+      const cur = actions[s.currentAction || 0];
+      const failed = actions.find((a) => a.state === "Failed");
+      const mname = names.get(w.spec.hardwareRef) || w.spec.hardwareRef;
+      return h("tr", {},
+        h("td", {}, w.metadata.name),
+        h("td", {}, h("a", { href: `#/machines/${enc(mname)}` }, mname)),
+        h("td", {}, w.spec.templateRef), h("td", {}, state(s.state)),
+        h("td", {}, cur ? [cur.name, " ", progressBar(cur)] : "–"),
+        h("td", {}, failed ? `${failed.name}: ${failed.message || "failed"}` : "–"),
+        h("td", {}, ago(w.metadata.creationTimestamp)),
+        h("td", {}, h("div", { class: "actions" },
+          ["Running", "Pending"].includes(s.state) ? h("button", { type: "button", class: "secondary", onclick: () => api(`/api/workflows/${enc(w.metadata.uid)}/cancel`, { method: "POST" }).then(refresh).catch(showError) }, "Cancel") : null,
+          ["Failed", "TimedOut", "Cancelled"].includes(s.state) ? h("button", { type: "button", class: "secondary", onclick: () => api(`/api/workflows/${enc(w.metadata.uid)}/retry`, { method: "POST" }).then(refresh).catch(showError) }, "Retry") : null)));
+    }));
+    if (!list.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No workflows yet: assign an OS to a machine.")));
+  }
+  mount(h("h1", {}, "Workflows"), h("div", { class: "table-wrap" }, h("table", {},
+    h("thead", {}, h("tr", {}, ["Name", "Machine", "Template", "State", "Action", "Failure", "Created", ""].map((c) => h("th", {}, c)))), body)));
+  return { refresh, events: "types=workflow" };
+}
+
+// ---- templates ------------------------------------------------------------------------
+
+const TEMPLATE_EXAMPLE = `apiVersion: dragonfly.computer/v1
+kind: Template
+metadata:
+  name: my-template
+spec:
+  actions:
+    - name: disk
+      type: image2disk
+      image: debian-12
+      disk: /dev/vda
+`;
+
+function templatesView() {
+  const body = h("tbody");
+  async function refresh() {
+    const list = await api("/apis/dragonfly.computer/v1/templates");
+    body.replaceChildren(...list.items.map((t) => h("tr", {},
+      h("td", {}, h("a", { href: `#/templates/${enc(t.metadata.name)}` }, t.metadata.name)),
+      h("td", {}, t.spec.actions.map((a) => `${a.name} (${a.type})`).join(", ")),
+      h("td", {}, t.metadata.resourceVersion), h("td", {}, ago(t.metadata.creationTimestamp)))));
+    if (!list.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No templates yet: create one.")));
+  }
+  mount(h("div", { class: "toolbar" }, h("h1", { class: "grow" }, "Templates"), h("a", { href: "#/templates/new" }, "New template")),
+    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Actions", "Version", "Created"].map((c) => h("th", {}, c)))), body)));
+  return { refresh, events: null };
+}
+
+function templateEdit(name) {
+  const editor = h("textarea", { id: "template-yaml", spellcheck: false, "aria-label": "Template (YAML)" });
+  const out = h("p", { class: "error", role: "alert" });
+  let loaded = false;
+  async function refresh() {
+    if (loaded) return;
+    loaded = true;
+    editor.value = name ? await api(`/apis/dragonfly.computer/v1/templates/${enc(name)}`, { accept: "application/yaml" }) : TEMPLATE_EXAMPLE;
+  }
+  async function save() {
+    try {
+      if (name) await api(`/apis/dragonfly.computer/v1/templates/${enc(name)}`, { method: "PUT", body: editor.value, type: "application/yaml" });
+      else await api("/apis/dragonfly.computer/v1/templates", { method: "POST", body: editor.value, type: "application/yaml" });
+      out.textContent = "";
+      flash("Template saved.", true);
+      location.hash = "#/templates";
+    } catch (e) { out.textContent = e.message; }
+  }
+  mount(h("p", {}, h("a", { href: "#/templates" }, "← Templates")), h("h1", {}, name ? `Template ${name}` : "New template"),
+    h("div", { class: "card" }, editor, out, h("div", { class: "actions" },
+      h("button", { type: "button", id: "save-template", onclick: save }, "Save"),
+      name ? h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete template ${name}?`)) return;
+        try { await api(`/apis/dragonfly.computer/v1/templates/${enc(name)}`, { method: "DELETE" }); location.hash = "#/templates"; } catch (e) { out.textContent = e.message; }
+      } }, "Delete") : null)));
+  return { refresh, events: null };
+}
+
+// ---- tokens, users, account -----------------------------------------------------------
+
+function tokensView() {
+  const body = h("tbody");
+  const shown = h("div");
+  const nameIn = h("input", { id: "token-name", required: true, maxLength: 64 });
+  const daysIn = h("input", { id: "token-days", type: "number", min: 1, max: 3650, placeholder: "never" });
+  const out = h("p", { class: "error", role: "alert" });
+  async function refresh() {
+    const list = await api("/api/tokens");
+    body.replaceChildren(...list.map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, ago(t.createdAt)), h("td", {}, t.expiresAt || "never"),
+      h("td", {}, t.lastUsed ? ago(t.lastUsed) : "never"),
+      h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Revoke token ${t.name}? Scripts using it stop working.`)) return;
+        await api(`/api/tokens/${enc(t.id)}`, { method: "DELETE" }).catch(showError); refresh().catch(showError);
+      } }, "Revoke")))));
+    if (!list.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "No API tokens.")));
+  }
+  const form = h("form", { class: "card toolbar", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const t = await api("/api/tokens", { method: "POST", body: { name: nameIn.value, expiresInDays: daysIn.value ? Number(daysIn.value) : null } });
+      shown.replaceChildren(h("div", { class: "card" }, h("p", {}, `Token ${t.name}: copy it now, it is shown only once.`), h("p", { class: "secret", id: "new-token" }, t.token)));
+      out.textContent = ""; nameIn.value = ""; refresh().catch(showError);
+    } catch (err) { out.textContent = err.message; }
+  } }, h("label", {}, "Name", nameIn), h("label", {}, "Expires in days", daysIn), h("button", { type: "submit" }, "Create token"), out);
+  mount(h("h1", {}, "API tokens"), form, shown,
+    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Name", "Created", "Expires", "Last used", ""].map((c) => h("th", {}, c)))), body)));
+  return { refresh, events: null };
+}
+
+function usersView() {
+  const body = h("tbody");
+  const out = h("p", { class: "error", role: "alert" });
+  const userIn = h("input", { id: "new-username", required: true, autocomplete: "off" });
+  const passIn = h("input", { id: "new-password", type: "password", required: true, minLength: 12, autocomplete: "new-password" });
+  const adminIn = h("input", { type: "checkbox", id: "new-admin" });
+  async function refresh() {
+    if (!me.isAdmin) { body.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "Only administrators manage users."))); return; }
+    const list = await api("/api/users");
+    body.replaceChildren(...list.map((u) => h("tr", {}, h("td", {}, u.username), h("td", {}, u.isAdmin ? "administrator" : "operator"),
+      h("td", {}, u.disabled ? "disabled" : "active"), h("td", {}, ago(u.createdAt)))));
+  }
+  const form = h("form", { class: "card toolbar", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      await api("/api/users", { method: "POST", body: { username: userIn.value, password: passIn.value, isAdmin: adminIn.checked } });
+      flash(`User ${userIn.value} created.`, true); out.textContent = ""; userIn.value = ""; passIn.value = ""; refresh().catch(showError);
+    } catch (err) { out.textContent = err.message; }
+  } }, h("label", {}, "Username", userIn), h("label", {}, "Password (12+ characters)", passIn), h("label", { class: "inline" }, adminIn, "Administrator"), h("button", { type: "submit" }, "Create user"), out);
+  mount(h("h1", {}, "Users"), me.isAdmin ? form : null,
+    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Username", "Role", "Status", "Created"].map((c) => h("th", {}, c)))), body)));
+  return { refresh, events: null };
+}
+
+function accountView() {
+  const cur = h("input", { type: "password", required: true, autocomplete: "current-password" });
+  const next = h("input", { type: "password", required: true, minLength: 12, autocomplete: "new-password" });
+  const out = h("p", { class: "error", role: "alert" });
+  mount(h("h1", {}, `Account: ${me.username}`), h("form", { class: "card login", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      await api("/api/auth/password", { method: "POST", body: { currentPassword: cur.value, newPassword: next.value } });
+      flash("Password changed; your other sessions were signed out.", true); cur.value = ""; next.value = ""; out.textContent = "";
+    } catch (err) { out.textContent = err.message; }
+  } }, h("h2", {}, "Change password"), h("label", {}, "Current password", cur), h("label", {}, "New password (12+ characters)", next), h("button", { type: "submit" }, "Change password"), out));
+  return { refresh: async () => {}, events: null };
+}
+
+// ---- session --------------------------------------------------------------------------
 
 function showLogin() {
+  me = null;
+  follow(null);
   $("login").hidden = false;
-  $("machines").hidden = true;
+  $("nav").hidden = true;
   $("who").hidden = true;
-}
-
-function text(el, value) { el.textContent = value ?? ""; return el; }
-
-function gib(bytes) { return bytes ? (bytes / 2 ** 30).toFixed(1) + " GiB" : ""; }
-
-async function loadMachines() {
-  const state = $("state-filter").value;
-  const res = await api("/api/machines?limit=500" + (state ? "&state=" + encodeURIComponent(state) : ""));
-  const page = await res.json();
-  const rows = $("rows");
-  rows.replaceChildren();
-  for (const m of page.items) {
-    const tr = document.createElement("tr");
-    const hw = m.hardware;
-    const cells = [
-      m.name,
-      null,
-      hw.macs.join(" "),
-      hw.cpu ? `${hw.cpu.model} (${hw.cpu.cores}c/${hw.cpu.threads}t)` : "",
-      gib(hw.memoryBytes),
-      hw.disks.map((d) => `${d.name} ${gib(d.sizeBytes)}`).join(", "),
-      Object.entries(m.labels).map(([k, v]) => `${k}=${v}`).join(" "),
-    ];
-    cells.forEach((c, i) => {
-      const td = document.createElement("td");
-      if (i === 1) td.append(text(Object.assign(document.createElement("span"), { className: "state" }), m.state));
-      else text(td, c);
-      tr.append(td);
-    });
-    rows.append(tr);
-  }
-  text($("count"), `${page.items.length} machine${page.items.length === 1 ? "" : "s"}`);
+  $("view").replaceChildren();
+  $("login").querySelector("input").focus();
 }
 
 async function showApp() {
-  const res = await api("/api/auth/me");
-  const me = await res.json();
-  text($("username"), me.username);
+  me = await api("/api/auth/me");
+  $("username").textContent = me.username;
   $("who").hidden = false;
+  $("nav").hidden = false;
   $("login").hidden = true;
-  $("machines").hidden = false;
-  await loadMachines();
+  await route();
 }
 
 $("login").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const form = new FormData(ev.target);
-  const res = await fetch("/api/auth/login", {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ username: form.get("username"), password: form.get("password") }),
-  });
-  if (res.ok) { text($("login-error"), ""); await showApp(); }
-  else { const body = await res.json().catch(() => ({})); text($("login-error"), body.message || "Sign-in failed"); }
+  try {
+    await api("/api/auth/login", { method: "POST", body: { username: form.get("username"), password: form.get("password") } });
+    $("login-error").textContent = "";
+    ev.target.reset();
+    await showApp();
+  } catch (e) {
+    $("login-error").textContent = e.status === 401 ? "Wrong user name or password." : e.message;
+  }
 });
 
 $("logout").addEventListener("click", async () => {
@@ -81,7 +597,5 @@ $("logout").addEventListener("click", async () => {
   showLogin();
 });
 
-$("state-filter").addEventListener("change", () => loadMachines().catch(() => {}));
-
-showApp().catch(() => {});
-setInterval(() => { if (!$("machines").hidden) loadMachines().catch(() => {}); }, 5000);
+window.addEventListener("hashchange", () => route());
+showApp().catch(() => showLogin());

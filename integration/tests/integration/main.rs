@@ -19,6 +19,7 @@
     reason = "the boot timelines are this test's report"
 )]
 
+mod cli;
 mod common;
 mod debian;
 mod discovery;

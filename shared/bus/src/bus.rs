@@ -462,6 +462,138 @@ impl Bus {
     }
 }
 
+/// Every event on the bus, as it was received: what [`Follower<AllEvents>`](crate::Follower)
+/// yields. For a relay (apid's `/api/events`), which passes events on without acting on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    /// The subject it came on, one of [`ALL_SUBJECTS`](crate::events::ALL_SUBJECTS).
+    pub subject: &'static str,
+    /// The envelope, `data` undecoded. Its `type` is the subject's (checked).
+    pub envelope: CloudEvent<serde_json::Value>,
+    /// The message exactly as received: the CloudEvents JSON document.
+    pub json: String,
+}
+
+/// Every declared event, undecoded: follow it with [`Follower<AllEvents>`](crate::Follower).
+///
+/// Not one `dragonfly.>` subscription: requests share the namespace (`dragonfly.power.<op>`),
+/// and a subscription matching a request's subject makes NATS deliver the request to it instead
+/// of answering "no responders", so a request to a service that is down would time out rather
+/// than fail at once. So one subscription per kind, `dragonfly.<kind>.>` (events of a kind
+/// arrive in the order they were published), except for a kind that also carries requests,
+/// whose events are subscribed one subject each ([`all_events_subjects`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AllEvents;
+
+/// What [`AllEvents`] subscribes to: `dragonfly.<kind>.>` for each kind of
+/// [`ALL_SUBJECTS`](crate::events::ALL_SUBJECTS) that carries no request, and each event
+/// subject of a kind that does (`dragonfly.power.changed`, …).
+pub fn all_events_subjects() -> Vec<String> {
+    let requests: Vec<&str> = crate::power::PowerOp::ALL
+        .iter()
+        .map(|op| crate::power::subject(*op))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for subject in crate::events::ALL_SUBJECTS {
+        let kind = subject.rsplit_once('.').map_or(*subject, |(kind, _)| kind);
+        let prefix = format!("{kind}.");
+        let shared = requests.iter().any(|r| r.starts_with(&prefix));
+        let pattern = if shared {
+            (*subject).to_owned()
+        } else {
+            format!("{kind}.>")
+        };
+        if !out.contains(&pattern) {
+            out.push(pattern);
+        }
+    }
+    out
+}
+
+/// A stream of every event ([`AllEvents`]). A message on an event's subject that does not
+/// decode yields an `Err` item (and is logged); the stream goes on. Dropping it unsubscribes.
+pub struct AllSubscription {
+    inner: futures::stream::SelectAll<async_nats::Subscriber>,
+}
+
+impl fmt::Debug for AllSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AllSubscription")
+            .field("subscriptions", &self.inner.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Subscribes to every event published from now on ([`AllEvents`]).
+    ///
+    /// # Errors
+    /// [`BusError::Subscribe`] when the client is closed.
+    pub async fn subscribe_all(&self) -> Result<AllSubscription, BusError> {
+        let mut inner = futures::stream::SelectAll::new();
+        for subject in all_events_subjects() {
+            let sub = self
+                .client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| BusError::Subscribe { subject, source })?;
+            inner.push(sub);
+        }
+        Ok(AllSubscription { inner })
+    }
+}
+
+impl Stream for AllSubscription {
+    type Item = Result<RawEvent, BusError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if let Some(item) = decode_raw(&msg) {
+                        return Poll::Ready(Some(item));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// `None` for a subject that carries no event (one this build does not know).
+fn decode_raw(msg: &Message) -> Option<Result<RawEvent, BusError>> {
+    let at = crate::events::ALL_SUBJECTS
+        .iter()
+        .position(|s| *s == msg.subject.as_str())?;
+    let subject = crate::events::ALL_SUBJECTS[at];
+    let expected = crate::events::ALL_TYPES[at];
+    let decoded = CloudEvent::<serde_json::Value>::from_json(&msg.payload).and_then(|event| {
+        if event.ty == expected {
+            Ok(event)
+        } else {
+            Err(DecodeError::WrongType {
+                expected,
+                found: event.ty,
+            })
+        }
+    });
+    Some(match decoded {
+        Ok(envelope) => Ok(RawEvent {
+            subject,
+            envelope,
+            json: String::from_utf8_lossy(&msg.payload).into_owned(),
+        }),
+        Err(source) => {
+            warn!(subject, error = %Chain(&source), "received a malformed event");
+            Err(BusError::Decode {
+                subject: subject.to_owned(),
+                source,
+            })
+        }
+    })
+}
+
 /// A stream of `E` events from [`Bus::subscribe`]. A message that does not decode yields an
 /// `Err` item (and is logged); the stream goes on. It ends only when the client closes.
 /// Dropping it unsubscribes.
@@ -681,6 +813,39 @@ fn on_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether NATS pattern `pattern` matches `subject`.
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let (p, s): (Vec<&str>, Vec<&str>) =
+            (pattern.split('.').collect(), subject.split('.').collect());
+        for (i, token) in p.iter().enumerate() {
+            match *token {
+                ">" => return s.len() > i,
+                "*" if i < s.len() => {}
+                t if s.get(i) == Some(&t) => {}
+                _ => return false,
+            }
+        }
+        p.len() == s.len()
+    }
+
+    #[test]
+    fn all_events_match_every_event_once_and_no_request() {
+        let patterns = all_events_subjects();
+        for subject in crate::events::ALL_SUBJECTS {
+            let n = patterns.iter().filter(|p| matches(p, subject)).count();
+            assert_eq!(n, 1, "{subject}: {patterns:?}");
+        }
+        for op in crate::power::PowerOp::ALL {
+            let request = crate::power::subject(op);
+            assert!(
+                !patterns.iter().any(|p| matches(p, request)),
+                "{request} would look answered: {patterns:?}"
+            );
+        }
+        assert!(patterns.contains(&"dragonfly.workflow.>".to_owned()));
+        assert!(patterns.contains(&"dragonfly.power.changed".to_owned()));
+    }
 
     #[test]
     fn credentials_never_print() {

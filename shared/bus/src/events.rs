@@ -61,6 +61,9 @@ macro_rules! events {
         /// Every subject an [`Event`] is published on, in declaration order.
         pub const ALL_SUBJECTS: &[&str] = &[$($subject),*];
 
+        /// Every event's CloudEvents `type`, in the order of [`ALL_SUBJECTS`].
+        pub const ALL_TYPES: &[&str] = &[$(concat!("computer.", $subject)),*];
+
         /// Each event's subject and the field names its `Deserialize` asks for (`None` when
         /// it flattens another type, which hides the list).
         #[cfg(test)]

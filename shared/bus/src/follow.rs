@@ -18,27 +18,75 @@
 //!
 //! This module must never treat an event's payload as state that is not also in the store.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::bus::{Bus, ConnectionState, Subscription};
-use crate::{BusError, CloudEvent, Event};
+use crate::bus::{AllSubscription, Bus, ConnectionState, RawEvent, Subscription};
+use crate::{AllEvents, BusError, CloudEvent, Event};
 
 /// How long the subscription check before a reconcile may take; after that the reconcile
 /// happens anyway (a reconcile late is worse than one that might miss an event, which the next
 /// reconnect or period catches).
 const FLUSH_BOUND: Duration = Duration::from_secs(2);
 
+/// What a [`Follower`] follows: one event type `E` (yielding `CloudEvent<E>`), or
+/// [`AllEvents`] (yielding [`RawEvent`]s). Sealed.
+pub trait Followed: crate::sealed::Followed + Send + 'static {
+    /// What the follower yields for each event.
+    type Item: Send;
+    /// The subscription the events come from.
+    #[doc(hidden)]
+    type Stream: Stream<Item = Result<Self::Item, BusError>> + Unpin + Send + fmt::Debug;
+    /// Subscribes.
+    #[doc(hidden)]
+    fn subscribe(bus: &Bus) -> SubscribeFuture<'_, Self::Stream>;
+}
+
+/// What [`Followed::subscribe`] returns.
+pub(crate) type SubscribeFuture<'a, S> =
+    Pin<Box<dyn Future<Output = Result<S, BusError>> + Send + 'a>>;
+
+impl<E: Event> Followed for E {
+    type Item = CloudEvent<E>;
+    type Stream = Subscription<E>;
+    fn subscribe(bus: &Bus) -> SubscribeFuture<'_, Subscription<E>> {
+        Box::pin(bus.subscribe::<E>())
+    }
+}
+
+impl Followed for AllEvents {
+    type Item = RawEvent;
+    type Stream = AllSubscription;
+    fn subscribe(bus: &Bus) -> SubscribeFuture<'_, AllSubscription> {
+        Box::pin(bus.subscribe_all())
+    }
+}
+
 /// What a daemon following the bus must do next.
-#[derive(Debug)]
-pub enum Change<E> {
+pub enum Change<E: Followed> {
     /// Read the store and act on everything in it: at start, after a reconnect, on a period.
     Reconcile(ReconcileReason),
-    /// `E` happened; re-read what it is about.
-    Event(CloudEvent<E>),
+    /// An event happened (`CloudEvent<E>`, or a [`RawEvent`] for [`AllEvents`]); re-read
+    /// what it is about.
+    Event(E::Item),
+}
+
+impl<E: Followed> fmt::Debug for Change<E>
+where
+    E::Item: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Reconcile(reason) => f.debug_tuple("Reconcile").field(reason).finish(),
+            Self::Event(event) => f.debug_tuple("Event").field(event).finish(),
+        }
+    }
 }
 
 /// Why a [`Change::Reconcile`] was yielded (for logs).
@@ -52,24 +100,33 @@ pub enum ReconcileReason {
     Period,
 }
 
-/// Subscription to `E` that also says when to reconcile; see the module docs.
-#[derive(Debug)]
-pub struct Follower<E> {
+/// Subscription to `E` (an event type, or [`AllEvents`]) that also says when to reconcile;
+/// see the module docs.
+pub struct Follower<E: Followed> {
     bus: Bus,
-    events: Subscription<E>,
+    events: E::Stream,
     states: watch::Receiver<ConnectionState>,
     period: Option<Interval>,
     pending: Option<ReconcileReason>,
 }
 
-impl<E: Event> Follower<E> {
+impl<E: Followed> fmt::Debug for Follower<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Follower")
+            .field("events", &self.events)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Followed> Follower<E> {
     /// Subscribes to `E`. With `period`, also asks for a reconcile that often (a safety net
     /// for work a lost event and a missed reconnect could both leave behind; pick it long).
     ///
     /// # Errors
     /// [`BusError::Subscribe`] when the client is closed.
     pub async fn new(bus: &Bus, period: Option<Duration>) -> Result<Self, BusError> {
-        let events = bus.subscribe::<E>().await?;
+        let events = E::subscribe(bus).await?;
         let mut states = bus.connection_events();
         states.borrow_and_update();
         let period = period.map(|p| {

@@ -13,7 +13,8 @@
 //! - A [`Request`] is plain JSON on `R::SUBJECT`; [`Bus::serve`] answers it in a queue group
 //!   named after the subject, so several instances of a daemon share the load.
 //! - Daemons publish through a [`Publisher`] (bounded, never blocks, drops counted) and
-//!   subscribe through a [`Follower`] (which also says when to reconcile from the store).
+//!   subscribe through a [`Follower`] (which also says when to reconcile from the store): of
+//!   one event type, or of [`AllEvents`] (undecoded [`RawEvent`]s, for a relay).
 //! - [`Bus::connect`] returns at once even when NATS is down: messages wait in the client's
 //!   buffer and go out on connect; reconnects never stop, with backoff capped at 2 s, and the
 //!   client re-creates its subscriptions on the new connection.
@@ -43,10 +44,13 @@ mod publisher;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use bus::{Bus, BusAuth, BusTls, ConnectOptions, ConnectionState, Subscription};
+pub use bus::{
+    AllEvents, AllSubscription, Bus, BusAuth, BusTls, ConnectOptions, ConnectionState, RawEvent,
+    Subscription, all_events_subjects,
+};
 pub use cloudevent::{CloudEvent, DecodeError, JSON_CONTENT_TYPE, SpecVersion};
 pub use error::BusError;
-pub use follow::{Change, Follower, ReconcileReason};
+pub use follow::{Change, Followed, Follower, ReconcileReason};
 pub use publisher::{DEFAULT_CAPACITY, Publisher, PublisherStats, PublisherTask};
 
 /// A payload published on the bus as the `data` of a [`CloudEvent`].
@@ -67,6 +71,11 @@ pub trait Event: sealed::Sealed + Serialize + DeserializeOwned + Send + Sync + '
 mod sealed {
     /// Implemented by the `events!` macro only.
     pub trait Sealed {}
+
+    /// What a follower may follow: each event, and every event at once.
+    pub trait Followed {}
+    impl<E: super::Event> Followed for E {}
+    impl Followed for crate::AllEvents {}
 }
 
 /// A request answered by one instance of a service ([`Bus::serve`]); sent with

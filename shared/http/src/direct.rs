@@ -112,7 +112,7 @@ pub(crate) async fn connection(
                     }
                 }
             }
-            None => exchange(shared, &stream, &buf[..head.len], peer, activity).await,
+            None => exchange(shared, &stream, &buf[..head.len], peer, activity, drain).await,
         };
         if !again || drain.is_cancelled() {
             return;
@@ -311,6 +311,7 @@ async fn exchange(
     head: &[u8],
     peer: SocketAddr,
     activity: &Activity,
+    drain: &CancellationToken,
 ) -> bool {
     let state = Arc::new(ExchangeState::default());
     let io = Exchange {
@@ -319,7 +320,7 @@ async fn exchange(
         state: Arc::clone(&state),
         activity,
     };
-    let service = shared.service(peer, Some(Arc::clone(&state)));
+    let service = shared.service(peer, Some(Arc::clone(&state)), drain);
     let conn = shared.builder().serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {

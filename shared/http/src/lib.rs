@@ -20,7 +20,9 @@
 //! - **back-off** when accept fails for want of descriptors or memory (EMFILE, ENFILE):
 //!   pause [`ACCEPT_BACKOFF`] and accept again, never spin and never stop serving;
 //! - a **graceful drain** when the shutdown token is cancelled: stop accepting, close idle
-//!   connections, let requests in flight finish (the frame bounds how long);
+//!   connections, let requests in flight finish (the frame bounds how long); a response that
+//!   never finishes by itself (Server-Sent Events) ends on the [`Draining`] signal every
+//!   request carries, so it does not hold the shutdown up;
 //! - optional **TLS** ([`Tls`]: rustls with ring, certificate and key given as bytes).
 //!
 //! Each listener has its own caps, so a flood on apid's agent listener cannot take the
@@ -46,7 +48,7 @@ pub use config::{
     TLS_CERTIFICATE_CREDENTIAL, TLS_KEY_CREDENTIAL, TlsFiles, TlsOff,
 };
 pub use files::{Answering, FileAnswer, FileBody, FilePart, FileRequest, FileRoutes};
-pub use serve::{ACCEPT_BACKOFF, Secure, ServeError, Server};
+pub use serve::{ACCEPT_BACKOFF, Draining, Secure, ServeError, Server};
 pub use tls::{Tls, TlsError};
 
 #[cfg(test)]

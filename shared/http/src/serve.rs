@@ -48,6 +48,32 @@ pub enum ServeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Secure;
 
+/// In every request's extensions: the listener's drain signal. A response that never ends by
+/// itself (Server-Sent Events, a long poll) must end when it fires: the drain lets every
+/// response in flight finish, so a stream that ignores it holds the daemon's shutdown until
+/// the frame's grace period runs out. Responses that end anyway (a file, a JSON answer) need
+/// not look at it.
+#[derive(Debug, Clone)]
+pub struct Draining(CancellationToken);
+
+impl Draining {
+    /// Resolves once the listener has begun to drain (at once if it already has).
+    pub async fn started(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Whether the listener has begun to drain.
+    pub fn has_started(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// A drain signal that fires when `token` is cancelled: for serving a router some other
+    /// way than [`Server`] (tests).
+    pub fn new(token: CancellationToken) -> Self {
+        Self(token)
+    }
+}
+
 /// What one listener serves, and how.
 #[derive(Debug)]
 pub struct Server {
@@ -241,10 +267,12 @@ impl Shared {
 
     /// The router as hyper's service for a connection from `peer`. With `exchange`, each
     /// response body says when hyper drops it (one exchange of a file-routes connection).
+    /// Every request carries [`Draining`] for `drain`.
     pub(crate) fn service(
         &self,
         peer: SocketAddr,
         exchange: Option<Arc<ExchangeState>>,
+        drain: &CancellationToken,
     ) -> impl hyper::service::Service<
         hyper::Request<Incoming>,
         Response = hyper::Response<Finished>,
@@ -254,10 +282,12 @@ impl Shared {
         let app = self.app.clone();
         let secure = self.tls.is_some();
         let body_timeout = self.config.body_timeout;
+        let draining = Draining(drain.clone());
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let deadline = Instant::now() + body_timeout;
             let mut request = request.map(|body| DeadlineBody::new(body, deadline));
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(draining.clone());
             if secure {
                 request.extensions_mut().insert(Secure);
             }
@@ -278,7 +308,7 @@ impl Shared {
     {
         let conn = self
             .builder()
-            .serve_connection(TokioIo::new(io), self.service(peer, None));
+            .serve_connection(TokioIo::new(io), self.service(peer, None, drain));
         let mut conn = std::pin::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,

@@ -32,6 +32,7 @@ fn app() -> Router {
             ),
         )
         .route("/echo", post(|body: String| async move { body.len().to_string() }))
+        .route("/ticks", get(ticks))
         .route(
             "/slow",
             get(|| async {
@@ -39,6 +40,20 @@ fn app() -> Router {
                 "slow"
             }),
         )
+}
+
+/// A response that never ends by itself (as Server-Sent Events): a line every 50 ms until the
+/// listener drains.
+async fn ticks(axum::Extension(draining): axum::Extension<crate::Draining>) -> axum::body::Body {
+    let lines = futures::stream::unfold((draining, 0u32), |(draining, n)| async move {
+        tokio::select! {
+            () = draining.started() => None,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                Some((Ok::<_, std::convert::Infallible>(format!("tick {n}\n")), (draining, n + 1)))
+            }
+        }
+    });
+    axum::body::Body::from_stream(lines)
 }
 
 fn config(tweak: impl FnOnce(&mut RawHttpConfig)) -> HttpConfig {
@@ -279,6 +294,40 @@ async fn shutdown_lets_requests_in_flight_finish_and_stops_accepting() {
     );
     assert!(in_flight.await.unwrap().ends_with("slow"));
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn a_response_that_never_ends_ends_when_the_drain_starts() {
+    let r = start(HttpConfig::default(), None).await;
+    let mut s = connect_from("127.0.0.1", r.addr).await;
+    s.write_all(b"GET /ticks HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("tick 2") {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("ticks")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let start = Instant::now();
+    r.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(3), r.task)
+        .await
+        .expect("the drain does not wait for the stream")
+        .unwrap()
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    // The response ended properly (the last chunk) and the connection closed.
+    let took = closed_within(&mut s, Duration::from_secs(1)).await;
+    assert!(took.is_some(), "the connection stays open");
 }
 
 #[tokio::test]

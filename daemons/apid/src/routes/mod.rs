@@ -12,6 +12,7 @@ pub mod address;
 pub mod agent;
 pub mod bmc;
 pub mod conflicts;
+pub mod events;
 pub mod health;
 pub mod images;
 pub mod machines;
@@ -86,7 +87,9 @@ fn operator_routes() -> Router<AppState> {
     Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
         .route("/api/openapi.json", get(crate::openapi::serve))
+        .route("/api/events", get(events::events))
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
         .route("/api/auth/me", get(session::me))

@@ -1,15 +1,21 @@
-//! The web UI: one static page and its script, compiled into the binary.
+//! The web UI: one static page, its script and its style sheet, compiled into the binary (no
+//! CDN: a provisioning network often has no internet).
 //!
-//! Both are public (they contain no data; everything they show comes from the authenticated
-//! API) and are served with a strict Content-Security-Policy: no inline script, no third-party
-//! origin, no framing.
+//! All three are public (they contain no data; everything they show comes from the
+//! authenticated API) and are served with a strict Content-Security-Policy: no inline script
+//! or style (`'unsafe-inline'` nowhere), no third-party origin, no framing. The script builds
+//! every element with `textContent`, never HTML, so a value an agent sent (a host name, a disk
+//! model, a console line) is always shown as text. See `ui/app.js`.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+const APP_CSS: &str = include_str!("../../ui/app.css");
+/// The policy of every UI response. `style-src 'self'`: the style sheet only; the script sets
+/// a progress bar's width through the CSSOM, which CSP allows, never a `style` attribute.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
                    base-uri 'none'";
 
@@ -40,4 +46,9 @@ pub async fn index() -> Response {
 /// `GET /ui/app.js`: the UI's script.
 pub async fn app_js() -> Response {
     page(APP_JS, "text/javascript; charset=utf-8")
+}
+
+/// `GET /ui/app.css`: the UI's style sheet.
+pub async fn app_css() -> Response {
+    page(APP_CSS, "text/css; charset=utf-8")
 }

@@ -595,9 +595,35 @@ async fn health_needs_no_credentials_and_the_ui_is_served() {
             .unwrap()
             .contains("script-src 'self'")
     );
-    assert!(page.text().await.unwrap().contains("/ui/app.js"));
-    let js = s.http.get(s.url("/ui/app.js")).send().await.unwrap();
-    assert_eq!(js.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/ui/app.js") && html.contains("/ui/app.css"));
+    // No inline script or style for the policy to refuse.
+    assert!(!html.contains("<style") && !html.contains(" style=") && !html.contains("<script>"));
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = s.http.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        let body = r.text().await.unwrap();
+        // The script never builds HTML from strings (every value goes in as text).
+        assert!(
+            !body.contains("innerHTML") && !body.contains("insertAdjacentHTML"),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -20,6 +20,8 @@ pub(crate) struct Server {
     pub(crate) auth_db: AuthDb,
     pub(crate) store: TestDb,
     pub(crate) http: reqwest::Client,
+    /// Cancelling it drains the server (as apid's shutdown does).
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub(crate) fn config(tweak: impl FnOnce(&mut dragonfly_apid::config::RawApid)) -> ApidConfig {
@@ -40,6 +42,16 @@ impl Server {
     /// apid with `bus` as its NATS connection (requests such as power commands go over it,
     /// and its events are published on it).
     pub(crate) async fn start_with_bus(cfg: ApidConfig, bus: Option<dragonfly_bus::Bus>) -> Self {
+        Self::start_with_hub(cfg, bus, None).await
+    }
+
+    /// apid with `bus`, its event relay feeding `hub` (the default one when `None`) as `run`
+    /// starts it.
+    pub(crate) async fn start_with_hub(
+        cfg: ApidConfig,
+        bus: Option<dragonfly_bus::Bus>,
+        hub: Option<dragonfly_apid::live::Hub>,
+    ) -> Self {
         let store = TestDb::new();
         let db = store.db.clone();
         let auth_db = store.auth_db();
@@ -48,7 +60,7 @@ impl Server {
             Some(bus) => dragonfly_bus::Publisher::start(bus, dragonfly_bus::DEFAULT_CAPACITY).0,
             None => dragonfly_bus::Publisher::disabled(),
         };
-        let state = AppState::new(
+        let mut state = AppState::new(
             db.clone(),
             auth_db.clone(),
             bus,
@@ -56,11 +68,22 @@ impl Server {
             cfg,
             Secret::new(KEY.to_vec()),
         );
+        if let Some(hub) = hub {
+            state.live = std::sync::Arc::new(hub);
+        }
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        if let Some(bus) = &state.bus {
+            tokio::spawn(dragonfly_apid::live::relay(
+                std::sync::Arc::clone(&state.live),
+                bus.clone(),
+                shutdown.clone(),
+            ));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let http = state.config.http.clone();
         let server = dragonfly_http::Server::new("test", app(state), http, None);
-        tokio::spawn(server.serve(listener, tokio_util::sync::CancellationToken::new()));
+        tokio::spawn(server.serve(listener, shutdown.clone()));
         let base = format!("http://{addr}");
         Self {
             http: browser(&base),
@@ -68,6 +91,7 @@ impl Server {
             db,
             auth_db,
             store,
+            shutdown,
         }
     }
 

@@ -137,6 +137,7 @@ async fn agents_and_operators_are_served_apart_and_operators_over_tls() {
         ("GET", "/"),
         ("GET", "/api/machines"),
         ("GET", "/api/openapi.json"),
+        ("GET", "/api/events"),
         ("POST", "/api/auth/login"),
         ("GET", "/apis/dragonfly.computer/v1/hardware"),
     ] {

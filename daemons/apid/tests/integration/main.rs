@@ -10,6 +10,7 @@ mod auth_walk;
 mod binary;
 mod common;
 mod console;
+mod events;
 mod images;
 mod listeners;
 mod operators;
