@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{PATH}:4:2: dhcp: unknown section, expected one of: store, nats, log, apid, \
+                "{PATH}:4:2: dhcp: unknown section, expected one of: store, nats, log, metrics, apid, \
                  dhcpd, tftpd, ipxed, workflowd, bmcd"
             )
         );

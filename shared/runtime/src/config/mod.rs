@@ -223,6 +223,28 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listeners_are_per_daemon_and_checked() {
+        assert_eq!(
+            parse("[apid]\nworkers = 2\n").unwrap().metrics,
+            MetricsConfig::default()
+        );
+        let loaded = parse(
+            "[apid]\nworkers = 2\n[metrics]\napid = \"127.0.0.1:9644\"\nbmcd = \"[::1]:9646\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.metrics.listen("apid"),
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9644))
+        );
+        assert_eq!(loaded.metrics.listen("bmcd").map(|a| a.port()), Some(9646));
+        assert_eq!(loaded.metrics.listen("dhcpd"), None);
+        let err = error("[apid]\nworkers = 2\n[metrics]\ndhcpd = \"localhost:9641\"\n");
+        assert!(err.contains("metrics.dhcpd"), "{err}");
+        let err = error("[apid]\nworkers = 2\n[metrics]\nnats = \"127.0.0.1:1\"\n");
+        assert!(err.contains("nats"), "{err}");
+    }
+
+    #[test]
     fn full_file_is_validated() {
         let loaded = parse(
             r#"
