@@ -76,9 +76,12 @@ deps_packages() {
                 # tftp-hpa, atftp: real TFTP clients in tftpd's tests (curl is the third)
                 # e2fsprogs, dosfstools, xfsprogs: the agent's partition/writefile tests make and
                 #   mount ext4, vfat and xfs on loop devices; zstd, xz-utils, bzip2: their images
+                # prometheus: a real Prometheus scrapes every daemon's /metrics in the metrics
+                #   test (run from the test with its own storage; never as the system service),
+                #   and its promtool checks each daemon's output
                 printf '%s\n' python3-pip systemd-container debootstrap nftables \
                     isc-dhcp-client busybox-static kea-admin tftp-hpa atftp \
-                    e2fsprogs dosfstools xfsprogs zstd xz-utils bzip2
+                    e2fsprogs dosfstools xfsprogs zstd xz-utils bzip2 prometheus
                 ;;
             browser)
                 # chromium: the web UI's tests drive Debian's browser headless (no browser

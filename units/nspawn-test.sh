@@ -25,7 +25,9 @@
 # 6. From the clients' namespace, as an operator's machines would: a DHCP lease from
 #    dragonfly-dhcpd (busybox udhcpc), a TFTP download from dragonfly-tftpd (curl tftp://),
 #    an iPXE script from dragonfly-ipxed (GET /boot/{mac}), GET /api/health from apid. The
-#    socket-activated daemons start on that first packet or connection.
+#    socket-activated daemons start on that first packet or connection. Then each daemon's
+#    /metrics on its dragonfly-<daemon>-metrics.socket (127.0.0.1:9641-9646, the container's
+#    loopback), counting what the clients just did.
 # 7. Leaves everything running for $DRAGONFLY_NSPAWN_SOAK seconds (default 95: three periods of
 #    the units' WatchdogSec=30s), asks every daemon again, and fails on any restart
 #    (NRestarts), any watchdog kill in the journal, or any unit not active.
@@ -198,10 +200,13 @@ for _ in $(seq 300); do   # up to 30 s: a daemon may wait for NATS before READY=
     sleep 0.1
 done
 
+metrics_sockets=()
+for d in "${daemons[@]}"; do metrics_sockets+=("dragonfly-$d-metrics.socket"); done
 check "dragonfly-migrate.service ran and succeeded" \
     test "$(prop dragonfly-migrate.service ActiveState),$(prop dragonfly-migrate.service Result)" = "active,success"
 for unit in dragonfly-apid.socket dragonfly-apid-agent.socket dragonfly-ipxed.socket \
-            dragonfly-dhcpd.socket dragonfly-dhcpd-pxe.socket dragonfly-tftpd.socket; do
+            dragonfly-dhcpd.socket dragonfly-dhcpd-pxe.socket dragonfly-tftpd.socket \
+            "${metrics_sockets[@]}"; do
     check "$unit is active" ct systemctl -q is-active "$unit"
 done
 for d in "${daemons[@]}"; do
@@ -229,7 +234,31 @@ ask_all() {
     lease=$(sed -n 's/.*lease of \([0-9.]*\) obtained.*/\1/p' <<< "$out")
     check "$label: dhcpd leases ${lease:-nothing} to udhcpc" grep -q "^$net\\.[0-9]*$" <<< "$lease"
 }
+
+# Each daemon's metrics port (units/dragonfly-<daemon>-metrics.socket).
+declare -A metrics_port=([dhcpd]=9641 [tftpd]=9642 [ipxed]=9643 [apid]=9644 [workflowd]=9645 [bmcd]=9646)
+# ask_metrics LABEL: every daemon's /metrics on the container's loopback, with what ask_all did
+# counted.
+ask_metrics() {
+    local label=$1 d out
+    for d in "${daemons[@]}"; do
+        out=$(ip netns exec "$ns_ct" curl -s --max-time 10 "http://127.0.0.1:${metrics_port[$d]}/metrics" || true)
+        check "$label: dragonfly-$d serves /metrics on 127.0.0.1:${metrics_port[$d]}" \
+            grep -q "^dragonfly_build_info{daemon=\"$d\"" <<< "$out"
+        case $d in
+            dhcpd) check "$label: dhcpd counted its leases" \
+                grep -Eq '^dragonfly_dhcpd_leases_granted_total [1-9]' <<< "$out" ;;
+            tftpd) check "$label: tftpd counted its transfers" \
+                grep -Eq '^dragonfly_tftpd_transfers_total\{outcome="complete"\} [1-9]' <<< "$out" ;;
+            ipxed) check "$label: ipxed counted its boot decisions" \
+                grep -Eq '^dragonfly_ipxed_boot_decisions_total\{fate="discovery"\} [1-9]' <<< "$out" ;;
+            apid) check "$label: apid counted GET /api/health by its route" \
+                grep -Eq '^dragonfly_apid_http_requests_total\{.*route="/api/health",status="200"\} [1-9]' <<< "$out" ;;
+        esac
+    done
+}
 ask_all "first request"
+ask_metrics "first request"
 
 echo "leaving every daemon running for ${soak}s (WatchdogSec=30s)"
 sleep "$soak"
@@ -241,6 +270,7 @@ done
 kills=$(ct journalctl --no-pager -u 'dragonfly*' | grep -c -i 'watchdog timeout' || true)
 check "no watchdog kill in the journal ($kills)" test "$kills" = 0
 ask_all "after ${soak}s"
+ask_metrics "after ${soak}s"
 
 ct systemctl stop dragonfly-apid.service 2>/dev/null   # warns that the socket can start it again: yes
 check "apid stopped, socket still listening" \

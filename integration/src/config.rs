@@ -30,6 +30,8 @@ pub struct LabConfig {
     pub tftpd: Option<TftpdConfig>,
     pub dhcpd: Option<DhcpdConfig>,
     pub bmcd: Option<BmcdConfig>,
+    /// `[metrics]`: `(daemon, "IP:PORT")`, where each daemon binds its metrics listener.
+    pub metrics: Vec<(String, String)>,
 }
 
 /// `[bmcd]`.
@@ -189,6 +191,7 @@ impl LabConfig {
             tftpd: None,
             dhcpd: None,
             bmcd: None,
+            metrics: Vec::new(),
         }
     }
 
@@ -206,6 +209,12 @@ impl LabConfig {
         }
         let _ = writeln!(out, "[nats]\nurl = {}\n", quote(&self.nats));
         let _ = writeln!(out, "[log]\nlevel = {}", quote(&self.log_level));
+        if !self.metrics.is_empty() {
+            out.push_str("\n[metrics]\n");
+            for (daemon, addr) in &self.metrics {
+                let _ = writeln!(out, "{daemon} = {}", quote(addr));
+            }
+        }
         if let Some(apid) = &self.apid {
             let _ = write!(
                 out,

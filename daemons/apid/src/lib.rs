@@ -28,6 +28,7 @@ pub mod config;
 pub mod csrf;
 pub mod error;
 pub mod live;
+pub mod metrics;
 pub mod openapi;
 pub mod password;
 pub mod registration;
@@ -236,6 +237,7 @@ pub async fn run(
         None => None,
     };
     let http = ctx.config.http.clone();
+    let metrics = metrics::ApidMetrics::register(&ctx.metrics);
     let auth_db = open_auth_db(&ctx.config.auth_db, ctx.store.path()).await?;
     let state = AppState::new(ctx.store, auth_db, ctx.bus, ctx.events, ctx.config, key);
     // Images a previous run left half-added (the store says which).
@@ -260,13 +262,17 @@ pub async fn run(
     }
     let operators = Server::new(
         "operator",
-        routes::router_for(state.clone(), routes::Audience::Operator),
+        routes::router_for(state.clone(), routes::Audience::Operator).layer(
+            axum::middleware::from_fn_with_state(metrics.clone(), metrics::track),
+        ),
         http.clone(),
         tls,
     );
     let agents = Server::new(
         "agent",
-        routes::router_for(state, routes::Audience::Agent),
+        routes::router_for(state, routes::Audience::Agent).layer(
+            axum::middleware::from_fn_with_state(metrics.for_listener("agent"), metrics::track),
+        ),
         http,
         None,
     );

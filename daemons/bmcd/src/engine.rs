@@ -155,6 +155,7 @@ pub struct Engine {
     /// Machines whose power was just changed: polled again soon, so the stored state (and
     /// `power.changed`) follows a command within seconds rather than a poll interval.
     soon: Mutex<std::collections::HashSet<MachineId>>,
+    metrics: crate::metrics::BmcdMetrics,
 }
 
 /// How a caller waits for a BMC that is busy with another operation.
@@ -177,7 +178,15 @@ impl Engine {
             limit,
             locks: Mutex::new(HashMap::new()),
             soon: Mutex::new(std::collections::HashSet::new()),
+            metrics: crate::metrics::BmcdMetrics::default(),
         }
+    }
+
+    /// Counts operations into `metrics` (registered in the frame's registry).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::BmcdMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn db(&self) -> &Db {
@@ -226,6 +235,12 @@ impl Engine {
                 self.attempts(&bmc, &driver, op, persistent).await
             }
         };
+        self.metrics.observe(
+            op,
+            wait == Wait::Skip,
+            result.as_ref().err().map(|f| f.kind),
+            started.elapsed().as_secs_f64(),
+        );
         self.store_outcome(machine, op, &result).await;
         if result.is_ok()
             && matches!(

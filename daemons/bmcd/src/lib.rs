@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -115,12 +116,15 @@ pub async fn run(ctx: Context<Bmcd>, shutdown: CancellationToken) -> Result<(), 
         .await
         .map_err(BmcdError::PublishKey)?;
     tracing::info!(key_id = %public.id(), "BMC public key published");
-    let engine = Arc::new(Engine::new(
-        ctx.store.clone(),
-        key,
-        ctx.config.clone(),
-        ctx.events.clone(),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            ctx.store.clone(),
+            key,
+            ctx.config.clone(),
+            ctx.events.clone(),
+        )
+        .with_metrics(metrics::BmcdMetrics::register(&ctx.metrics)),
+    );
     let period = Some(ctx.config.reconcile_period);
     let mut servers = Vec::new();
     let (mut created, mut succeeded) = match &ctx.bus {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod io;
 pub mod leases;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod wire;
 
@@ -187,8 +188,10 @@ pub async fn run(
         events,
         heartbeat,
         bus,
+        metrics,
         ..
     } = ctx;
+    let metrics = metrics::DhcpdMetrics::register(&metrics);
     publish_served(&db, &config).await?;
     let base = config;
     let cfg = Arc::new(
@@ -233,6 +236,7 @@ pub async fn run(
         let dhcp = Arc::clone(&dhcp);
         let pxe = pxe.clone();
         let events = events.clone();
+        let metrics = metrics.clone();
         let mut send_failed = io::RateLimited::new("reply not sent", LOG_EVERY);
         let config = GroupConfig {
             max_batch: MAX_BATCH,
@@ -251,7 +255,7 @@ pub async fn run(
                     ) => pxe,
                     _ => &dhcp,
                 };
-                committed(after, result, socket, &events, &mut send_failed);
+                committed(after, result, socket, &events, &metrics, &mut send_failed);
             })
             .await
             .map_err(DhcpdError::StartWriter)?
@@ -267,6 +271,7 @@ pub async fn run(
         table: &mut table,
         writer: &writer,
         events: &events,
+        metrics: &metrics,
         malformed: io::RateLimited::new("dropped malformed packet", LOG_EVERY),
         send_failed: io::RateLimited::new("reply not sent", LOG_EVERY),
         overloaded: io::RateLimited::new("lease writer behind", LOG_EVERY),
@@ -408,6 +413,7 @@ struct LoopState<'a> {
     table: &'a mut leases::Leases,
     writer: &'a GroupWriter<LeaseOp, After>,
     events: &'a Publisher,
+    metrics: &'a metrics::DhcpdMetrics,
     malformed: io::RateLimited,
     send_failed: io::RateLimited,
     overloaded: io::RateLimited,
@@ -479,6 +485,14 @@ impl LoopState<'_> {
             let booted = out.pxe.as_ref().map(|p| p.mac);
             if let Some(pxe) = out.pxe {
                 tracing::info!(mac = %pxe.mac, arch = %pxe.arch, client = %pxe.client, boot = %pxe.boot, "boot answer");
+                self.metrics
+                    .pxe_answers
+                    .get_or_create(&metrics::Pxe {
+                        arch: pxe.arch.clone(),
+                        client: pxe.client.clone(),
+                        mode: pxe.mode.clone(),
+                    })
+                    .inc();
                 self.events.publish(&pxe);
             } else if req.boot_client.is_some() && out.reply.is_some() {
                 tracing::info!(mac = %req.mac, arch = ?req.arch, "network-boot client of unknown architecture: no boot answer");
@@ -588,6 +602,7 @@ fn committed(
     result: Result<Vec<Lease>, &StoreError>,
     dhcp: &UdpSocket,
     events: &Publisher,
+    metrics: &metrics::DhcpdMetrics,
     send_failed: &mut io::RateLimited,
 ) {
     let Ok(ended) = result else { return };
@@ -600,13 +615,20 @@ fn committed(
                 send_failed.hit(&format_args!("to {}: {}", reply.dest, Chain(&e)));
             }
             match event {
-                Some(LeaseEvent::Granted(g)) => events.publish(&g),
-                Some(LeaseEvent::Ended(x)) => events.publish(&x),
+                Some(LeaseEvent::Granted(g)) => {
+                    metrics.leases_granted.inc();
+                    events.publish(&g);
+                }
+                Some(LeaseEvent::Ended(x)) => {
+                    metrics.ended(x.reason);
+                    events.publish(&x);
+                }
                 None => {}
             }
         }
         After::Sweep => {
             for l in ended {
+                metrics.ended(LeaseEndReason::Expired);
                 if let Some(mac) = l.mac {
                     events.publish(&LeaseEnded {
                         mac,

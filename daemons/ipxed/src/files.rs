@@ -492,8 +492,15 @@ fn describe(
         None
     } else {
         match Arc::clone(&state.transfers).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => return Ok(busy(state)),
+            Ok(permit) => {
+                state.metrics.file_transfers.inc();
+                state.metrics.file_bytes.inc_by(len);
+                Some(permit)
+            }
+            Err(_) => {
+                state.metrics.file_transfers_busy.inc();
+                return Ok(busy(state));
+            }
         }
     };
     Ok(FileAnswer {

@@ -20,6 +20,7 @@ pub mod admission;
 pub mod config;
 pub mod files;
 pub mod metadata;
+pub mod metrics;
 pub mod script;
 
 use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
@@ -135,6 +136,8 @@ pub struct AppState {
     transfers: Arc<tokio::sync::Semaphore>,
     /// Downloads refused for want of a place, logged at most every [`REFUSAL_LOG_EVERY`].
     busy: Arc<std::sync::Mutex<Throttle>>,
+    /// Counters (unregistered until [`AppState::with_metrics`]).
+    metrics: metrics::IpxedMetrics,
 }
 
 /// At most one log line per period, with a count of the lines left out.
@@ -192,7 +195,15 @@ impl AppState {
             boot_token_key: Arc::new(boot_token_key),
             events,
             refusals: Arc::default(),
+            metrics: metrics::IpxedMetrics::default(),
         })
+    }
+
+    /// Counts into `metrics` (registered in the frame's registry).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: metrics::IpxedMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A download was refused for want of a place: `Some(suppressed)` when it is to be logged.
@@ -384,6 +395,13 @@ async fn boot_script(
         workflow = ?workflow_id,
         "boot decided"
     );
+    state
+        .metrics
+        .boot_decisions
+        .get_or_create(&metrics::Fate {
+            fate: script::fate_str(&fate),
+        })
+        .inc();
     state.events.publish(&BootDecided {
         mac,
         machine_id: view.id.map(MachineId),
@@ -516,7 +534,8 @@ pub async fn run(
         None => None,
     };
     let http = ctx.config.http.clone();
-    let state = AppState::new(ctx.store, ctx.events, ctx.config, key)?;
+    let metrics = metrics::IpxedMetrics::register(&ctx.metrics);
+    let state = AppState::new(ctx.store, ctx.events, ctx.config, key)?.with_metrics(metrics);
     let listener = tokio::net::TcpListener::from_std(listener).map_err(IpxedError::Listener)?;
     if let Ok(addr) = listener.local_addr() {
         dragonfly_runtime::notify::status(&format!("serving on {addr}"));

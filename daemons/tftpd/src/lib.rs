@@ -26,6 +26,7 @@
 pub mod admission;
 pub mod config;
 pub mod files;
+pub mod metrics;
 pub mod packet;
 pub mod transfer;
 mod worker;
@@ -134,8 +135,12 @@ pub async fn run(
         listen_ip: local.ip(),
     };
     let events = ctx.events.clone();
-    let mut engine = Engine::start(engine_settings(cfg), move |e| events.publish(&e))
-        .map_err(TftpdError::EngineStart)?;
+    let metrics = metrics::TftpdMetrics::register(&ctx.metrics);
+    let mut engine = Engine::start(engine_settings(cfg), move |e| {
+        metrics.transferred(&e);
+        events.publish(&e);
+    })
+    .map_err(TftpdError::EngineStart)?;
     let heartbeat = &ctx.heartbeat;
     let mut tick = tokio::time::interval(BEAT_EVERY);
 

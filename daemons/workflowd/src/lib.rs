@@ -20,6 +20,7 @@
 //! lifecycle moves that go with them; and never act on an event's payload.
 
 pub mod config;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -77,12 +78,17 @@ pub enum WorkflowdError {
     Subscribe(#[source] dragonfly_bus::BusError),
 }
 
+/// How often the workflows-by-state gauge is read from the store, at most.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves until `shutdown`: a pass over the store at start, on every hint, reconcile and tick.
 pub async fn run(
     ctx: Context<Workflowd>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkflowdError> {
-    let mut engine = Engine::new(ctx.store.clone(), ctx.config.batch);
+    let metrics = metrics::WorkflowdMetrics::register(&ctx.metrics);
+    let mut engine = Engine::new(ctx.store.clone(), ctx.config.batch).with_metrics(metrics.clone());
+    let mut counted: Option<Instant> = None;
     let period = Some(ctx.config.reconcile_period);
     let (mut reported, mut requested) = match &ctx.bus {
         Some(bus) => (
@@ -112,6 +118,13 @@ pub async fn run(
         ctx.heartbeat.beat();
         for e in engine.pass(Timestamp::now()).await {
             e.publish(&ctx.events);
+        }
+        if counted.is_none_or(|t| t.elapsed() >= COUNT_EVERY) {
+            counted = Some(Instant::now());
+            match ctx.store.workflows().count_by_state().await {
+                Ok(counts) => metrics.set_counts(&counts),
+                Err(e) => tracing::warn!(error = %Chain(&e), "counting workflows by state"),
+            }
         }
     }
     Ok(())
@@ -157,6 +170,7 @@ pub struct Engine {
     batch: usize,
     /// When each workflow's last progress event went out (at most one a second).
     last_progress: HashMap<Uuid, Instant>,
+    metrics: metrics::WorkflowdMetrics,
 }
 
 /// The lifecycle events a workflow change moves its machine by.
@@ -176,7 +190,15 @@ impl Engine {
             db,
             batch,
             last_progress: HashMap::new(),
+            metrics: metrics::WorkflowdMetrics::default(),
         }
+    }
+
+    /// Counts transitions into `metrics` (registered in the frame's registry).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: metrics::WorkflowdMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One pass: apply every unapplied report (in batches), then operators' requests and
@@ -267,6 +289,7 @@ impl Engine {
             )
             .await?;
         for c in changes {
+            self.metrics.changed(&c);
             self.announce(&saved, &c, out);
         }
         Ok(())

@@ -22,8 +22,8 @@ use dragonfly_http::RawHttpConfig;
 use dragonfly_ipxed::config::{IpxedConfig, RawIpxed};
 use dragonfly_migrate::{MigrateConfig, RawMigrate};
 use dragonfly_runtime::config::{
-    DaemonConfig, Loaded, LogConfig, NatsConfig, RawLogConfig, RawNatsConfig, RawStoreConfig,
-    StoreConfig, accepted_keys, parse_str,
+    DaemonConfig, Loaded, LogConfig, MetricsConfig, NatsConfig, RawLogConfig, RawMetricsConfig,
+    RawNatsConfig, RawStoreConfig, StoreConfig, accepted_keys, parse_str,
 };
 use dragonfly_tftpd::config::{RawTftpd, TftpdConfig};
 use dragonfly_workflowd::config::{RawWorkflowd, WorkflowdConfig};
@@ -39,6 +39,7 @@ fn tables() -> Tables {
         ("store", accepted_keys::<RawStoreConfig>()),
         ("nats", accepted_keys::<RawNatsConfig>()),
         ("log", accepted_keys::<RawLogConfig>()),
+        ("metrics", accepted_keys::<RawMetricsConfig>()),
         ("apid", accepted_keys::<RawApid>()),
         ("apid.http", accepted_keys::<RawHttpConfig>()),
         ("ipxed", accepted_keys::<RawIpxed>()),
@@ -150,6 +151,7 @@ fn example_loads_for_every_daemon() {
     assert_eq!(apid.store, StoreConfig::default());
     assert_eq!(apid.nats, NatsConfig::default());
     assert_eq!(apid.log, LogConfig::default());
+    assert_eq!(apid.metrics, MetricsConfig::default());
     // Reservation mode without a subnet: an unedited file must stop dhcpd rather than have it
     // serve a network made up for an example.
     let err = parse_str::<DhcpdConfig>(Path::new("x"), EXAMPLE).unwrap_err();
@@ -169,6 +171,11 @@ fn every_commented_example_value_is_valid() {
     load::<WorkflowdConfig>(&text);
     load::<BmcdConfig>(&text);
     load::<MigrateConfig>(&text);
+    let apid = load::<ApidConfig>(&text);
+    assert_eq!(
+        apid.metrics.listen("apid"),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9644)))
+    );
     let dhcpd = load::<DhcpdConfig>(&text).daemon;
     assert_eq!(dhcpd.subnets.len(), 1);
     assert_eq!(dhcpd.reservations.len(), 1);

@@ -8,6 +8,7 @@
 //!
 //! Besides the boots, `example_config` holds the shipped example configuration to every
 //! daemon's config types: this crate is the one that sees all the daemons. It needs nothing.
+//! `metrics` has a real Prometheus scrape every daemon of a lab (root, no VM).
 
 #![allow(
     clippy::unwrap_used,
@@ -23,6 +24,7 @@ mod common;
 mod debian;
 mod discovery;
 mod example_config;
+mod metrics;
 mod power;
 mod power_harness;
 mod provision;

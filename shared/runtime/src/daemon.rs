@@ -22,7 +22,9 @@
 //! 7. Builds the tokio runtime and installs SIGTERM/SIGINT handling.
 //! 8. Opens the store and checks its schema (if the daemon has one), connects the bus with the
 //!    whole `[nats]` section, and starts the bounded [`Publisher`].
-//! 9. Starts the watchdog: it feeds systemd only while the daemon's [`Health`] holds.
+//! 9. Starts the watchdog: it feeds systemd only while the daemon's [`Health`] holds, and
+//!    serves the daemon's [`Metrics`] on the socket named `metrics` (from systemd, or bound
+//!    from `[metrics] <daemon>` in step 4), if there is one ([`crate::metrics`]).
 //! 10. Sends `READY=1` and calls [`Daemon::run`] with a [`Context`], the sockets and the
 //!     shutdown token.
 //! 11. On SIGTERM/SIGINT: `STOPPING=1`, and `run` gets [`Daemon::GRACE`] to drain.
@@ -53,6 +55,7 @@ use crate::config::{
     NATS_PASSWORD_CREDENTIAL, NatsAuth, NatsConfig, StoreConfig,
 };
 use crate::credentials::{CredentialError, Secret, credential_path, load_credential};
+use crate::metrics::{self, Metrics};
 use crate::notify::{self, Heartbeat};
 use crate::sockets::{SocketError, Sockets};
 use crate::{logging, privileges, signals};
@@ -290,7 +293,7 @@ pub trait Daemon: Sized + 'static {
 }
 
 /// What the frame hands a daemon's `run`: its config, the store, the bus, the publisher, its
-/// heartbeat and credentials.
+/// heartbeat, credentials and metrics registry.
 pub struct Context<D: Daemon> {
     /// The daemon's own config section.
     pub config: D::Config,
@@ -304,6 +307,9 @@ pub struct Context<D: Daemon> {
     pub heartbeat: Heartbeat,
     /// The credentials declared by [`Daemon::credentials`].
     pub credentials: Credentials,
+    /// The process's metrics registry (already holding the process basics and the
+    /// publisher's counters): register the daemon's own metrics here.
+    pub metrics: Metrics,
 }
 
 impl<D: Daemon> std::fmt::Debug for Context<D> {
@@ -340,6 +346,8 @@ impl<D: Daemon> Context<D> {
         events: Publisher,
         credentials: Credentials,
     ) -> Self {
+        let metrics = Metrics::new(D::NAME);
+        metrics.register_publisher(&events);
         Self {
             config,
             store,
@@ -347,6 +355,7 @@ impl<D: Daemon> Context<D> {
             events,
             heartbeat: Heartbeat::new(),
             credentials,
+            metrics,
         }
     }
 
@@ -392,12 +401,17 @@ fn start<D: Daemon>(loaded: Loaded<D::Config>) -> anyhow::Result<()> {
     let Loaded {
         store,
         nats,
+        metrics: metrics_config,
         daemon: config,
         ..
     } = loaded;
-    let sockets = {
+    let (sockets, metrics_socket) = {
         let mut passed = Sockets::from_env()?;
-        D::sockets(&config, &mut passed)?
+        let metrics_socket = match metrics_config.listen(D::NAME) {
+            Some(addr) => Some(passed.tcp_or_bind(metrics::SOCKET_NAME, addr)?),
+            None => passed.take_tcp(metrics::SOCKET_NAME)?,
+        };
+        (D::sockets(&config, &mut passed)?, metrics_socket)
         // Dropping `passed` reports sockets systemd passed that we did not take.
     };
     let credentials = Credentials::load(&D::credentials(&config))?;
@@ -409,7 +423,13 @@ fn start<D: Daemon>(loaded: Loaded<D::Config>) -> anyhow::Result<()> {
         builder.max_blocking_threads(n.max(1));
     }
     let runtime = builder.build().context("building the tokio runtime")?;
-    let result = runtime.block_on(lifetime::<D>(config, store, nats, sockets, credentials));
+    let result = runtime.block_on(lifetime::<D>(
+        config,
+        store,
+        nats,
+        (sockets, metrics_socket),
+        credentials,
+    ));
     // Work on blocking threads that outlived the grace period is abandoned, not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -419,7 +439,7 @@ async fn lifetime<D: Daemon>(
     config: D::Config,
     store: StoreConfig,
     nats: ConnectOptions,
-    sockets: D::Sockets,
+    (sockets, metrics_socket): (D::Sockets, Option<std::net::TcpListener>),
     credentials: Credentials,
 ) -> anyhow::Result<()> {
     let shutdown = signals::shutdown_token()?;
@@ -442,6 +462,16 @@ async fn lifetime<D: Daemon>(
     // systemd enforces the watchdog while the service stops, too: it runs until the very end.
     let watchdog_stop = CancellationToken::new();
     spawn_watchdog(D::HEALTH, &ctx, watchdog_stop.clone());
+    if let Some(listener) = metrics_socket {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("adopting the metrics socket")?;
+        // Metrics are served until the very end, like the watchdog: a stop is worth seeing.
+        tokio::spawn(metrics::serve(
+            listener,
+            ctx.metrics.clone(),
+            watchdog_stop.clone(),
+        ));
+    }
 
     notify::ready();
     notify::status("serving");

@@ -28,6 +28,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod privileges;
 pub mod signals;
@@ -42,6 +43,7 @@ pub use daemon::{
     BEAT_EVERY, Context, CredentialSpec, Credentials, CredentialsError, Daemon, Health,
     NatsCredentialsError, NoStore, StoreAccess, main, nats_connect_options, serve,
 };
+pub use metrics::Metrics;
 pub use privileges::{PrivilegeError, lock_down};
 pub use signals::{GraceElapsed, SignalError, drain, shutdown_token};
 pub use sockets::{SocketError, Sockets};

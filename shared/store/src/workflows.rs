@@ -659,6 +659,29 @@ impl Workflows<'_> {
             .await
     }
 
+    /// How many workflows are in each state (states with none are absent; a state this build
+    /// does not know is skipped), for workflowd's `workflows` gauge.
+    pub async fn count_by_state(self) -> Result<Vec<(WorkflowState, u64)>, StoreError> {
+        self.db
+            .run(|c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT state, count(*) FROM workflows GROUP BY state")
+                    .sql()?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .sql()?;
+                let mut counts = Vec::new();
+                for row in rows {
+                    let (state, n) = row.sql()?;
+                    if let Ok(state) = state.parse::<WorkflowState>() {
+                        counts.push((state, u64::try_from(n).unwrap_or(0)));
+                    }
+                }
+                Ok(counts)
+            })
+            .await
+    }
+
     /// How many reports are stored for a workflow (applied or not).
     pub async fn report_count(self, id: Uuid) -> Result<u64, StoreError> {
         self.db
@@ -926,6 +949,22 @@ mod tests {
             .await
             .unwrap();
         assert!(t.db.templates().get("debian").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn workflows_are_counted_by_state() {
+        let t = TestDb::new();
+        let now = Timestamp::now();
+        assert!(t.db.workflows().count_by_state().await.unwrap().is_empty());
+        t.db.templates()
+            .create("debian".into(), spec(), now)
+            .await
+            .unwrap();
+        assigned(&t.db, now).await;
+        assert_eq!(
+            t.db.workflows().count_by_state().await.unwrap(),
+            vec![(WorkflowState::Pending, 1)]
+        );
     }
 
     #[tokio::test]

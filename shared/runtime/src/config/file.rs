@@ -14,8 +14,8 @@ use serde::Deserializer;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use super::{
-    ConfigError, DAEMON_SECTIONS, KNOWN_SECTIONS, Location, RawLogConfig, RawNatsConfig,
-    RawStoreConfig,
+    ConfigError, DAEMON_SECTIONS, KNOWN_SECTIONS, Location, RawLogConfig, RawMetricsConfig,
+    RawNatsConfig, RawStoreConfig,
 };
 
 /// The whole file as written: shared sections typed, the daemon's own section typed (as `R`),
@@ -25,6 +25,7 @@ pub(super) struct RawFile<R> {
     pub(super) store: RawStoreConfig,
     pub(super) nats: RawNatsConfig,
     pub(super) log: RawLogConfig,
+    pub(super) metrics: RawMetricsConfig,
     pub(super) daemon: R,
 }
 
@@ -212,6 +213,7 @@ impl<'de, R: DeserializeOwned + Default> Visitor<'de> for FileSeed<R> {
             store: RawStoreConfig::default(),
             nats: RawNatsConfig::default(),
             log: RawLogConfig::default(),
+            metrics: RawMetricsConfig::default(),
             daemon: R::default(),
         };
         while let Some(key) = map.next_key::<String>()? {
@@ -219,6 +221,7 @@ impl<'de, R: DeserializeOwned + Default> Visitor<'de> for FileSeed<R> {
                 "store" => file.store = map.next_value()?,
                 "nats" => file.nats = map.next_value()?,
                 "log" => file.log = map.next_value()?,
+                "metrics" => file.metrics = map.next_value()?,
                 own if own == self.section => file.daemon = map.next_value()?,
                 other if DAEMON_SECTIONS.contains(&other) => {
                     map.next_value::<IgnoredAny>()?;
@@ -275,7 +278,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{PATH}:4:2: dhcp: unknown section, expected one of: store, nats, log, apid, \
+                "{PATH}:4:2: dhcp: unknown section, expected one of: store, nats, log, metrics, apid, \
                  dhcpd, tftpd, ipxed, workflowd, bmcd"
             )
         );

@@ -41,9 +41,9 @@ pub use error::{ConfigError, Invalid, Location, Reason};
 pub use file::accepted_keys;
 pub use sections::{
     DEFAULT_LOG_LEVEL, DEFAULT_NATS_CONNECT_TIMEOUT, DEFAULT_NATS_URL, DEFAULT_STORE_PATH,
-    LogConfig, NATS_CLIENT_KEY_CREDENTIAL, NATS_CREDS_CREDENTIAL, NATS_NKEY_CREDENTIAL,
-    NATS_PASSWORD_CREDENTIAL, NatsAuth, NatsConfig, NatsTls, RawLogConfig, RawNatsConfig,
-    RawStoreConfig, StoreConfig,
+    LogConfig, MetricsConfig, NATS_CLIENT_KEY_CREDENTIAL, NATS_CREDS_CREDENTIAL,
+    NATS_NKEY_CREDENTIAL, NATS_PASSWORD_CREDENTIAL, NatsAuth, NatsConfig, NatsTls, RawLogConfig,
+    RawMetricsConfig, RawNatsConfig, RawStoreConfig, StoreConfig,
 };
 pub use values::{
     ListenConfig, absolute_path, count_between, duration_between, file_name, http_url, ipv4,
@@ -54,17 +54,18 @@ pub use values::{
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/dragonfly.toml";
 
 /// Sections shared by every daemon; each daemon gets the validated form in [`Loaded`].
-pub const SHARED_SECTIONS: [&str; 3] = ["store", "nats", "log"];
+pub const SHARED_SECTIONS: [&str; 4] = ["store", "nats", "log", "metrics"];
 
 /// One section per daemon. A daemon reads its own and ignores the others, so one file can be
 /// deployed unchanged to every host.
 pub const DAEMON_SECTIONS: [&str; 6] = ["apid", "dhcpd", "tftpd", "ipxed", "workflowd", "bmcd"];
 
 /// Every top-level key the file may contain.
-const KNOWN_SECTIONS: [&str; 9] = [
+const KNOWN_SECTIONS: [&str; 10] = [
     "store",
     "nats",
     "log",
+    "metrics",
     "apid",
     "dhcpd",
     "tftpd",
@@ -115,6 +116,8 @@ pub struct Loaded<C> {
     pub nats: NatsConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// The daemon's own section.
     pub daemon: C,
 }
@@ -145,6 +148,7 @@ pub fn parse_str<C: DaemonConfig>(path: &Path, text: &str) -> Result<Loaded<C>, 
         store: StoreConfig::try_from(raw.store).map_err(invalid("store"))?,
         nats: NatsConfig::try_from(raw.nats).map_err(invalid("nats"))?,
         log: LogConfig::try_from(raw.log).map_err(invalid("log"))?,
+        metrics: MetricsConfig::try_from(raw.metrics).map_err(invalid("metrics"))?,
         daemon: C::validate(raw.daemon).map_err(invalid(C::SECTION))?,
     })
 }
@@ -216,6 +220,28 @@ mod tests {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080)
         );
         assert_eq!(loaded.path, Path::new(PATH));
+    }
+
+    #[test]
+    fn metrics_listeners_are_per_daemon_and_checked() {
+        assert_eq!(
+            parse("[apid]\nworkers = 2\n").unwrap().metrics,
+            MetricsConfig::default()
+        );
+        let loaded = parse(
+            "[apid]\nworkers = 2\n[metrics]\napid = \"127.0.0.1:9644\"\nbmcd = \"[::1]:9646\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.metrics.listen("apid"),
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9644))
+        );
+        assert_eq!(loaded.metrics.listen("bmcd").map(|a| a.port()), Some(9646));
+        assert_eq!(loaded.metrics.listen("dhcpd"), None);
+        let err = error("[apid]\nworkers = 2\n[metrics]\ndhcpd = \"localhost:9641\"\n");
+        assert!(err.contains("metrics.dhcpd"), "{err}");
+        let err = error("[apid]\nworkers = 2\n[metrics]\nnats = \"127.0.0.1:1\"\n");
+        assert!(err.contains("nats"), "{err}");
     }
 
     #[test]

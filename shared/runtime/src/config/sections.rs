@@ -1,14 +1,15 @@
-//! The sections every daemon reads: `[store]`, `[nats]` and `[log]`, each as written (`Raw…`,
+//! The sections every daemon reads: `[store]`, `[nats]`, `[log]` and `[metrics]`, each as written (`Raw…`,
 //! serde) and validated (a pure `TryFrom`). The frame validates them for every daemon, so a
 //! daemon never re-reads or re-checks them.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::values::url_authority;
-use super::{Invalid, Reason, absolute_path, duration_between};
+use super::{Invalid, ListenConfig, Reason, absolute_path, duration_between};
 
 /// Default database location for [`StoreConfig`].
 pub const DEFAULT_STORE_PATH: &str = "/var/lib/dragonfly/dragonfly.db";
@@ -586,5 +587,61 @@ mod tests {
         ] {
             assert!(level(good).is_ok(), "{good}");
         }
+    }
+}
+
+/// `[metrics]` as written: where each daemon serves `GET /metrics` outside systemd.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetricsConfig {
+    /// apid's metrics listener, `IP:PORT` (the units use 127.0.0.1:9644).
+    pub apid: Option<String>,
+    /// dhcpd's (units: 127.0.0.1:9641).
+    pub dhcpd: Option<String>,
+    /// tftpd's (units: 127.0.0.1:9642).
+    pub tftpd: Option<String>,
+    /// ipxed's (units: 127.0.0.1:9643).
+    pub ipxed: Option<String>,
+    /// workflowd's (units: 127.0.0.1:9645).
+    pub workflowd: Option<String>,
+    /// bmcd's (units: 127.0.0.1:9646).
+    pub bmcd: Option<String>,
+}
+
+/// `[metrics]`: each daemon's metrics address when systemd passes no socket named `metrics`.
+/// A daemon with neither serves no metrics (the registry still counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    listen: Vec<(&'static str, SocketAddr)>,
+}
+
+impl MetricsConfig {
+    /// The address daemon `name` binds for its metrics outside systemd, if configured.
+    pub fn listen(&self, name: &str) -> Option<SocketAddr> {
+        self.listen
+            .iter()
+            .find(|(daemon, _)| *daemon == name)
+            .map(|(_, addr)| *addr)
+    }
+}
+
+impl TryFrom<RawMetricsConfig> for MetricsConfig {
+    type Error = Invalid;
+
+    fn try_from(raw: RawMetricsConfig) -> Result<Self, Invalid> {
+        let mut listen = Vec::new();
+        for (name, value) in [
+            ("apid", raw.apid),
+            ("dhcpd", raw.dhcpd),
+            ("tftpd", raw.tftpd),
+            ("ipxed", raw.ipxed),
+            ("workflowd", raw.workflowd),
+            ("bmcd", raw.bmcd),
+        ] {
+            if let Some(value) = value {
+                listen.push((name, ListenConfig::parse(name, &value)?.addr));
+            }
+        }
+        Ok(Self { listen })
     }
 }
