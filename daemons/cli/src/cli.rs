@@ -277,7 +277,7 @@ pub enum Bmc {
         machine: String,
         #[arg(long = "type", value_enum)]
         kind: BmcKind,
-        /// ipmi: host or IP; redfish: http(s)://host[:port]; wol: an IPv4 broadcast address.
+        /// ipmi: host or IP; redfish: `http(s)://host[:port]`; wol: an IPv4 broadcast address.
         #[arg(long)]
         address: Option<String>,
         #[arg(long)]
