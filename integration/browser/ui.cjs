@@ -6,9 +6,10 @@
 //
 // Checks: sign in; a machine registered by the agent appears without a reload; selecting it
 // and labelling the selection, filtering by label; its detail, its agent's console followed;
-// the XSS vendor string shows as text (no <img>, no alert); power buttons call the API; an
-// assigned template's progress bar moves with the agent's reports, to Succeeded; tokens and
-// templates screens; axe-core finds no serious or critical violation on each screen; no CSP
+// the XSS vendor string shows as text (no <img>, no alert); a refused address reservation is
+// shown in words; a BMC configured in the page; power buttons call the API; an
+// assigned template's progress bar moves with the agent's reports, to Succeeded; images,
+// tokens and templates screens; axe-core finds no serious or critical violation on each screen; no CSP
 // violation or script error; sign out. Screenshots of each screen in SHOTS.
 "use strict";
 
@@ -106,6 +107,15 @@ let page = null;
   step("detail");
   await page.locator("#agent-log").getByText("hello from the agent").waitFor({ timeout: 10000 });
 
+  // A reserved address, and a mistake in words.
+  await page.locator("#reserve-ip").fill("192.0.2.1");
+  await page.locator("#reserve").click();
+  await page.getByRole("alert").filter({ hasText: "no subnet" }).first().waitFor();
+  // The BMC, configured in the page: Wake-on-LAN on the lab's bridge.
+  await page.getByText("Add a BMC").click();
+  await page.locator("#bmc-type").selectOption("wol");
+  await page.locator("#bmc-address").fill("10.99.0.255");
+  await page.locator("#bmc-save").click();
   // Power: the button calls the API; bmcd sends the magic packet.
   await page.locator('button[data-power="on"]').click();
   await page.locator(".flash.ok").filter({ hasText: "on" }).waitFor();
@@ -147,6 +157,15 @@ let page = null;
   await page.getByRole("alert").filter({ hasText: "teleport" }).waitFor();
   await axe("template editor");
   await shot("template");
+
+  await page.getByRole("link", { name: "Images" }).click();
+  await page.locator("#image-name").fill("remote-os");
+  await page.locator("#image-source").fill("http://10.99.0.1:8090/os.img");
+  await page.locator("#image-sha256").fill("ab".repeat(32));
+  await page.getByRole("button", { name: "Add image" }).click();
+  await page.locator("#images").getByText("remote-os").waitFor();
+  await axe("images");
+  await shot("images");
 
   await page.getByRole("link", { name: "Tokens" }).click();
   await page.locator("#token-name").fill("ci");

@@ -137,6 +137,12 @@ function scheduleRefresh() {
   if (refreshTimer) return;
   refreshTimer = setTimeout(() => {
     refreshTimer = null;
+    // Someone is typing in a form of the view: redrawing would take their input. Later.
+    const a = document.activeElement;
+    if (a && $("view").contains(a) && ["INPUT", "TEXTAREA", "SELECT"].includes(a.tagName) && a.type !== "checkbox") {
+      scheduleRefresh();
+      return;
+    }
     if (current && current.refresh) current.refresh().catch(showError);
   }, 250);
 }
@@ -157,6 +163,7 @@ const routes = [
   [/^#\/templates\/new$/, () => templateEdit(null)],
   [/^#\/templates\/([^/]+)$/, (m) => templateEdit(decodeURIComponent(m[1]))],
   [/^#\/templates$/, () => templatesView()],
+  [/^#\/images$/, () => imagesView()],
   [/^#\/tokens$/, () => tokensView()],
   [/^#\/users$/, () => usersView()],
   [/^#\/account$/, () => accountView()],
@@ -358,9 +365,45 @@ function machineView(name) {
     const hw = machine.hardware;
     const powerOut = h("p", { class: "error", role: "status" });
     const power = machine.power;
+    // The BMC: configured here (the password is write-only: left empty, the stored one stays).
+    const bmcOut = h("p", { class: "error", role: "alert" });
+    const bmcType = h("select", { id: "bmc-type" }, ["ipmi", "redfish", "wol"].map((t) => h("option", { selected: power && power.type === t }, t)));
+    const bmcAddr = h("input", { id: "bmc-address", placeholder: "10.0.0.5, https://bmc:443 or a broadcast" });
+    const bmcUser = h("input", { id: "bmc-username", autocomplete: "off" });
+    const bmcPass = h("input", { id: "bmc-password", type: "password", autocomplete: "new-password", placeholder: power ? "unchanged" : "" });
+    const bmcForm = h("form", { class: "toolbar", onsubmit: async (e) => {
+      e.preventDefault();
+      const body = { type: bmcType.value };
+      if (bmcAddr.value.trim()) body.address = bmcAddr.value.trim();
+      if (bmcUser.value.trim()) body.username = bmcUser.value.trim();
+      if (bmcPass.value) body.password = bmcPass.value;
+      try {
+        await api(`/api/machines/${enc(machine.id)}/bmc`, { method: "PUT", body });
+        flash(`${machine.name}: BMC saved.`, true);
+        refresh().catch(showError);
+      } catch (err) { bmcOut.textContent = err.message; }
+    } }, h("label", {}, "Type", bmcType), h("label", {}, "Address", bmcAddr), h("label", {}, "User", bmcUser),
+      h("label", {}, "Password", bmcPass), h("button", { type: "submit", id: "bmc-save" }, power ? "Update BMC" : "Add BMC"),
+      power ? h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Remove ${machine.name}'s BMC? Power control ends.`)) return;
+        try { await api(`/api/machines/${enc(machine.id)}/bmc`, { method: "DELETE" }); refresh().catch(showError); } catch (err) { bmcOut.textContent = err.message; }
+      } }, "Remove BMC") : null);
+    if (power) api(`/api/machines/${enc(machine.id)}/bmc`).then((b) => { bmcAddr.value = b.address || ""; bmcUser.value = b.username || ""; }).catch(() => {});
+    // The reserved address.
+    const ipIn = h("input", { id: "reserve-ip", value: machine.reservedIp || "", placeholder: "10.99.0.20", size: 15 });
+    const ipOut = h("p", { class: "error", role: "alert" });
+    const ipForm = h("form", { class: "toolbar", onsubmit: async (e) => {
+      e.preventDefault();
+      try {
+        if (ipIn.value.trim()) await api(`/api/machines/${enc(machine.id)}/address`, { method: "PUT", body: { ip: ipIn.value.trim() } });
+        else await api(`/api/machines/${enc(machine.id)}/address`, { method: "DELETE" });
+        flash(ipIn.value.trim() ? `${machine.name}: ${ipIn.value.trim()} reserved.` : `${machine.name}: reservation released.`, true);
+        refresh().catch(showError);
+      } catch (err) { ipOut.textContent = err.message; }
+    } }, h("label", {}, "Reserved IPv4 address (empty: release)", ipIn), h("button", { type: "submit", id: "reserve" }, "Save"));
     const powerCard = h("section", { class: "card", "aria-labelledby": "h-power" }, h("h2", { id: "h-power" }, "Power"),
       power ? facts([["State", state(power.state || "unknown")], ["BMC", power.type], ["Checked", ago(power.checkedAt)],
-        ["Condition", power.condition || "ok"]]) : h("p", { class: "muted" }, "No BMC configured: power this machine by hand, or add its BMC through the API (PUT /api/machines/{id}/bmc)."),
+        ["Condition", power.condition || "ok"]]) : h("p", { class: "muted" }, "No BMC configured: power this machine by hand, or add its BMC below."),
       power ? h("div", { class: "actions" }, ["on", "off", "cycle", "reset", "status", "boot-pxe"].map((a) =>
         h("button", { type: "button", class: a === "off" ? "danger" : "secondary", "data-power": a, onclick: async (e) => {
           e.target.disabled = true;
@@ -370,7 +413,7 @@ function machineView(name) {
           } catch (err) { powerOut.textContent = `${a}: ${err.message}`; }
           e.target.disabled = false;
           refresh().catch(showError);
-        } }, a))) : null, powerOut);
+        } }, a))) : null, powerOut, h("details", {}, h("summary", {}, power ? "BMC settings" : "Add a BMC"), bmcForm, bmcOut));
     const tmplSel = h("select", { id: "assign-template", "aria-label": "Template" });
     const assignOut = h("p", { class: "error", role: "alert" });
     api("/apis/dragonfly.computer/v1/templates").then((l) => {
@@ -395,11 +438,15 @@ function machineView(name) {
     root.replaceChildren(
       h("p", {}, h("a", { href: "#/machines" }, "← Machines")),
       h("h1", {}, machine.name, " ", state(machine.state)),
+      machine.state === "Discovered" ? h("div", { class: "card" }, h("p", {}, "This machine waits for approval before it is registered (apid's auto_register is off)."),
+        h("button", { type: "button", id: "approve", onclick: async () => {
+          try { await api(`/api/machines/${enc(machine.id)}/approve`, { method: "POST" }); refresh().catch(showError); } catch (e) { showError(e); }
+        } }, "Approve")) : null,
       h("div", { class: "grid2" },
         h("section", { class: "card", "aria-labelledby": "h-id" }, h("h2", { id: "h-id" }, "Identity"),
           facts([["Host name", machine.hostname || hw.hostname || "–"], ["ID", machine.id], ["MACs", hw.macs.join(", ")],
             ["Reserved IP", machine.reservedIp || "–"], ["Labels", labelsText(machine.labels) || "–"], ["OS", machine.osTemplate || "–"],
-            ["Registered", `${machine.createdAt} (${ago(machine.createdAt)})`], ["Updated", ago(machine.updatedAt)]])),
+            ["Registered", `${machine.createdAt} (${ago(machine.createdAt)})`], ["Updated", ago(machine.updatedAt)]]), ipForm, ipOut),
         h("section", { class: "card", "aria-labelledby": "h-hw" }, h("h2", { id: "h-hw" }, "Hardware"),
           facts([["CPU", hw.cpu ? `${hw.cpu.model}, ${hw.cpu.cores} cores / ${hw.cpu.threads} threads` : "–"],
             ["Memory", bytes(hw.memoryBytes)], ["Firmware", hw.firmware || "–"],
@@ -536,6 +583,47 @@ function templateEdit(name) {
         try { await api(`/apis/dragonfly.computer/v1/templates/${enc(name)}`, { method: "DELETE" }); location.hash = "#/templates"; } catch (e) { out.textContent = e.message; }
       } }, "Delete") : null)));
   return { refresh, events: null };
+}
+
+// ---- images ---------------------------------------------------------------------------
+
+function imagesView() {
+  const body = h("tbody");
+  const out = h("p", { class: "error", role: "alert" });
+  const nameIn = h("input", { id: "image-name", required: true, placeholder: "debian-12" });
+  const srcIn = h("input", { id: "image-source", required: true, placeholder: "https://…/disk.raw.zst, or a file in the images directory", size: 40 });
+  const compSel = h("select", { id: "image-compression" }, ["none", "gzip", "zstd", "xz", "bzip2"].map((c) => h("option", {}, c)));
+  const shaIn = h("input", { id: "image-sha256", placeholder: "sha256 of the decompressed image (optional)", size: 30 });
+  const pubIn = h("input", { type: "checkbox", id: "image-public" });
+  async function refresh() {
+    const list = await api("/apis/dragonfly.computer/v1/images");
+    body.replaceChildren(...list.items.map((i) => h("tr", {},
+      h("td", {}, i.metadata.name), h("td", {}, i.spec.url || i.spec.file), h("td", {}, state((i.status || {}).phase)),
+      h("td", {}, bytes((i.status || {}).size)), h("td", {}, (i.status || {}).message || "–"), h("td", {}, i.spec.public ? "yes" : "no"),
+      h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete image ${i.metadata.name}?`)) return;
+        try { await api(`/apis/dragonfly.computer/v1/images/${enc(i.metadata.name)}`, { method: "DELETE" }); refresh().catch(showError); } catch (e) { out.textContent = e.message; }
+      } }, "Delete")))));
+    if (!list.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No images yet: add one by URL or by file name.")));
+  }
+  const form = h("form", { class: "card toolbar", onsubmit: async (e) => {
+    e.preventDefault();
+    const src = srcIn.value.trim();
+    const spec = /^https?:\/\//.test(src) ? { url: src } : { file: src };
+    spec.format = "raw";
+    if (compSel.value !== "none") spec.compression = compSel.value;
+    if (shaIn.value.trim()) spec.sha256 = shaIn.value.trim();
+    if (pubIn.checked) spec.public = true;
+    try {
+      await api("/apis/dragonfly.computer/v1/images", { method: "POST", body: { apiVersion: "dragonfly.computer/v1", kind: "Image", metadata: { name: nameIn.value.trim() }, spec } });
+      flash(`Image ${nameIn.value.trim()} added.`, true); out.textContent = ""; nameIn.value = ""; srcIn.value = ""; shaIn.value = "";
+      refresh().catch(showError);
+    } catch (err) { out.textContent = err.message; }
+  } }, h("label", {}, "Name", nameIn), h("label", {}, "URL or file", srcIn), h("label", {}, "Compression", compSel),
+    h("label", {}, "SHA-256", shaIn), h("label", { class: "inline" }, pubIn, "Public"), h("button", { type: "submit" }, "Add image"), out);
+  mount(h("h1", {}, "Images"), form, h("div", { class: "table-wrap" }, h("table", { id: "images" },
+    h("thead", {}, h("tr", {}, ["Name", "Source", "Phase", "Size", "Message", "Public", "Operations"].map((c) => h("th", {}, c)))), body)));
+  return { refresh, tick: refresh, events: null };
 }
 
 // ---- tokens, users, account -----------------------------------------------------------

@@ -94,7 +94,7 @@ fn the_ui_in_a_real_browser() {
     std::fs::create_dir_all(&shots).unwrap();
 
     // The template the browser assigns, through the API with a token.
-    let token = lab.in_namespace(|| {
+    lab.in_namespace(|| {
         let http = reqwest::blocking::Client::new();
         let r = http
             .post(format!("{URL}/api/auth/login"))
@@ -131,7 +131,6 @@ fn the_ui_in_a_real_browser() {
             "template: {}",
             r.text().unwrap_or_default()
         );
-        token
     });
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/ui.cjs");
@@ -178,19 +177,14 @@ fn the_ui_in_a_real_browser() {
     let agent = lab.in_namespace(|| SimAgent::new(AGENT_URL, KEY, &store, mac).unwrap());
     let mut report = agent.report("web-01");
     report["system"] = json!({"vendor": XSS, "product": "Sim Server 9000", "serial": "SN-1"});
+    // dhcpd (socket-activated) publishes its subnets when it starts: the page's address
+    // reservation is checked against them.
+    lab.in_namespace(|| {
+        let s = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
+        s.send_to(b"wake up", "10.99.0.1:67").unwrap();
+    });
     let name = lab.in_namespace(|| {
         let m = agent.register(&report).unwrap();
-        // A Wake-on-LAN "BMC" on the lab's bridge: the power buttons reach bmcd for real.
-        let r = reqwest::blocking::Client::new()
-            .put(format!(
-                "{URL}/api/machines/{}/bmc",
-                m["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&token)
-            .json(&json!({"type": "wol", "address": "10.99.0.255"}))
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "bmc: {}", r.status());
         m["name"].as_str().unwrap().to_owned()
     });
     writeln!(to_browser, "REGISTERED {name}").unwrap();
