@@ -177,7 +177,14 @@ let page = null;
 
   await page.getByRole("link", { name: "Users" }).click();
   await page.getByRole("heading", { name: "Users" }).waitFor();
+  await page.locator("#new-username").fill("operator1");
+  await page.locator("#new-password").fill("operator1-correct-horse");
+  await page.getByRole("button", { name: "Create user" }).click();
+  const row1 = page.locator("tr").filter({ hasText: "operator1" });
+  await row1.getByRole("button", { name: "Disable" }).click();
+  await row1.getByText("disabled").waitFor();
   await axe("users");
+  await shot("users");
 
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.locator("#login").waitFor();

@@ -357,10 +357,11 @@ function machineView(name) {
   const root = h("div");
   async function refresh() {
     machine = await api(`/api/machines/${enc(name)}`);
-    const [wf, log, history] = await Promise.all([
+    const [wf, log, history, conflicts] = await Promise.all([
       machine.workflowId ? api(`/api/workflows/${enc(machine.workflowId)}/progress`).catch(() => null) : null,
       api(`/api/machines/${enc(machine.id)}/agent-log`).catch(() => []),
       api(`/api/machines/${enc(machine.id)}/history`).catch(() => []),
+      api(`/api/machines/${enc(machine.id)}/conflicts`).catch(() => []),
     ]);
     const hw = machine.hardware;
     const powerOut = h("p", { class: "error", role: "status" });
@@ -460,6 +461,10 @@ function machineView(name) {
           h("tbody", {}, hw.disks.map((d) => h("tr", {}, h("td", {}, d.name), h("td", {}, bytes(d.sizeBytes)), h("td", {}, d.model || "–"), h("td", {}, d.serial || "–"), h("td", {}, d.rotational === undefined ? "–" : d.rotational ? "yes" : "no")))))),
         h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["NIC", "MAC", "Link", "Speed", "Driver"].map((c) => h("th", {}, c)))),
           h("tbody", {}, hw.nics.map((n) => h("tr", {}, h("td", {}, n.name), h("td", {}, n.mac), h("td", {}, n.carrier === undefined ? "–" : n.carrier ? "up" : "down"), h("td", {}, n.speedMbps ? `${n.speedMbps} Mb/s` : "–"), h("td", {}, n.driver || "–"))))))),
+      conflicts.length ? h("section", { class: "card", "aria-labelledby": "h-conflicts" }, h("h2", { id: "h-conflicts" }, "Identity conflicts"),
+        h("p", { class: "muted" }, "Another machine's agent claimed this machine's identity; its registration was refused."),
+        h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Claimed", "Value", "By MAC", "Times", "Last"].map((c) => h("th", {}, c)))),
+          h("tbody", {}, conflicts.map((c) => h("tr", {}, h("td", {}, c.kind), h("td", {}, c.claimed), h("td", {}, c.claimantMac), h("td", {}, c.count), h("td", {}, ago(c.lastSeen)))))))) : null,
       h("section", { class: "card", "aria-labelledby": "h-history" }, h("h2", { id: "h-history" }, "History"),
         h("div", { class: "table-wrap" }, h("table", { id: "history" }, h("thead", {}, h("tr", {}, ["When", "State", "From", "Why", "Workflow"].map((c) => h("th", {}, c)))),
           h("tbody", {}, [...history].reverse().map((e) => h("tr", {}, h("td", {}, `${e.at.slice(0, 19).replace("T", " ")} (${ago(e.at)})`),
@@ -664,10 +669,17 @@ function usersView() {
   const passIn = h("input", { id: "new-password", type: "password", required: true, minLength: 12, autocomplete: "new-password" });
   const adminIn = h("input", { type: "checkbox", id: "new-admin" });
   async function refresh() {
-    if (!me.isAdmin) { body.replaceChildren(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "Only administrators manage users."))); return; }
+    if (!me.isAdmin) { body.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "Only administrators manage users."))); return; }
     const list = await api("/api/users");
+    const act = (what, fn) => async () => {
+      try { await fn(); flash(what, true); refresh().catch(showError); } catch (e) { out.textContent = e.message; }
+    };
     body.replaceChildren(...list.map((u) => h("tr", {}, h("td", {}, u.username), h("td", {}, u.isAdmin ? "administrator" : "operator"),
-      h("td", {}, u.disabled ? "disabled" : "active"), h("td", {}, ago(u.createdAt)))));
+      h("td", {}, u.disabled ? "disabled" : "active"), h("td", {}, ago(u.createdAt)),
+      h("td", {}, u.username === me.username ? h("span", { class: "muted" }, "you") : h("div", { class: "actions" },
+        h("button", { type: "button", class: "secondary", onclick: act(`${u.username} ${u.disabled ? "enabled" : "disabled"}.`, () => api(`/api/users/${u.id}`, { method: "PATCH", body: { disabled: !u.disabled } })) }, u.disabled ? "Enable" : "Disable"),
+        h("button", { type: "button", class: "secondary", onclick: act(`${u.username} is now ${u.isAdmin ? "an operator" : "an administrator"}.`, () => api(`/api/users/${u.id}`, { method: "PATCH", body: { isAdmin: !u.isAdmin } })) }, u.isAdmin ? "Make operator" : "Make administrator"),
+        h("button", { type: "button", class: "danger", onclick: act(`${u.username}: sessions and tokens revoked.`, () => api(`/api/users/${u.id}/revoke`, { method: "POST" })) }, "Revoke sessions"))))));
   }
   const form = h("form", { class: "card toolbar", onsubmit: async (e) => {
     e.preventDefault();
@@ -677,7 +689,7 @@ function usersView() {
     } catch (err) { out.textContent = err.message; }
   } }, h("label", {}, "Username", userIn), h("label", {}, "Password (12+ characters)", passIn), h("label", { class: "inline" }, adminIn, "Administrator"), h("button", { type: "submit" }, "Create user"), out);
   mount(h("h1", {}, "Users"), me.isAdmin ? form : null,
-    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Username", "Role", "Status", "Created"].map((c) => h("th", {}, c)))), body)));
+    h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, ["Username", "Role", "Status", "Created", "Operations"].map((c) => h("th", {}, c)))), body)));
   return { refresh, events: null };
 }
 
