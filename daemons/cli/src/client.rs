@@ -177,6 +177,14 @@ impl Client {
         self.call(Method::GET, path, None).await
     }
 
+    /// `DELETE path`.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn delete(&self, path: &str) -> Result<(), CliError> {
+        self.call(Method::DELETE, path, None).await.map(|_| ())
+    }
+
     /// `GET path` as a Server-Sent Events stream, with `Last-Event-ID` when resuming.
     ///
     /// # Errors

@@ -301,14 +301,7 @@ async fn logout(ctx: &Ctx, out: &mut dyn Write) -> Result<(), CliError> {
                 saved.ca_file.as_deref(),
                 ctx.timeout,
             )?;
-            match client
-                .call(
-                    Method::DELETE,
-                    &format!("/api/tokens/{}", segment(id)),
-                    None,
-                )
-                .await
-            {
+            match client.delete(&format!("/api/tokens/{}", segment(id))).await {
                 // Already revoked or expired: nothing left to revoke.
                 Ok(_) => {}
                 Err(CliError::Api {
@@ -497,9 +490,7 @@ async fn machines(ctx: &Ctx, m: Machines, out: &mut dyn Write) -> Result<(), Cli
                     return Err(CliError::Failed("not deleted".into()));
                 }
             }
-            client
-                .call(Method::DELETE, &machine_path(&machine), None)
-                .await?;
+            client.delete(&machine_path(&machine)).await?;
             writeln!(out, "Deleted {}.", clean(&machine))?;
         }
     }
@@ -803,11 +794,7 @@ async fn templates(ctx: &Ctx, t: Templates, out: &mut dyn Write) -> Result<(), C
         }
         Templates::Delete { name } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("{TEMPLATES}/{}", segment(&name)),
-                    None,
-                )
+                .delete(&format!("{TEMPLATES}/{}", segment(&name)))
                 .await?;
             writeln!(out, "template/{} deleted", clean(&name))?;
         }
@@ -1161,11 +1148,7 @@ async fn bmc(ctx: &Ctx, b: Bmc, out: &mut dyn Write) -> Result<(), CliError> {
         }
         Bmc::Remove { machine } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("{}/bmc", machine_path(&machine)),
-                    None,
-                )
+                .delete(&format!("{}/bmc", machine_path(&machine)))
                 .await?;
             writeln!(out, "{}: BMC removed.", clean(&machine))?;
         }
@@ -1219,11 +1202,7 @@ async fn address(ctx: &Ctx, a: Address, out: &mut dyn Write) -> Result<(), CliEr
         }
         Address::Remove { machine } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("{}/address", machine_path(&machine)),
-                    None,
-                )
+                .delete(&format!("{}/address", machine_path(&machine)))
                 .await?;
             writeln!(out, "{}: reservation released.", clean(&machine))?;
         }
@@ -1290,11 +1269,7 @@ async fn images(ctx: &Ctx, i: Images, out: &mut dyn Write) -> Result<(), CliErro
         }
         Images::Delete { name } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("{IMAGES}/{}", segment(&name)),
-                    None,
-                )
+                .delete(&format!("{IMAGES}/{}", segment(&name)))
                 .await?;
             writeln!(out, "image/{} deleted", clean(&name))?;
         }
@@ -1361,11 +1336,7 @@ async fn tokens(ctx: &Ctx, t: Tokens, out: &mut dyn Write) -> Result<(), CliErro
         }
         Tokens::Revoke { id } => {
             client
-                .call(
-                    Method::DELETE,
-                    &format!("/api/tokens/{}", segment(&id)),
-                    None,
-                )
+                .delete(&format!("/api/tokens/{}", segment(&id)))
                 .await?;
             writeln!(out, "Token {} revoked.", clean(&id))?;
         }
