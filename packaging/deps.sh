@@ -86,8 +86,13 @@ deps_packages() {
             browser)
                 # chromium: the web UI's tests drive Debian's browser headless (no browser
                 #   download); nodejs, npm: playwright-core and axe-core, which drive and check
-                #   it (integration/browser/, installed by the test into target/e2e-cache)
-                printf '%s\n' chromium nodejs npm
+                #   it (integration/browser/, installed by the test into target/e2e-cache) —
+                #   only where the machine has no node and npm already: a NodeSource nodejs
+                #   bundles npm and conflicts with Debian's npm package
+                printf '%s\n' chromium
+                if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+                    printf '%s\n' nodejs npm
+                fi
                 ;;
             lint)
                 # (the linter) shellcheck: every shell script, checked by integration/run-tests.sh
