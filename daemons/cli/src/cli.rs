@@ -80,6 +80,9 @@ pub enum Command {
     /// Your API tokens.
     #[command(subcommand)]
     Tokens(Tokens),
+    /// Operator accounts (administrators only, but `password`).
+    #[command(subcommand)]
+    Users(Users),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -353,6 +356,30 @@ pub enum Images {
     /// Delete an image (refused while a template names it).
     #[command(visible_alias = "rm")]
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Users {
+    /// List operator accounts.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Create an account; its password is read from standard input (one line, 12 or more
+    /// characters).
+    Create {
+        username: String,
+        /// An administrator rather than an operator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Stop an account from logging in; its sessions and tokens stop working.
+    Disable { username: String },
+    /// Let a disabled account log in again.
+    Enable { username: String },
+    /// End every session and revoke every API token of an account.
+    Revoke { username: String },
+    /// Change your own password (current, then new, one line each on standard input or asked
+    /// on the terminal).
+    Password,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,9 @@ use clap::CommandFactory as _;
 use http::Method;
 use serde_json::{Map, Value, json};
 
-use crate::cli::{self, Address, Bmc, Command, Images, Machines, Templates, Tokens, Workflows};
+use crate::cli::{
+    self, Address, Bmc, Command, Images, Machines, Templates, Tokens, Users, Workflows,
+};
 use crate::client::{Auth, Client, query_value, segment};
 use crate::credentials::{self, Credentials, Target, normalize_url};
 use crate::error::CliError;
@@ -86,6 +88,7 @@ pub(crate) async fn dispatch(
         Command::Bmc(b) => bmc(ctx, b, out).await,
         Command::Address(a) => address(ctx, a, out).await,
         Command::Images(i) => images(ctx, i, out).await,
+        Command::Users(u) => users(ctx, u, out).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut cli::Cli::command(), "dragonfly", out);
             Ok(())
@@ -1272,6 +1275,119 @@ async fn images(ctx: &Ctx, i: Images, out: &mut dyn Write) -> Result<(), CliErro
                 .delete(&format!("{IMAGES}/{}", segment(&name)))
                 .await?;
             writeln!(out, "image/{} deleted", clean(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// A secret: from stdin when it is not a terminal, else asked without echo.
+fn secret(ctx: &Ctx, question: &str) -> Result<String, CliError> {
+    if ctx.env.interactive {
+        prompt(question, true)
+    } else {
+        read_line(question)
+    }
+}
+
+async fn users(ctx: &Ctx, u: Users, out: &mut dyn Write) -> Result<(), CliError> {
+    let client = ctx.client()?;
+    let now = jiff::Timestamp::now();
+    // An account by name: the API names it by id.
+    let id_of = |list: &Value, name: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["username"] == name)
+            .map(|u| u["id"].clone())
+            .ok_or_else(|| CliError::Api {
+                method: "GET".into(),
+                path: "/api/users".into(),
+                status: 404,
+                code: Some("not_found".into()),
+                message: format!("no user {}", clean(name)),
+            })
+    };
+    match u {
+        Users::List => {
+            let list = client.get("/api/users").await?;
+            match ctx.format {
+                Format::Table => {
+                    let mut t = Table::new(&["USERNAME", "ROLE", "STATUS", "CREATED"]);
+                    for u in list.as_array().into_iter().flatten() {
+                        t.row(vec![
+                            cell(&u["username"]),
+                            if u["isAdmin"] == true {
+                                "administrator"
+                            } else {
+                                "operator"
+                            }
+                            .into(),
+                            if u["disabled"] == true {
+                                "disabled"
+                            } else {
+                                "active"
+                            }
+                            .into(),
+                            format!("{} ago", output::age(&u["createdAt"], now)),
+                        ]);
+                    }
+                    t.write(out)?;
+                }
+                Format::Name => names(out, list.as_array().map_or(&[][..], Vec::as_slice), |u| {
+                    &u["username"]
+                })?,
+                f => output::document(out, f, &list)?,
+            }
+        }
+        Users::Create { username, admin } => {
+            let password = secret(ctx, &format!("Password for {username}: "))?;
+            let body = json!({"username": username, "password": password, "isAdmin": admin});
+            let u = client.call(Method::POST, "/api/users", Some(&body)).await?;
+            writeln!(out, "User {} created.", cell(&u["username"]))?;
+        }
+        Users::Disable { username } => {
+            let list = client.get("/api/users").await?;
+            let id = id_of(&list, &username)?;
+            let body = json!({"disabled": true});
+            client
+                .call(Method::PATCH, &format!("/api/users/{id}"), Some(&body))
+                .await?;
+            writeln!(out, "{} disabled.", clean(&username))?;
+        }
+        Users::Enable { username } => {
+            let list = client.get("/api/users").await?;
+            let id = id_of(&list, &username)?;
+            let body = json!({"disabled": false});
+            client
+                .call(Method::PATCH, &format!("/api/users/{id}"), Some(&body))
+                .await?;
+            writeln!(out, "{} enabled.", clean(&username))?;
+        }
+        Users::Revoke { username } => {
+            let list = client.get("/api/users").await?;
+            let id = id_of(&list, &username)?;
+            let r = client
+                .call(Method::POST, &format!("/api/users/{id}/revoke"), None)
+                .await?;
+            writeln!(
+                out,
+                "{}: {} sessions and {} API tokens revoked.",
+                clean(&username),
+                cell(&r["sessions"]),
+                cell(&r["apiTokens"])
+            )?;
+        }
+        Users::Password => {
+            let current = secret(ctx, "Current password: ")?;
+            let new = secret(ctx, "New password: ")?;
+            client
+                .call(
+                    Method::POST,
+                    "/api/auth/password",
+                    Some(&json!({"currentPassword": current, "newPassword": new})),
+                )
+                .await?;
+            writeln!(out, "Password changed; your other sessions were ended.")?;
         }
     }
     Ok(())

@@ -421,6 +421,38 @@ fn an_operator_does_everything_from_the_shell() {
     sh.expect(0, &["tokens", "revoke", created["id"].as_str().unwrap()]);
     sh.expect_env(3, &["whoami"], &env);
 
+    // Users: create an operator (password from stdin), who logs in; disable, refused; enable.
+    let out = sh.run_with(
+        &["users", "create", "ops1"],
+        &[],
+        Some("ops1-correct-horse-battery\n"),
+    );
+    assert_eq!(out.status.code(), Some(0), "users create");
+    assert!(sh.expect(0, &["users", "list"]).contains("ops1"));
+    let ops_home = sh.home.join("ops1");
+    std::fs::create_dir_all(&ops_home).unwrap();
+    let ops = Shell {
+        lab: sh.lab,
+        home: ops_home,
+        binary: sh.binary.clone(),
+    };
+    let out = ops.run_with(
+        &["login", URL, "--username", "ops1", "--password-stdin"],
+        &[],
+        Some("ops1-correct-horse-battery\n"),
+    );
+    assert_eq!(out.status.code(), Some(0), "the new operator logs in");
+    assert!(ops.expect(0, &["whoami"]).contains("ops1 (operator)"));
+    sh.expect(3, &["users", "list", "--credentials", "/nonexistent"]);
+    ops.expect(3, &["users", "list"]);
+    sh.expect(0, &["users", "disable", "ops1"]);
+    ops.expect(3, &["whoami"]);
+    sh.expect(0, &["users", "enable", "ops1"]);
+    ops.expect(0, &["whoami"]);
+    sh.expect(0, &["users", "revoke", "ops1"]);
+    ops.expect(3, &["whoami"]);
+    sh.expect(4, &["users", "disable", "nobody-here"]);
+
     // Delete: refused without --yes when nobody can be asked, then done.
     sh.expect(2, &["machines", "delete", &name]);
     sh.expect(0, &["machines", "delete", &name, "--yes"]);
