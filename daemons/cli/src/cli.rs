@@ -410,13 +410,19 @@ mod tests {
 
     #[test]
     fn names_match_the_api() {
-        for s in MachineState::value_variants() {
-            assert_eq!(
-                s.to_possible_value().unwrap().get_name(),
-                s.api_name(),
-                "--state value"
-            );
-        }
+        // Exactly the states the domain model has (a state added there must be here too).
+        let ours: Vec<&str> = MachineState::value_variants()
+            .iter()
+            .map(|s| {
+                assert_eq!(s.to_possible_value().unwrap().get_name(), s.api_name());
+                s.api_name()
+            })
+            .collect();
+        let domain: Vec<&str> = dragonfly_core::MachineState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(ours, domain, "--state values");
         for a in PowerAction::value_variants() {
             assert_eq!(a.to_possible_value().unwrap().get_name(), a.api_name());
         }

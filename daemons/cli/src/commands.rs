@@ -101,7 +101,7 @@ pub(crate) async fn dispatch(
 }
 
 /// Writes a line for people on stderr (stdout stays the command's result).
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::client::{Client, segment};
+use crate::commands::say;
 use crate::error::CliError;
 use crate::http::Streaming;
 use crate::output::{self, Format, Table, cell, clean};
@@ -123,10 +124,6 @@ pub(crate) async fn watch(
         }
         sleep_until_or(deadline, RECONNECT_AFTER).await;
     }
-}
-
-fn say(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 fn timed_out(id: &str, timeout: Option<u64>) -> CliError {
